@@ -1,0 +1,3 @@
+"""agentledger.blackboard: built in a later issue (see DESIGN.md)."""
+
+__all__: list[str] = []

@@ -1,0 +1,489 @@
+"""The three storage backends behind EventStore, each on an eventsourcing process recorder.
+
+A backend owns: the recorder (events + tracking, one transaction), a way to wait for new
+events (PostgreSQL LISTEN/NOTIFY, SQLite ``data_version`` polling, an in-process event for
+memory), and a summary of streams (which the recorders do not offer).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from eventsourcing.persistence import Notification, ProcessRecorder
+
+from .errors import ConfigurationError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SQLITE_PATH = Path(".agentledger") / "ledger.db"
+_MAX_VERSION = 2**62
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """One stream of the log: its name, current version and where it sits in the global order."""
+
+    stream: str
+    version: int
+    first_position: int
+    last_position: int
+
+
+class Waiter(ABC):
+    """Blocks until the log may have changed (spurious wake-ups are allowed, missed ones not)."""
+
+    @abstractmethod
+    def arm(self) -> None:
+        """Called before each read; a change after ``arm`` makes the next ``wait`` return."""
+
+    @abstractmethod
+    def wait(self, timeout: float) -> None:
+        """Return when the log may have changed since ``arm``, or after ``timeout`` seconds."""
+
+    def close(self) -> None:
+        """Release what the waiter holds."""
+
+
+class Backend(ABC):
+    """A storage backend: a process recorder plus what the recorder does not offer."""
+
+    recorder: ProcessRecorder
+    url: str
+
+    @abstractmethod
+    def waiter(self) -> Waiter:
+        """A fresh waiter for one subscription."""
+
+    @abstractmethod
+    def stream_summaries(self, prefix: str = "") -> list[StreamSummary]:
+        """Every stream (optionally those starting with ``prefix``), in order of first position."""
+
+    @abstractmethod
+    def select_stream(self, stream: str, gt: int, lte: int | None) -> list[Notification]:
+        """The rows of one stream with their global positions (the recorders omit positions)."""
+
+    def notify_local(self) -> None:
+        """Wake this process's waiters after a local append (a latency shortcut, not a need)."""
+
+    def close(self) -> None:
+        """Close connections."""
+
+
+# ---------------------------------------------------------------- memory
+
+
+class _EventWaiter(Waiter):
+    def __init__(self, listeners: list[threading.Event], lock: threading.Lock) -> None:
+        self._event = threading.Event()
+        self._listeners, self._lock = listeners, lock
+        with lock:
+            listeners.append(self._event)
+
+    def arm(self) -> None:
+        self._event.clear()
+
+    def wait(self, timeout: float) -> None:
+        self._event.wait(timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._event in self._listeners:
+                self._listeners.remove(self._event)
+
+
+class MemoryBackend(Backend):
+    """In-memory store, for unit tests only: nothing survives the process."""
+
+    def __init__(self) -> None:
+        from eventsourcing.popo import POPOProcessRecorder
+
+        self.url = "memory://"
+        self.recorder = POPOProcessRecorder()
+        self._listeners: list[threading.Event] = []
+        self._lock = threading.Lock()
+
+    def waiter(self) -> Waiter:
+        return _EventWaiter(self._listeners, self._lock)
+
+    def notify_local(self) -> None:
+        with self._lock:
+            for event in self._listeners:
+                event.set()
+
+    def _scan(self) -> Iterator[Notification]:
+        start = 0
+        while True:
+            batch = self.recorder.select_notifications(start, 1000, inclusive_of_start=False)
+            yield from batch
+            if len(batch) < 1000:
+                return
+            start = batch[-1].id
+
+    def select_stream(self, stream: str, gt: int, lte: int | None) -> list[Notification]:
+        return [
+            n
+            for n in self._scan()
+            if n.originator_id == stream
+            and n.originator_version > gt
+            and (lte is None or n.originator_version <= lte)
+        ]
+
+    def stream_summaries(self, prefix: str = "") -> list[StreamSummary]:
+        summaries: dict[str, StreamSummary] = {}
+        for n in self._scan():
+            name = str(n.originator_id)
+            if name.startswith(prefix):
+                first = summaries[name].first_position if name in summaries else n.id
+                summaries[name] = StreamSummary(name, n.originator_version, first, n.id)
+        return sorted(summaries.values(), key=lambda s: s.first_position)
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+class _SQLiteWaiter(Waiter):
+    # PRAGMA data_version changes when another connection commits to the file: a read of a
+    # few microseconds, so polling it every millisecond or two costs almost nothing.
+    def __init__(self, path: str, local: threading.Event) -> None:
+        self._conn = sqlite3.connect(path, check_same_thread=False)
+        self._local = local
+        self._seen = self._version()
+
+    def _version(self) -> int:
+        row = self._conn.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    def arm(self) -> None:
+        self._seen = self._version()
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        interval = 0.0005
+        while True:
+            if self._version() != self._seen:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            # Back off from 0.5 ms to 4 ms while idle; a local append wakes us at once.
+            if self._local.wait(min(interval, remaining)):
+                self._local.clear()
+                return
+            interval = min(interval * 2, 0.004)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class SQLiteBackend(Backend):
+    """A SQLite file in WAL mode: the embedded default, no server needed."""
+
+    LOCK_TIMEOUT_S = 30
+
+    def __init__(self, path: Path) -> None:
+        from eventsourcing.sqlite import SQLiteDatastore, SQLiteProcessRecorder
+
+        path = path.expanduser()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create the folder for {path}: {exc}") from exc
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        try:
+            self.datastore = SQLiteDatastore(
+                str(path),
+                lock_timeout=self.LOCK_TIMEOUT_S,
+                originator_id_type="text",
+                pool_size=2,
+                max_overflow=6,
+            )
+            self.recorder = SQLiteProcessRecorder(self.datastore)
+            self.recorder.create_table()
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"cannot open the SQLite store {path}: {exc}. Check that the path is a "
+                "writable file (or does not exist yet)."
+            ) from exc
+        self._local = threading.Event()
+
+    def waiter(self) -> Waiter:
+        return _SQLiteWaiter(str(self.path), self._local)
+
+    def notify_local(self) -> None:
+        self._local.set()
+
+    def select_stream(self, stream: str, gt: int, lte: int | None) -> list[Notification]:
+        statement = (
+            "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events "
+            "WHERE originator_id = ? AND originator_version > ? AND originator_version <= ? "
+            "ORDER BY originator_version"
+        )
+        with self.datastore.transaction(commit=False) as cursor:
+            cursor.execute(statement, (stream, gt, _MAX_VERSION if lte is None else lte))
+            return [Notification(r[1], r[2], r[3], r[4], r[0]) for r in cursor.fetchall()]
+
+    def stream_summaries(self, prefix: str = "") -> list[StreamSummary]:
+        # The recorders have no "list streams"; one aggregate query over the primary key.
+        statement = (
+            "SELECT originator_id, MAX(originator_version), MIN(rowid), MAX(rowid) "
+            "FROM stored_events WHERE originator_id >= ? AND originator_id < ? "
+            "GROUP BY originator_id ORDER BY MIN(rowid)"
+        )
+        with self.datastore.transaction(commit=False) as cursor:
+            cursor.execute(statement, (prefix, prefix + "\U0010ffff"))
+            return [StreamSummary(r[0], r[1], r[2], r[3]) for r in cursor.fetchall()]
+
+    def close(self) -> None:
+        self.datastore.close()
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """Connection settings parsed from a ``postgresql://`` URL."""
+
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str
+    schema: str
+    pool_size: int
+
+    def describe(self) -> str:
+        """The URL with the password masked, safe to print."""
+        auth = f"{self.user}:***@" if self.password else f"{self.user}@"
+        return f"postgresql://{auth}{self.host}:{self.port}/{self.dbname}?schema={self.schema}"
+
+
+def parse_postgres_url(url: str) -> PostgresSettings:
+    """Parse ``postgresql://user:pass@host:port/db?schema=s&pool_size=n`` (clear errors)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        raise ConfigurationError(
+            f"store URL has an invalid port: {_mask(url)}; e.g. postgresql://user@127.0.0.1:5432/db"
+        ) from None
+    dbname = unquote(parts.path.lstrip("/"))
+    if not parts.hostname or not dbname:
+        raise ConfigurationError(
+            f"store URL {_mask(url)} needs a host and a database name, "
+            "e.g. postgresql://postgres@127.0.0.1:5432/agentledger"
+        )
+    query = parse_qs(parts.query)
+    unknown = set(query) - {"schema", "pool_size"}
+    if unknown:
+        raise ConfigurationError(
+            f"store URL has unknown option(s) {', '.join(sorted(unknown))}; "
+            "known: schema, pool_size"
+        )
+    schema = query.get("schema", ["public"])[0]
+    if not schema.replace("_", "").isalnum():
+        raise ConfigurationError(f"schema {schema!r} must be letters, digits and underscores")
+    try:
+        pool_size = int(query.get("pool_size", ["4"])[0])
+    except ValueError:
+        raise ConfigurationError("pool_size in the store URL must be a whole number") from None
+    return PostgresSettings(
+        host=parts.hostname,
+        port=port,
+        dbname=dbname,
+        user=unquote(parts.username or os.environ.get("PGUSER", "postgres")),
+        password=unquote(parts.password or os.environ.get("PGPASSWORD", "")),
+        schema=schema,
+        pool_size=max(1, pool_size),
+    )
+
+
+def _mask(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+class _PostgresWaiter(Waiter):
+    # A dedicated connection LISTENs on the recorder's channel: every insert transaction
+    # NOTIFYs it on commit (eventsourcing's recorder does that), which sets our flag.
+    def __init__(self, connect: Any, channel: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        self._flag = threading.Event()
+        self._stop = threading.Event()
+        self._conn: psycopg.Connection[Any] = connect()
+        self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        self._thread = threading.Thread(target=self._listen, name="agentledger-listen", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for _ in self._conn.notifies(timeout=0.25, stop_after=1):
+                    self._flag.set()
+        except Exception:  # connection closed under us on close(), or the server went away
+            if not self._stop.is_set():
+                log.warning("LISTEN connection lost; subscription falls back to polling")
+            self._flag.set()
+
+    def arm(self) -> None:
+        self._flag.clear()
+
+    def wait(self, timeout: float) -> None:
+        # If the LISTEN thread died, poll every 50 ms rather than sleep for the whole timeout.
+        self._flag.wait(timeout if self._thread.is_alive() else min(timeout, 0.05))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        self._conn.close()
+
+
+class PostgresBackend(Backend):
+    """PostgreSQL through psycopg with a connection pool: for agents on several machines."""
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
+
+        self.settings = settings
+        self.url = settings.describe()
+        self._probe_and_prepare()
+        self.datastore = PostgresDatastore(
+            dbname=settings.dbname,
+            host=settings.host,
+            port=settings.port,
+            user=settings.user,
+            password=settings.password,
+            schema=settings.schema,
+            pool_size=settings.pool_size,
+            max_overflow=settings.pool_size * 2,
+            connect_timeout=10,
+            lock_timeout=30,
+            originator_id_type="text",
+        )
+        self.recorder = PostgresProcessRecorder(self.datastore)
+        self.recorder.create_table()
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        s = self.settings
+        return psycopg.connect(
+            host=s.host,
+            port=s.port,
+            dbname=s.dbname,
+            user=s.user,
+            password=s.password or None,
+            connect_timeout=5,
+            autocommit=True,
+        )
+
+    def _probe_and_prepare(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        try:
+            with self._connect() as conn:
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                        sql.Identifier(self.settings.schema)
+                    )
+                )
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            if self.settings.password:
+                reason = reason.replace(self.settings.password, "***")
+            raise StoreUnavailable(
+                f"cannot reach PostgreSQL at {self.settings.host}:{self.settings.port} "
+                f"(database {self.settings.dbname!r}, user {self.settings.user!r}): {reason}. "
+                "Is the server running and the database created? "
+                "On these machines: pg_ctlcluster --skip-systemctl-redirect "
+                "$(ls /etc/postgresql) main start"
+            ) from None
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL at {self.settings.host}:{self.settings.port} refused to prepare "
+                f"schema {self.settings.schema!r}: {exc}"
+            ) from None
+
+    def waiter(self) -> Waiter:
+        return _PostgresWaiter(self._connect, self.recorder.channel_name)
+
+    def select_stream(self, stream: str, gt: int, lte: int | None) -> list[Notification]:
+        from psycopg import sql
+
+        statement = sql.SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM {}.{} "
+            "WHERE originator_id = %s AND originator_version > %s AND originator_version <= %s "
+            "ORDER BY originator_version"
+        ).format(
+            sql.Identifier(self.settings.schema), sql.Identifier(self.recorder.events_table_name)
+        )
+        with self.datastore.transaction(commit=False) as cursor:
+            cursor.execute(statement, (stream, gt, _MAX_VERSION if lte is None else lte))
+            return [
+                Notification(
+                    r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]),
+                    r["notification_id"],
+                )
+                for r in cursor.fetchall()
+            ]
+
+    def stream_summaries(self, prefix: str = "") -> list[StreamSummary]:
+        from psycopg import sql
+
+        statement = sql.SQL(
+            "SELECT originator_id, MAX(originator_version) AS v, MIN(notification_id) AS f, "
+            "MAX(notification_id) AS l FROM {}.{} WHERE originator_id LIKE %s "
+            "GROUP BY originator_id ORDER BY MIN(notification_id)"
+        ).format(
+            sql.Identifier(self.settings.schema), sql.Identifier(self.recorder.events_table_name)
+        )
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self.datastore.transaction(commit=False) as cursor:
+            cursor.execute(statement, (like,))
+            return [
+                StreamSummary(r["originator_id"], r["v"], r["f"], r["l"])
+                for r in cursor.fetchall()
+            ]
+
+    def close(self) -> None:
+        self.datastore.close()
+
+
+def open_backend(url: str) -> Backend:
+    """The backend for a store URL: ``sqlite:///path``, ``postgresql://…`` or ``memory://``."""
+    url = url.strip()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        return MemoryBackend()
+    if scheme == "sqlite":
+        path = url[len("sqlite://") :]
+        if path.startswith("/"):
+            path = path[1:]  # sqlite:///rel/path and sqlite:////abs/path, as SQLAlchemy reads them
+        if not path:
+            raise ConfigurationError(
+                "sqlite store URL has no path; use sqlite:///relative/path.db "
+                "or sqlite:////absolute/path.db"
+            )
+        return SQLiteBackend(Path(path))
+    if scheme in ("postgresql", "postgres"):
+        return PostgresBackend(parse_postgres_url(url))
+    raise ConfigurationError(
+        f"unknown store URL {_mask(url)!r}: use sqlite:///path/to/ledger.db (the default is "
+        f"sqlite:///{DEFAULT_SQLITE_PATH}), postgresql://user@host:5432/db, or memory:// for tests"
+    )

@@ -1,0 +1,165 @@
+"""How an event becomes a stored row and back, and the hash chain that makes edits visible.
+
+Layout of a stored row (an eventsourcing ``StoredEvent``):
+
+- ``originator_id`` = stream, ``originator_version`` = version;
+- ``topic`` = ``"<type>@<schema_version>"``, so a reader can filter by type in SQL and take the
+  fast path (no upcasting) without parsing the body;
+- ``state`` = the JSON body of the envelope (every field but ``position`` and ``hash``), then the
+  hash appended as its last member: ``…,"hash":"<64 hex>"}``.
+
+``hash = sha256(body)`` where ``body`` is the JSON without the hash member. The body holds
+``stream``, ``version`` and ``prev_hash`` (the hash of the previous event of the stream), so
+editing, moving, removing or reordering events breaks either an event's own hash or the chain.
+The hash member has a fixed length, so the exact hashed bytes are recovered without
+re-serialising (which would tie the hash to one JSON library's formatting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, cast
+
+from eventsourcing.persistence import Mapper, Notification, StoredEvent, Transcoder
+from pydantic import ValidationError
+
+from .catalogue import EVENT_ADAPTER, EVENT_TYPES, Event
+from .envelope import Envelope
+from .errors import CorruptEvent, UnknownEventType, UnsupportedSchemaVersion
+from .upcasting import upcast
+
+_HASH_PREFIX = b',"hash":"'
+_HASH_SUFFIX_LEN = len(_HASH_PREFIX) + 64 + 2  # prefix, 64 hex digits, '"}'
+CURRENT_TOPICS: dict[str, str] = {
+    name: f"{name}@{cls.current_schema_version}" for name, cls in EVENT_TYPES.items()
+}
+
+
+def topics_for(event_type: str) -> list[str]:
+    """Every stored topic an event type can have (all its schema versions)."""
+    cls = EVENT_TYPES[event_type]
+    return [f"{event_type}@{v}" for v in range(1, cls.current_schema_version + 1)]
+
+
+def seal(event: Envelope) -> tuple[bytes, str]:
+    """The stored state of ``event`` (stream, version and prev_hash already set) and its hash."""
+    body = event.model_dump_json(exclude={"hash", "position"}).encode()
+    digest = hashlib.sha256(body).hexdigest()
+    return body[:-1] + _HASH_PREFIX + digest.encode() + b'"}', digest
+
+
+def split_state(state: bytes) -> tuple[bytes, str] | None:
+    """The hashed body and the recorded hash of a stored state, or None if it has no hash."""
+    if len(state) < _HASH_SUFFIX_LEN or not state.endswith(b'"}'):
+        return None
+    cut = len(state) - _HASH_SUFFIX_LEN
+    if state[cut : cut + len(_HASH_PREFIX)] != _HASH_PREFIX:
+        return None
+    recorded = state[cut + len(_HASH_PREFIX) : -2].decode("ascii", "replace")
+    return state[:cut] + b"}", recorded
+
+
+def body_hash(body: bytes) -> str:
+    """The hash of a stored body (see the module docstring)."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def where(n: Notification | StoredEvent) -> str:
+    """Human-readable location of a stored row for error messages."""
+    pos = f"position {n.id}, " if isinstance(n, Notification) else ""
+    return f"{pos}stream {n.originator_id!r} version {n.originator_version}"
+
+
+class _NoTranscoder(Transcoder):
+    # The envelope serialises itself through pydantic (one JSON codec, validated both ways);
+    # eventsourcing's Mapper still owns the optional compressor and cipher around it.
+    def encode(self, obj: Any) -> bytes:
+        return cast(bytes, obj)
+
+    def decode(self, data: bytes) -> Any:
+        return data
+
+
+class EnvelopeMapper(Mapper[str]):
+    """eventsourcing Mapper for pydantic envelopes: typed topics, upcasting, located errors."""
+
+    def __init__(self) -> None:
+        super().__init__(transcoder=_NoTranscoder())
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        event = cast(Envelope, domain_event)
+        state, _ = seal(event)
+        return self._stored(event, state)
+
+    def _stored(self, event: Envelope, state: bytes) -> StoredEvent:
+        if self.compressor:
+            state = self.compressor.compress(state)
+        if self.cipher:
+            state = self.cipher.encrypt(state)
+        return StoredEvent(
+            originator_id=event.stream,
+            originator_version=event.version,
+            topic=CURRENT_TOPICS[event.type],
+            state=state,
+        )
+
+    def sealed(self, event: Envelope) -> tuple[StoredEvent, str]:
+        """The stored row for ``event`` and the hash it carries."""
+        state, digest = seal(event)
+        return self._stored(event, state), digest
+
+    def plain_state(self, stored: StoredEvent) -> bytes:
+        """The stored state with the cipher and compressor undone."""
+        state = stored.state
+        if self.cipher:
+            state = self.cipher.decrypt(state)
+        if self.compressor:
+            state = self.compressor.decompress(state)
+        return state
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        return self.decode(stored_event)
+
+    def decode(self, stored: StoredEvent) -> Event:
+        """The typed, current-schema event of a stored row (raises located errors)."""
+        position = stored.id if isinstance(stored, Notification) else None
+        try:
+            state = self.plain_state(stored)
+        except Exception as exc:
+            raise CorruptEvent(f"{where(stored)}: cannot decode stored bytes: {exc}") from exc
+        name, _, version = stored.topic.partition("@")
+        cls = EVENT_TYPES.get(name)
+        try:
+            if cls is not None and version == str(cls.current_schema_version):
+                event: Envelope = cls.model_validate_json(state)
+            else:
+                document = json.loads(state)
+                if not isinstance(document, dict):
+                    raise ValueError("stored body is not a JSON object")
+                event = EVENT_ADAPTER.validate_python(upcast(document, where=where(stored)))
+        except (UnknownEventType, UnsupportedSchemaVersion):
+            raise
+        except (ValidationError, ValueError) as exc:
+            raise CorruptEvent(
+                f"{where(stored)}: stored event of topic {stored.topic!r} is damaged: "
+                f"{_short(exc)}. The log was not modified; run `agentledger verify-log`."
+            ) from exc
+        if event.stream != stored.originator_id or event.version != stored.originator_version:
+            raise CorruptEvent(
+                f"{where(stored)}: the body says stream {event.stream!r} version "
+                f"{event.version}; the row was moved. Run `agentledger verify-log`."
+            )
+        if position is not None:
+            # The position is the store's, known only on read: set it on the frozen model
+            # without a second validation pass (this is the hot path of every read).
+            object.__setattr__(event, "position", position)
+        return cast(Event, event)
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(body)"
+        return f"field {loc}: {first['msg']}"
+    return str(exc)

@@ -1,0 +1,99 @@
+"""The event envelope every agentledger event shares, and principals (who appended it)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+PRINCIPAL_PATTERN = re.compile(
+    r"^(agent:(coordinator|research|execution|review)/[A-Za-z0-9_.\-]{1,64}"
+    r"|human:[A-Za-z0-9_.@\-]{1,64}"
+    r"|system(:[A-Za-z0-9_.\-]{1,64})?)$"
+)
+
+
+class PrincipalKind(StrEnum):
+    """The three kinds of principal that may append events."""
+
+    AGENT = "agent"
+    HUMAN = "human"
+    SYSTEM = "system"
+
+
+def _check_principal(value: str) -> str:
+    if not PRINCIPAL_PATTERN.match(value):
+        raise ValueError(
+            f"{value!r} is not a principal; use 'agent:<role>/<id>' "
+            "(role: coordinator, research, execution, review), 'human:<name>' or 'system[:<name>]'"
+        )
+    return value
+
+
+Principal = Annotated[str, AfterValidator(_check_principal)]
+"""Who appended an event: ``agent:<role>/<id>``, ``human:<name>`` or ``system[:<name>]``."""
+
+
+def principal_kind(principal: str) -> PrincipalKind:
+    """The kind of a (valid) principal string."""
+    return PrincipalKind(principal.split(":", 1)[0])
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware (UTC)")
+    return value.astimezone(UTC)
+
+
+UTCDateTime = Annotated[datetime, AfterValidator(_utc)]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Payload(BaseModel):
+    """Base of every typed payload: frozen, and strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Envelope(BaseModel):
+    """Fields every event carries; subclasses fix ``type`` and the payload model.
+
+    ``id`` and ``at`` are recorded once, when the event is created, and never recomputed.
+    ``stream``, ``version``, ``prev_hash`` and ``hash`` are assigned by the store on append;
+    ``position`` (the global order) is assigned by the store and known only on read.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Set by each concrete event class.
+    event_type: ClassVar[str] = ""
+    current_schema_version: ClassVar[int] = 1
+    allowed_principals: ClassVar[frozenset[PrincipalKind]] = frozenset(PrincipalKind)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    stream: str = ""
+    version: int = Field(default=0, ge=0)
+    type: str
+    schema_version: int = 1
+    at: UTCDateTime = Field(default_factory=_now)
+    actor: Principal
+    causation_id: uuid.UUID | None = None
+    correlation_id: uuid.UUID | None = None
+    payload: Any
+    prev_hash: str | None = None
+    hash: str | None = None
+    position: int | None = Field(default=None, exclude=True)
+
+    def caused_by(self, cause: Envelope) -> dict[str, Any]:
+        """Keyword arguments that link a new event to ``cause`` (causation and correlation)."""
+        return {
+            "causation_id": cause.id,
+            "correlation_id": cause.correlation_id or cause.id,
+        }

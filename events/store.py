@@ -1,0 +1,412 @@
+"""EventStore: the one log every agent appends to and every projection is folded from.
+
+Built on eventsourcing's process recorders (SQLite, PostgreSQL, in-memory), which give an
+atomic multi-event insert, a gapless global order whose commit order equals its id order, and
+a tracking row written in the same transaction as the events (exactly-once consumers).
+This module adds the typed envelope, optimistic concurrency by expected version, the hash
+chain, live subscriptions and errors that say what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from eventsourcing.persistence import (
+    IntegrityError,
+    Notification,
+    OperationalError,
+    PersistenceError,
+    StoredEvent,
+    Tracking,
+)
+
+from ._backends import DEFAULT_SQLITE_PATH, Backend, StreamSummary, open_backend
+from ._codec import EnvelopeMapper, split_state, topics_for
+from .catalogue import EVENT_TYPES, Event
+from .envelope import Envelope, principal_kind
+from .verify import Report, verify_rows
+from .errors import (
+    AlreadyProcessed,
+    ConcurrencyConflict,
+    InvalidEvent,
+    NotAuthorized,
+    NotFound,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+STORE_ENV = "AGENTLEDGER_STORE"
+DEFAULT_STORE_URL = f"sqlite:///{DEFAULT_SQLITE_PATH}"
+_STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,199}$")
+_PAGE = 1000
+
+
+def default_store_url() -> str:
+    """``$AGENTLEDGER_STORE`` if set, else the embedded SQLite file ``./.agentledger/ledger.db``."""
+    return os.environ.get(STORE_ENV, "").strip() or DEFAULT_STORE_URL
+
+
+@dataclass(frozen=True)
+class ConsumerPosition:
+    """A consumer's position to record atomically with the events it appends."""
+
+    consumer: str
+    position: int
+
+
+class EventStore:
+    """The typed, hash-chained, append-only event log (see the module docstring)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._recorder = backend.recorder
+        self._mapper = EnvelopeMapper()
+        # stream -> (version, hash) of the newest event this process knows of. Used only
+        # when the caller's expected version matches it, so a stale entry costs a re-read,
+        # never a wrong chain: the insert still fails on a version clash.
+        self._heads: dict[str, tuple[int, str | None]] = {}
+        self._heads_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, url: str | None = None) -> EventStore:
+        """Open the store at ``url`` (default: ``$AGENTLEDGER_STORE`` or the SQLite file)."""
+        return cls(open_backend(url or default_store_url()))
+
+    @property
+    def url(self) -> str:
+        """The store's URL, with any password masked."""
+        return self._backend.url
+
+    def close(self) -> None:
+        """Close the store's connections."""
+        self._backend.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ writing
+
+    def append(
+        self,
+        stream: str,
+        events: Sequence[Envelope],
+        expected_version: int | None = None,
+        *,
+        tracking: ConsumerPosition | None = None,
+    ) -> list[Event]:
+        """Append ``events`` to ``stream`` atomically (all or none) and return them as recorded.
+
+        ``expected_version`` is the stream version the caller decided on (0 for a new stream);
+        if the stream has moved, ``ConcurrencyConflict`` is raised and nothing is written.
+        ``None`` appends at the end whatever the version. ``tracking`` records a consumer's
+        position in the same transaction (a duplicate delivery raises ``AlreadyProcessed``).
+        """
+        self._check_stream(stream)
+        if not events and tracking is None:
+            raise InvalidEvent("append needs at least one event (or a tracking position)")
+        for index, event in enumerate(events):
+            self._check_event(stream, index, event)
+        if tracking is not None and tracking.position < 1:
+            raise InvalidEvent(f"tracking position must be ≥ 1, got {tracking.position}")
+        attempts = 10 if expected_version is None else 1
+        for attempt in range(attempts):
+            try:
+                return self._append_once(stream, events, expected_version, tracking)
+            except ConcurrencyConflict:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _append_once(
+        self,
+        stream: str,
+        events: Sequence[Envelope],
+        expected_version: int | None,
+        tracking: ConsumerPosition | None,
+    ) -> list[Event]:
+        version, prev_hash = self._head(stream, expected_version)
+        if expected_version is not None and version != expected_version:
+            raise ConcurrencyConflict(stream, expected_version, version)
+        sealed: list[Envelope] = []
+        stored: list[StoredEvent] = []
+        for event in events:
+            version += 1
+            draft = event.model_copy(update={"stream": stream, "version": version, "prev_hash": prev_hash})
+            row, prev_hash = self._mapper.sealed(draft)
+            sealed.append(draft.model_copy(update={"hash": prev_hash}))
+            stored.append(row)
+        kwargs = {}
+        if tracking is not None:
+            kwargs["tracking"] = Tracking(tracking.consumer, tracking.position)
+        try:
+            ids = self._insert(stored, **kwargs)
+        except IntegrityError:
+            self._forget(stream)
+            if tracking is not None:
+                recorded = self.position_of(tracking.consumer)
+                if recorded >= tracking.position:
+                    raise AlreadyProcessed(tracking.consumer, tracking.position, recorded) from None
+            actual = self._read_head(stream)[0]
+            raise ConcurrencyConflict(
+                stream, expected_version if expected_version is not None else version - len(events), actual
+            ) from None
+        if events:
+            with self._heads_lock:
+                self._heads[stream] = (version, prev_hash)
+        self._backend.notify_local()
+        recorded_events = []
+        for draft, position in zip(sealed, ids or [None] * len(sealed), strict=True):
+            object.__setattr__(draft, "position", position)
+            recorded_events.append(draft)
+        return recorded_events  # type: ignore[return-value]
+
+    def _insert(self, stored: list[StoredEvent], **kwargs: object) -> list[int] | None:
+        delay = 0.05
+        for attempt in range(6):
+            try:
+                ids = self._recorder.insert_events(stored, **kwargs)
+                return list(ids) if ids is not None else None
+            except OperationalError as exc:
+                # SQLite waits up to its lock timeout before "database is locked"; under a long
+                # pile-up we retry with backoff rather than let that message reach a user.
+                if "locked" not in str(exc) or attempt == 5:
+                    raise StoreUnavailable(
+                        f"the store {self.url} did not accept the append: {exc}. Nothing was "
+                        "written; retry, or check that no process holds a long write transaction."
+                    ) from exc
+                log.warning("store busy, retrying append (%s)", exc)
+                time.sleep(delay)
+                delay *= 2
+            except PersistenceError as exc:
+                if isinstance(exc, IntegrityError):
+                    raise
+                raise StoreUnavailable(f"the store {self.url} failed the append: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_stream(self, stream: str) -> None:
+        if not isinstance(stream, str) or not _STREAM_NAME.match(stream):
+            raise InvalidEvent(
+                f"stream name {stream!r} is invalid: 1-200 characters, letters, digits and "
+                "_ . : @ -, starting with a letter or digit (e.g. 'run-<uuid>')"
+            )
+
+    def _check_event(self, stream: str, index: int, event: object) -> None:
+        cls = type(event)
+        if not isinstance(event, Envelope) or EVENT_TYPES.get(event.type) is not cls:
+            raise InvalidEvent(
+                f"event #{index} for stream {stream!r} is a {cls.__name__}, not an event of the "
+                "catalogue (agentledger.events.EVENT_TYPES); nothing was written"
+            )
+        if event.stream and event.stream != stream:
+            raise InvalidEvent(
+                f"event #{index} ({event.type}) names stream {event.stream!r} but is appended to "
+                f"{stream!r}; nothing was written"
+            )
+        if principal_kind(event.actor) not in cls.allowed_principals:
+            allowed = ", ".join(sorted(k.value for k in cls.allowed_principals))
+            raise NotAuthorized(
+                f"{event.actor} may not append {event.type}: only a {allowed} principal may. "
+                "Nothing was written."
+            )
+
+    def _head(self, stream: str, expected_version: int | None) -> tuple[int, str | None]:
+        with self._heads_lock:
+            cached = self._heads.get(stream)
+        if cached is not None and expected_version is not None and cached[0] == expected_version:
+            return cached
+        return self._read_head(stream)
+
+    def _read_head(self, stream: str) -> tuple[int, str | None]:
+        rows = self._recorder.select_events(stream, desc=True, limit=1)
+        if not rows:
+            return 0, None
+        split = split_state(self._mapper.plain_state(rows[0]))
+        return rows[0].originator_version, split[1] if split else None
+
+    def _forget(self, stream: str) -> None:
+        with self._heads_lock:
+            self._heads.pop(stream, None)
+
+    # ------------------------------------------------------------ reading
+
+    def read(self, stream: str, from_version: int = 1, to_version: int | None = None) -> list[Event]:
+        """The events of ``stream`` from ``from_version`` to ``to_version`` (inclusive)."""
+        rows = self._backend.select_stream(stream, max(from_version, 1) - 1, to_version)
+        return [self._mapper.decode(row) for row in rows]
+
+    def stream_version(self, stream: str) -> int:
+        """The current version of ``stream`` (0 if it has no events)."""
+        return self._read_head(stream)[0]
+
+    def read_all(
+        self,
+        after_position: int = 0,
+        limit: int | None = None,
+        types: Sequence[str] = (),
+        to_position: int | None = None,
+    ) -> Iterator[Event]:
+        """Events in global order after ``after_position`` (optionally only of ``types``)."""
+        for row in self.read_stored(after_position, limit, types, to_position):
+            yield self._mapper.decode(row)
+
+    def read_stored(
+        self,
+        after_position: int = 0,
+        limit: int | None = None,
+        types: Sequence[str] = (),
+        to_position: int | None = None,
+    ) -> Iterator[Notification]:
+        """Stored rows in global order, undecoded (for verification and export)."""
+        topics = self._topics(types)
+        remaining = limit
+        start = max(after_position, 0)
+        while remaining is None or remaining > 0:
+            page = _PAGE if remaining is None else min(_PAGE, remaining)
+            rows = self._recorder.select_notifications(
+                start, page, stop=to_position, topics=topics, inclusive_of_start=False
+            )
+            yield from rows
+            if remaining is not None:
+                remaining -= len(rows)
+            if len(rows) < page:
+                return
+            start = rows[-1].id
+
+    def decode(self, row: StoredEvent) -> Event:
+        """The typed event of a stored row (upcast to the current schema)."""
+        return self._mapper.decode(row)
+
+    def plain_state(self, row: StoredEvent) -> bytes:
+        """The stored bytes of a row with any cipher or compressor undone."""
+        return self._mapper.plain_state(row)
+
+    @staticmethod
+    def _topics(types: Sequence[str]) -> list[str]:
+        topics: list[str] = []
+        for name in types:
+            if name not in EVENT_TYPES:
+                raise NotFound(
+                    f"unknown event type {name!r}; known types: {', '.join(sorted(EVENT_TYPES))}"
+                )
+            topics.extend(topics_for(name))
+        return topics
+
+    def head_position(self) -> int:
+        """The position of the newest event in the log (0 when empty)."""
+        return self._recorder.max_notification_id() or 0
+
+    def streams(self, prefix: str = "") -> list[StreamSummary]:
+        """Every stream, in order of first appearance (optionally only those with ``prefix``)."""
+        return self._backend.stream_summaries(prefix)
+
+    # ------------------------------------------------------------ consumers
+
+    def subscribe(
+        self, after_position: int = 0, types: Sequence[str] = ()
+    ) -> Subscription:
+        """Every event after ``after_position`` in global order: catch-up, then live."""
+        return Subscription(self, after_position, self._topics(types))
+
+    def record_position(self, consumer: str, position: int) -> None:
+        """Record that ``consumer`` processed everything up to ``position`` (no events to append)."""
+        try:
+            self._recorder.insert_tracking(Tracking(consumer, position))
+        except IntegrityError:
+            raise AlreadyProcessed(consumer, position, self.position_of(consumer)) from None
+
+    def position_of(self, consumer: str) -> int:
+        """The last position ``consumer`` recorded (0 if none)."""
+        return self._recorder.max_tracking_id(consumer) or 0
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> Report:
+        """Check every event's hash and every stream's chain (see ``agentledger.events.verify``)."""
+        return verify_rows(self.read_stored(), self._mapper.plain_state, progress)
+
+    @property
+    def backend(self) -> Backend:
+        """The storage backend (for tests, benchmarks and the CLI's diagnostics)."""
+        return self._backend
+
+
+class Subscription(Iterator[Event]):
+    """Events in global order, first those already stored, then live ones; never skips one.
+
+    Iterate it (blocks for the next event), or call ``poll(timeout)`` for a batch. The order
+    guarantee comes from the recorders: commit order equals position order (a table lock on
+    PostgreSQL, SQLite's single writer), so reading "after the last position seen" can never
+    pass over an event that commits later with a smaller position.
+    """
+
+    def __init__(self, store: EventStore, after_position: int, topics: list[str]) -> None:
+        self._store = store
+        self._topics = topics
+        self.position = after_position
+        self._buffer: deque[Notification] = deque()
+        self._stopped = threading.Event()
+        self._waiter = store.backend.waiter()
+
+    def _fetch(self) -> bool:
+        self._waiter.arm()
+        rows = self._store.backend.recorder.select_notifications(
+            self.position, 500, topics=self._topics, inclusive_of_start=False
+        )
+        self._buffer.extend(rows)
+        return bool(rows)
+
+    def poll(self, timeout: float = 0.0) -> list[Event]:
+        """The events available now, waiting up to ``timeout`` seconds for the first one."""
+        deadline = time.monotonic() + timeout
+        while not self._buffer and not self._stopped.is_set():
+            if self._fetch():
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._waiter.wait(min(remaining, 0.25))
+        out = []
+        while self._buffer:
+            row = self._buffer.popleft()
+            out.append(self._store.decode(row))
+            self.position = row.id
+        return out
+
+    def __next__(self) -> Event:
+        while not self._buffer:
+            if self._stopped.is_set():
+                raise StopIteration
+            if not self._fetch():
+                self._waiter.wait(0.25)
+        row = self._buffer.popleft()
+        event = self._store.decode(row)
+        self.position = row.id
+        return event
+
+    def stop(self) -> None:
+        """Stop the subscription (iteration ends within a fraction of a second)."""
+        self._stopped.set()
+
+    def close(self) -> None:
+        """Stop and release the subscription's connection."""
+        self.stop()
+        self._waiter.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
