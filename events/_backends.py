@@ -16,10 +16,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.persistence import Notification, ProcessRecorder
+
+if TYPE_CHECKING:
+    from eventsourcing.postgres import PostgresProcessRecorder
 
 from .errors import ConfigurationError, StoreUnavailable
 
@@ -50,7 +53,7 @@ class Waiter(ABC):
     def wait(self, timeout: float) -> None:
         """Return when the log may have changed since ``arm``, or after ``timeout`` seconds."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most waiters hold nothing
         """Release what the waiter holds."""
 
 
@@ -72,10 +75,10 @@ class Backend(ABC):
     def select_stream(self, stream: str, gt: int, lte: int | None) -> list[Notification]:
         """The rows of one stream with their global positions (the recorders omit positions)."""
 
-    def notify_local(self) -> None:
+    def notify_local(self) -> None:  # noqa: B027 - optional hook
         """Wake this process's waiters after a local append (a latency shortcut, not a need)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: the memory backend holds nothing
         """Close connections."""
 
 
@@ -375,7 +378,7 @@ class PostgresBackend(Backend):
             lock_timeout=30,
             originator_id_type="text",
         )
-        self.recorder = PostgresProcessRecorder(self.datastore)
+        self.recorder: PostgresProcessRecorder = PostgresProcessRecorder(self.datastore)
         self.recorder.create_table()
 
     def _connect(self) -> Any:
@@ -404,7 +407,8 @@ class PostgresBackend(Backend):
                     )
                 )
         except psycopg.OperationalError as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            reason = lines[0] if lines else type(exc).__name__
             if self.settings.password:
                 reason = reason.replace(self.settings.password, "***")
             raise StoreUnavailable(
@@ -437,7 +441,10 @@ class PostgresBackend(Backend):
             cursor.execute(statement, (stream, gt, _MAX_VERSION if lte is None else lte))
             return [
                 Notification(
-                    r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]),
+                    r["originator_id"],
+                    r["originator_version"],
+                    r["topic"],
+                    bytes(r["state"]),
                     r["notification_id"],
                 )
                 for r in cursor.fetchall()
@@ -457,8 +464,7 @@ class PostgresBackend(Backend):
         with self.datastore.transaction(commit=False) as cursor:
             cursor.execute(statement, (like,))
             return [
-                StreamSummary(r["originator_id"], r["v"], r["f"], r["l"])
-                for r in cursor.fetchall()
+                StreamSummary(r["originator_id"], r["v"], r["f"], r["l"]) for r in cursor.fetchall()
             ]
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 from eventsourcing.persistence import (
     IntegrityError,
@@ -33,7 +33,6 @@ from ._backends import DEFAULT_SQLITE_PATH, Backend, StreamSummary, open_backend
 from ._codec import EnvelopeMapper, split_state, topics_for
 from .catalogue import EVENT_TYPES, Event
 from .envelope import Envelope, principal_kind
-from .verify import Report, verify_rows
 from .errors import (
     AlreadyProcessed,
     ConcurrencyConflict,
@@ -42,6 +41,7 @@ from .errors import (
     NotFound,
     StoreUnavailable,
 )
+from .verify import Report, verify_rows
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,10 @@ class EventStore:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -146,7 +149,9 @@ class EventStore:
         stored: list[StoredEvent] = []
         for event in events:
             version += 1
-            draft = event.model_copy(update={"stream": stream, "version": version, "prev_hash": prev_hash})
+            draft = event.model_copy(
+                update={"stream": stream, "version": version, "prev_hash": prev_hash}
+            )
             row, prev_hash = self._mapper.sealed(draft)
             sealed.append(draft.model_copy(update={"hash": prev_hash}))
             stored.append(row)
@@ -163,17 +168,19 @@ class EventStore:
                     raise AlreadyProcessed(tracking.consumer, tracking.position, recorded) from None
             actual = self._read_head(stream)[0]
             raise ConcurrencyConflict(
-                stream, expected_version if expected_version is not None else version - len(events), actual
+                stream,
+                expected_version if expected_version is not None else version - len(events),
+                actual,
             ) from None
         if events:
             with self._heads_lock:
                 self._heads[stream] = (version, prev_hash)
         self._backend.notify_local()
-        recorded_events = []
-        for draft, position in zip(sealed, ids or [None] * len(sealed), strict=True):
+        positions: list[int | None] = list(ids) if ids else [None] * len(sealed)
+        for draft, position in zip(sealed, positions, strict=True):
+            # Positions come from the store after the insert; the drafts are ours alone.
             object.__setattr__(draft, "position", position)
-            recorded_events.append(draft)
-        return recorded_events  # type: ignore[return-value]
+        return cast(list[Event], sealed)
 
     def _insert(self, stored: list[StoredEvent], **kwargs: object) -> list[int] | None:
         delay = 0.05
@@ -244,7 +251,9 @@ class EventStore:
 
     # ------------------------------------------------------------ reading
 
-    def read(self, stream: str, from_version: int = 1, to_version: int | None = None) -> list[Event]:
+    def read(
+        self, stream: str, from_version: int = 1, to_version: int | None = None
+    ) -> list[Event]:
         """The events of ``stream`` from ``from_version`` to ``to_version`` (inclusive)."""
         rows = self._backend.select_stream(stream, max(from_version, 1) - 1, to_version)
         return [self._mapper.decode(row) for row in rows]
@@ -316,14 +325,12 @@ class EventStore:
 
     # ------------------------------------------------------------ consumers
 
-    def subscribe(
-        self, after_position: int = 0, types: Sequence[str] = ()
-    ) -> Subscription:
+    def subscribe(self, after_position: int = 0, types: Sequence[str] = ()) -> Subscription:
         """Every event after ``after_position`` in global order: catch-up, then live."""
         return Subscription(self, after_position, self._topics(types))
 
     def record_position(self, consumer: str, position: int) -> None:
-        """Record that ``consumer`` processed everything up to ``position`` (no events to append)."""
+        """Record that ``consumer`` processed everything up to ``position`` (nothing to append)."""
         try:
             self._recorder.insert_tracking(Tracking(consumer, position))
         except IntegrityError:

@@ -38,7 +38,7 @@ def upcast(document: Document, *, where: str) -> Document:
     """Bring a stored document to its type's current schema version (``where`` names it)."""
     event_type = document.get("type")
     cls = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
-    if cls is None:
+    if cls is None or not isinstance(event_type, str):
         raise UnknownEventType(
             f"{where}: unknown event type {event_type!r}; this log was written by a "
             "version of agentledger that knows it. Upgrade agentledger to read it; "

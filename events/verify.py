@@ -119,10 +119,15 @@ def verify_rows(
                 f"the body says stream {doc.get('stream')!r} version {doc.get('version')}",
             )
         if version <= prev_version:
-            found(row, Problem.REORDERED, f"version {version} comes after version {prev_version} "
-                  f"(position {prev_position})")
+            found(
+                row,
+                Problem.REORDERED,
+                f"version {version} comes after version {prev_version} (position {prev_position})",
+            )
         elif version != prev_version + 1:
-            found(row, Problem.VERSION_GAP, f"versions {prev_version + 1}..{version - 1} are missing")
+            found(
+                row, Problem.VERSION_GAP, f"versions {prev_version + 1}..{version - 1} are missing"
+            )
         elif doc.get("prev_hash") != prev_hash:
             found(
                 row,
