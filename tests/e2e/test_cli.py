@@ -1,0 +1,184 @@
+"""The CLI end to end: real stores, real output, exit codes, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agentledger.cli import app
+from agentledger.events import EventStore, RunPaused, RunStarted
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def demo_url(sqlite_url: str) -> str:
+    code, output = invoke("demo", "--store", sqlite_url)
+    assert code == 0, output
+    return sqlite_url
+
+
+def test_demo_writes_a_verifiable_sample_run(demo_url: str) -> None:
+    with EventStore.open(demo_url) as store:
+        [stream] = store.streams()
+        events = store.read(stream.stream)
+    types = [e.type for e in events]
+    assert types[0] == "run.started" and types[-1] == "approval.requested"
+    assert types.count("task.planned") > 3  # more than three steps: decomposed
+    code, output = invoke("verify-log", "--store", demo_url)
+    assert code == 0 and f"{len(events)} events" in output
+
+
+def test_log_filters_and_json(demo_url: str) -> None:
+    code, output = invoke("log", "--store", demo_url, "--type", "task.planned", "--json")
+    assert code == 0
+    lines = [json.loads(line) for line in output.splitlines()]
+    assert len(lines) == 4 and {d["type"] for d in lines} == {"task.planned"}
+    assert all(d["position"] >= 1 and len(d["hash"]) == 64 for d in lines)
+
+    code, output = invoke("log", "--store", demo_url, "--since", "16", "--json")
+    assert [json.loads(line)["position"] for line in output.splitlines()] == [17, 18]
+
+    code, output = invoke("log", "--store", demo_url, "-n", "2")
+    assert code == 0 and "run.started" in output and "task.planned" in output
+    assert "approval.requested" not in output
+
+
+def test_log_of_one_stream_and_streams_table(demo_url: str) -> None:
+    with EventStore.open(demo_url) as store:
+        stream = store.streams()[0].stream
+    code, output = invoke("log", stream, "--store", demo_url, "--type", "approval.requested")
+    assert code == 0 and "approval.requested" in output and "risk=high" in output
+    code, output = invoke("streams", "--store", demo_url)
+    assert code == 0 and stream in output and "18" in output
+
+
+def test_schema_export(tmp_path: Path) -> None:
+    code, output = invoke("schema", "--out", str(tmp_path / "schemas"))
+    assert code == 0
+    files = sorted(p.name for p in (tmp_path / "schemas").iterdir())
+    assert "event.schema.json" in files and "approval.granted.schema.json" in files
+    union = json.loads((tmp_path / "schemas" / "event.schema.json").read_text())
+    assert union["discriminator"]["propertyName"] == "type"
+    code, output = invoke("schema")
+    assert code == 0 and json.loads(output)["title"] == "Event"
+
+
+def test_verify_log_reports_the_tampered_position(demo_url: str) -> None:
+    path = demo_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        state = db.execute("SELECT state FROM stored_events WHERE rowid = 4").fetchone()[0]
+        assert b"Delete the stale records" in state  # the edit below really changes the row
+        db.execute(
+            "UPDATE stored_events SET state = ? WHERE rowid = 4",
+            (state.replace(b"Delete the stale records", b"Delete ALL the records"),),
+        )
+        assert db.total_changes == 1
+    code, output = invoke("verify-log", "--store", demo_url)
+    assert code == 1
+    assert "TAMPERED" in output and "position 4" in output and "edited" in output
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("foo://bar", "unknown store URL"),
+        ("sqlite://", "has no path"),
+        ("postgresql://alice:s3cret@127.0.0.1:1/db", "cannot reach PostgreSQL at 127.0.0.1:1"),
+        ("postgresql://127.0.0.1:99999/db", "invalid port"),
+    ],
+)
+def test_bad_store_urls_give_clear_errors(url: str, expected: str) -> None:
+    code, output = invoke("log", "--store", url)
+    assert code == 1
+    assert expected in output and "Traceback" not in output
+    assert "s3cret" not in output
+
+
+def test_unknown_type_and_stream(demo_url: str) -> None:
+    code, output = invoke("log", "--store", demo_url, "--type", "run.exploded")
+    assert code == 1 and "unknown event type(s) run.exploded" in output
+    code, output = invoke("log", "no-such-stream", "--store", demo_url)
+    assert code == 1 and "no-such-stream" in output and "agentledger streams" in output
+
+
+def _insert_raw(path: str, topic: str, state: bytes) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO stored_events VALUES (?, ?, ?, ?)", ("run-raw", 1, topic, state))
+
+
+def test_newer_or_unknown_events_in_the_log_are_reported_not_modified(sqlite_url: str) -> None:
+    path = sqlite_url.removeprefix("sqlite:///")
+    with EventStore.open(sqlite_url) as store:
+        store.append("run-a", [RunStarted(actor="human:ada", payload={"goal": "g"})], 0)
+    _insert_raw(path, "run.teleported@1", b'{"type":"run.teleported"}')
+    before = Path(path).read_bytes()
+    code, output = invoke("log", "--store", sqlite_url)
+    assert code == 1
+    assert "position 2" in output and "run.teleported" in output and "Upgrade" in output
+    code, output = invoke("log", "--store", sqlite_url, "--type", "run.started")
+    assert code == 0 and "run.started" in output  # the rest of the log stays readable
+    assert Path(path).read_bytes()[:4096] == before[:4096]
+
+
+def test_corrupt_row_names_its_position(sqlite_url: str) -> None:
+    path = sqlite_url.removeprefix("sqlite:///")
+    with EventStore.open(sqlite_url) as store:
+        store.append("run-a", [RunStarted(actor="human:ada", payload={"goal": "g"})], 0)
+    _insert_raw(path, "run.paused@1", b"\x00\x01 not json")
+    code, output = invoke("log", "--store", sqlite_url)
+    assert code == 1 and "position 2" in output and "damaged" in output
+    code, output = invoke("verify-log", "--store", sqlite_url)
+    assert code == 1 and "position 2" in output and "unreadable" in output
+
+
+def test_follow_prints_events_appended_by_another_process(sqlite_url: str) -> None:
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agentledger.cli",
+            "log",
+            "--follow",
+            "--json",
+            "--store",
+            sqlite_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)  # let it start and subscribe (an empty log: nothing printed yet)
+        with EventStore.open(sqlite_url) as store:
+            store.append("run-f", [RunStarted(actor="human:ada", payload={"goal": "g"})], 0)
+            store.append("run-f", [RunPaused(actor="system")], 1)
+        lines = [json.loads(follower.stdout.readline()) for _ in range(2)]  # type: ignore[union-attr]
+        assert [(d["type"], d["position"]) for d in lines] == [
+            ("run.started", 1),
+            ("run.paused", 2),
+        ]
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+
+
+def test_help_is_clear() -> None:
+    code, output = invoke("--help")
+    assert code == 0
+    for command in ("log", "streams", "schema", "verify-log", "demo"):
+        assert command in output
+    code, output = invoke("log", "--help")
+    assert code == 0 and "--follow" in output and "--store" in output
