@@ -1,3 +1,5 @@
-"""agentledger.blackboard: built in a later issue (see DESIGN.md)."""
+"""The shared blackboard: a projection of ``blackboard.posted`` events and the API to post/read."""
 
-__all__: list[str] = []
+from .board import BlackboardProjection, BlackboardState, Board, Entry, post
+
+__all__ = ["BlackboardProjection", "BlackboardState", "Board", "Entry", "post"]

@@ -1,3 +1,28 @@
-"""agentledger.projections: built in a later issue (see DESIGN.md)."""
+"""Projections: pure folds of the log (run state, memory tiers, …), their runner and snapshots."""
 
-__all__: list[str] = []
+from .base import Anomaly, Projection
+from .run_state import (
+    TRANSITIONS,
+    ActionInfo,
+    ActionStatus,
+    PendingApproval,
+    RunState,
+    RunStateProjection,
+    RunStatus,
+    TaskInfo,
+    TaskStatus,
+)
+
+__all__ = [
+    "TRANSITIONS",
+    "ActionInfo",
+    "ActionStatus",
+    "Anomaly",
+    "PendingApproval",
+    "Projection",
+    "RunState",
+    "RunStateProjection",
+    "RunStatus",
+    "TaskInfo",
+    "TaskStatus",
+]

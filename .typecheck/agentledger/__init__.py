@@ -1,0 +1,1 @@
+../../agentledger/__init__.py

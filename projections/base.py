@@ -1,0 +1,111 @@
+"""Projections: pure folds of the event log into state.
+
+A projection's state is a pydantic model; ``apply`` folds one event into it and depends on
+nothing but the state and the event (no clock, no randomness, no hash-order iteration), so the
+same events give byte-identical state in any process. Folds mutate the state they are given,
+for speed; a caller that needs the old state keeps a ``copy``. The ``version`` of a projection
+is bumped whenever its fold changes: stored checkpoints of another version are discarded and
+the projection is rebuilt from the log.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, Field, create_model
+
+from agentledger.events import Event
+from agentledger.events.handlers import collect_handlers
+
+S = TypeVar("S", bound=BaseModel)
+
+
+class Anomaly(BaseModel):
+    """Something in the log a projection refused to apply (e.g. an illegal transition)."""
+
+    position: int | None
+    stream: str
+    event_type: str
+    message: str
+
+
+class Projection(ABC, Generic[S]):
+    """Base of every projection: declare ``state_type`` and ``@on`` handlers ``(state, event)``."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    state_type: ClassVar[type[BaseModel]]
+    event_types: ClassVar[tuple[str, ...]] = ()
+    reads_all_events: ClassVar[bool] = False
+    _handlers: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._handlers = collect_handlers(cls)
+        # Read only the types the fold handles (the store filters in its query), unless the
+        # projection looks at every event (an empty tuple means "all types").
+        cls.event_types = () if cls.reads_all_events else tuple(sorted(cls._handlers))
+
+    def initial(self) -> S:
+        """The state before any event."""
+        return self.state_type()  # type: ignore[return-value]
+
+    def apply(self, state: S, event: Event) -> S:
+        """Fold one event into ``state`` (events of other types leave it unchanged)."""
+        name = self._handlers.get(event.type)
+        if name is None:
+            return state
+        handler: Callable[[S, Event], S | None] = getattr(self, name)
+        result = handler(state, event)
+        return state if result is None else result
+
+    def fold(self, events: Iterable[Event], state: S | None = None) -> S:
+        """Fold ``events`` into ``state`` (or into the initial state)."""
+        current = self.initial() if state is None else state
+        apply = self.apply
+        for event in events:
+            current = apply(current, event)
+        return current
+
+    def dump(self, state: S) -> bytes:
+        """The state as canonical JSON bytes (for checkpoints and snapshots)."""
+        return state.model_dump_json().encode()
+
+    def load(self, data: bytes) -> S:
+        """A state from ``dump`` output."""
+        return self.state_type.model_validate_json(data)  # type: ignore[return-value]
+
+    def copy(self, state: S) -> S:
+        """An independent copy of ``state`` (folds mutate in place)."""
+        return state.model_copy(deep=True)
+
+
+class PerStream(Projection[BaseModel]):
+    """Fold a per-run projection over the whole log: one state per stream, keyed by stream.
+
+    ``PerStream(RunStateProjection())`` is the state of every run; only streams whose names
+    start with ``prefix`` (default ``run-``) are folded.
+    """
+
+    def __init__(self, inner: Projection[Any], prefix: str = "run-") -> None:
+        self.inner = inner
+        self.prefix = prefix
+        self.name = f"{inner.name}_by_stream"  # type: ignore[misc]
+        self.version = inner.version  # type: ignore[misc]
+        self.event_types = inner.event_types  # type: ignore[misc]
+        self.state_type = create_model(  # type: ignore[misc]
+            f"{type(inner.initial()).__name__}ByStream",
+            streams=(dict[str, inner.state_type], Field(default_factory=dict)),  # type: ignore[name-defined]
+        )
+
+    def apply(self, state: BaseModel, event: Event) -> BaseModel:
+        if not event.stream.startswith(self.prefix):
+            return state
+        streams: dict[str, Any] = state.streams  # type: ignore[attr-defined]
+        inner = streams.get(event.stream)
+        if inner is None:
+            inner = streams[event.stream] = self.inner.initial()
+        streams[event.stream] = self.inner.apply(inner, event)
+        return state

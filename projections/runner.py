@@ -1,0 +1,144 @@
+"""Running projections: catch up from the checkpoint, follow live, and look into the past.
+
+``ProjectionRunner`` folds the log into a projection's state and commits state and position
+together (see ``checkpoints``), every ``commit_every`` events and at the end of each batch.
+Every ``snapshot_every`` positions it also keeps a snapshot, which ``as_of`` starts from.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Generic
+
+from agentledger.events import EventStore
+
+from .base import Projection, S
+from .checkpoints import CheckpointStore, PositionOutOfRange
+
+log = logging.getLogger(__name__)
+
+
+class ProjectionRunner(Generic[S]):
+    """Keeps one projection's state up to date with the log, exactly once per event."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        projection: Projection[S],
+        checkpoints: CheckpointStore,
+        *,
+        commit_every: int = 5_000,
+        snapshot_every: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.projection = projection
+        self.checkpoints = checkpoints
+        self.commit_every = commit_every
+        self.snapshot_every = snapshot_every
+        self.position = 0
+        self._committed = 0
+        self._last_snapshot = 0
+        self.state: S = projection.initial()
+        self._load()
+
+    def _load(self) -> None:
+        p = self.projection
+        checkpoint = self.checkpoints.load(p.name, p.version)
+        if checkpoint is not None:
+            self.state = p.load(checkpoint.state)
+            self.position = self._committed = checkpoint.position
+            snapshots = self.checkpoints.snapshot_positions(p.name, p.version)
+            self._last_snapshot = snapshots[-1] if snapshots else 0
+
+    def _commit(self) -> None:
+        if self.position == self._committed:
+            return
+        p = self.projection
+        snapshot = self.position - self._last_snapshot >= self.snapshot_every
+        self.checkpoints.save(
+            p.name,
+            p.version,
+            after=self._committed,
+            position=self.position,
+            state=p.dump(self.state),
+            snapshot=snapshot,
+        )
+        self._committed = self.position
+        if snapshot:
+            self._last_snapshot = self.position
+
+    def catch_up(self, progress: Callable[[int], None] | None = None) -> S:
+        """Fold every event after the checkpoint up to the current end of the log."""
+        apply, state = self.projection.apply, self.state
+        since_commit = 0
+        # Fix the end first: events of other types up to it count as folded (they change
+        # nothing), and an event appended after this read is left for the next catch-up.
+        head = self.store.head_position()
+        events = self.store.read_all(
+            self.position, types=self.projection.event_types, to_position=head
+        )
+        for event in events:
+            state = apply(state, event)
+            self.position = event.position or self.position
+            since_commit += 1
+            if since_commit >= self.commit_every or (
+                self.position - self._last_snapshot >= self.snapshot_every
+            ):
+                self.state = state
+                self._commit()
+                since_commit = 0
+                if progress is not None:
+                    progress(self.position)
+        self.state = state
+        self.position = max(self.position, head)
+        self._commit()
+        if progress is not None:
+            progress(self.position)
+        return state
+
+    def follow(self, stop: threading.Event, on_change: Callable[[S], None] | None = None) -> None:
+        """Fold new events as they are appended until ``stop`` is set."""
+        with self.store.subscribe(self.position, self.projection.event_types) as subscription:
+            while not stop.is_set():
+                batch = subscription.poll(timeout=0.25)
+                if not batch:
+                    continue
+                for event in batch:
+                    self.state = self.projection.apply(self.state, event)
+                    self.position = event.position or self.position
+                self._commit()
+                if on_change is not None:
+                    on_change(self.state)
+
+    def rebuild(self, progress: Callable[[int], None] | None = None) -> S:
+        """Drop the stored state and fold the whole log again."""
+        p = self.projection
+        self.checkpoints.reset(p.name)
+        self.state, self.position, self._committed, self._last_snapshot = p.initial(), 0, 0, 0
+        return self.catch_up(progress)
+
+
+def as_of(
+    store: EventStore,
+    projection: Projection[S],
+    position: int,
+    checkpoints: CheckpointStore | None = None,
+) -> S:
+    """The projection's state after the event at ``position`` (0: before any event).
+
+    Starts from the newest snapshot at or before ``position`` when there is one.
+    """
+    head = store.head_position()
+    if position < 0 or position > head:
+        raise PositionOutOfRange(
+            f"position {position} is outside the log, which runs from 0 to {head}"
+        )
+    state, start = None, 0
+    if checkpoints is not None:
+        snapshot = checkpoints.snapshot_at_or_before(projection.name, projection.version, position)
+        if snapshot is not None:
+            state, start = projection.load(snapshot.state), snapshot.position
+    events = store.read_all(start, types=projection.event_types, to_position=position)
+    return projection.fold(events, state)
