@@ -1,0 +1,416 @@
+"""The memory tiers, each a projection of the log.
+
+- short-term: an agent's recent events in this run, newest first, within a token budget;
+- medium-term: the run's scratchpad (``scratchpad.updated``);
+- long-term: ``memory.stored`` events in a LanceDB table (vector + full-text, hybrid search),
+  and user preferences (``preference.recorded`` in a per-user stream that outlives runs).
+
+The LanceDB directory is disposable: every row carries the log position it came from, the
+table's own highest position is its checkpoint (written in the same commit as the rows), and
+deleting the directory and catching up again gives the same table and the same search results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from agentledger.events import (
+    AgentLedgerError,
+    Event,
+    EventStore,
+    InvalidEvent,
+    MemoryStored,
+    PreferenceRecorded,
+    ScratchpadUpdated,
+)
+from agentledger.events.handlers import on
+
+from .base import Projection
+from .tokens import TokenCounter, approx_tokens
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- short-term
+
+
+def short_term(
+    events: Sequence[Event],
+    agent_role: str,
+    budget: int,
+    *,
+    render: Callable[[Event], str],
+    count: TokenCounter = approx_tokens,
+) -> list[Event]:
+    """The newest events of ``agent_role`` in a run that fit in ``budget`` tokens, oldest first.
+
+    An agent's own events and the tasks assigned to its role are its short-term history.
+    """
+    prefix = f"agent:{agent_role}/"
+    chosen: list[Event] = []
+    used = 0
+    for event in reversed(events):
+        mine = event.actor.startswith(prefix) or (
+            event.type == "task.assigned" and getattr(event.payload, "role", None) == agent_role
+        )
+        if not mine:
+            continue
+        cost = count(render(event))
+        if used + cost > budget:
+            break
+        chosen.append(event)
+        used += cost
+    chosen.reverse()
+    return chosen
+
+
+# ---------------------------------------------------------------- scratchpad
+
+
+class ScratchValue(BaseModel):
+    """One scratchpad key's current value and who set it."""
+
+    value: str
+    author: str
+    position: int | None
+    at: datetime
+
+
+class Scratchpad(BaseModel):
+    """A run's scratchpad: key -> current value (removed keys are gone)."""
+
+    values: dict[str, ScratchValue] = Field(default_factory=dict)
+    updates: int = 0
+
+
+class ScratchpadProjection(Projection[Scratchpad]):
+    """Folds a run's ``scratchpad.updated`` events."""
+
+    name = "scratchpad"
+    version = 1
+    state_type = Scratchpad
+
+    @on(ScratchpadUpdated)
+    def _updated(self, state: Scratchpad, event: ScratchpadUpdated) -> None:
+        state.updates += 1
+        if event.payload.value is None:
+            state.values.pop(event.payload.key, None)
+        else:
+            state.values[event.payload.key] = ScratchValue(
+                value=event.payload.value,
+                author=event.actor,
+                position=event.position,
+                at=event.at,
+            )
+
+
+# ---------------------------------------------------------------- preferences
+
+
+def user_stream(user: str) -> str:
+    """The per-user stream that holds a user's preferences (it outlives runs)."""
+    return f"user-{user}"
+
+
+class Preferences(BaseModel):
+    """A user's preferences: key -> value."""
+
+    values: dict[str, str] = Field(default_factory=dict)
+
+
+class PreferencesProjection(Projection[Preferences]):
+    """Folds a user stream's ``preference.recorded`` events."""
+
+    name = "preferences"
+    version = 1
+    state_type = Preferences
+
+    @on(PreferenceRecorded)
+    def _recorded(self, state: Preferences, event: PreferenceRecorded) -> None:
+        state.values[event.payload.key] = event.payload.value
+
+
+# ---------------------------------------------------------------- embedders
+
+
+class Embedder(Protocol):
+    """Turns texts into unit vectors; must be deterministic (same text, same vector)."""
+
+    name: str
+    dimensions: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """An (n, dimensions) float32 array of L2-normalised vectors."""
+        ...
+
+
+_WORDS = re.compile(r"[a-z0-9]+")
+
+
+class HashingEmbedder:
+    """The default embedder: feature hashing of words and word pairs. No model, no download.
+
+    Lexical, not semantic: texts that share words (and word pairs) are close. Stable across
+    processes and platforms (blake2b, not Python's salted ``hash``).
+    """
+
+    def __init__(self, dimensions: int = 256) -> None:
+        self.dimensions = dimensions
+        self.name = f"hashing-{dimensions}"
+        self._cache: dict[str, tuple[int, float]] = {}
+
+    def _slot(self, feature: str) -> tuple[int, float]:
+        slot = self._cache.get(feature)
+        if slot is None:
+            digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+            value = int.from_bytes(digest, "little")
+            slot = (value % self.dimensions, 1.0 if (value >> 63) & 1 else -1.0)
+            if len(self._cache) < 500_000:
+                self._cache[feature] = slot
+        return slot
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for ``texts``."""
+        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        for row, text in enumerate(texts):
+            words = _WORDS.findall(text.lower())
+            features = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
+            for feature in features:
+                index, sign = self._slot(feature)
+                out[row, index] += sign
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        normalised: np.ndarray = out / norms
+        return normalised
+
+
+# ---------------------------------------------------------------- long-term
+
+
+class MemoryUnavailable(AgentLedgerError):
+    """Long-term memory cannot do what was asked (bad query, unusable directory)."""
+
+
+@dataclass(frozen=True)
+class Memory:
+    """A long-term memory hit."""
+
+    memory_id: str
+    text: str
+    tags: list[str]
+    user: str | None
+    position: int
+    stream: str
+    score: float
+
+
+_TABLE = "memories"
+MAX_QUERY_CHARS = 2_000
+SearchMode = Literal["hybrid", "vector", "text"]
+
+
+class LongTermMemory:
+    """``memory.stored`` events in a LanceDB table, kept up to date from the log."""
+
+    def __init__(self, path: Path | str, embedder: Embedder | None = None) -> None:
+        self.path = Path(path)
+        self.embedder: Embedder = embedder or HashingEmbedder()
+        self._table: Any = None
+        self._fts_rows = -1
+        self._open()
+
+    def _schema(self) -> Any:
+        import pyarrow as pa
+
+        return pa.schema(
+            [
+                ("memory_id", pa.string()),
+                ("text", pa.string()),
+                ("tags", pa.list_(pa.string())),
+                ("user", pa.string()),
+                ("stream", pa.string()),
+                ("position", pa.int64()),
+                ("vector", pa.list_(pa.float32(), self.embedder.dimensions)),
+            ]
+        )
+
+    def _open(self) -> None:
+        import lancedb
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._db = lancedb.connect(str(self.path))
+            if _TABLE in self._db.list_tables().tables:
+                table = self._db.open_table(_TABLE)
+                if table.schema != self._schema():
+                    raise MemoryUnavailable("the table was built with another embedder")
+                table.count_rows()
+                self._table = table
+            else:
+                self._table = self._db.create_table(_TABLE, schema=self._schema())
+        except Exception as exc:
+            # The directory is a cache of the log: a damaged or foreign one is rebuilt.
+            log.warning(
+                "long-term memory at %s is unusable (%s); rebuilding it from the log",
+                self.path,
+                exc,
+            )
+            self.rebuild_notice = f"{self.path} was unusable ({exc}) and is rebuilt from the log"
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._db = lancedb.connect(str(self.path))
+            self._table = self._db.create_table(_TABLE, schema=self._schema(), mode="overwrite")
+        else:
+            self.rebuild_notice = ""
+
+    @property
+    def position(self) -> int:
+        """The log position of the newest memory in the table (its checkpoint)."""
+        if self._table.count_rows() == 0:
+            return 0
+        rows = self._table.search().select(["position"]).limit(None).to_arrow()
+        return int(rows.column("position").to_numpy().max())
+
+    def count(self) -> int:
+        """How many memories the table holds."""
+        return int(self._table.count_rows())
+
+    def catch_up(
+        self,
+        store: EventStore,
+        *,
+        batch: int = 5_000,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Add every ``memory.stored`` event after the table's position; returns how many."""
+        added = 0
+        pending: list[MemoryStored] = []
+        for event in store.read_all(self.position, types=["memory.stored"]):
+            pending.append(event)  # type: ignore[arg-type]
+            if len(pending) >= batch:
+                added += self._add(pending)
+                pending = []
+                if progress is not None:
+                    progress(added)
+        added += self._add(pending)
+        if progress is not None:
+            progress(added)
+        return added
+
+    def _add(self, events: Sequence[MemoryStored]) -> int:
+        # One LanceDB write per batch, never per event: each add is a new table version.
+        if not events:
+            return 0
+        vectors = self.embedder.embed([e.payload.text for e in events])
+        rows = [
+            {
+                "memory_id": e.payload.memory_id,
+                "text": e.payload.text,
+                "tags": list(e.payload.tags),
+                "user": e.payload.user,
+                "stream": e.stream,
+                "position": e.position,
+                "vector": vectors[i],
+            }
+            for i, e in enumerate(events)
+        ]
+        self._table.add(rows)
+        return len(rows)
+
+    def ensure_indexes(self, *, ann_threshold: int = 50_000) -> None:
+        """Build the full-text index, and an ANN vector index for large tables."""
+        rows = self.count()
+        if rows and rows != self._fts_rows:
+            from lancedb.index import FTS
+
+            self._table.create_index("text", config=FTS(), replace=True)
+            self._fts_rows = rows
+        if rows >= ann_threshold:
+            self._table.create_index(
+                metric="cosine",
+                vector_column_name="vector",
+                index_type="IVF_HNSW_SQ",
+                replace=True,
+            )
+
+    def search(
+        self,
+        query: str,
+        *,
+        k: int = 5,
+        user: str | None = None,
+        as_of: int | None = None,
+        mode: SearchMode = "hybrid",
+        exact: bool = False,
+    ) -> list[Memory]:
+        """The ``k`` memories most relevant to ``query`` (optionally one user's, as of a position).
+
+        Ties are broken by position, so the same table always returns the same order.
+        """
+        query = query.strip()
+        if not query:
+            raise InvalidEvent("the memory query is empty; say what to look for")
+        if len(query) > MAX_QUERY_CHARS:
+            raise InvalidEvent(
+                f"the memory query is {len(query)} characters; the limit is {MAX_QUERY_CHARS}"
+            )
+        if not 1 <= k <= 1000:
+            raise InvalidEvent(f"k must be between 1 and 1000, got {k}")
+        if self.count() == 0:
+            return []
+        filters = []
+        if user is not None:
+            filters.append(f"user = '{user.replace(chr(39), chr(39) * 2)}'")
+        if as_of is not None:
+            filters.append(f"position <= {int(as_of)}")
+        where = " AND ".join(filters) or None
+        vector = self.embedder.embed([query])[0]
+        if mode == "vector":
+            builder = self._table.search(vector, vector_column_name="vector").metric("cosine")
+            if exact:
+                builder = builder.bypass_vector_index()
+        else:
+            self.ensure_indexes(ann_threshold=10**12)
+            if mode == "text":
+                builder = self._table.search(query, query_type="fts")
+            else:
+                from lancedb.rerankers import RRFReranker
+
+                builder = (
+                    self._table.search(query_type="hybrid", vector_column_name="vector")
+                    .vector(vector)
+                    .text(query)
+                    .rerank(RRFReranker())
+                )
+        if where:
+            builder = builder.where(where, prefilter=True)
+        rows = builder.limit(k).to_list()
+        hits = [
+            Memory(
+                memory_id=r["memory_id"],
+                text=r["text"],
+                tags=list(r["tags"] or []),
+                user=r["user"],
+                position=int(r["position"]),
+                stream=r["stream"],
+                score=float(r.get("_relevance_score", r.get("_score", -r.get("_distance", 0.0)))),
+            )
+            for r in rows
+        ]
+        hits.sort(key=lambda m: (-round(m.score, 9), m.position))
+        return hits
+
+    def delete(self) -> None:
+        """Remove the directory (it is rebuilt from the log on the next catch-up)."""
+        shutil.rmtree(self.path, ignore_errors=True)
