@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,7 +13,19 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agentledger import __version__
-from agentledger.console import err, event_json, event_line, events_table, out, streams_table
+from agentledger.config import cache_dir
+from agentledger.console import (
+    blackboard_table,
+    context_view,
+    err,
+    event_json,
+    event_line,
+    events_table,
+    memories_table,
+    out,
+    run_state_view,
+    streams_table,
+)
 from agentledger.events import (
     EVENT_TYPES,
     STORE_ENV,
@@ -199,8 +212,6 @@ def schema_command(
     ] = False,
 ) -> None:
     """Export the event catalogue as JSON Schema (the union is printed without --out)."""
-    import json
-
     from agentledger.events.schema import union_schema, write_schemas
 
     if list_types:
@@ -254,6 +265,233 @@ def verify_log_command(store_url: StoreOption = None) -> None:
             if len(report.findings) > 50:
                 out.print(f"  … and {len(report.findings) - 50} more")
             raise typer.Exit(1)
+
+    _run(body)
+
+
+AtOption = Annotated[
+    int | None,
+    typer.Option("--at", min=0, help="Show it as it was at this global position (time travel)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+@app.command("state")
+def state_command(
+    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-<uuid>.")],
+    at: AtOption = None,
+    as_json: JsonOption = False,
+    store_url: StoreOption = None,
+) -> None:
+    """Show a run as of a position: status, tasks, pending approvals, blackboard, scratchpad."""
+    from agentledger.blackboard import BlackboardProjection
+    from agentledger.projections import RunStateProjection
+    from agentledger.projections.memory import ScratchpadProjection
+    from agentledger.projections.runner import stream_as_of
+
+    def body() -> None:
+        with _store(store_url) as store:
+            events = stream_as_of(store, run, at)
+            state = RunStateProjection().fold(events)
+            board = BlackboardProjection().fold(events)
+            pad = ScratchpadProjection().fold(events)
+        if as_json:
+            doc = {
+                "run": state.model_dump(mode="json"),
+                "blackboard": board.model_dump(mode="json"),
+                "scratchpad": pad.model_dump(mode="json"),
+            }
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+            return
+        out.print(run_state_view(state, board, pad, at))
+
+    _run(body)
+
+
+@app.command("blackboard")
+def blackboard_command(
+    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-<uuid>.")],
+    at: AtOption = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="fact, hypothesis, decision, artifact, question")
+    ] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="Only this topic.")] = None,
+    history: Annotated[bool, typer.Option("--history", help="Include superseded entries.")] = False,
+    as_json: JsonOption = False,
+    store_url: StoreOption = None,
+) -> None:
+    """Show a run's shared blackboard (entries are superseded, never edited)."""
+    from agentledger.blackboard import BlackboardProjection, Board
+    from agentledger.events import EntryKind, InvalidEvent
+    from agentledger.projections.runner import stream_as_of
+
+    def body() -> None:
+        if kind is not None and kind not in set(EntryKind):
+            raise InvalidEvent(
+                f"unknown kind {kind!r}; kinds: {', '.join(k.value for k in EntryKind)}"
+            )
+        with _store(store_url) as store:
+            state = BlackboardProjection().fold(stream_as_of(store, run, at))
+        board = Board(state)
+        entries = (
+            [
+                e
+                for e in state.entries.values()
+                if (kind is None or e.kind == kind) and (topic is None or e.topic == topic)
+            ]
+            if history
+            else board.current(kind, topic)
+        )
+        if as_json:
+            sys.stdout.write(
+                json.dumps([e.model_dump(mode="json") for e in entries], indent=2) + "\n"
+            )
+            return
+        out.print(
+            blackboard_table(
+                entries,
+                title=f"blackboard of {run}" + (f" at position {at}" if at is not None else ""),
+            )
+        )
+
+    _run(body)
+
+
+@app.command("context")
+def context_command(
+    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-<uuid>.")],
+    agent: Annotated[
+        str, typer.Option("--agent", help="Role: coordinator, research, execution, review.")
+    ],
+    at: AtOption = None,
+    goal: Annotated[
+        str | None,
+        typer.Option("--goal", help="Sub-goal to assemble for (default: the role's latest task)."),
+    ] = None,
+    budget: Annotated[int, typer.Option("--budget", min=32, help="Token budget.")] = 2000,
+    store_url: StoreOption = None,
+) -> None:
+    """Show the context an agent had for its sub-goal at a position (rebuilt, no model call)."""
+    from agentledger.actors.memory_manager import MemoryManager
+    from agentledger.projections import RunStateProjection
+    from agentledger.projections.memory import LongTermMemory
+    from agentledger.projections.runner import stream_as_of
+
+    def body() -> None:
+        with _store(store_url) as store:
+            events = stream_as_of(store, run, at)
+            sub_goal = goal
+            if sub_goal is None:
+                state = RunStateProjection().fold(events)
+                tasks = [t for t in state.tasks.values() if t.role == agent]
+                sub_goal = tasks[-1].goal if tasks else state.goal
+            memory = LongTermMemory(cache_dir(store.url) / "lancedb")
+            memory.catch_up(store)
+            context = MemoryManager(memory).assemble(events, agent, sub_goal, budget, user=None)
+        out.print(context_view(context))
+
+    _run(body)
+
+
+memory_app = typer.Typer(
+    help="Long-term memory (LanceDB, rebuilt from memory.stored events).", no_args_is_help=True
+)
+app.add_typer(memory_app, name="memory")
+
+
+@memory_app.command("search")
+def memory_search_command(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's memories.")] = None,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="How many.")] = 5,
+    mode: Annotated[
+        str, typer.Option("--mode", help="hybrid (default), vector or text.")
+    ] = "hybrid",
+    at: AtOption = None,
+    as_json: JsonOption = False,
+    store_url: StoreOption = None,
+) -> None:
+    """Search long-term memory (hybrid vector + full-text by default)."""
+    from agentledger.events import InvalidEvent
+    from agentledger.projections.memory import LongTermMemory
+
+    def body() -> None:
+        if mode not in ("hybrid", "vector", "text"):
+            raise InvalidEvent(f"unknown mode {mode!r}; use hybrid, vector or text")
+        with _store(store_url) as store:
+            memory = LongTermMemory(cache_dir(store.url) / "lancedb")
+            if memory.rebuild_notice:
+                err.print(f"[yellow]{memory.rebuild_notice}[/]")
+            memory.catch_up(store)
+            hits = memory.search(query, k=k, user=user, as_of=at, mode=mode)  # type: ignore[arg-type]
+        if as_json:
+            sys.stdout.write(json.dumps([h.__dict__ for h in hits], indent=2) + "\n")
+        elif not hits:
+            out.print("[dim]no memories match[/]")
+        else:
+            out.print(memories_table(hits))
+
+    _run(body)
+
+
+@app.command("rebuild")
+def rebuild_command(
+    projection: Annotated[
+        str, typer.Argument(help="runs, blackboards, scratchpads, memory, or all.")
+    ] = "all",
+    store_url: StoreOption = None,
+) -> None:
+    """Delete projection caches and rebuild them from the log, with progress."""
+    from agentledger.blackboard import BlackboardProjection
+    from agentledger.events import InvalidEvent
+    from agentledger.projections import PerStream, RunStateProjection
+    from agentledger.projections.checkpoints import CheckpointStore
+    from agentledger.projections.memory import LongTermMemory, ScratchpadProjection
+    from agentledger.projections.runner import ProjectionRunner
+
+    folds = {
+        "runs": lambda: PerStream(RunStateProjection()),
+        "blackboards": lambda: PerStream(BlackboardProjection()),
+        "scratchpads": lambda: PerStream(ScratchpadProjection()),
+    }
+    choices = [*folds, "memory"]
+
+    def body() -> None:
+        if projection != "all" and projection not in choices:
+            raise InvalidEvent(
+                f"unknown projection {projection!r}; choose from {', '.join(choices)} or all"
+            )
+        chosen = choices if projection == "all" else [projection]
+        with _store(store_url) as store:
+            cache = cache_dir(store.url)
+            head = store.head_position()
+            with Progress(
+                TextColumn("{task.description:<12}"),
+                BarColumn(),
+                TextColumn("{task.completed:,}/{task.total:,}"),
+                TimeElapsedColumn(),
+                console=err,
+            ) as progress:
+                for name in chosen:
+                    if name == "memory":
+                        memory = LongTermMemory(cache / "lancedb")
+                        memory.delete()
+                        memory = LongTermMemory(cache / "lancedb")
+                        total = sum(1 for _ in store.read_stored(types=["memory.stored"]))
+                        task = progress.add_task(name, total=total)
+                        added = memory.catch_up(
+                            store, progress=lambda n, t=task: progress.update(t, completed=n)
+                        )
+                        memory.ensure_indexes()
+                        summary = f"{added:,} memories"
+                    else:
+                        task = progress.add_task(name, total=head)
+                        checkpoints = CheckpointStore(cache / "checkpoints.db")
+                        runner = ProjectionRunner(store, folds[name](), checkpoints)
+                        state = runner.rebuild(lambda n, t=task: progress.update(t, completed=n))
+                        checkpoints.close()
+                        summary = f"{len(state.streams):,} runs"  # type: ignore[attr-defined]
+                    progress.console.print(f"rebuilt {name}: {summary}")
 
     _run(body)
 

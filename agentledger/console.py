@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from agentledger.events import Envelope, StreamSummary
 
@@ -131,4 +133,139 @@ def streams_table(streams: list[StreamSummary]) -> Table:
     table.add_column("last pos", justify="right", style="dim")
     for s in streams:
         table.add_row(s.stream, str(s.version), str(s.first_position), str(s.last_position))
+    return table
+
+
+_STATUS_STYLES = {
+    "planning": "cyan",
+    "running": "green",
+    "waiting_for_approval": "bold yellow",
+    "paused": "yellow",
+    "completed": "bold green",
+    "failed": "bold red",
+    "cancelled": "red",
+}
+
+
+def run_state_view(state: Any, board: Any, pad: Any, at: int | None) -> Group:
+    """A run's state as panels: header, tasks, pending approvals (reasoning beside the action),
+    blackboard, scratchpad, and anomalies found in the log."""
+    when = f"at position {at}" if at is not None else f"at position {state.last_position}"
+    style = _STATUS_STYLES.get(state.status.value, "white")
+    header = Table.grid(padding=(0, 2))
+    header.add_row("status", f"[{style}]{state.status.value}[/]")
+    header.add_row("goal", state.goal or "[dim](not started)[/]")
+    if state.parent_run:
+        header.add_row("forked from", f"{state.parent_run} at position {state.parent_position}")
+    if state.outcome:
+        header.add_row("outcome", state.outcome)
+    header.add_row("events", str(state.events))
+    parts: list[Any] = [Panel(header, title=f"{state.run} {when}", title_align="left")]
+    if state.tasks:
+        tasks = Table(title="tasks", header_style="bold", title_justify="left")
+        for col in ("task", "role", "status", "depends on", "goal / result"):
+            tasks.add_column(col, overflow="fold")
+        for t in state.tasks.values():
+            tasks.add_row(
+                t.task_id, t.role.value, t.status.value, ", ".join(t.depends_on), t.result or t.goal
+            )
+        parts.append(tasks)
+    if state.pending_approvals:
+        approvals = Table(
+            title="waiting for approval", header_style="bold yellow", title_justify="left"
+        )
+        for col in ("action", "tool", "risk", "preview", "reasoning", "expires"):
+            approvals.add_column(col, overflow="fold")
+        for a in state.pending_approvals.values():
+            approvals.add_row(
+                a.action_id,
+                a.tool,
+                f"[red]{a.risk.value}[/]",
+                a.preview,
+                a.reasoning,
+                a.expires_at.strftime("%Y-%m-%d %H:%M") if a.expires_at else "never",
+            )
+        parts.append(approvals)
+    current = [e for e in board.entries.values() if e.superseded_by is None]
+    if current:
+        parts.append(blackboard_table(current, title="blackboard"))
+    if pad.values:
+        scratch = Table(title="scratchpad", header_style="bold", title_justify="left")
+        scratch.add_column("key")
+        scratch.add_column("value", overflow="fold")
+        scratch.add_column("by", style="dim")
+        for key, value in pad.values.items():
+            scratch.add_row(key, value.value, value.author)
+        parts.append(scratch)
+    anomalies = [*state.anomalies, *board.anomalies]
+    if anomalies:
+        lines = "\n".join(f"position {a.position}: {a.event_type}: {a.message}" for a in anomalies)
+        parts.append(
+            Panel(
+                lines,
+                title="[bold red]not applied: illegal in the log[/]",
+                title_align="left",
+                border_style="red",
+            )
+        )
+    return Group(*parts)
+
+
+def blackboard_table(entries: list[Any], *, title: str) -> Table:
+    """Blackboard entries with author and reasoning."""
+    table = Table(title=title, header_style="bold", title_justify="left")
+    for col, kw in (
+        ("pos", {"justify": "right", "style": "dim"}),
+        ("kind", {}),
+        ("topic", {}),
+        ("content", {"overflow": "fold", "ratio": 2}),
+        ("reasoning", {"overflow": "fold", "ratio": 1}),
+        ("by", {"style": "dim"}),
+    ):
+        table.add_column(col, **kw)  # type: ignore[arg-type]
+    for e in entries:
+        content = e.content if e.superseded_by is None else f"[strike]{e.content}[/]"
+        table.add_row(str(e.position), e.kind.value, e.topic, content, e.reasoning, e.author)
+    return table
+
+
+def context_view(context: Any) -> Group:
+    """An assembled context: budget use per section, then the text."""
+    usage = Table(
+        header_style="bold",
+        title=f"context of {context.role} at position "
+        f"{context.position}: {context.tokens}/{context.budget} tokens",
+        title_justify="left",
+    )
+    usage.add_column("section")
+    usage.add_column("tokens", justify="right")
+    for section in context.sections:
+        usage.add_row(section.name, str(section.tokens))
+    refs = []
+    if context.summary_event_id:
+        refs.append(f"summary event {context.summary_event_id}")
+    if context.memories:
+        refs.append("memories " + ", ".join(m.memory_id for m in context.memories))
+    if context.event_ids:
+        refs.append(f"{len(context.event_ids)} recent events")
+    return Group(
+        usage,
+        Text("from: " + "; ".join(refs), style="dim") if refs else Text(""),
+        Panel(context.text(), title="prompt context", title_align="left"),
+    )
+
+
+def memories_table(hits: list[Any]) -> Table:
+    """Long-term memory search hits."""
+    table = Table(header_style="bold")
+    for col, kw in (
+        ("score", {"justify": "right"}),
+        ("memory", {}),
+        ("text", {"overflow": "fold"}),
+        ("user", {"style": "dim"}),
+        ("pos", {"justify": "right", "style": "dim"}),
+    ):
+        table.add_column(col, **kw)  # type: ignore[arg-type]
+    for h in hits:
+        table.add_row(f"{h.score:.4f}", h.memory_id, h.text, h.user or "", str(h.position))
     return table

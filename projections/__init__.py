@@ -1,6 +1,6 @@
 """Projections: pure folds of the log (run state, memory tiers, …), their runner and snapshots."""
 
-from .base import Anomaly, Projection
+from .base import Anomaly, PerStream, Projection
 from .run_state import (
     TRANSITIONS,
     ActionInfo,
@@ -19,6 +19,7 @@ __all__ = [
     "ActionStatus",
     "Anomaly",
     "PendingApproval",
+    "PerStream",
     "Projection",
     "RunState",
     "RunStateProjection",

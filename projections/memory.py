@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -246,6 +247,8 @@ class LongTermMemory:
         )
 
     def _open(self) -> None:
+        # Lance logs routine notices ("no existing dataset, it will be created") as warnings.
+        os.environ.setdefault("LANCE_LOG", "error")
         import lancedb
 
         try:

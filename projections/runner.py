@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Generic
 
-from agentledger.events import EventStore
+from agentledger.events import Event, EventStore, NotFound
 
 from .base import Projection, S
 from .checkpoints import CheckpointStore, PositionOutOfRange
@@ -142,3 +142,24 @@ def as_of(
             state, start = projection.load(snapshot.state), snapshot.position
     events = store.read_all(start, types=projection.event_types, to_position=position)
     return projection.fold(events, state)
+
+
+def stream_as_of(store: EventStore, stream: str, position: int | None = None) -> list[Event]:
+    """The events of ``stream`` up to global ``position`` (default: all), checked.
+
+    Raises ``NotFound`` for a stream with no events and ``PositionOutOfRange`` for a position
+    beyond the end of the log.
+    """
+    head = store.head_position()
+    if position is not None and not 0 <= position <= head:
+        raise PositionOutOfRange(
+            f"position {position} is outside the log, which runs from 0 to {head}"
+        )
+    events = store.read(stream)
+    if not events:
+        raise NotFound(
+            f"no run or stream {stream!r} in {store.url}; `agentledger streams` lists them"
+        )
+    if position is None:
+        return events
+    return [e for e in events if (e.position or 0) <= position]

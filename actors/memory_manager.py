@@ -1,0 +1,282 @@
+"""The Memory Manager: what an agent sees in its prompt for a sub-goal, within a token budget.
+
+For each sub-goal it assembles, in this order of priority: the sub-goal, the run's scratchpad,
+long-term memories relevant to the sub-goal, the latest summary of the agent's older history,
+and the agent's recent events. Everything it uses is a projection of the log *as of* a
+position, so the context an agent saw at any position is rebuilt exactly, without a model.
+
+When the history since the last summary outgrows its share of the budget, ``plan_summary``
+builds a ``context.summarized`` event (summary written by the agent's model, through a
+``Summarizer``) covering the older part; once appended, later assemblies use it instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agentledger.events import ContextSummarized, Event, InvalidEvent, NotFound
+from agentledger.projections.memory import LongTermMemory, Memory, ScratchpadProjection, short_term
+from agentledger.projections.tokens import TokenCounter, approx_tokens
+
+ROLES = ("coordinator", "research", "execution", "review")
+
+
+class Summarizer(Protocol):
+    """Writes a summary of some history (the agent's model, or the offline summarizer)."""
+
+    model: str
+
+    def summarize(self, lines: Sequence[str], max_tokens: int) -> str:
+        """A summary of ``lines`` in at most ``max_tokens`` tokens."""
+        ...
+
+
+class ExtractiveSummarizer:
+    """Offline, deterministic summarizer: keeps the start of each line. Not a language model."""
+
+    model = "offline-extractive"
+
+    def __init__(self, count: TokenCounter = approx_tokens) -> None:
+        self._count = count
+
+    def summarize(self, lines: Sequence[str], max_tokens: int) -> str:
+        """What kinds of entries there were, then the newest ones abridged, within budget."""
+        kinds: dict[str, int] = {}
+        for line in lines:
+            kind = line.split(" by ", 1)[0].split("] ", 1)[-1] if line.startswith("[") else "note"
+            kinds[kind] = kinds.get(kind, 0) + 1
+        head = f"{len(lines)} earlier entries: " + ", ".join(f"{k} x{n}" for k, n in kinds.items())
+        head = _fit(head, max_tokens // 3, self._count)
+        kept: list[str] = []
+        used = self._count(head) + 1
+        for line in reversed(lines):
+            short = _fit(" ".join(line.split()), 24, self._count)
+            cost = self._count(short) + 1
+            if used + cost > max_tokens:
+                break
+            kept.append(short)
+            used += cost
+        kept.reverse()
+        return "\n".join([head, *kept])
+
+
+def render(event: Event) -> str:
+    """An event as one prompt line: position, type, actor and payload (compact JSON)."""
+    payload = event.payload.model_dump(mode="json", exclude_defaults=True)
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    if len(body) > 600:
+        body = body[:599] + "…"
+    return f"[{event.position}] {event.type} by {event.actor}: {body}"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of an assembled context."""
+
+    name: str
+    text: str
+    tokens: int
+
+
+@dataclass
+class Context:
+    """What an agent's prompt is built from, with references to where each part came from."""
+
+    role: str
+    sub_goal: str
+    position: int
+    budget: int
+    sections: list[Section] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    memories: list[Memory] = field(default_factory=list)
+    summary_event_id: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Tokens used by all sections."""
+        return sum(s.tokens for s in self.sections)
+
+    def text(self) -> str:
+        """The context as prompt text."""
+        return "\n\n".join(f"## {s.name}\n{s.text}" for s in self.sections if s.text)
+
+
+@dataclass(frozen=True)
+class Shares:
+    """How the budget is split: the most each section may take, as a fraction of the budget."""
+
+    scratchpad: float = 0.2
+    long_term: float = 0.25
+    summary: float = 0.15
+    history: float = 0.4
+
+
+class MemoryManager:
+    """Assembles contexts (see the module docstring)."""
+
+    def __init__(
+        self,
+        long_term: LongTermMemory | None = None,
+        *,
+        count: TokenCounter = approx_tokens,
+        shares: Shares = Shares(),
+        memories_per_context: int = 5,
+    ) -> None:
+        self.long_term = long_term
+        self.count = count
+        self.shares = shares
+        self.memories_per_context = memories_per_context
+
+    def assemble(
+        self,
+        run_events: Sequence[Event],
+        role: str,
+        sub_goal: str,
+        budget: int,
+        *,
+        user: str | None = None,
+    ) -> Context:
+        """The context of ``role`` for ``sub_goal`` after the last of ``run_events``."""
+        if role not in ROLES:
+            raise NotFound(f"unknown agent role {role!r}; roles: {', '.join(ROLES)}")
+        if budget < 32:
+            raise InvalidEvent(f"a context budget of {budget} tokens is too small (minimum 32)")
+        position = (run_events[-1].position or 0) if run_events else 0
+        context = Context(role=role, sub_goal=sub_goal, position=position, budget=budget)
+        remaining = budget
+
+        def add(name: str, text: str, limit: int) -> bool:
+            nonlocal remaining
+            cost = self.count(text)
+            if not text or cost > min(limit, remaining):
+                return False
+            context.sections.append(Section(name, text, cost))
+            remaining -= cost
+            return True
+
+        goal_text = _fit(sub_goal, budget // 4, self.count)
+        add("sub-goal", goal_text, remaining)
+
+        pad = ScratchpadProjection().fold(run_events)
+        pad_lines = [f"{k}: {v.value}" for k, v in sorted(pad.values.items())]
+        add(
+            "scratchpad",
+            _fit_lines(pad_lines, int(budget * self.shares.scratchpad), self.count),
+            remaining,
+        )
+
+        if self.long_term is not None and sub_goal.strip():
+            hits = self.long_term.search(
+                sub_goal[:2000], k=self.memories_per_context, user=user, as_of=position
+            )
+            lines, kept = [], []
+            limit, used = int(budget * self.shares.long_term), 0
+            for hit in hits:
+                line = f"- {hit.text} (memory {hit.memory_id}, position {hit.position})"
+                cost = self.count(line) + 1
+                if used + cost > limit:
+                    break
+                lines.append(line)
+                kept.append(hit)
+                used += cost
+            if add("long-term memory", "\n".join(lines), remaining):
+                context.memories = kept
+
+        summary = latest_summary(run_events, role)
+        covered = 0
+        if summary is not None and add(
+            "summary of earlier history",
+            summary.payload.summary,
+            int(budget * self.shares.summary),
+        ):
+            context.summary_event_id = str(summary.id)
+            covered = summary.payload.to_position
+        recent_pool = [e for e in run_events if (e.position or 0) > covered]
+        recent = short_term(recent_pool, role, remaining, render=render, count=self.count)
+        text = "\n".join(render(e) for e in recent)
+        if add("recent history", text, remaining):
+            context.event_ids = [str(e.id) for e in recent]
+        return context
+
+    def plan_summary(
+        self,
+        run_events: Sequence[Event],
+        role: str,
+        budget: int,
+        summarizer: Summarizer,
+    ) -> ContextSummarized | None:
+        """A ``context.summarized`` event if ``role``'s unsummarized history outgrows its share.
+
+        The newest half of the history share stays verbatim; everything older (and the previous
+        summary) is summarized.
+        """
+        history_budget = int(budget * self.shares.history)
+        previous = latest_summary(run_events, role)
+        covered = previous.payload.to_position if previous else 0
+        prefix = f"agent:{role}/"
+        mine = [
+            e
+            for e in run_events
+            if (e.position or 0) > covered
+            and (
+                e.actor.startswith(prefix)
+                or (e.type == "task.assigned" and getattr(e.payload, "role", None) == role)
+            )
+        ]
+        lines = [render(e) for e in mine]
+        if sum(self.count(line) for line in lines) <= history_budget:
+            return None
+        keep = short_term(mine, role, history_budget // 2, render=render, count=self.count)
+        older = mine[: len(mine) - len(keep)]
+        if not older:
+            return None
+        older_lines = ([previous.payload.summary] if previous else []) + [render(e) for e in older]
+        text = summarizer.summarize(older_lines, int(budget * self.shares.summary))
+        last = run_events[-1]
+        return ContextSummarized(
+            actor=f"agent:{role}/memory",
+            payload={
+                "agent": role,
+                "from_position": older[0].position or 0,
+                "to_position": older[-1].position or 0,
+                "summary": text,
+                "model": summarizer.model,
+            },
+            **last.caused_by(last),
+        )
+
+
+def latest_summary(run_events: Sequence[Event], role: str) -> ContextSummarized | None:
+    """The newest ``context.summarized`` event of ``role`` among ``run_events``."""
+    for event in reversed(run_events):
+        if isinstance(event, ContextSummarized) and event.payload.agent == role:
+            return event
+    return None
+
+
+def _fit(text: str, limit: int, count: TokenCounter) -> str:
+    """``text`` cut (at a character boundary, marked with …) to at most ``limit`` tokens."""
+    if count(text) <= limit:
+        return text
+    low, high = 0, len(text)
+    while low < high:  # the longest prefix that fits, by bisection
+        mid = (low + high + 1) // 2
+        if count(text[:mid] + "…") <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low] + "…" if low else ""
+
+
+def _fit_lines(lines: Sequence[str], limit: int, count: TokenCounter) -> str:
+    kept, used = [], 0
+    for line in lines:
+        cost = count(line) + 1
+        if used + cost > limit:
+            break
+        kept.append(line)
+        used += cost
+    return "\n".join(kept)
