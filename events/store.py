@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -34,6 +35,7 @@ from ._codec import EnvelopeMapper, split_state, topics_for
 from .catalogue import EVENT_TYPES, Event
 from .envelope import Envelope, principal_kind
 from .errors import (
+    AgentLedgerError,
     AlreadyProcessed,
     ConcurrencyConflict,
     InvalidEvent,
@@ -126,14 +128,20 @@ class EventStore:
             self._check_event(stream, index, event)
         if tracking is not None and tracking.position < 1:
             raise InvalidEvent(f"tracking position must be ≥ 1, got {tracking.position}")
-        attempts = 10 if expected_version is None else 1
-        for attempt in range(attempts):
+        if expected_version is not None:
+            return self._append_once(stream, events, expected_version, tracking)
+        # "At the end, whatever the version": under contention another writer may take the
+        # version we read; re-read and retry with jittered backoff for up to ~30 seconds.
+        delay = 0.001
+        deadline = time.monotonic() + 30.0
+        while True:
             try:
-                return self._append_once(stream, events, expected_version, tracking)
+                return self._append_once(stream, events, None, tracking)
             except ConcurrencyConflict:
-                if attempt == attempts - 1:
+                if time.monotonic() > deadline:
                     raise
-        raise AssertionError("unreachable")  # pragma: no cover
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.05)
 
     def _append_once(
         self,
@@ -376,7 +384,12 @@ class Subscription(Iterator[Event]):
         return bool(rows)
 
     def poll(self, timeout: float = 0.0) -> list[Event]:
-        """The events available now, waiting up to ``timeout`` seconds for the first one."""
+        """The events available now, waiting up to ``timeout`` seconds for the first one.
+
+        A row that cannot be decoded stops the subscription *at* that row: the events before
+        it are returned, and the next call raises the row's error (and keeps raising it until
+        the reader is upgraded); nothing after it is skipped to.
+        """
         deadline = time.monotonic() + timeout
         while not self._buffer and not self._stopped.is_set():
             if self._fetch():
@@ -385,12 +398,23 @@ class Subscription(Iterator[Event]):
             if remaining <= 0:
                 break
             self._waiter.wait(min(remaining, 0.25))
-        out = []
+        out: list[Event] = []
         while self._buffer:
-            row = self._buffer.popleft()
-            out.append(self._store.decode(row))
-            self.position = row.id
+            try:
+                out.append(self._take())
+            except AgentLedgerError:
+                if out:
+                    break
+                raise
         return out
+
+    def _take(self) -> Event:
+        # Decode before consuming, so a failure leaves the row (and the position) in place.
+        row = self._buffer[0]
+        event = self._store.decode(row)
+        self._buffer.popleft()
+        self.position = row.id
+        return event
 
     def __next__(self) -> Event:
         while not self._buffer:
@@ -398,10 +422,7 @@ class Subscription(Iterator[Event]):
                 raise StopIteration
             if not self._fetch():
                 self._waiter.wait(0.25)
-        row = self._buffer.popleft()
-        event = self._store.decode(row)
-        self.position = row.id
-        return event
+        return self._take()
 
     def stop(self) -> None:
         """Stop the subscription (iteration ends within a fraction of a second)."""
