@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agentledger.events import ContextSummarized, Event, InvalidEvent, NotFound
-from agentledger.projections.memory import LongTermMemory, Memory, ScratchpadProjection, short_term
+from agentledger.projections.memory import (
+    LongTermMemory,
+    Memory,
+    ScratchpadProjection,
+    is_own_history,
+    short_term,
+)
 from agentledger.projections.tokens import TokenCounter, approx_tokens
 
 ROLES = ("coordinator", "research", "execution", "review")
@@ -216,16 +222,7 @@ class MemoryManager:
         history_budget = int(budget * self.shares.history)
         previous = latest_summary(run_events, role)
         covered = previous.payload.to_position if previous else 0
-        prefix = f"agent:{role}/"
-        mine = [
-            e
-            for e in run_events
-            if (e.position or 0) > covered
-            and (
-                e.actor.startswith(prefix)
-                or (e.type == "task.assigned" and getattr(e.payload, "role", None) == role)
-            )
-        ]
+        mine = [e for e in run_events if (e.position or 0) > covered and is_own_history(e, role)]
         lines = [render(e) for e in mine]
         if sum(self.count(line) for line in lines) <= history_budget:
             return None

@@ -443,7 +443,7 @@ def rebuild_command(
 ) -> None:
     """Delete projection caches and rebuild them from the log, with progress."""
     from agentledger.blackboard import BlackboardProjection
-    from agentledger.events import InvalidEvent
+    from agentledger.events import InvalidEvent, StoreUnavailable
     from agentledger.projections import PerStream, RunStateProjection
     from agentledger.projections.checkpoints import CheckpointStore
     from agentledger.projections.memory import (
@@ -490,10 +490,22 @@ def rebuild_command(
                         summary = f"{added:,} memories"
                     else:
                         task = progress.add_task(name, total=head)
-                        checkpoints = CheckpointStore(cache / "checkpoints.db")
-                        runner = ProjectionRunner(store, folds[name](), checkpoints)
-                        state = runner.rebuild(lambda n, t=task: progress.update(t, completed=n))
-                        checkpoints.close()
+                        path = cache / "checkpoints.db"
+                        for attempt in (1, 2):
+                            try:
+                                checkpoints = CheckpointStore(path)
+                                runner = ProjectionRunner(store, folds[name](), checkpoints)
+                                state = runner.rebuild(
+                                    lambda n, t=task: progress.update(t, completed=n)
+                                )
+                                checkpoints.close()
+                                break
+                            except StoreUnavailable:
+                                # The cache is damaged: rebuilding replaces it anyway.
+                                if attempt == 2:
+                                    raise
+                                progress.console.print(f"[yellow]{path} is damaged; deleting it[/]")
+                                CheckpointStore.delete(path)
                         summary = f"{len(state.streams):,} runs"  # type: ignore[attr-defined]
                     progress.console.print(f"rebuilt {name}: {summary}")
 

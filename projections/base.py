@@ -101,7 +101,10 @@ class PerStream(Projection[BaseModel]):
         )
 
     def apply(self, state: BaseModel, event: Event) -> BaseModel:
-        if not event.stream.startswith(self.prefix):
+        if not event.stream.startswith(self.prefix) or (
+            self.event_types and event.type not in self.event_types
+        ):
+            # Only what the inner fold reads: a full fold must equal a type-filtered one.
             return state
         streams: dict[str, Any] = state.streams  # type: ignore[attr-defined]
         inner = streams.get(event.stream)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,13 +51,26 @@ class CheckpointStore:
         except sqlite3.DatabaseError as exc:
             raise StoreUnavailable(
                 f"projection cache {self.path} is unreadable ({exc}); it only holds rebuildable "
-                "state: delete it and run `agentledger rebuild`"
+                "state: run `agentledger rebuild`, which deletes and rebuilds it"
             ) from exc
         self._lock = threading.Lock()
 
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        # One lock per store (the connection is shared by threads), and damaged pages found
+        # mid-query become the same clear error as a damaged file found on open.
+        with self._lock:
+            try:
+                yield
+            except sqlite3.DatabaseError as exc:
+                raise StoreUnavailable(
+                    f"projection cache {self.path} is damaged ({exc}); it only holds rebuildable "
+                    "state: run `agentledger rebuild`, which deletes and rebuilds it"
+                ) from exc
+
     def load(self, name: str, version: int) -> Checkpoint | None:
         """The checkpoint of ``name`` at ``version``; checkpoints of other versions are dropped."""
-        with self._lock:
+        with self._guard():
             row = self._db.execute(
                 "SELECT version, position, state FROM checkpoints WHERE name = ?", (name,)
             ).fetchone()
@@ -73,7 +88,7 @@ class CheckpointStore:
 
         Fails with ``CheckpointConflict`` if another runner moved the checkpoint meanwhile.
         """
-        with self._lock:
+        with self._guard():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 current = self._db.execute(
@@ -104,7 +119,7 @@ class CheckpointStore:
 
     def snapshot_at_or_before(self, name: str, version: int, position: int) -> Checkpoint | None:
         """The newest snapshot of ``name`` taken at or before ``position``."""
-        with self._lock:
+        with self._guard():
             row = self._db.execute(
                 "SELECT position, state FROM snapshots WHERE name = ? AND version = ? "
                 "AND position <= ? ORDER BY position DESC LIMIT 1",
@@ -114,7 +129,7 @@ class CheckpointStore:
 
     def snapshot_positions(self, name: str, version: int) -> list[int]:
         """Positions of the snapshots kept for ``name``."""
-        with self._lock:
+        with self._guard():
             rows = self._db.execute(
                 "SELECT position FROM snapshots WHERE name = ? AND version = ? ORDER BY position",
                 (name, version),
@@ -123,7 +138,7 @@ class CheckpointStore:
 
     def reset(self, name: str) -> None:
         """Forget everything stored for ``name`` (the next run rebuilds it from the log)."""
-        with self._lock:
+        with self._guard():
             self._reset(name)
 
     def _reset(self, name: str) -> None:
@@ -133,6 +148,12 @@ class CheckpointStore:
     def close(self) -> None:
         """Close the file."""
         self._db.close()
+
+    @staticmethod
+    def delete(path: Path | str) -> None:
+        """Remove a checkpoint file and its WAL companions (they are rebuilt from the log)."""
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 class PositionOutOfRange(AgentLedgerError):

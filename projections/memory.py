@@ -46,6 +46,16 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- short-term
 
 
+def is_own_history(event: Event, agent_role: str) -> bool:
+    """Whether ``event`` belongs to ``agent_role``'s history: its own events (but not the
+    summaries of that history) and the tasks assigned to its role."""
+    if event.type == "context.summarized":
+        return False
+    return event.actor.startswith(f"agent:{agent_role}/") or (
+        event.type == "task.assigned" and getattr(event.payload, "role", None) == agent_role
+    )
+
+
 def short_term(
     events: Sequence[Event],
     agent_role: str,
@@ -58,16 +68,12 @@ def short_term(
 
     An agent's own events and the tasks assigned to its role are its short-term history.
     """
-    prefix = f"agent:{agent_role}/"
     chosen: list[Event] = []
     used = 0
     for event in reversed(events):
-        mine = event.actor.startswith(prefix) or (
-            event.type == "task.assigned" and getattr(event.payload, "role", None) == agent_role
-        )
-        if not mine:
+        if not is_own_history(event, agent_role):
             continue
-        cost = count(render(event))
+        cost = count(render(event)) + (1 if chosen else 0)  # lines are joined by newlines
         if used + cost > budget:
             break
         chosen.append(event)
@@ -305,7 +311,8 @@ class LongTermMemory:
                 table = self._db.open_table(_TABLE)
                 if not table.schema.equals(self._schema(), check_metadata=True):
                     raise MemoryUnavailable("the table was built with another embedder or layout")
-                table.count_rows()
+                # Read a whole column: damaged data files fail here, not in a later search.
+                table.search().select(["position"]).limit(None).to_arrow()
                 self._table = table
             else:
                 self._table = self._db.create_table(_TABLE, schema=self._schema())
@@ -375,8 +382,17 @@ class LongTermMemory:
             }
             for i, e in enumerate(events)
         ]
-        self._table.add(rows)
+        try:
+            self._table.add(rows)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise self._damaged(exc) from exc
         return len(rows)
+
+    def _damaged(self, exc: Exception) -> MemoryUnavailable:
+        return MemoryUnavailable(
+            f"long-term memory at {self.path} failed ({exc}); it is rebuilt from the log by "
+            "`agentledger rebuild memory`"
+        )
 
     def ensure_indexes(self, *, ann_threshold: int = 50_000) -> None:
         """Build the full-text index, and an ANN vector index for large tables."""
@@ -445,7 +461,10 @@ class LongTermMemory:
                 )
         if where:
             builder = builder.where(where, prefilter=True)
-        rows = builder.limit(k).to_list()
+        try:
+            rows = builder.limit(k).to_list()
+        except (OSError, RuntimeError) as exc:
+            raise self._damaged(exc) from exc
         hits = [
             Memory(
                 memory_id=r["memory_id"],

@@ -72,6 +72,8 @@ TRANSITIONS: dict[tuple[RunStatus, str], RunStatus | None] = {
     **{(s, "task.planned"): s for s in (RunStatus.RUNNING, RunStatus.WAITING_FOR_APPROVAL)},
     **{(s, "task.assigned"): s for s in (RunStatus.RUNNING, RunStatus.WAITING_FOR_APPROVAL)},
     **{(s, "approval.requested"): RunStatus.WAITING_FOR_APPROVAL for s in _ACTIVE},
+    # An agent mid-step when the run was paused may still ask; the run stays paused.
+    (RunStatus.PAUSED, "approval.requested"): RunStatus.PAUSED,
     **{
         (s, t): None
         for s in (RunStatus.WAITING_FOR_APPROVAL, RunStatus.PAUSED)
@@ -104,7 +106,13 @@ def advance(
         if target is not None:
             return target
         if event.type == "run.resumed":
-            return resume_to or RunStatus.RUNNING
+            # Back to where the run was, unless approvals were decided (or requested) while
+            # it was paused: then what is pending now decides.
+            if pending:
+                return RunStatus.WAITING_FOR_APPROVAL
+            if resume_to in (RunStatus.PLANNING, RunStatus.RUNNING):
+                return resume_to
+            return RunStatus.RUNNING
         action_id = getattr(event.payload, "action_id", None)
         if action_id not in pending:
             raise IllegalTransition(

@@ -1,0 +1,180 @@
+"""The projection commands end to end: state, blackboard, context, memory search and rebuild on a
+real SQLite log written by `demo`, with their caches in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from agentledger.cli import app
+from agentledger.events import EventStore
+from agentledger.projections import PerStream, RunStateProjection
+from agentledger.projections.checkpoints import CheckpointStore
+
+runner = CliRunner()
+
+
+class Cli:
+    def __init__(self, url: str, cache: Path) -> None:
+        self.url = url
+        self.cache = cache
+
+    def __call__(self, *args: str) -> Result:
+        return runner.invoke(
+            app,
+            [*args, "--store", self.url],
+            env={"COLUMNS": "200", "AGENTLEDGER_CACHE": str(self.cache)},
+        )
+
+
+@pytest.fixture
+def cli(sqlite_url: str, tmp_path: Path) -> Cli:
+    return Cli(sqlite_url, tmp_path / "cache")
+
+
+@pytest.fixture
+def run(cli: Cli) -> str:
+    result = cli("demo")
+    assert result.exit_code == 0, result.output
+    with EventStore.open(cli.url) as store:
+        [stream] = store.streams()
+    return stream.stream
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    assert result.exception is None
+    return result.output
+
+
+def test_state_now_and_in_the_past(cli: Cli, run: str) -> None:
+    now = ok(cli("state", run))
+    assert f"{run} at position 18" in now and "waiting_for_approval" in now
+    assert "a2" in now and "sql.execute" in now  # the pending approval, with its reasoning
+    assert "1284 records are past the 2-year retention" in now
+    assert "stale_count" in now and "Customer data is kept 2 years" in now
+
+    early = ok(cli("state", run, "--at", "2"))
+    assert f"{run} at position 2" in early and "planning" in early
+    assert "waiting_for_approval" not in early and "stale_count" not in early
+
+    doc = json.loads(ok(cli("state", run, "--json")))
+    assert doc["run"]["status"] == "waiting_for_approval" and doc["run"]["events"] == 18
+    assert list(doc["run"]["pending_approvals"]) == ["a2"]
+    assert list(doc["blackboard"]["entries"]) == ["b1"]
+    assert doc["scratchpad"]["values"]["stale_count"]["value"] == "1284"
+    past = json.loads(ok(cli("state", run, "--json", "--at", "8")))
+    assert past["run"]["status"] == "running" and past["run"]["last_position"] == 8
+    assert past["blackboard"]["entries"] == {} and past["run"]["pending_approvals"] == {}
+
+
+def test_blackboard(cli: Cli, run: str) -> None:
+    output = ok(cli("blackboard", run))
+    assert "Customer data is kept 2 years" in output and "retention" in output
+    assert "agent:research/r1" in output
+    assert "Customer data" not in ok(cli("blackboard", run, "--at", "8"))
+    assert "Customer data" not in ok(cli("blackboard", run, "--kind", "question"))
+    entries = json.loads(ok(cli("blackboard", run, "--json", "--kind", "fact")))
+    assert [e["entry_id"] for e in entries] == ["b1"] and entries[0]["position"] == 9
+
+
+def test_context_of_an_agent_at_a_position(cli: Cli, run: str) -> None:
+    output = ok(cli("context", run, "--agent", "execution", "--at", "12"))
+    assert "position 12" in output and "/2000 tokens" in output
+    assert "Delete the stale records" in output  # the role's latest task is the sub-goal
+    assert "[12] action.proposed by agent:execution/e1" in output
+    assert "[13]" not in output and "1284" not in output  # nothing after position 12
+    assert "mem1" in output  # long-term memory as of position 12
+
+    later = ok(cli("context", run, "--agent", "execution"))
+    assert "[14] action.executed" in later and "stale_count: 1284" in later
+    again = ok(cli("context", run, "--agent", "execution", "--at", "12"))
+    assert again == output  # reproducible: the same context at the same position
+
+
+def test_memory_search(cli: Cli, run: str) -> None:
+    output = ok(cli("memory", "search", "customer retention"))
+    assert "mem1" in output and "Retention for customer data is 2 years" in output
+    hits = json.loads(ok(cli("memory", "search", "customer retention", "--json")))
+    assert [h["memory_id"] for h in hits] == ["mem1"] and hits[0]["position"] == 10
+    for mode in ("vector", "text"):
+        assert "mem1" in ok(cli("memory", "search", "retention", "--mode", mode))
+    assert "no memories match" in ok(cli("memory", "search", "retention", "--at", "9"))
+    assert "no memories match" in ok(cli("memory", "search", "retention", "--user", "zed"))
+
+
+def test_rebuild_mentions_each_projection_and_leaves_fresh_checkpoints(cli: Cli, run: str) -> None:
+    output = ok(cli("rebuild"))
+    for name in ("runs", "blackboards", "scratchpads", "memory"):
+        assert f"rebuilt {name}" in output, name
+    assert "1 memories" in output
+    checkpoints = CheckpointStore(cli.cache / "checkpoints.db")
+    projection = PerStream(RunStateProjection())
+    stored = checkpoints.load(projection.name, projection.version)
+    assert stored is not None and stored.position == 18
+    with EventStore.open(cli.url) as store:
+        expected = projection.dump(projection.fold(store.read_all()))
+    assert stored.state == expected
+    assert (cli.cache / "lancedb").is_dir()
+
+    only = ok(cli("rebuild", "runs"))
+    assert "rebuilt runs" in only and "rebuilt memory" not in only
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("state", "run-nope"), "no run or stream 'run-nope'"),
+        (("state", "{run}", "--at", "19"), "position 19 is outside the log"),
+        (("blackboard", "{run}", "--at", "99"), "position 99 is outside the log"),
+        (("context", "{run}", "--agent", "boss"), "unknown agent role 'boss'"),
+        (("context", "run-nope", "--agent", "execution"), "no run or stream 'run-nope'"),
+        (("blackboard", "{run}", "--kind", "rumor"), "unknown kind 'rumor'"),
+        (("rebuild", "everything"), "unknown projection 'everything'"),
+        (("memory", "search", ""), "the memory query is empty"),
+        (("memory", "search", "   "), "the memory query is empty"),
+        (("memory", "search", "x" * 2001), "the limit is 2000"),
+        (("memory", "search", "retention", "--mode", "fuzzy"), "unknown mode 'fuzzy'"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v)[:40],
+)
+def test_bad_input_is_a_clear_error_and_leaves_the_log_alone(
+    cli: Cli, run: str, args: tuple[str, ...], message: str
+) -> None:
+    with EventStore.open(cli.url) as store:
+        head, report = store.head_position(), store.verify()
+    assert report.ok and head == 18
+
+    result = cli(*(a.format(run=run) for a in args))
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # typer.Exit(1), not a crash
+    assert "error:" in result.output and message in result.output
+    assert "Traceback" not in result.output
+
+    with EventStore.open(cli.url) as store:
+        assert store.head_position() == head
+        assert store.verify().ok and store.verify().events == report.events
+
+
+def test_rebuild_repairs_an_unreadable_checkpoints_file(cli: Cli, run: str) -> None:
+    ok(cli("rebuild", "runs"))
+    path = cli.cache / "checkpoints.db"
+    for file in path.parent.glob("checkpoints.db*"):
+        file.unlink()
+    path.write_bytes(b"not a database " * 300)
+    output = ok(cli("rebuild", "runs"))
+    assert "rebuilt runs: 1 runs" in output
+
+
+def test_memory_search_survives_damaged_lancedb_data_files(cli: Cli, run: str) -> None:
+    ok(cli("memory", "search", "retention"))
+    data = list((cli.cache / "lancedb").rglob("data/*.lance"))
+    assert data
+    for file in data:
+        file.write_bytes(b"garbage")
+    output = ok(cli("memory", "search", "retention"))
+    assert "mem1" in output

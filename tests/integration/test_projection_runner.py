@@ -1,0 +1,317 @@
+"""ProjectionRunner on a real SQLite log: exactly once across a SIGKILL, live follow, version
+bumps, conflicting runners and damaged checkpoint files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentledger.events import (
+    EventStore,
+    PreferenceRecorded,
+    RunCompleted,
+    RunPaused,
+    RunStarted,
+    ScratchpadUpdated,
+    StoreUnavailable,
+    TaskAssigned,
+    TaskPlanned,
+)
+from agentledger.events.handlers import on
+from agentledger.projections import PerStream, RunState, RunStateProjection, RunStatus
+from agentledger.projections.checkpoints import CheckpointConflict, CheckpointStore
+from agentledger.projections.runner import ProjectionRunner, as_of
+from agentledger.sample import write_sample_run
+
+NAME = PerStream(RunStateProjection()).name
+
+
+def runs_projection() -> PerStream:
+    return PerStream(RunStateProjection())
+
+
+def fresh_fold_bytes(store: EventStore, projection: Any = None) -> bytes:
+    p = projection or runs_projection()
+    return p.dump(p.fold(store.read_all()))  # type: ignore[no-any-return]
+
+
+def write_big_log(store: EventStore, runs: int = 100, per_run: int = 200) -> tuple[int, int]:
+    """``runs`` runs of ``per_run`` events (plus user-stream noise and, in every tenth run,
+    events after the end); returns (events in run streams, of which illegal)."""
+    run_events = illegal = 0
+    for r in range(runs):
+        run = f"run-{r:04d}"
+        coord, worker = "agent:coordinator/c1", "agent:execution/e1"
+        events: list[Any] = [
+            RunStarted(actor="human:ann", payload={"goal": f"goal {r}"}),
+            TaskPlanned(
+                actor=coord, payload={"task_id": "t1", "goal": "work", "role": "execution"}
+            ),
+            TaskAssigned(actor=coord, payload={"task_id": "t1", "role": "execution"}),
+        ]
+        events += [
+            ScratchpadUpdated(actor=worker, payload={"key": f"k{i % 7}", "value": f"v{i}"})
+            for i in range(per_run - 4)
+        ]
+        events.append(RunCompleted(actor=coord, payload={"summary": f"done {r}"}))
+        if r % 10 == 0:  # activity after the end: refused, recorded as anomalies
+            events += [ScratchpadUpdated(actor=worker, payload={"key": "late", "value": "x"})] * 2
+            illegal += 2
+        store.append(run, events)
+        run_events += len(events)
+        store.append(
+            "user-ann",
+            [
+                PreferenceRecorded(
+                    actor="human:ann", payload={"user": "ann", "key": "k", "value": "v"}
+                )
+            ],
+        )
+    return run_events, illegal
+
+
+def committed_position(path: Path) -> int:
+    """The checkpoint position as another process sees it (0 before the first commit)."""
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            row = db.execute("SELECT position FROM checkpoints WHERE name = ?", (NAME,)).fetchone()
+    except sqlite3.OperationalError:
+        return 0  # the schema is not there yet
+    return int(row[0]) if row else 0
+
+
+_CATCH_UP = """
+import sys, time
+from agentledger.events import EventStore
+from agentledger.projections import PerStream, RunStateProjection
+from agentledger.projections.checkpoints import CheckpointStore
+from agentledger.projections.runner import ProjectionRunner
+with EventStore.open(sys.argv[1]) as store:
+    runner = ProjectionRunner(store, PerStream(RunStateProjection()), CheckpointStore(sys.argv[2]),
+                              commit_every=100, snapshot_every=2_000)
+    # A short pause after each commit widens the window the parent kills in; the fold itself
+    # is untouched.
+    runner.catch_up(progress=lambda position: time.sleep(0.01))
+    print("finished", runner.position, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_runner_killed_mid_catch_up_resumes_exactly_once(sqlite_url: str, tmp_path: Path) -> None:
+    checkpoints_path = tmp_path / "cache" / "checkpoints.db"
+    with EventStore.open(sqlite_url) as store:
+        relevant, illegal = write_big_log(store)
+        head = store.head_position()
+        assert relevant >= 20_000 and head > relevant
+
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CATCH_UP, sqlite_url, str(checkpoints_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            # Several commits and one snapshot in, far from the end: then kill it.
+            while committed_position(checkpoints_path) < 2_000:
+                assert child.poll() is None, child.communicate()
+                assert time.monotonic() < deadline, "the child never committed a checkpoint"
+                time.sleep(0.002)
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            stdout, stderr = child.communicate(timeout=30)
+        assert child.returncode == -signal.SIGKILL, (stdout, stderr)
+        assert "finished" not in stdout
+        killed_at = committed_position(checkpoints_path)
+        assert 0 < killed_at < head, "the kill must land mid-catch-up"
+
+        checkpoints = CheckpointStore(checkpoints_path)
+        runner = ProjectionRunner(store, runs_projection(), checkpoints, commit_every=100)
+        assert runner.position == killed_at  # resumes from the checkpoint, not from 0
+        assert checkpoints.snapshot_positions(NAME, 1)[0] == 2_000
+        state = runner.catch_up()
+        checkpoints.close()
+
+        assert runner.position == head
+        assert runner.projection.dump(state) == fresh_fold_bytes(store)
+        runs: dict[str, RunState] = state.streams  # type: ignore[attr-defined]
+        assert len(runs) == 100
+        applied = sum(r.events for r in runs.values())
+        refused = sum(len(r.anomalies) for r in runs.values())
+        assert (applied, refused) == (relevant - illegal, illegal)
+        assert all(r.status is RunStatus.COMPLETED for r in runs.values())
+
+
+def test_a_restarted_runner_folds_only_new_events(sqlite_store: EventStore, tmp_path: Path) -> None:
+    run, _ = write_sample_run(sqlite_store)
+    checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
+    first = ProjectionRunner(sqlite_store, runs_projection(), checkpoints, commit_every=4)
+    first.catch_up()
+    first.catch_up()  # nothing new: nothing folded twice
+    assert first.state.streams[run].events == 18  # type: ignore[attr-defined]
+
+    sqlite_store.append(run, [RunPaused(actor="human:ann")])
+    second = ProjectionRunner(sqlite_store, runs_projection(), checkpoints, commit_every=4)
+    assert second.position == 18
+    state = second.catch_up()
+    assert state.streams[run].events == 19  # type: ignore[attr-defined]
+    assert state.streams[run].status is RunStatus.PAUSED  # type: ignore[attr-defined]
+    assert second.projection.dump(state) == fresh_fold_bytes(sqlite_store)
+    stored = checkpoints.load(NAME, 1)
+    assert stored is not None and stored.position == 19
+    assert stored.state == second.projection.dump(state)
+
+
+def test_follow_picks_up_events_appended_after_catch_up(
+    sqlite_store: EventStore, tmp_path: Path
+) -> None:
+    first_run, _ = write_sample_run(sqlite_store)
+    checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
+    runner = ProjectionRunner(sqlite_store, runs_projection(), checkpoints)
+    runner.catch_up()
+    changes: list[int] = []
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=runner.follow,
+        args=(stop, lambda state: changes.append(len(state.streams))),  # type: ignore[attr-defined]
+        daemon=True,
+    )
+    thread.start()
+    try:
+        second_run, _ = write_sample_run(sqlite_store)
+        sqlite_store.append(first_run, [RunPaused(actor="human:ann", payload={"reason": "lunch"})])
+        head = sqlite_store.head_position()
+        deadline = time.monotonic() + 15
+        while runner.position < head and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert runner.position == head == 37
+    assert changes and changes[-1] == 2
+    runs = runner.state.streams  # type: ignore[attr-defined]
+    assert runs[first_run].status is RunStatus.PAUSED
+    assert runs[second_run].status is RunStatus.WAITING_FOR_APPROVAL
+    assert runner.projection.dump(runner.state) == fresh_fold_bytes(sqlite_store)
+    stored = checkpoints.load(NAME, 1)
+    assert stored is not None and stored.position == head  # follow commits what it folds
+
+
+class ShoutingRunState(RunStateProjection):
+    """Version 2 of the run state fold: goals are stored upper-cased."""
+
+    version = 2
+
+    @on(RunStarted)
+    def _started(self, state: RunState, event: RunStarted) -> None:
+        super()._started(state, event)
+        state.goal = state.goal.upper()
+
+
+def test_a_version_bump_discards_the_old_checkpoint_and_rebuilds(
+    sqlite_store: EventStore, tmp_path: Path
+) -> None:
+    run, _ = write_sample_run(sqlite_store)
+    checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
+    ProjectionRunner(
+        sqlite_store, runs_projection(), checkpoints, commit_every=5, snapshot_every=5
+    ).catch_up()
+    assert checkpoints.snapshot_positions(NAME, 1) == [5, 10, 15]
+
+    v2 = PerStream(ShoutingRunState())
+    assert (v2.name, v2.version) == (NAME, 2)
+    runner = ProjectionRunner(sqlite_store, v2, checkpoints, snapshot_every=5)
+    assert runner.position == 0 and runner.state == v2.initial()
+    assert checkpoints.snapshot_positions(NAME, 1) == []
+    state = runner.catch_up()
+    assert state.streams[run].goal.isupper()  # type: ignore[attr-defined]
+    assert v2.dump(state) == fresh_fold_bytes(sqlite_store, v2)
+    stored = checkpoints.load(NAME, 2)
+    assert stored is not None and stored.position == 18
+    assert v2.dump(as_of(sqlite_store, v2, 12, checkpoints)) == v2.dump(
+        v2.fold(list(sqlite_store.read_all())[:12])
+    )
+
+
+def test_rebuild_replaces_a_stored_state(sqlite_store: EventStore, tmp_path: Path) -> None:
+    write_sample_run(sqlite_store)
+    checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
+    projection = runs_projection()
+    wrong = projection.dump(projection.initial())
+    checkpoints.save(NAME, 1, after=0, position=18, state=wrong, snapshot=False)
+    runner = ProjectionRunner(sqlite_store, projection, checkpoints)
+    assert runner.catch_up() == projection.initial()  # trusts its checkpoint
+    state = runner.rebuild()
+    assert projection.dump(state) == fresh_fold_bytes(sqlite_store) != wrong
+
+
+def test_a_stale_checkpoint_save_is_refused(sqlite_store: EventStore, tmp_path: Path) -> None:
+    write_sample_run(sqlite_store)
+    checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
+    first = ProjectionRunner(sqlite_store, runs_projection(), checkpoints)
+    second = ProjectionRunner(sqlite_store, runs_projection(), checkpoints)
+    first.catch_up()
+    with pytest.raises(CheckpointConflict, match="advanced to position 18"):
+        second.catch_up()
+    stored = checkpoints.load(NAME, 1)
+    assert stored is not None and stored.state == first.projection.dump(first.state)
+
+    with pytest.raises(CheckpointConflict, match=f"projection '{NAME}'"):
+        checkpoints.save(NAME, 1, after=5, position=20, state=b"{}", snapshot=True)
+    stored = checkpoints.load(NAME, 1)
+    assert stored is not None and stored.position == 18
+    assert checkpoints.snapshot_positions(NAME, 1) == []
+    checkpoints.save(NAME, 1, after=18, position=20, state=b"{}", snapshot=True)
+    assert checkpoints.snapshot_positions(NAME, 1) == [20]
+
+
+def _filled_checkpoints(store: EventStore, path: Path) -> None:
+    for _ in range(30):
+        write_sample_run(store)
+    checkpoints = CheckpointStore(path)
+    ProjectionRunner(
+        store, runs_projection(), checkpoints, commit_every=50, snapshot_every=100
+    ).catch_up()
+    checkpoints._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    checkpoints.close()
+
+
+def test_a_garbage_checkpoints_file_says_to_delete_it(
+    memory_store: EventStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "checkpoints.db"
+    _filled_checkpoints(memory_store, path)
+    path.write_bytes(b"not a database at all " * 500)
+    with pytest.raises(StoreUnavailable) as caught:
+        ProjectionRunner(memory_store, runs_projection(), CheckpointStore(path))
+    message = str(caught.value)
+    assert str(path) in message and "deletes and rebuilds it" in message
+    assert "agentledger rebuild" in message
+
+    path.unlink()
+    runner = ProjectionRunner(memory_store, runs_projection(), CheckpointStore(path))
+    assert runner.projection.dump(runner.catch_up()) == fresh_fold_bytes(memory_store)
+
+
+def test_a_checkpoints_file_with_damaged_pages_says_to_delete_it(
+    memory_store: EventStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "checkpoints.db"
+    _filled_checkpoints(memory_store, path)
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\x5a" * (len(data) - 4096)  # the header and schema page survive
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreUnavailable, match="deletes and rebuilds it"):
+        ProjectionRunner(memory_store, runs_projection(), CheckpointStore(path))

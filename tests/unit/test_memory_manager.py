@@ -1,0 +1,383 @@
+"""The Memory Manager (budgeted, reproducible contexts; recorded summaries) and the token counter.
+
+The only fake is ``ScriptedSummarizer``, standing in for the agent's model: it returns a fixed
+text and counts its calls. Stores are real (in-memory), and so is LanceDB where it is used.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agentledger.actors.memory_manager import (
+    Context,
+    ExtractiveSummarizer,
+    MemoryManager,
+    latest_summary,
+    render,
+)
+from agentledger.events import (
+    ContextSummarized,
+    Envelope,
+    Event,
+    EventStore,
+    InvalidEvent,
+    MemoryStored,
+    ModelResponded,
+    NotFound,
+    RunStarted,
+    ScratchpadUpdated,
+    TaskAssigned,
+)
+from agentledger.projections.memory import LongTermMemory
+from agentledger.projections.tokens import approx_tokens
+
+ROLES = ("coordinator", "research", "execution", "review")
+WORDS = (
+    *("customer", "retention", "stale", "records", "delete", "count", "table", "policy"),
+    *("review", "plan", "the", "of", "a"),
+)
+
+
+class ScriptedSummarizer:
+    """Returns what the test scripted, and counts how often it was asked."""
+
+    model = "scripted"
+
+    def __init__(self, text: str = "Earlier: counted 1284 stale customer rows.") -> None:
+        self.text = text
+        self.calls = 0
+        self.requests: list[tuple[list[str], int]] = []
+
+    def summarize(self, lines: Sequence[str], max_tokens: int) -> str:
+        self.calls += 1
+        self.requests.append((list(lines), max_tokens))
+        return self.text
+
+
+def activity(rng: random.Random, role: str) -> Envelope:
+    """One event of ``role``'s history (or a task assigned to it), of random length."""
+    actor = f"agent:{role}/{role[0]}1"
+    text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 60)))
+    kind = rng.randrange(4)
+    if kind == 0:
+        return ScratchpadUpdated(
+            actor=actor, payload={"key": f"k{rng.randrange(5)}", "value": text}
+        )
+    if kind == 1:
+        return TaskAssigned(
+            actor="agent:coordinator/c1",
+            payload={"task_id": f"t{rng.randrange(9)}", "role": role, "reasoning": text},
+        )
+    return ModelResponded(
+        actor=actor,
+        payload={"request_id": f"m{rng.randrange(99)}", "model": "m", "content": text},
+    )
+
+
+class Run:
+    """A run in a real store that grows by random activity of all roles."""
+
+    def __init__(self, store: EventStore, seed: int = 0) -> None:
+        self.store = store
+        self.stream = f"run-{uuid.uuid4()}"
+        self.rng = random.Random(seed)
+        store.append(self.stream, [RunStarted(actor="human:ann", payload={"goal": "tidy"})])
+
+    def grow(self, n: int, roles: Sequence[str] = ROLES) -> list[Event]:
+        return self.store.append(
+            self.stream, [activity(self.rng, self.rng.choice(roles)) for _ in range(n)]
+        )
+
+    def append(self, *events: Envelope) -> list[Event]:
+        return self.store.append(self.stream, list(events))
+
+    def events(self) -> list[Event]:
+        return self.store.read(self.stream)
+
+
+def mine(events: Sequence[Event], role: str) -> list[Event]:
+    return [
+        e
+        for e in events
+        if e.actor.startswith(f"agent:{role}/")
+        or (e.type == "task.assigned" and getattr(e.payload, "role", None) == role)
+    ]
+
+
+def check_budget(context: Context) -> None:
+    for section in context.sections:
+        assert section.text and section.tokens == approx_tokens(section.text), section.name
+    assert sum(approx_tokens(s.text) for s in context.sections) <= context.budget
+    assert context.tokens <= context.budget
+
+
+@pytest.fixture(scope="module")
+def long_term(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LongTermMemory]:
+    """A LanceDB table of memories at positions 1..30 (so as_of keeps them in most runs)."""
+    rng = random.Random(5)
+    with EventStore.open("memory://") as store:
+        store.append(
+            "run-memories",
+            [
+                MemoryStored(
+                    actor="agent:research/r1",
+                    payload={
+                        "memory_id": f"mem{i}",
+                        "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 80))),
+                    },
+                )
+                for i in range(30)
+            ],
+        )
+        memory = LongTermMemory(tmp_path_factory.mktemp("lancedb"))
+        memory.catch_up(store)
+    yield memory
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    budget=st.integers(min_value=32, max_value=4000),
+    seed=st.integers(min_value=0, max_value=10_000),
+    steps=st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=5),
+    sub_goal=st.text(alphabet="abc xyz\n.,é", max_size=3000),
+    role=st.sampled_from(ROLES),
+)
+def test_assembled_context_never_exceeds_the_budget(
+    long_term: LongTermMemory,
+    budget: int,
+    seed: int,
+    steps: list[int],
+    sub_goal: str,
+    role: str,
+) -> None:
+    manager = MemoryManager(long_term)
+    summarizer = ExtractiveSummarizer()
+    with EventStore.open("memory://") as store:
+        run = Run(store, seed)
+        for n in steps:  # a growing history, summarized whenever it outgrows its share
+            run.grow(n)
+            summary = manager.plan_summary(run.events(), role, budget, summarizer)
+            if summary is not None:
+                run.append(summary)
+            context = manager.assemble(run.events(), role, sub_goal, budget)
+            check_budget(context)
+            assert context.position == run.events()[-1].position
+            if sub_goal.strip():
+                assert context.sections[0].name == "sub-goal"
+
+
+def test_sections_are_drawn_from_the_log_and_long_term_memory(
+    memory_store: EventStore, long_term: LongTermMemory
+) -> None:
+    run = Run(memory_store, seed=3)
+    run.append(
+        ScratchpadUpdated(actor="agent:execution/e1", payload={"key": "stale", "value": "1284"})
+    )
+    run.grow(6, roles=["execution"])
+    context = MemoryManager(long_term).assemble(
+        run.events(), "execution", "count stale customer records", 2000
+    )
+    check_budget(context)
+    names = [s.name for s in context.sections]
+    assert names == ["sub-goal", "scratchpad", "long-term memory", "recent history"]
+    assert "stale: 1284" in context.sections[1].text
+    assert context.memories and all(
+        m.memory_id in context.sections[2].text for m in context.memories
+    )
+    assert context.event_ids == [str(e.id) for e in mine(run.events(), "execution")]
+    assert "count stale customer records" in context.text()
+
+
+def test_plan_summary_below_and_above_the_threshold(memory_store: EventStore) -> None:
+    manager, budget = MemoryManager(), 1000
+    history_budget = int(budget * manager.shares.history)
+    run = Run(memory_store, seed=1)
+    summarizer = ScriptedSummarizer()
+
+    run.grow(1, roles=["execution"])
+    while sum(approx_tokens(render(e)) for e in mine(run.events(), "execution")) <= history_budget:
+        assert manager.plan_summary(run.events(), "execution", budget, summarizer) is None
+        run.grow(1)
+    assert summarizer.calls == 0
+
+    run.grow(30)
+    events = run.events()
+    summary = manager.plan_summary(events, "execution", budget, summarizer)
+    assert isinstance(summary, ContextSummarized)
+    assert summarizer.calls == 1
+    own = mine(events, "execution")
+    older = [e for e in own if (e.position or 0) <= summary.payload.to_position]
+    kept = own[len(older) :]
+    assert older and kept, "the newest history stays verbatim, only older is summarized"
+    assert summary.payload.from_position == older[0].position
+    assert summary.payload.to_position == older[-1].position < (kept[0].position or 0)
+    assert sum(approx_tokens(render(e)) for e in kept) <= history_budget // 2
+    lines, max_tokens = summarizer.requests[0]
+    assert lines == [render(e) for e in older]
+    assert max_tokens == int(budget * manager.shares.summary)
+    assert summary.payload.summary == summarizer.text and summary.payload.model == "scripted"
+    assert summary.payload.agent == "execution" and summary.actor == "agent:execution/memory"
+    assert summary.causation_id == events[-1].id
+
+    [recorded] = run.append(summary)
+    context = manager.assemble(run.events(), "execution", "next step", budget)
+    assert context.summary_event_id == str(recorded.id)
+    [section] = [s for s in context.sections if s.name == "summary of earlier history"]
+    assert section.text == summarizer.text
+    by_id = {str(e.id): e for e in run.events()}
+    assert context.event_ids
+    assert all((by_id[i].position or 0) > summary.payload.to_position for i in context.event_ids)
+    check_budget(context)
+
+    # A second summary folds the first one in and covers only what came after it.
+    run.grow(40, roles=["execution"])
+    second = manager.plan_summary(run.events(), "execution", budget, summarizer)
+    assert second is not None and summarizer.calls == 2
+    assert summarizer.requests[1][0][0] == summarizer.text
+    assert second.payload.from_position > summary.payload.to_position
+
+
+def test_summaries_in_the_log_are_replayed_without_the_model(memory_store: EventStore) -> None:
+    run = Run(memory_store, seed=2)
+    run.grow(40, roles=["research", "review"])
+    [last] = run.events()[-1:]
+    run.append(
+        ContextSummarized(
+            actor="agent:research/memory",
+            payload={
+                "agent": "research",
+                "from_position": 2,
+                "to_position": (last.position or 0) - 5,
+                "summary": "Research so far: retention is 2 years under DP-7.",
+                "model": "scripted",
+            },
+        )
+    )
+    run.grow(5, roles=["research"])
+    summarizer = ScriptedSummarizer()
+    manager = MemoryManager()
+    events = run.events()
+    first = manager.assemble(events, "research", "what is the retention?", 600)
+    second = manager.assemble(events, "research", "what is the retention?", 600)
+    assert summarizer.calls == 0
+    assert first.text() == second.text() and first.event_ids == second.event_ids
+    assert "retention is 2 years under DP-7" in first.text()
+    assert first.summary_event_id == str(latest_summary(events, "research").id)  # type: ignore[union-attr]
+
+    # What the agent saw at that position does not change as the run goes on.
+    position = events[-1].position or 0
+    run.grow(20)
+    again = manager.assemble(
+        [e for e in run.events() if (e.position or 0) <= position],
+        "research",
+        "what is the retention?",
+        600,
+    )
+    assert again.text() == first.text() and summarizer.calls == 0
+
+
+def test_bad_roles_and_budgets_are_refused(memory_store: EventStore) -> None:
+    run = Run(memory_store)
+    manager = MemoryManager()
+    with pytest.raises(NotFound, match="unknown agent role 'boss'; roles: coordinator"):
+        manager.assemble(run.events(), "boss", "goal", 500)
+    with pytest.raises(InvalidEvent, match="budget of 31 tokens is too small"):
+        manager.assemble(run.events(), "research", "goal", 31)
+    context = manager.assemble(run.events(), "research", "goal", 32)
+    check_budget(context)
+    assert manager.assemble([], "research", "goal", 32).position == 0
+
+
+def test_recent_history_is_kept_whenever_the_newest_event_fits(memory_store: EventStore) -> None:
+    run = Run(memory_store)
+    run.append(
+        *[
+            ScratchpadUpdated(
+                actor="agent:execution/e1", payload={"key": f"k{i % 3}", "value": "v" * 5}
+            )
+            for i in range(40)
+        ]
+    )
+    events = run.events()
+    newest = approx_tokens(render(events[-1]))
+    dropped = []
+    for budget in range(32, 400):
+        context = MemoryManager().assemble(events, "execution", "do it", budget)
+        others = sum(s.tokens for s in context.sections if s.name != "recent history")
+        if newest <= budget - others and not context.event_ids:
+            dropped.append(budget)
+    assert dropped == []
+
+
+def test_a_summary_is_not_part_of_the_history_it_summarizes(memory_store: EventStore) -> None:
+    manager, budget = MemoryManager(), 500
+    run = Run(memory_store, seed=4)
+    run.grow(60, roles=["execution"])
+    summary = manager.plan_summary(run.events(), "execution", budget, ExtractiveSummarizer())
+    assert summary is not None
+    [recorded] = run.append(summary)
+    context = manager.assemble(run.events(), "execution", "next", budget)
+    assert str(recorded.id) not in context.event_ids
+    assert manager.plan_summary(run.events(), "execution", budget, ScriptedSummarizer()) is None
+
+
+# ---------------------------------------------------------------- token counter
+
+PROSE = (
+    "The quick brown fox jumps over the lazy dog. It was a bright cold day in April, and the "
+    "clocks were striking thirteen.",
+    "Event sourcing stores every change to application state as a sequence of events, so the "
+    "state can be rebuilt, audited and replayed to any point in time.",
+    "Agents are Ray actors that talk to each other only by appending typed events to one event "
+    "log; everything else is a projection of that log.",
+)
+
+
+def test_token_counts_of_known_texts() -> None:
+    assert approx_tokens("") == 0
+    assert approx_tokens("hello world") == 2
+    assert approx_tokens("hello\nworld") == 3
+    assert approx_tokens("internationalization") == 5  # long words cost one per four characters
+    assert approx_tokens("1234567") == 3  # numbers in groups of three
+    assert approx_tokens("a, b.") == 4
+
+
+@pytest.mark.parametrize("text", PROSE)
+def test_token_counts_of_prose_are_near_a_quarter_of_the_characters(text: str) -> None:
+    ratio = approx_tokens(text) / (len(text) / 4)
+    assert 0.7 <= ratio <= 1.4, ratio
+    assert approx_tokens(text) == approx_tokens(str(text))
+
+
+@given(st.text(max_size=300), st.text(max_size=300))
+def test_token_counts_are_deterministic_and_grow_with_the_text(text: str, more: str) -> None:
+    assert approx_tokens(text) == approx_tokens(text)
+    assert approx_tokens(text + more) >= approx_tokens(text)
+    assert approx_tokens(text + more) <= approx_tokens(text) + approx_tokens(more) + 2
+
+
+def test_token_counts_are_stable_across_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    text = " ".join(PROSE) * 3
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    script = (
+        "import sys; from agentledger.projections.tokens import approx_tokens; "
+        "print(approx_tokens(open(sys.argv[1], encoding='utf-8').read()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "text.txt")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "3", "PATH": ""},
+    )
+    assert int(result.stdout) == approx_tokens(text)
