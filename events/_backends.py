@@ -29,6 +29,7 @@ from eventsourcing.persistence import (
 
 if TYPE_CHECKING:
     from eventsourcing.postgres import PostgresProcessRecorder
+    from eventsourcing.sqlite import SQLiteProcessRecorder
 
 from .errors import ConfigurationError, StoreUnavailable
 
@@ -67,6 +68,9 @@ class Backend(ABC):
     """A storage backend: a process recorder plus what the recorder does not offer."""
 
     recorder: ProcessRecorder
+    """Writes (events and tracking), and reads where the backend has no separate reader."""
+    reader: ProcessRecorder
+    """Reads: selects, positions, tracking look-ups."""
     url: str
 
     @abstractmethod
@@ -117,7 +121,7 @@ class MemoryBackend(Backend):
         from eventsourcing.popo import POPOProcessRecorder
 
         self.url = "memory://"
-        self.recorder = POPOProcessRecorder()
+        self.recorder = self.reader = POPOProcessRecorder()
         self._listeners: list[threading.Event] = []
         self._lock = threading.Lock()
 
@@ -166,11 +170,17 @@ class _SQLiteWaiter(Waiter):
     def __init__(self, path: str, local: threading.Event) -> None:
         self._conn = sqlite3.connect(path, check_same_thread=False)
         self._local = local
+        self._lock = threading.Lock()
+        self._closed = False
         self._seen = self._version()
 
-    def _version(self) -> int:
-        row = self._conn.execute("PRAGMA data_version").fetchone()
-        return int(row[0])
+    def _version(self) -> int | None:
+        # close() may come from another thread while one waits: never touch a closed handle.
+        with self._lock:
+            if self._closed:
+                return None
+            row = self._conn.execute("PRAGMA data_version").fetchone()
+            return int(row[0])
 
     def arm(self) -> None:
         self._seen = self._version()
@@ -179,7 +189,8 @@ class _SQLiteWaiter(Waiter):
         deadline = time.monotonic() + timeout
         interval = 0.0005
         while True:
-            if self._version() != self._seen:
+            version = self._version()
+            if version is None or version != self._seen:
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -191,7 +202,9 @@ class _SQLiteWaiter(Waiter):
             interval = min(interval * 2, 0.004)
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            self._closed = True
+            self._conn.close()
 
 
 class SQLiteBackend(Backend):
@@ -216,15 +229,41 @@ class SQLiteBackend(Backend):
                 originator_id_type="text",
                 pool_size=2,
                 max_overflow=6,
+                # Threads of one process queue for the single writer connection; wait as long
+                # as SQLite itself waits for the file lock, not the pool's default 5 s.
+                pool_timeout=self.LOCK_TIMEOUT_S,
             )
-            self.recorder = SQLiteProcessRecorder(self.datastore)
-            self.recorder.create_table()
+            self.recorder: SQLiteProcessRecorder = SQLiteProcessRecorder(self.datastore)
+            self._create_tables()
+            # Reads get their own pool: eventsourcing's pool queues every request behind a
+            # writer that waits for the file lock, and in WAL mode reads need not wait at all.
+            self.read_datastore = SQLiteDatastore(
+                str(path),
+                lock_timeout=self.LOCK_TIMEOUT_S,
+                originator_id_type="text",
+                pool_size=2,
+                max_overflow=6,
+                pool_timeout=self.LOCK_TIMEOUT_S,
+            )
+            self.reader = SQLiteProcessRecorder(self.read_datastore)
         except Exception as exc:
             raise StoreUnavailable(
                 f"cannot open the SQLite store {path}: {exc}. Check that the path is a "
                 "writable file (or does not exist yet)."
             ) from exc
         self._local = threading.Event()
+
+    def _create_tables(self) -> None:
+        # Processes opening a new file at once race in the recorder's first-time setup (both
+        # insert its "__migration__" tracking row); the loser finds the tables made: retry.
+        for attempt in range(5):
+            try:
+                self.recorder.create_table()
+                return
+            except PersistenceError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def waiter(self) -> Waiter:
         return _SQLiteWaiter(str(self.path), self._local)
@@ -238,7 +277,7 @@ class SQLiteBackend(Backend):
             "WHERE originator_id = ? AND originator_version > ? AND originator_version <= ? "
             "ORDER BY originator_version"
         )
-        with self.datastore.transaction(commit=False) as cursor:
+        with self.read_datastore.transaction(commit=False) as cursor:
             cursor.execute(statement, (stream, gt, _MAX_VERSION if lte is None else lte))
             return [Notification(r[1], r[2], r[3], r[4], r[0]) for r in cursor.fetchall()]
 
@@ -249,12 +288,13 @@ class SQLiteBackend(Backend):
             "FROM stored_events WHERE originator_id >= ? AND originator_id < ? "
             "GROUP BY originator_id ORDER BY MIN(rowid)"
         )
-        with self.datastore.transaction(commit=False) as cursor:
+        with self.read_datastore.transaction(commit=False) as cursor:
             cursor.execute(statement, (prefix, prefix + "\U0010ffff"))
             return [StreamSummary(r[0], r[1], r[2], r[3]) for r in cursor.fetchall()]
 
     def close(self) -> None:
         self.datastore.close()
+        self.read_datastore.close()
 
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -471,6 +511,7 @@ class PostgresBackend(Backend):
             originator_id_type="text",
         )
         self.recorder: PostgresProcessRecorder = _append_recorder_class()(self.datastore)
+        self.reader = self.recorder
         self.recorder.create_table()
 
     def _connect(self) -> Any:

@@ -72,6 +72,7 @@ class EventStore:
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._recorder = backend.recorder
+        self._reader = backend.reader
         self._mapper = EnvelopeMapper()
         # stream -> (version, hash) of the newest event this process knows of. Used only
         # when the caller's expected version matches it, so a stale entry costs a re-read,
@@ -247,7 +248,7 @@ class EventStore:
         return self._read_head(stream)
 
     def _read_head(self, stream: str) -> tuple[int, str | None]:
-        rows = self._recorder.select_events(stream, desc=True, limit=1)
+        rows = self._reader.select_events(stream, desc=True, limit=1)
         if not rows:
             return 0, None
         split = split_state(self._mapper.plain_state(rows[0]))
@@ -294,7 +295,7 @@ class EventStore:
         start = max(after_position, 0)
         while remaining is None or remaining > 0:
             page = _PAGE if remaining is None else min(_PAGE, remaining)
-            rows = self._recorder.select_notifications(
+            rows = self._reader.select_notifications(
                 start, page, stop=to_position, topics=topics, inclusive_of_start=False
             )
             yield from rows
@@ -325,7 +326,7 @@ class EventStore:
 
     def head_position(self) -> int:
         """The position of the newest event in the log (0 when empty)."""
-        return self._recorder.max_notification_id() or 0
+        return self._reader.max_notification_id() or 0
 
     def streams(self, prefix: str = "") -> list[StreamSummary]:
         """Every stream, in order of first appearance (optionally only those with ``prefix``)."""
@@ -346,7 +347,7 @@ class EventStore:
 
     def position_of(self, consumer: str) -> int:
         """The last position ``consumer`` recorded (0 if none)."""
-        return self._recorder.max_tracking_id(consumer) or 0
+        return self._reader.max_tracking_id(consumer) or 0
 
     def verify(self, progress: Callable[[int], None] | None = None) -> Report:
         """Check every event's hash and every stream's chain (see ``agentledger.events.verify``)."""
@@ -377,7 +378,7 @@ class Subscription(Iterator[Event]):
 
     def _fetch(self) -> bool:
         self._waiter.arm()
-        rows = self._store.backend.recorder.select_notifications(
+        rows = self._store.backend.reader.select_notifications(
             self.position, 500, topics=self._topics, inclusive_of_start=False
         )
         self._buffer.extend(rows)
