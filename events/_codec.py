@@ -90,9 +90,10 @@ class EnvelopeMapper(Mapper[str]):
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         event = cast(Envelope, domain_event)
         state, _ = seal(event)
-        return self._stored(event, state)
+        return self.stored(event, state)
 
-    def _stored(self, event: Envelope, state: bytes) -> StoredEvent:
+    def stored(self, event: Envelope, state: bytes) -> StoredEvent:
+        """The stored row for ``event`` whose sealed body is ``state``."""
         if self.compressor:
             state = self.compressor.compress(state)
         if self.cipher:
@@ -103,11 +104,6 @@ class EnvelopeMapper(Mapper[str]):
             topic=CURRENT_TOPICS[event.type],
             state=state,
         )
-
-    def sealed(self, event: Envelope) -> tuple[StoredEvent, str]:
-        """The stored row for ``event`` and the hash it carries."""
-        state, digest = seal(event)
-        return self._stored(event, state), digest
 
     def plain_state(self, stored: StoredEvent) -> bytes:
         """The stored state with the cipher and compressor undone."""
@@ -140,7 +136,7 @@ class EnvelopeMapper(Mapper[str]):
                 event = EVENT_ADAPTER.validate_python(upcast(document, where=where(stored)))
         except (UnknownEventType, UnsupportedSchemaVersion):
             raise
-        except (ValidationError, ValueError) as exc:
+        except (ValidationError, ValueError, KeyError, TypeError) as exc:
             raise CorruptEvent(
                 f"{where(stored)}: stored event of topic {stored.topic!r} is damaged: "
                 f"{_short(exc)}. The log was not modified; run `agentledger verify-log`."

@@ -26,7 +26,7 @@ class PrincipalKind(StrEnum):
 
 
 def _check_principal(value: str) -> str:
-    if not PRINCIPAL_PATTERN.match(value):
+    if not PRINCIPAL_PATTERN.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a principal; use 'agent:<role>/<id>' "
             "(role: coordinator, research, execution, review), 'human:<name>' or 'system[:<name>]'"

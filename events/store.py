@@ -29,9 +29,10 @@ from eventsourcing.persistence import (
     StoredEvent,
     Tracking,
 )
+from pydantic import ValidationError
 
 from ._backends import DEFAULT_SQLITE_PATH, Backend, StreamSummary, open_backend
-from ._codec import EnvelopeMapper, split_state, topics_for
+from ._codec import EnvelopeMapper, seal, split_state, topics_for
 from .catalogue import EVENT_TYPES, Event
 from .envelope import Envelope, principal_kind
 from .errors import (
@@ -156,14 +157,15 @@ class EventStore:
             raise ConcurrencyConflict(stream, expected_version, version)
         sealed: list[Envelope] = []
         stored: list[StoredEvent] = []
-        for event in events:
+        for index, event in enumerate(events):
             version += 1
             draft = event.model_copy(
                 update={"stream": stream, "version": version, "prev_hash": prev_hash}
             )
-            row, prev_hash = self._mapper.sealed(draft)
-            sealed.append(draft.model_copy(update={"hash": prev_hash}))
-            stored.append(row)
+            state, prev_hash = seal(draft)
+            checked = self._validated(stream, index, draft, state)
+            sealed.append(checked.model_copy(update={"hash": prev_hash}))
+            stored.append(self._mapper.stored(checked, state))
         kwargs = {}
         if tracking is not None:
             kwargs["tracking"] = Tracking(tracking.consumer, tracking.position)
@@ -215,7 +217,7 @@ class EventStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_stream(self, stream: str) -> None:
-        if not isinstance(stream, str) or not _STREAM_NAME.match(stream):
+        if not isinstance(stream, str) or not _STREAM_NAME.fullmatch(stream):
             raise InvalidEvent(
                 f"stream name {stream!r} is invalid: 1-200 characters, letters, digits and "
                 "_ . : @ -, starting with a letter or digit (e.g. 'run-<uuid>')"
@@ -233,12 +235,28 @@ class EventStore:
                 f"event #{index} ({event.type}) names stream {event.stream!r} but is appended to "
                 f"{stream!r}; nothing was written"
             )
-        if principal_kind(event.actor) not in cls.allowed_principals:
+
+    @staticmethod
+    def _validated(stream: str, index: int, draft: Envelope, state: bytes) -> Envelope:
+        # Validate exactly the bytes readers will decode: an event made without validation
+        # (model_construct, model_copy(update=...)) must not put an unreadable row in the log.
+        cls = type(draft)
+        try:
+            checked = cls.model_validate_json(state)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "(event)"
+            raise InvalidEvent(
+                f"event #{index} ({draft.type}) for stream {stream!r} is invalid: field "
+                f"{field}: {first['msg']}; nothing was written"
+            ) from None
+        if principal_kind(checked.actor) not in cls.allowed_principals:
             allowed = ", ".join(sorted(k.value for k in cls.allowed_principals))
             raise NotAuthorized(
-                f"{event.actor} may not append {event.type}: only a {allowed} principal may. "
-                "Nothing was written."
+                f"{checked.actor} may not append {checked.type}: only a {allowed} principal "
+                "may. Nothing was written."
             )
+        return checked
 
     def _head(self, stream: str, expected_version: int | None) -> tuple[int, str | None]:
         with self._heads_lock:

@@ -1,0 +1,1222 @@
+"""The EventStore contract: one behaviour spec, run against memory://, SQLite and PostgreSQL.
+
+``StoreContract`` holds every test; each backend joins in a few lines by subclassing it and
+providing ``store_url`` (a fresh, empty store) and, where the log is SQL rows, ``raw_log`` (direct
+SQL on them, as a tamperer or a slow foreign writer would use). Capabilities the in-memory store
+cannot have are class attributes; the tests that need them skip, with the reason, only there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import multiprocessing
+import sqlite3
+import sys
+import threading
+import time
+import traceback
+import uuid
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from typing import Any, ClassVar
+
+import psycopg
+import pytest
+from eventsourcing.persistence import StoredEvent
+from psycopg import sql
+from pydantic import BaseModel
+
+from agentledger.events import (
+    ActionProposed,
+    AlreadyProcessed,
+    ApprovalDenied,
+    ApprovalExpired,
+    ApprovalGranted,
+    ConcurrencyConflict,
+    ConsumerPosition,
+    CorruptEvent,
+    Envelope,
+    Event,
+    EventStore,
+    InvalidEvent,
+    ModelResponded,
+    NotAuthorized,
+    NotFound,
+    Problem,
+    RunCompleted,
+    RunPaused,
+    RunStarted,
+    ScratchpadUpdated,
+    Subscription,
+    TaskAssigned,
+    UnknownEventType,
+    UnsupportedSchemaVersion,
+)
+from agentledger.events._codec import seal
+
+HASH_A = "a" * 64
+WRITERS = 8
+PER_WRITER = 25
+PER_PROCESS = 12  # processes run truly in parallel: fewer appends give as many conflicts
+
+# ---------------------------------------------------------------- events and raw rows
+
+
+def started(goal: str = "find the answer", actor: str = "human:ada") -> RunStarted:
+    return RunStarted(actor=actor, payload={"goal": goal, "user": "ada"})
+
+
+def paused(reason: str = "", actor: str = "system", **kwargs: Any) -> RunPaused:
+    return RunPaused(actor=actor, payload={"reason": reason}, **kwargs)
+
+
+def note(key: str, value: str, actor: str = "agent:execution/x1") -> ScratchpadUpdated:
+    return ScratchpadUpdated(actor=actor, payload={"key": key, "value": value})
+
+
+def assigned(task_id: str = "t1") -> TaskAssigned:
+    return TaskAssigned(
+        actor="agent:coordinator/c1",
+        payload={"task_id": task_id, "role": "research", "reasoning": "needs a search"},
+    )
+
+
+def proposed(action_id: str = "a1") -> ActionProposed:
+    return ActionProposed(
+        actor="agent:execution/e1",
+        payload={
+            "action_id": action_id,
+            "tool": "shell",
+            "arguments": {"cmd": "ls", "flags": ["-l"], "n": 3},
+            "reasoning": "look first",
+            "idempotency_key": f"k-{action_id}",
+        },
+    )
+
+
+def granted(actor: str = "human:ada") -> ApprovalGranted:
+    return ApprovalGranted(actor=actor, payload={"action_id": "a1", "action_hash": HASH_A})
+
+
+class NotAnEvent(BaseModel):
+    """Looks like an event to a duck, not to the store."""
+
+    type: str = "run.paused"
+    actor: str = "system"
+    stream: str = ""
+
+
+def sealed_row(
+    event: Envelope, stream: str, version: int, prev_hash: str | None = None
+) -> tuple[StoredEvent, str]:
+    """A stored row exactly as the store writes it (current schema), and its hash."""
+    draft = event.model_copy(update={"stream": stream, "version": version, "prev_hash": prev_hash})
+    state, digest = seal(draft)
+    return StoredEvent(stream, version, f"{event.type}@{event.schema_version}", state), digest
+
+
+def sealed_document(document: dict[str, Any], topic: str) -> tuple[StoredEvent, str]:
+    """A stored row for a raw JSON document, hashed as the store hashes (for older schemas)."""
+    body = json.dumps(document, separators=(",", ":")).encode()
+    digest = hashlib.sha256(body).hexdigest()
+    state = body[:-1] + b',"hash":"' + digest.encode() + b'"}'
+    return StoredEvent(document["stream"], document["version"], topic, state), digest
+
+
+def v1_document(
+    stream: str, version: int, type_: str, payload: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """A document as schema 1 wrote it."""
+    return {
+        "id": str(uuid.uuid4()),
+        "stream": stream,
+        "version": version,
+        "type": type_,
+        "schema_version": 1,
+        "at": "2026-03-01T09:00:00Z",
+        "actor": "agent:research/r1",
+        "causation_id": None,
+        "correlation_id": None,
+        "payload": payload,
+        **extra,
+    }
+
+
+def rows(store: EventStore) -> list[tuple[int, str, int, str, bytes]]:
+    """Everything stored, byte for byte, to show that nothing changed."""
+    return [
+        (n.id, str(n.originator_id), n.originator_version, n.topic, n.state)
+        for n in store.read_stored()
+    ]
+
+
+def positions(events: Sequence[Event]) -> list[int]:
+    return [e.position for e in events]
+
+
+def collect(sub: Subscription, count: int, timeout: float = 20.0) -> list[Event]:
+    """Poll ``sub`` until it has delivered at least ``count`` events (or ``timeout`` passes)."""
+    got: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got.extend(sub.poll(timeout=0.5))
+    return got
+
+
+def write_with_retries(store: EventStore, stream: str, writer: int, count: int) -> int:
+    """Append ``count`` events to ``stream`` by read-decide-append; return the conflicts met."""
+    conflicts = done = 0
+    while done < count:
+        version = store.stream_version(stream)
+        time.sleep(0.0005)  # deciding takes a moment, long enough for others to move the stream
+        event = note(f"w{writer}", str(done), actor=f"agent:execution/w{writer}")
+        try:
+            store.append(stream, [event], expected_version=version)
+        except ConcurrencyConflict:
+            conflicts += 1
+            continue
+        done += 1
+    return conflicts
+
+
+def _process_writer(
+    url: str,
+    stream: str,
+    writer: int,
+    count: int,
+    open_lock: Any,
+    barrier: Any,
+    results: Any,
+) -> None:
+    # Runs in a spawned process: it opens the store itself, like an agent does.
+    try:
+        # Opening is serialised here: concurrent opens have their own tests
+        # (test_many_agents_open_*); this one is about concurrent appends.
+        with open_lock:
+            store = EventStore.open(url)
+        with store:
+            barrier.wait(timeout=120)
+            conflicts = write_with_retries(store, stream, writer, count)
+        results.put((writer, conflicts, ""))
+    except BaseException:
+        results.put((writer, -1, traceback.format_exc()))
+
+
+def assert_contended_stream(
+    store: EventStore, stream: str, conflicts: list[int], per_writer: int
+) -> None:
+    events = store.read(stream)
+    total = WRITERS * per_writer
+    assert len(events) == total
+    assert [e.version for e in events] == list(range(1, total + 1))
+    stream_positions = positions(events)
+    assert stream_positions == sorted(set(stream_positions)), "positions must strictly increase"
+    log_positions = [e.position for e in store.read_all()]
+    assert log_positions == sorted(set(log_positions))
+    assert len(log_positions) == total
+    # Each writer's successes are in the log, once each and in its own order.
+    by_writer: dict[str, list[int]] = defaultdict(list)
+    for event in events:
+        assert isinstance(event, ScratchpadUpdated)
+        assert event.actor == f"agent:execution/{event.payload.key}"
+        by_writer[event.payload.key].append(int(event.payload.value or "-1"))
+    assert by_writer == {f"w{w}": list(range(per_writer)) for w in range(WRITERS)}
+    assert store.verify().ok
+    assert sum(conflicts) > 0, "the writers never met a conflict: the test did not contend"
+
+
+# ---------------------------------------------------------------- direct SQL on the log
+
+
+class RawLog(ABC):
+    """Direct SQL on a store's events table, bypassing EventStore."""
+
+    events_table: str
+    position_column: str
+
+    @abstractmethod
+    def execute(self, statement: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement in its own committed transaction (``{events}``, ``{pos}``, ``%s``)."""
+
+    @abstractmethod
+    @contextmanager
+    def held_insert(self, row: StoredEvent) -> Iterator[int]:
+        """Insert ``row`` the way the recorder does, and hold the transaction open until exit."""
+
+    @abstractmethod
+    def wait_for_blocked_writer(self) -> None:
+        """Return once another writer is waiting for the held transaction (best effort)."""
+
+    def state_at(self, position: int) -> bytes:
+        [(state,)] = self.execute("SELECT state FROM {events} WHERE {pos} = %s", [position])
+        return bytes(state)
+
+    def set_state(self, position: int, state: bytes) -> None:
+        self.execute("UPDATE {events} SET state = %s WHERE {pos} = %s", [state, position])
+
+    def delete(self, position: int) -> None:
+        self.execute("DELETE FROM {events} WHERE {pos} = %s", [position])
+
+    def swap_versions(self, a: int, b: int, version_a: int, version_b: int) -> None:
+        update = "UPDATE {events} SET originator_version = %s WHERE {pos} = %s"
+        self.execute(update, [-1, a])
+        self.execute(update, [version_a, b])
+        self.execute(update, [version_b, a])
+
+    def swap_positions(self, a: int, b: int) -> None:
+        update = "UPDATE {events} SET {pos} = %s WHERE {pos} = %s"
+        self.execute(update, [-1, a])
+        self.execute(update, [a, b])
+        self.execute(update, [b, -1])
+
+    def insert(self, row: StoredEvent) -> None:
+        self.execute(
+            "INSERT INTO {events} (originator_id, originator_version, topic, state) "
+            "VALUES (%s, %s, %s, %s)",
+            [row.originator_id, row.originator_version, row.topic, row.state],
+        )
+
+
+class SQLiteRawLog(RawLog):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _sql(self, statement: str) -> str:
+        return statement.format(events="stored_events", pos="rowid").replace("%s", "?")
+
+    def execute(self, statement: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with closing(sqlite3.connect(self.path, isolation_level=None, timeout=30)) as conn:
+            return conn.execute(self._sql(statement), list(params)).fetchall()
+
+    @contextmanager
+    def held_insert(self, row: StoredEvent) -> Iterator[int]:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # the write lock, as the recorder's insert takes it
+            cursor = conn.execute(
+                "INSERT INTO stored_events VALUES (?, ?, ?, ?)",
+                (row.originator_id, row.originator_version, row.topic, row.state),
+            )
+            assert cursor.lastrowid is not None
+            yield cursor.lastrowid
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+
+    def wait_for_blocked_writer(self) -> None:
+        time.sleep(0.3)  # SQLite does not show who waits for its lock
+
+
+class PostgresRawLog(RawLog):
+    def __init__(self, store: EventStore) -> None:
+        settings = store.backend.settings
+        self.conninfo: dict[str, Any] = {
+            "host": settings.host,
+            "port": settings.port,
+            "dbname": settings.dbname,
+            "user": settings.user,
+            "password": settings.password or None,
+        }
+        self.schema = settings.schema
+        self.table = store.backend.recorder.events_table_name
+
+    def _sql(self, statement: str) -> sql.Composed:
+        return sql.SQL(statement).format(
+            events=sql.Identifier(self.schema, self.table),
+            pos=sql.Identifier("notification_id"),
+        )
+
+    def execute(self, statement: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with psycopg.connect(**self.conninfo, autocommit=True) as conn:
+            cursor = conn.execute(self._sql(statement), list(params))
+            return cursor.fetchall() if cursor.description else []
+
+    @contextmanager
+    def held_insert(self, row: StoredEvent) -> Iterator[int]:
+        with psycopg.connect(**self.conninfo) as conn:  # commits on a clean exit
+            # The same table lock the recorder takes before it inserts.
+            conn.execute(self._sql("LOCK TABLE {events} IN EXCLUSIVE MODE"))
+            inserted = conn.execute(
+                self._sql(
+                    "INSERT INTO {events} (originator_id, originator_version, topic, state) "
+                    "VALUES (%s, %s, %s, %s) RETURNING {pos}"
+                ),
+                [row.originator_id, row.originator_version, row.topic, row.state],
+            ).fetchone()
+            assert inserted is not None
+            yield int(inserted[0])
+
+    def wait_for_blocked_writer(self) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            [(waiting,)] = self.execute(
+                "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted",
+                [f'"{self.schema}"."{self.table}"'],
+            )
+            if waiting:
+                return
+            time.sleep(0.02)
+        raise AssertionError("no writer ever waited for the held transaction")
+
+
+# ---------------------------------------------------------------- the contract
+
+
+class StoreContract(ABC):
+    """Behaviour every EventStore backend has. Not collected itself (no ``Test`` prefix)."""
+
+    #: Several OS processes (and several EventStore instances) can share one log.
+    multiprocess: ClassVar[bool] = True
+    #: The log is SQL rows that an outsider can read, edit or lock.
+    raw_sql: ClassVar[bool] = True
+
+    @pytest.fixture
+    @abstractmethod
+    def store_url(self) -> str:
+        """The URL of a fresh, empty store for one test."""
+
+    def raw_log(self, store: EventStore) -> RawLog:
+        """Direct SQL on ``store``'s rows (only where ``raw_sql`` is true)."""
+        raise AssertionError(f"{type(self).__name__} declares raw_sql but has no raw_log")
+
+    @pytest.fixture
+    def store(self, store_url: str) -> Iterator[EventStore]:
+        with EventStore.open(store_url) as store:
+            yield store
+
+    @pytest.fixture
+    def raw(self, store: EventStore) -> RawLog:
+        if not self.raw_sql:
+            pytest.skip(f"{type(self).__name__}: the log is not SQL rows, nothing to edit or lock")
+        return self.raw_log(store)
+
+    def require_multiprocess(self) -> None:
+        if not self.multiprocess:
+            pytest.skip(
+                f"{type(self).__name__}: an in-memory log lives in one process and one "
+                "EventStore instance; it cannot be shared"
+            )
+
+    # ------------------------------------------------------------ append and read
+
+    def test_append_returns_the_recorded_events(self, store: EventStore) -> None:
+        originals = [started(), assigned(), proposed(), note("plan", "search first")]
+        recorded = store.append("run-1", originals, expected_version=0)
+
+        assert [type(e) for e in recorded] == [type(e) for e in originals]
+        assert [e.id for e in recorded] == [e.id for e in originals]
+        assert [e.payload for e in recorded] == [e.payload for e in originals]
+        assert [e.stream for e in recorded] == ["run-1"] * 4
+        assert [e.version for e in recorded] == [1, 2, 3, 4]
+        assert positions(recorded) == sorted(set(positions(recorded)))
+        assert all(p is not None and p > 0 for p in positions(recorded))
+        # The hash chain: each event names its predecessor's hash; the first names none.
+        assert recorded[0].prev_hash is None
+        for before, after in itertools.pairwise(recorded):
+            assert after.prev_hash == before.hash
+        assert len({e.hash for e in recorded}) == 4
+        assert all(e.hash and len(e.hash) == 64 for e in recorded)
+        # What was returned is what is read back, field for field.
+        assert store.read("run-1") == recorded
+        assert list(store.read_all()) == recorded
+
+    def test_appends_continue_the_chain(self, store: EventStore) -> None:
+        [first] = store.append("run-1", [started()], expected_version=0)
+        [second, third] = store.append("run-1", [paused("a"), paused("b")], expected_version=1)
+        assert (second.version, third.version) == (2, 3)
+        assert second.prev_hash == first.hash and third.prev_hash == second.hash
+        assert first.position < second.position < third.position
+        assert store.verify().ok
+
+    def test_read_a_version_range(self, store: EventStore) -> None:
+        store.append("run-1", [started(), paused("1"), paused("2"), paused("3")])
+        assert [e.version for e in store.read("run-1")] == [1, 2, 3, 4]
+        assert [e.version for e in store.read("run-1", 2, 3)] == [2, 3]
+        assert [e.version for e in store.read("run-1", 3)] == [3, 4]
+        assert [e.version for e in store.read("run-1", to_version=2)] == [1, 2]
+        assert [e.version for e in store.read("run-1", 4, 4)] == [4]
+        assert store.read("run-1", 5) == []
+        assert store.read("run-unknown") == []
+
+    def test_read_all_after_position_with_limit_and_types(self, store: EventStore) -> None:
+        a1, a2 = store.append("run-a", [started("a"), paused("a")])
+        [b1] = store.append("run-b", [started("b")])
+        a3, a4 = store.append("run-a", [assigned(), note("k", "v")])
+        everything = [a1, a2, b1, a3, a4]
+
+        assert list(store.read_all()) == everything
+        assert list(store.read_all(after_position=a2.position)) == [b1, a3, a4]
+        assert list(store.read_all(limit=2)) == [a1, a2]
+        assert list(store.read_all(after_position=a1.position, limit=2)) == [a2, b1]
+        assert list(store.read_all(types=["run.started"])) == [a1, b1]
+        assert list(store.read_all(types=["run.paused", "scratchpad.updated"])) == [a2, a4]
+        assert list(store.read_all(after_position=b1.position, types=["run.started"])) == []
+        assert list(store.read_all(after_position=a4.position)) == []
+        assert list(store.read_all(to_position=b1.position)) == [a1, a2, b1]
+        with pytest.raises(NotFound, match=r"no\.such"):
+            list(store.read_all(types=["no.such"]))
+
+    def test_read_all_pages_through_a_long_log(self, store: EventStore) -> None:
+        store.append("run-long", [paused(str(i)) for i in range(1105)])
+        events = list(store.read_all())
+        assert [e.payload.reason for e in events] == [str(i) for i in range(1105)]
+        assert positions(events) == sorted(set(positions(events)))
+        assert len(list(store.read_all(limit=1050))) == 1050
+        after = events[99].position
+        assert positions(list(store.read_all(after_position=after, limit=1001))) == positions(
+            events[100:1101]
+        )
+
+    def test_streams_with_prefix(self, store: EventStore) -> None:
+        assert store.streams() == []
+        store.append("run_a", [started()])
+        store.append("runXa", [started(), paused()])
+        store.append("user-ada", [note("k", "v")])
+        store.append("run_a", [paused(), paused()])
+
+        summaries = store.streams()
+        assert [(s.stream, s.version) for s in summaries] == [
+            ("run_a", 3),
+            ("runXa", 2),
+            ("user-ada", 1),
+        ]
+        run_a = summaries[0]
+        events = store.read("run_a")
+        assert (run_a.first_position, run_a.last_position) == (
+            events[0].position,
+            events[-1].position,
+        )
+        # The prefix is literal: "_" is not a wildcard, and "run" matches both run streams.
+        assert [s.stream for s in store.streams("run_")] == ["run_a"]
+        assert [s.stream for s in store.streams("run")] == ["run_a", "runXa"]
+        assert [s.stream for s in store.streams("user-")] == ["user-ada"]
+        assert store.streams("nothing") == []
+
+    def test_stream_version_and_head_position(self, store: EventStore) -> None:
+        assert store.stream_version("run-1") == 0
+        assert store.head_position() == 0
+        store.append("run-1", [started(), paused()])
+        [last] = store.append("run-2", [started()])
+        assert store.stream_version("run-1") == 2
+        assert store.stream_version("run-2") == 1
+        assert store.stream_version("run-3") == 0
+        assert store.head_position() == last.position
+
+    def test_verify_a_sound_log(self, store: EventStore) -> None:
+        [cause] = store.append("run-1", [started()])
+        store.append("run-2", [paused("x", **cause.caused_by(cause)), paused("y")])
+        report = store.verify()
+        assert report.ok and report.findings == [] and report.first is None
+        assert (report.events, report.streams) == (3, 2)
+
+    # ------------------------------------------------------------ atomicity and conflicts
+
+    def test_a_batch_whose_insert_fails_writes_none_of_its_events(self, store: EventStore) -> None:
+        store.append("run-1", [started()], expected_version=0)
+        # Another writer put version 3 in place (a row as the store writes it). The store knows
+        # version 1 as the head it wrote itself, so the batch reaches the insert, whose second
+        # row clashes: the first and third rows must not be written either.
+        row, _ = sealed_row(paused("elsewhere"), "run-1", 3)
+        store.backend.recorder.insert_events([row])
+        before = rows(store)
+
+        with pytest.raises(ConcurrencyConflict) as caught:
+            store.append("run-1", [paused("a"), paused("b"), paused("c")], expected_version=1)
+
+        assert caught.value.actual_version == 3
+        assert rows(store) == before
+        assert [e.version for e in store.read("run-1")] == [1, 3]
+
+    def test_a_batch_with_a_duplicate_delivery_writes_none_of_its_events(
+        self, store: EventStore
+    ) -> None:
+        store.append("run-1", [started()], tracking=ConsumerPosition("planner", 7))
+        before = rows(store)
+        with pytest.raises(AlreadyProcessed):
+            store.append(
+                "run-1",
+                [paused("a"), paused("b"), paused("c")],
+                expected_version=1,
+                tracking=ConsumerPosition("planner", 7),
+            )
+        assert rows(store) == before
+        assert store.position_of("planner") == 7
+        # The stream is still writable at the version it had.
+        [event] = store.append("run-1", [paused("d")], expected_version=1)
+        assert event.version == 2
+
+    def test_stale_expected_version_conflicts_and_writes_nothing(self, store: EventStore) -> None:
+        store.append("run-1", [started(), paused()], expected_version=0)
+        before = rows(store)
+        with pytest.raises(ConcurrencyConflict) as caught:
+            store.append("run-1", [paused("late")], expected_version=1)
+        conflict = caught.value
+        assert (conflict.stream, conflict.expected_version, conflict.actual_version) == (
+            "run-1",
+            1,
+            2,
+        )
+        assert "run-1" in str(conflict) and "nothing was written" in str(conflict)
+        assert rows(store) == before
+        with pytest.raises(ConcurrencyConflict):
+            store.append("run-1", [paused("new stream?")], expected_version=0)
+        assert rows(store) == before
+
+    def test_expected_version_ahead_of_the_stream_conflicts(self, store: EventStore) -> None:
+        store.append("run-1", [started(), paused()])
+        before = rows(store)
+        with pytest.raises(ConcurrencyConflict) as caught:
+            store.append("run-1", [paused("ahead")], expected_version=5)
+        assert (caught.value.expected_version, caught.value.actual_version) == (5, 2)
+        with pytest.raises(ConcurrencyConflict) as caught:
+            store.append("run-new", [started()], expected_version=1)
+        assert caught.value.actual_version == 0
+        assert rows(store) == before
+        assert store.read("run-new") == []
+
+    def test_no_expected_version_appends_at_the_end(self, store: EventStore) -> None:
+        store.append("run-1", [started(), paused()])
+        [event] = store.append("run-1", [paused("whatever the version")], expected_version=None)
+        assert event.version == 3
+        assert event.prev_hash == store.read("run-1", 2, 2)[0].hash
+        [other] = store.append("run-new", [started()])
+        assert other.version == 1 and other.prev_hash is None
+
+    def test_writers_on_threads_contend_without_loss(self, store: EventStore) -> None:
+        barrier = threading.Barrier(WRITERS)
+
+        def writer(w: int) -> int:
+            barrier.wait(timeout=30)
+            return write_with_retries(store, "run-contended", w, PER_WRITER)
+
+        with ThreadPoolExecutor(WRITERS) as pool:
+            conflicts = list(pool.map(writer, range(WRITERS)))
+        assert_contended_stream(store, "run-contended", conflicts, PER_WRITER)
+
+    def test_appends_without_expected_version_on_threads_all_land(self, store: EventStore) -> None:
+        # expected_version=None means "at the end, whatever the version": contention between
+        # writers is the store's to resolve, never the caller's.
+        writers = 2 * WRITERS
+        barrier = threading.Barrier(writers)
+
+        def writer(w: int) -> None:
+            barrier.wait(timeout=30)
+            for i in range(20):
+                store.append("run-any", [note(f"w{w}", str(i))], expected_version=None)
+
+        with ThreadPoolExecutor(writers) as pool:
+            list(pool.map(writer, range(writers)))
+        events = store.read("run-any")
+        assert [e.version for e in events] == list(range(1, writers * 20 + 1))
+        assert store.verify().ok
+
+    @pytest.mark.slow
+    def test_writers_in_processes_contend_without_loss(
+        self, store: EventStore, store_url: str
+    ) -> None:
+        self.require_multiprocess()
+        ctx = multiprocessing.get_context("spawn")
+        open_lock, barrier, results = ctx.Lock(), ctx.Barrier(WRITERS), ctx.Queue()
+        workers = [
+            ctx.Process(
+                target=_process_writer,
+                args=(store_url, "run-contended", w, PER_PROCESS, open_lock, barrier, results),
+            )
+            for w in range(WRITERS)
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            outcomes = [results.get(timeout=180) for _ in workers]
+        finally:
+            for worker in workers:
+                worker.join(timeout=30)
+                if worker.is_alive():
+                    worker.kill()
+        failures = [tb for _, _, tb in outcomes if tb]
+        assert not failures, failures[0]
+        assert [w.exitcode for w in workers] == [0] * WRITERS
+        assert_contended_stream(store, "run-contended", [c for _, c, _ in outcomes], PER_PROCESS)
+
+    @staticmethod
+    def _open_concurrently(url: str, count: int = WRITERS) -> list[str]:
+        barrier = threading.Barrier(count)
+
+        def opener(_: int) -> str:
+            barrier.wait(timeout=30)
+            try:
+                with EventStore.open(url) as store:
+                    store.head_position()
+            except Exception as exc:
+                return f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
+            return ""
+
+        with ThreadPoolExecutor(count) as pool:
+            return [error for error in pool.map(opener, range(count)) if error]
+
+    def test_many_agents_open_a_new_store_at_once(self, store_url: str) -> None:
+        # Agents start together; the first open of a store creates its tables.
+        self.require_multiprocess()
+        errors = self._open_concurrently(store_url)
+        assert errors == []
+        with EventStore.open(store_url) as store:
+            store.append("run-1", [started()])
+            assert store.verify().ok
+
+    def test_many_agents_open_an_existing_store_at_once(
+        self, store: EventStore, store_url: str
+    ) -> None:
+        self.require_multiprocess()
+        store.append("run-1", [started()])
+        for _ in range(3):  # a race: a few rounds make a lost one near certain to show
+            assert self._open_concurrently(store_url) == []
+        assert len(store.read("run-1")) == 1
+
+    # ------------------------------------------------------------ subscriptions
+
+    def test_subscribers_before_during_and_after_appends_see_the_same_log(
+        self, store: EventStore
+    ) -> None:
+        batches, per_batch = 20, 3
+        total = batches * per_batch
+        half_written, during_subscribed = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            for b in range(batches):
+                stream = f"run-{b % 3}"
+                store.append(stream, [paused(f"{b}.{i}") for i in range(per_batch)])
+                if b == batches // 2:
+                    half_written.set()
+                    during_subscribed.wait(timeout=10)
+                time.sleep(0.002)
+
+        before = store.subscribe()
+        during_events: list[Event] = []
+        with ThreadPoolExecutor(3) as pool:
+            got_before = pool.submit(collect, before, total)
+            writing = pool.submit(writer)
+            assert half_written.wait(timeout=10)
+            during = store.subscribe()
+            head_when_subscribed = store.head_position()
+            during_subscribed.set()
+
+            def iterate() -> None:
+                for event in during:
+                    during_events.append(event)
+                    if len(during_events) == total:
+                        return
+
+            iterating = pool.submit(iterate)
+            writing.result(timeout=30)
+            try:
+                iterating.result(timeout=20)
+            finally:
+                during.stop()
+            before_events = got_before.result(timeout=30)
+        with store.subscribe() as after:
+            after_events = collect(after, total)
+        before.close()
+        during.close()
+
+        log = list(store.read_all())
+        assert len(log) == total
+        assert 0 < head_when_subscribed < log[-1].position
+        for seen in (before_events, during_events, after_events):
+            assert positions(seen) == positions(log)
+            assert [e.id for e in seen] == [e.id for e in log]
+
+    def test_subscribe_after_a_position_and_to_types(self, store: EventStore) -> None:
+        events = store.append("run-1", [started(), paused("1"), assigned(), paused("2")])
+        with store.subscribe(after_position=events[1].position) as sub:
+            assert collect(sub, 2) == events[2:]
+            assert sub.poll(timeout=0.1) == []
+            [later] = store.append("run-1", [paused("3")])
+            assert sub.poll(timeout=5) == [later]
+        with store.subscribe(types=["run.paused"]) as sub:
+            assert collect(sub, 3) == [events[1], events[3], later]
+        with pytest.raises(NotFound):
+            store.subscribe(types=["no.such"])
+
+    def test_closing_a_subscription_ends_iteration(self, store: EventStore) -> None:
+        store.append("run-1", [started()])
+        sub = store.subscribe()
+        seen: list[Event] = []
+        errors: list[BaseException] = []
+
+        def iterate() -> None:
+            try:
+                seen.extend(sub)
+            except BaseException as exc:
+                errors.append(exc)
+
+        iterating = threading.Thread(target=iterate, daemon=True)
+        iterating.start()
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # the consumer now waits for the next event
+        sub.close()
+        iterating.join(timeout=5)
+        assert not iterating.is_alive(), "iteration did not end after close()"
+        assert errors == []
+        assert len(seen) == 1
+        assert sub.poll(timeout=0.1) == []
+
+    def test_a_subscriber_on_another_store_instance_sees_appends(
+        self, store: EventStore, store_url: str
+    ) -> None:
+        self.require_multiprocess()
+        with EventStore.open(store_url) as reader, reader.subscribe() as sub:
+            assert sub.poll(timeout=0.1) == []
+            appended = store.append("run-1", [started(), paused()])
+            later = store.append("run-2", [started()])
+            assert collect(sub, 3, timeout=10) == appended + later
+
+    def test_a_transaction_held_open_is_not_skipped(self, store: EventStore, raw: RawLog) -> None:
+        [first] = store.append("run-a", [started()])
+        with store.subscribe() as sub:
+            assert collect(sub, 1) == [first]
+            held_row, _ = sealed_row(paused("held"), "run-held", 1)
+            later: list[Event] = []
+            with raw.held_insert(held_row) as held_position:
+                # The held row has a position but is not committed. An append made now must not
+                # become visible before it: a subscriber would pass over the held one for good.
+                appending = threading.Thread(
+                    target=lambda: later.extend(store.append("run-b", [paused("later")]))
+                )
+                appending.start()
+                raw.wait_for_blocked_writer()
+                assert sub.poll(timeout=0.5) == []
+                assert appending.is_alive() and later == []
+            appending.join(timeout=30)
+            assert len(later) == 1
+            rest = collect(sub, 2)
+        assert positions(rest) == [held_position, later[0].position]
+        assert held_position < later[0].position
+        assert [e.payload.reason for e in rest] == ["held", "later"]
+        assert positions(list(store.read_all())) == [first.position, *positions(rest)]
+
+    @pytest.mark.slow
+    def test_appends_wait_out_a_long_write_transaction(
+        self, store: EventStore, raw: RawLog
+    ) -> None:
+        # A long write transaction (a migration, a backup, a stuck client) must delay appends,
+        # not fail them, well within the store's lock timeout (30 s).
+        store.append("run-a", [started()])
+        held_row, _ = sealed_row(paused("held"), "run-held", 1)
+        outcomes: dict[str, str] = {}
+
+        def append(stream: str) -> None:
+            try:
+                store.append(stream, [started()])
+                outcomes[stream] = "ok"
+            except Exception as exc:
+                outcomes[stream] = f"{type(exc).__name__}: {exc}"
+
+        def read() -> None:
+            try:
+                outcomes["reader"] = f"ok {len(list(store.read_all()))}"
+            except Exception as exc:
+                outcomes["reader"] = f"{type(exc).__name__}: {exc}"
+
+        threads = [threading.Thread(target=append, args=(f"run-{i}",)) for i in range(2)]
+        reader = threading.Thread(target=read)
+        try:
+            with raw.held_insert(held_row):
+                for thread in threads:
+                    thread.start()
+                    time.sleep(0.1)
+                hold_until = time.monotonic() + 6.0
+                raw.wait_for_blocked_writer()
+                reader.start()
+                reader.join(timeout=3)
+                reader_kept_up = not reader.is_alive()
+                time.sleep(max(0.0, hold_until - time.monotonic()))
+        finally:
+            for thread in [*threads, reader]:
+                if thread.ident is not None:
+                    thread.join(timeout=30)
+        assert reader_kept_up, f"a reader stalled behind waiting writers: {outcomes}"
+        assert outcomes == {"run-0": "ok", "run-1": "ok", "reader": "ok 1"}
+        assert len(list(store.read_all())) == 4
+
+    def test_a_subscription_never_skips_an_event_it_cannot_decode(self, store: EventStore) -> None:
+        good = store.append("run-1", [started(), paused("good")])
+        document = v1_document("run-future", 1, "mystery.happened", {})
+        bad_row, _ = sealed_document(document, "mystery.happened@1")
+        store.backend.recorder.insert_events([bad_row])
+        store.append("run-1", [paused("after the unknown one")])
+
+        delivered: list[Event] = []
+        errors = 0
+        with store.subscribe() as sub:
+            for _ in range(3):
+                try:
+                    delivered.extend(sub.poll(timeout=0.2))
+                except UnknownEventType:
+                    errors += 1
+        # What comes before the unreadable row is delivered; nothing after it ever is, and the
+        # subscriber keeps stopping at it until the reader is upgraded.
+        assert positions(delivered) == positions(good)
+        assert errors >= 1
+
+    # ------------------------------------------------------------ tracking (exactly once)
+
+    def test_tracking_is_written_with_the_events(self, store: EventStore) -> None:
+        assert store.position_of("planner") == 0
+        recorded = store.append(
+            "run-1", [started(), paused()], tracking=ConsumerPosition("planner", 5)
+        )
+        assert store.position_of("planner") == 5
+        assert store.read("run-1") == recorded
+        assert store.position_of("reviewer") == 0
+
+    @pytest.mark.parametrize("position", [5, 4, 1])
+    def test_a_duplicate_delivery_raises_already_processed_and_writes_nothing(
+        self, store: EventStore, position: int
+    ) -> None:
+        store.append("run-1", [started()], tracking=ConsumerPosition("planner", 5))
+        before = rows(store)
+        with pytest.raises(AlreadyProcessed) as caught:
+            store.append("run-2", [started()], tracking=ConsumerPosition("planner", position))
+        assert (caught.value.consumer, caught.value.position, caught.value.recorded) == (
+            "planner",
+            position,
+            5,
+        )
+        assert rows(store) == before
+        assert store.read("run-2") == []
+        assert store.position_of("planner") == 5
+        store.append("run-2", [started()], tracking=ConsumerPosition("planner", 6))
+        assert store.position_of("planner") == 6
+
+    def test_record_position_and_position_of(self, store: EventStore) -> None:
+        store.record_position("projector", 3)
+        store.record_position("auditor", 10)
+        assert (store.position_of("projector"), store.position_of("auditor")) == (3, 10)
+        store.record_position("projector", 4)
+        assert store.position_of("projector") == 4
+        for stale in (4, 2):
+            with pytest.raises(AlreadyProcessed):
+                store.record_position("projector", stale)
+        assert store.position_of("projector") == 4
+        # Only a tracking position, no events.
+        store.append("run-1", [], tracking=ConsumerPosition("projector", 9))
+        assert store.position_of("projector") == 9
+        assert store.head_position() == 0
+
+    # ------------------------------------------------------------ upcasting
+
+    def test_rows_of_older_schemas_read_as_current_events(self, store: EventStore) -> None:
+        start = v1_document("run-old", 1, "run.started", {"goal": "old goal"}, prev_hash=None)
+        start_row, start_hash = sealed_document(start, "run.started@1")
+        reply = v1_document(
+            "run-old",
+            2,
+            "model.responded",
+            {"request_id": "m1", "model": "offline", "text": "old reply", "tokens": 9},
+            prev_hash=start_hash,
+        )
+        reply_row, _ = sealed_document(reply, "model.responded@1")
+        store.backend.recorder.insert_events([start_row, reply_row])
+        before = rows(store)
+
+        first, second = store.read("run-old")
+        assert isinstance(first, RunStarted)
+        assert first.schema_version == 2
+        assert first.payload.goal == "old goal"
+        assert (first.payload.user, first.payload.models, first.payload.labels) == (
+            "anonymous",
+            {},
+            {},
+        )
+        assert str(first.id) == start["id"] and first.hash == start_hash
+        assert isinstance(second, ModelResponded)
+        assert second.schema_version == 2
+        assert second.payload.content == "old reply"
+        assert (second.payload.output_tokens, second.payload.input_tokens) == (9, 0)
+        assert list(store.read_all()) == [first, second]
+        assert list(store.read_all(types=["model.responded"])) == [second]
+        # Reading never rewrites the log; the old chain verifies, and new events extend it.
+        assert rows(store) == before
+        assert store.verify().ok
+        [third] = store.append("run-old", [RunCompleted(actor="system", payload={"summary": "ok"})])
+        assert third.version == 3 and third.prev_hash == second.hash
+        assert store.verify().ok
+
+    @pytest.mark.parametrize(
+        ("topic", "type_", "schema_version", "error", "message"),
+        [
+            ("mystery.happened@1", "mystery.happened", 1, UnknownEventType, "mystery.happened"),
+            ("run.paused@2", "run.paused", 2, UnsupportedSchemaVersion, "schema version 2"),
+            ("run.started@3", "run.started", 3, UnsupportedSchemaVersion, "schema version 3"),
+        ],
+    )
+    def test_rows_this_version_cannot_read_raise_naming_the_position(
+        self,
+        store: EventStore,
+        topic: str,
+        type_: str,
+        schema_version: int,
+        error: type[Exception],
+        message: str,
+    ) -> None:
+        [good] = store.append("run-1", [started()])
+        document = v1_document("run-new", 1, type_, {"reason": "", "goal": "g"}, prev_hash=None)
+        document["schema_version"] = schema_version
+        row, _ = sealed_document(document, topic)
+        store.backend.recorder.insert_events([row])
+        before = rows(store)
+        position = before[-1][0]
+
+        for read in (lambda: store.read("run-new"), lambda: list(store.read_all())):
+            with pytest.raises(error) as caught:
+                read()
+            assert f"position {position}" in str(caught.value)
+            assert message in str(caught.value)
+            assert "not modified" in str(caught.value)
+        assert list(store.read_all(limit=1)) == [good]
+        assert rows(store) == before
+
+    # ------------------------------------------------------------ tamper evidence
+
+    @pytest.fixture
+    def chain(self, store: EventStore) -> list[Event]:
+        """Run stream A of five events, with stream B interleaved (B's second names A3)."""
+        a1, a2 = store.append("run-a", [started(), paused("two")])
+        [b1] = store.append("run-b", [started("b")])
+        [a3] = store.append("run-a", [paused("three")])
+        [b2] = store.append("run-b", [paused("after three", **a3.caused_by(a3))])
+        a4, a5 = store.append("run-a", [paused("four"), paused("five")])
+        assert store.verify().ok
+        return [a1, a2, b1, a3, b2, a4, a5]
+
+    @staticmethod
+    def _first(store: EventStore) -> tuple[int, Problem]:
+        report = store.verify()
+        assert not report.ok
+        assert report.first is not None
+        return report.first.position, report.first.problem
+
+    @staticmethod
+    def _problems_at(store: EventStore, position: int | None) -> set[Problem]:
+        return {f.problem for f in store.verify().findings if f.position == position}
+
+    def test_an_edited_row_is_found(
+        self, store: EventStore, raw: RawLog, chain: list[Event]
+    ) -> None:
+        a2 = chain[1]
+        state = raw.state_at(a2.position)
+        raw.set_state(a2.position, state.replace(b'"reason":"two"', b'"reason":"TWO"'))
+        assert self._first(store) == (a2.position, Problem.EDITED)
+        assert len(store.verify().findings) == 1
+
+    def test_an_edited_and_rehashed_row_breaks_the_chain_at_the_next(
+        self, store: EventStore, raw: RawLog, chain: list[Event]
+    ) -> None:
+        a2, a3 = chain[1], chain[3]
+        edited = a2.model_copy(update={"payload": a2.payload.model_copy(update={"reason": "2"})})
+        state, _ = seal(edited)
+        raw.set_state(a2.position, state)
+        assert self._first(store) == (a3.position, Problem.CHAIN_BROKEN)
+
+    def test_a_deleted_row_is_found(
+        self, store: EventStore, raw: RawLog, chain: list[Event]
+    ) -> None:
+        a3, b2, a4 = chain[3], chain[4], chain[5]
+        raw.delete(a3.position)
+        assert self._first(store) == (b2.position, Problem.DANGLING_CAUSE)
+        assert self._problems_at(store, a4.position) == {Problem.VERSION_GAP}
+
+    def test_swapped_versions_are_found(
+        self, store: EventStore, raw: RawLog, chain: list[Event]
+    ) -> None:
+        a2, a3 = chain[1], chain[3]
+        raw.swap_versions(a2.position, a3.position, 2, 3)
+        assert self._first(store) == (a2.position, Problem.MOVED)
+        assert Problem.VERSION_GAP in self._problems_at(store, a2.position)
+        assert {Problem.MOVED, Problem.REORDERED} <= self._problems_at(store, a3.position)
+        # Read by version, the row at a3's position is version 2, and its body disagrees.
+        with pytest.raises(CorruptEvent, match=f"position {a3.position}"):
+            store.read("run-a")
+
+    def test_reordered_rows_are_found(
+        self, store: EventStore, raw: RawLog, chain: list[Event]
+    ) -> None:
+        a4, a5 = chain[5], chain[6]
+        raw.swap_positions(a4.position, a5.position)
+        assert self._first(store) == (a4.position, Problem.VERSION_GAP)
+        assert self._problems_at(store, a5.position) == {Problem.REORDERED}
+
+    def test_a_forged_row_is_found(
+        self, store: EventStore, raw: RawLog, chain: list[Event]
+    ) -> None:
+        # A well-formed event with a correct hash of its own, but not chained to the stream.
+        forged, _ = sealed_row(paused("forged"), "run-a", 6, prev_hash="f" * 64)
+        raw.insert(forged)
+        position = store.head_position()
+        assert position > chain[-1].position
+        assert self._first(store) == (position, Problem.CHAIN_BROKEN)
+        assert len(store.verify().findings) == 1
+
+    def test_corrupt_bytes_are_unreadable_and_located(
+        self, store: EventStore, raw: RawLog, chain: list[Event]
+    ) -> None:
+        a2 = chain[1]
+        raw.set_state(a2.position, b"\x00\xff not json at all")
+        for read in (lambda: store.read("run-a"), lambda: list(store.read_all())):
+            with pytest.raises(CorruptEvent) as caught:
+                read()
+            assert f"position {a2.position}" in str(caught.value)
+        assert self._first(store) == (a2.position, Problem.UNREADABLE)
+
+    # ------------------------------------------------------------ bad input
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            pytest.param({"type": "run.paused", "actor": "system", "payload": {}}, id="dict"),
+            pytest.param("run.paused", id="str"),
+            pytest.param(None, id="None"),
+            pytest.param(NotAnEvent(), id="pydantic-model"),
+        ],
+    )
+    def test_objects_outside_the_catalogue_are_rejected(
+        self, store: EventStore, bad: object
+    ) -> None:
+        store.append("run-1", [started()])
+        before = rows(store)
+        with pytest.raises(InvalidEvent, match="catalogue"):
+            store.append("run-1", [paused("fine"), bad])
+        assert rows(store) == before
+
+    def test_envelope_subclasses_outside_the_catalogue_are_rejected(
+        self, store: EventStore
+    ) -> None:
+        class Unregistered(Envelope):
+            event_type: ClassVar[str] = "secret.happened"
+            type: str = "secret.happened"
+
+        class LookAlike(RunPaused):
+            pass
+
+        for bad in (Unregistered(actor="system", payload={}), LookAlike(actor="system")):
+            with pytest.raises(InvalidEvent, match="catalogue"):
+                store.append("run-1", [bad])
+        assert rows(store) == []
+
+    @pytest.mark.parametrize(
+        "stream",
+        ["", " run-1", "run 1", "-run", ".run", "run/1", "run-ü", "r" * 201, "run-1\t", 17],
+    )
+    def test_invalid_stream_names_are_rejected(self, store: EventStore, stream: Any) -> None:
+        with pytest.raises(InvalidEvent, match="stream name"):
+            store.append(stream, [started()])
+        assert rows(store) == []
+        assert store.append("r" * 200, [started()])[0].stream == "r" * 200
+
+    @pytest.mark.parametrize(
+        ("event", "allowed"),
+        [
+            (lambda: granted(actor="agent:execution/e1"), "human"),
+            (lambda: granted(actor="system"), "human"),
+            (
+                lambda: ApprovalDenied(
+                    actor="agent:coordinator/c1",
+                    payload={"action_id": "a1", "action_hash": HASH_A, "reason": "no"},
+                ),
+                "human",
+            ),
+            (
+                lambda: ApprovalExpired(
+                    actor="human:ada", payload={"action_id": "a1", "action_hash": HASH_A}
+                ),
+                "system",
+            ),
+        ],
+    )
+    def test_principals_may_append_only_what_they_are_allowed_to(
+        self, store: EventStore, event: Callable[[], Envelope], allowed: str
+    ) -> None:
+        store.append("run-1", [started()])
+        before = rows(store)
+        with pytest.raises(NotAuthorized) as caught:
+            store.append("run-1", [paused("fine"), event()])
+        assert f"only a {allowed} principal" in str(caught.value)
+        assert rows(store) == before
+        # The same event from an allowed principal is accepted.
+        allowed_actor = "human:ada" if allowed == "human" else "system"
+        allowed_event = event().model_copy(update={"actor": allowed_actor})
+        assert store.append("run-1", [allowed_event])[0].actor == allowed_actor
+
+    def test_an_event_naming_another_stream_is_rejected(self, store: EventStore) -> None:
+        before = rows(store)
+        with pytest.raises(InvalidEvent, match="run-b"):
+            store.append("run-a", [paused("fine"), paused("wrong", stream="run-b")])
+        assert rows(store) == before
+        [event] = store.append("run-a", [paused("right", stream="run-a")])
+        assert event.stream == "run-a"
+
+    def test_empty_appends_and_bad_tracking_positions_are_rejected(self, store: EventStore) -> None:
+        with pytest.raises(InvalidEvent, match="at least one event"):
+            store.append("run-1", [])
+        for position in (0, -3):
+            with pytest.raises(InvalidEvent, match="tracking position"):
+                store.append("run-1", [started()], tracking=ConsumerPosition("p", position))
+        assert rows(store) == []
+        assert store.position_of("p") == 0
+
+
+# ---------------------------------------------------------------- the backends
+
+
+class TestMemoryStore(StoreContract):
+    multiprocess = False
+    raw_sql = False
+
+    @pytest.fixture
+    def store_url(self) -> str:
+        return "memory://"
+
+
+class TestSQLiteStore(StoreContract):
+    @pytest.fixture
+    def store_url(self, sqlite_url: str) -> str:
+        return sqlite_url
+
+    def raw_log(self, store: EventStore) -> RawLog:
+        return SQLiteRawLog(str(store.backend.path))
+
+
+@pytest.mark.postgres
+class TestPostgresStore(StoreContract):
+    @pytest.fixture
+    def store_url(self, postgres_url: str) -> str:
+        return postgres_url
+
+    def raw_log(self, store: EventStore) -> RawLog:
+        return PostgresRawLog(store)
+
+
+def test_every_backend_joins_the_contract() -> None:
+    # pytest silently skips an abstract class: a backend that forgot a fixture would vanish.
+    backends = [
+        cls
+        for cls in vars(sys.modules[__name__]).values()
+        if inspect.isclass(cls) and issubclass(cls, StoreContract) and cls is not StoreContract
+    ]
+    assert {cls.__name__ for cls in backends} == {
+        "TestMemoryStore",
+        "TestSQLiteStore",
+        "TestPostgresStore",
+    }
+    assert not [cls for cls in backends if inspect.isabstract(cls)]

@@ -1,0 +1,128 @@
+"""Opening a store: URLs, clear errors for bad ones, and no password in any message."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from agentledger.events import (
+    STORE_ENV,
+    AgentLedgerError,
+    ConfigurationError,
+    EventStore,
+    RunPaused,
+    StoreUnavailable,
+    default_store_url,
+)
+
+SECRET = "s3cr3t-Pa55"
+
+
+def test_an_unreachable_postgres_is_store_unavailable_naming_host_and_port() -> None:
+    url = f"postgresql://alice:{SECRET}@127.0.0.1:1/test?schema=nowhere"
+    with pytest.raises(StoreUnavailable) as caught:
+        EventStore.open(url)
+    message = str(caught.value)
+    assert "127.0.0.1:1" in message
+    assert "alice" in message and "'test'" in message
+    assert "pg_ctlcluster" in message  # the next step
+    # The password appears nowhere: not in the message, not in a chained exception.
+    assert SECRET not in message
+    assert SECRET not in repr(caught.value.__cause__)
+    assert caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("mysql://root@127.0.0.1/ledger", "unknown store URL"),
+        ("http://example.org/ledger", "unknown store URL"),
+        ("memory:/", "unknown store URL"),
+        ("ledger.db", "unknown store URL"),
+        ("sqlite://", "no path"),
+        ("sqlite:///", "no path"),
+        ("postgresql://u@127.0.0.1:notaport/db", "invalid port"),
+        ("postgresql://u@127.0.0.1:99999/db", "invalid port"),
+        ("postgresql://u@127.0.0.1:5432/", "needs a host and a database name"),
+        ("postgresql:///db", "needs a host and a database name"),
+        ("postgresql://u@127.0.0.1/db?colour=red", "unknown option(s) colour"),
+        ("postgresql://u@127.0.0.1/db?schema=a;drop", "letters, digits and underscores"),
+        ("postgresql://u@127.0.0.1/db?pool_size=many", "pool_size"),
+    ],
+)
+def test_malformed_urls_are_configuration_errors(url: str, words: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        EventStore.open(url)
+    assert words in str(caught.value)
+    assert isinstance(caught.value, AgentLedgerError)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://alice:{SECRET}@127.0.0.1:notaport/db",
+        f"mysql://alice:{SECRET}@127.0.0.1/db",
+    ],
+)
+def test_configuration_errors_mask_the_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        EventStore.open(url)
+    assert SECRET not in str(caught.value)
+    assert "alice:***@" in str(caught.value)
+
+
+def test_sqlite_urls_take_relative_and_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with EventStore.open("sqlite:///nested/relative.db") as store:
+        store.append("run-1", [RunPaused(actor="system")])
+        assert store.url == "sqlite:///nested/relative.db"
+    assert (tmp_path / "nested" / "relative.db").is_file()
+    absolute = tmp_path / "abs" / "ledger.db"
+    with EventStore.open(f"sqlite:///{absolute}") as store:
+        assert store.url == f"sqlite:///{absolute}"
+    assert absolute.is_file()
+    # The same file read through another store: nothing is kept in the instance.
+    with EventStore.open(f"sqlite:///{tmp_path}/nested/relative.db") as store:
+        assert len(list(store.read_all())) == 1
+
+
+def test_a_path_that_is_not_a_file_is_store_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match=re.escape(str(tmp_path))):
+        EventStore.open(f"sqlite:///{tmp_path}")
+
+
+def test_default_store_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    assert default_store_url() == "sqlite:///.agentledger/ledger.db"
+    monkeypatch.setenv(STORE_ENV, "   ")
+    assert default_store_url() == "sqlite:///.agentledger/ledger.db"
+    monkeypatch.setenv(STORE_ENV, f" sqlite:///{tmp_path}/env.db ")
+    assert default_store_url() == f"sqlite:///{tmp_path}/env.db"
+    with EventStore.open() as store:
+        assert store.url == f"sqlite:///{tmp_path}/env.db"
+    monkeypatch.setenv(STORE_ENV, "memory://")
+    with EventStore.open() as store:
+        assert store.url == "memory://"
+
+
+def test_memory_stores_are_independent() -> None:
+    with EventStore.open("memory://") as one, EventStore.open("memory://") as two:
+        one.append("run-1", [RunPaused(actor="system")])
+        assert two.head_position() == 0
+
+
+@pytest.mark.postgres
+def test_the_store_url_masks_the_password(postgres_url: str) -> None:
+    # Trust authentication accepts any password, so a real store opens with one in its URL.
+    parts = urlsplit(postgres_url)
+    netloc = f"{parts.username}:{SECRET}@{parts.hostname}:{parts.port}"
+    with EventStore.open(urlunsplit(parts._replace(netloc=netloc))) as store:
+        assert SECRET not in store.url
+        assert store.url.startswith(f"postgresql://{parts.username}:***@{parts.hostname}:")
+        store.append("run-1", [RunPaused(actor="system")])
+        assert store.head_position() == 1
