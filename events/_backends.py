@@ -222,8 +222,8 @@ class SQLiteBackend(Backend):
             raise StoreUnavailable(f"cannot create the folder for {path}: {exc}") from exc
         self.path = path
         self.url = f"sqlite:///{path}"
-        try:
-            self.datastore = SQLiteDatastore(
+        def datastore() -> SQLiteDatastore:
+            return SQLiteDatastore(
                 str(path),
                 lock_timeout=self.LOCK_TIMEOUT_S,
                 originator_id_type="text",
@@ -233,18 +233,14 @@ class SQLiteBackend(Backend):
                 # as SQLite itself waits for the file lock, not the pool's default 5 s.
                 pool_timeout=self.LOCK_TIMEOUT_S,
             )
+
+        try:
+            self.datastore = datastore()
             self.recorder: SQLiteProcessRecorder = SQLiteProcessRecorder(self.datastore)
             self._create_tables()
             # Reads get their own pool: eventsourcing's pool queues every request behind a
             # writer that waits for the file lock, and in WAL mode reads need not wait at all.
-            self.read_datastore = SQLiteDatastore(
-                str(path),
-                lock_timeout=self.LOCK_TIMEOUT_S,
-                originator_id_type="text",
-                pool_size=2,
-                max_overflow=6,
-                pool_timeout=self.LOCK_TIMEOUT_S,
-            )
+            self.read_datastore = datastore()
             self.reader = SQLiteProcessRecorder(self.read_datastore)
         except Exception as exc:
             raise StoreUnavailable(
