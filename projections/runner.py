@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic
 
@@ -29,14 +30,20 @@ class ProjectionRunner(Generic[S]):
         projection: Projection[S],
         checkpoints: CheckpointStore,
         *,
-        commit_every: int = 5_000,
-        snapshot_every: int = 10_000,
+        commit_every: int | None = None,
+        commit_seconds: float = 5.0,
+        snapshot_every: int = 100_000,
     ) -> None:
         self.store = store
         self.projection = projection
         self.checkpoints = checkpoints
+        # A commit writes the whole state, whose size grows with the log: commit by time (and
+        # at the end of each catch-up), so the cost stays a bounded share of the work. An
+        # event count can be given too (tests use small ones to make commits frequent).
         self.commit_every = commit_every
+        self.commit_seconds = commit_seconds
         self.snapshot_every = snapshot_every
+        self._last_commit_at = time.monotonic()
         self.position = 0
         self._committed = 0
         self._last_snapshot = 0
@@ -66,8 +73,16 @@ class ProjectionRunner(Generic[S]):
             snapshot=snapshot,
         )
         self._committed = self.position
+        self._last_commit_at = time.monotonic()
         if snapshot:
             self._last_snapshot = self.position
+
+    def _commit_due(self, since_commit: int, *, check_clock: bool = True) -> bool:
+        return (
+            (self.commit_every is not None and since_commit >= self.commit_every)
+            or self.position - self._last_snapshot >= self.snapshot_every
+            or (check_clock and time.monotonic() - self._last_commit_at >= self.commit_seconds)
+        )
 
     def catch_up(self, progress: Callable[[int], None] | None = None) -> S:
         """Fold every event after the checkpoint up to the current end of the log."""
@@ -83,14 +98,15 @@ class ProjectionRunner(Generic[S]):
             state = apply(state, event)
             self.position = event.position or self.position
             since_commit += 1
-            if since_commit >= self.commit_every or (
-                self.position - self._last_snapshot >= self.snapshot_every
-            ):
+            # The clock is read every 1,000 events only: this loop is the rebuild's hot path.
+            if self._commit_due(since_commit, check_clock=since_commit % 1000 == 0):
                 self.state = state
                 self._commit()
                 since_commit = 0
                 if progress is not None:
                     progress(self.position)
+            elif progress is not None and since_commit % 10_000 == 0:
+                progress(self.position)
         self.state = state
         self.position = max(self.position, head)
         self._commit()
@@ -99,18 +115,21 @@ class ProjectionRunner(Generic[S]):
         return state
 
     def follow(self, stop: threading.Event, on_change: Callable[[S], None] | None = None) -> None:
-        """Fold new events as they are appended until ``stop`` is set."""
+        """Fold new events as they are appended until ``stop`` is set (then commit)."""
+        since_commit = 0
         with self.store.subscribe(self.position, self.projection.event_types) as subscription:
             while not stop.is_set():
                 batch = subscription.poll(timeout=0.25)
-                if not batch:
-                    continue
                 for event in batch:
                     self.state = self.projection.apply(self.state, event)
                     self.position = event.position or self.position
-                self._commit()
-                if on_change is not None:
+                since_commit += len(batch)
+                if since_commit and self._commit_due(since_commit):
+                    self._commit()
+                    since_commit = 0
+                if batch and on_change is not None:
                     on_change(self.state)
+        self._commit()
 
     def rebuild(self, progress: Callable[[int], None] | None = None) -> S:
         """Drop the stored state and fold the whole log again."""
