@@ -30,6 +30,7 @@ from .errors import CorruptEvent, UnknownEventType, UnsupportedSchemaVersion
 from .upcasting import upcast
 
 _HASH_PREFIX = b',"hash":"'
+_NOT_HASHED = {"hash", "position"}
 _HASH_SUFFIX_LEN = len(_HASH_PREFIX) + 64 + 2  # prefix, 64 hex digits, '"}'
 CURRENT_TOPICS: dict[str, str] = {
     name: f"{name}@{cls.current_schema_version}" for name, cls in EVENT_TYPES.items()
@@ -47,9 +48,9 @@ def topics_for(event_type: str) -> list[str]:
 
 def seal(event: Envelope) -> tuple[bytes, str]:
     """The stored state of ``event`` (stream, version and prev_hash already set) and its hash."""
-    body = event.model_dump_json(exclude={"hash", "position"}).encode()
+    body = type(event).__pydantic_serializer__.to_json(event, exclude=_NOT_HASHED)
     digest = hashlib.sha256(body).hexdigest()
-    return body[:-1] + _HASH_PREFIX + digest.encode() + b'"}', digest
+    return b"".join((body[:-1], _HASH_PREFIX, digest.encode(), b'"}')), digest
 
 
 def split_state(state: bytes) -> tuple[bytes, str] | None:

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from types import TracebackType
 from typing import Self, cast
 
@@ -159,12 +160,14 @@ class EventStore:
         stored: list[StoredEvent] = []
         for index, event in enumerate(events):
             version += 1
+            at = event.at if event.at.tzinfo is UTC else event.at.astimezone(UTC)
             draft = event.model_copy(
-                update={"stream": stream, "version": version, "prev_hash": prev_hash}
+                update={"stream": stream, "version": version, "prev_hash": prev_hash, "at": at}
             )
             state, prev_hash = seal(draft)
+            # Parsed back from the sealed bytes: it carries the hash, exactly as readers see it.
             checked = self._validated(stream, index, draft, state)
-            sealed.append(checked.model_copy(update={"hash": prev_hash}))
+            sealed.append(checked)
             stored.append(self._mapper.stored(checked, state))
         kwargs = {}
         if tracking is not None:
