@@ -222,6 +222,7 @@ class SQLiteBackend(Backend):
             raise StoreUnavailable(f"cannot create the folder for {path}: {exc}") from exc
         self.path = path
         self.url = f"sqlite:///{path}"
+
         def datastore() -> SQLiteDatastore:
             return SQLiteDatastore(
                 str(path),
