@@ -81,6 +81,19 @@ class Backend(ABC):
     def stream_summaries(self, prefix: str = "") -> list[StreamSummary]:
         """Every stream (optionally those starting with ``prefix``), in order of first position."""
 
+    def read_page(
+        self, after: int, limit: int, topics: Sequence[str], stop: int | None
+    ) -> list[tuple[int, str, int, str, bytes]]:
+        """Rows after ``after`` in position order, as (position, stream, version, topic, state).
+
+        The read path's page query: backends may answer it with plain tuples, cheaper than the
+        recorder's ``Notification`` objects.
+        """
+        rows = self.reader.select_notifications(
+            after, limit, stop=stop, topics=topics, inclusive_of_start=False
+        )
+        return [(n.id, str(n.originator_id), n.originator_version, n.topic, n.state) for n in rows]
+
     @abstractmethod
     def select_stream(self, stream: str, gt: int, lte: int | None) -> list[Notification]:
         """The rows of one stream with their global positions (the recorders omit positions)."""
@@ -277,6 +290,31 @@ class SQLiteBackend(Backend):
         with self.read_datastore.transaction(commit=False) as cursor:
             cursor.execute(statement, (stream, gt, _MAX_VERSION if lte is None else lte))
             return [Notification(r[1], r[2], r[3], r[4], r[0]) for r in cursor.fetchall()]
+
+    def read_page(
+        self, after: int, limit: int, topics: Sequence[str], stop: int | None
+    ) -> list[tuple[int, str, int, str, bytes]]:
+        # Plain tuples straight from sqlite3: building sqlite3.Row and Notification objects
+        # cost more per row than the query itself (bench/store.py).
+        statement = (
+            "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events "
+            "WHERE rowid > ?"
+        )
+        params: list[Any] = [after]
+        if stop is not None:
+            statement += " AND rowid <= ?"
+            params.append(stop)
+        if topics:
+            statement += f" AND topic IN ({','.join('?' * len(topics))})"
+            params.extend(topics)
+        statement += " ORDER BY rowid LIMIT ?"
+        params.append(limit)
+        with self.read_datastore.transaction(commit=False) as cursor:
+            raw = cursor.sqlite_cursor
+            raw.row_factory = None
+            raw.execute(statement, params)
+            rows: list[tuple[int, str, int, str, bytes]] = raw.fetchall()
+            return rows
 
     def stream_summaries(self, prefix: str = "") -> list[StreamSummary]:
         # The recorders have no "list streams"; one aggregate query over the primary key.

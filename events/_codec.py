@@ -71,8 +71,8 @@ def body_hash(body: bytes) -> str:
 
 def where(n: Notification | StoredEvent) -> str:
     """Human-readable location of a stored row for error messages."""
-    pos = f"position {n.id}, " if isinstance(n, Notification) else ""
-    return f"{pos}stream {n.originator_id!r} version {n.originator_version}"
+    position = n.id if isinstance(n, Notification) else None
+    return _where(position, str(n.originator_id), n.originator_version)
 
 
 class _NoTranscoder(Transcoder):
@@ -123,16 +123,29 @@ class EnvelopeMapper(Mapper[str]):
 
     def decode(self, stored: StoredEvent) -> Event:
         """The typed, current-schema event of a stored row (raises located errors)."""
+        position = stored.id if isinstance(stored, Notification) else None
+        return self.decode_row(
+            position,
+            str(stored.originator_id),
+            stored.originator_version,
+            stored.topic,
+            stored.state,
+        )
+
+    def decode_row(
+        self, position: int | None, stream: str, version: int, topic: str, state: bytes
+    ) -> Event:
+        """``decode`` for a row given as its columns (the read path's tuples)."""
         # The hot path of every read: a current-version row goes straight from its bytes into
         # its class (one Rust-side parse and validation), with no intermediate dict.
-        cls = _CURRENT_CLASSES.get(stored.topic)
-        if self.cipher is None and self.compressor is None:
-            state = stored.state
-        else:
+        cls = _CURRENT_CLASSES.get(topic)
+        if self.cipher is not None or self.compressor is not None:
             try:
-                state = self.plain_state(stored)
+                state = self.plain_state(StoredEvent(stream, version, topic, state))
             except Exception as exc:
-                raise CorruptEvent(f"{where(stored)}: cannot decode stored bytes: {exc}") from exc
+                raise CorruptEvent(
+                    f"{_where(position, stream, version)}: cannot decode stored bytes: {exc}"
+                ) from exc
         try:
             if cls is not None:
                 event: Envelope = cls.model_validate_json(state)
@@ -140,24 +153,31 @@ class EnvelopeMapper(Mapper[str]):
                 document = json.loads(state)
                 if not isinstance(document, dict):
                     raise ValueError("stored body is not a JSON object")
-                event = EVENT_ADAPTER.validate_python(upcast(document, where=where(stored)))
+                event = EVENT_ADAPTER.validate_python(
+                    upcast(document, where=_where(position, stream, version))
+                )
         except (UnknownEventType, UnsupportedSchemaVersion):
             raise
         except (ValidationError, ValueError, KeyError, TypeError) as exc:
             raise CorruptEvent(
-                f"{where(stored)}: stored event of topic {stored.topic!r} is damaged: "
-                f"{_short(exc)}. The log was not modified; run `agentledger verify-log`."
+                f"{_where(position, stream, version)}: stored event of topic {topic!r} is "
+                f"damaged: {_short(exc)}. The log was not modified; run `agentledger verify-log`."
             ) from exc
-        if event.version != stored.originator_version or event.stream != stored.originator_id:
+        if event.version != version or event.stream != stream:
             raise CorruptEvent(
-                f"{where(stored)}: the body says stream {event.stream!r} version "
-                f"{event.version}; the row was moved. Run `agentledger verify-log`."
+                f"{_where(position, stream, version)}: the body says stream {event.stream!r} "
+                f"version {event.version}; the row was moved. Run `agentledger verify-log`."
             )
-        if isinstance(stored, Notification):
+        if position is not None:
             # The position is the store's, known only on read: set it on the frozen model
             # without a second validation pass.
-            object.__setattr__(event, "position", stored.id)
+            object.__setattr__(event, "position", position)
         return cast(Event, event)
+
+
+def _where(position: int | None, stream: str, version: int) -> str:
+    pos = f"position {position}, " if position is not None else ""
+    return f"{pos}stream {stream!r} version {version}"
 
 
 def _short(exc: Exception) -> str:

@@ -300,8 +300,20 @@ class EventStore:
         to_position: int | None = None,
     ) -> Iterator[Event]:
         """Events in global order after ``after_position`` (optionally only of ``types``)."""
-        for row in self.read_stored(after_position, limit, types, to_position):
-            yield self._mapper.decode(row)
+        topics = self._topics(types)
+        decode = self._mapper.decode_row
+        remaining = limit
+        start = max(after_position, 0)
+        while remaining is None or remaining > 0:
+            page = _PAGE if remaining is None else min(_PAGE, remaining)
+            rows = self._backend.read_page(start, page, topics, to_position)
+            for row in rows:
+                yield decode(*row)
+            if remaining is not None:
+                remaining -= len(rows)
+            if len(rows) < page:
+                return
+            start = rows[-1][0]
 
     def read_stored(
         self,
