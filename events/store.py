@@ -301,7 +301,7 @@ class EventStore:
     ) -> Iterator[Event]:
         """Events in global order after ``after_position`` (optionally only of ``types``)."""
         topics = self._topics(types)
-        decode = self._mapper.decode_row
+        decode = self.decode_row
         remaining = limit
         start = max(after_position, 0)
         while remaining is None or remaining > 0:
@@ -341,6 +341,12 @@ class EventStore:
     def decode(self, row: StoredEvent) -> Event:
         """The typed event of a stored row (upcast to the current schema)."""
         return self._mapper.decode(row)
+
+    def decode_row(
+        self, position: int | None, stream: str, version: int, topic: str, state: bytes
+    ) -> Event:
+        """The typed event of a row given as its columns (the read path's page tuples)."""
+        return self._mapper.decode_row(position, stream, version, topic, state)
 
     def plain_state(self, row: StoredEvent) -> bytes:
         """The stored bytes of a row with any cipher or compressor undone."""
@@ -405,15 +411,13 @@ class Subscription(Iterator[Event]):
         self._store = store
         self._topics = topics
         self.position = after_position
-        self._buffer: deque[Notification] = deque()
+        self._buffer: deque[tuple[int, str, int, str, bytes]] = deque()
         self._stopped = threading.Event()
         self._waiter = store.backend.waiter()
 
     def _fetch(self) -> bool:
         self._waiter.arm()
-        rows = self._store.backend.reader.select_notifications(
-            self.position, 500, topics=self._topics, inclusive_of_start=False
-        )
+        rows = self._store.backend.read_page(self.position, 500, self._topics, None)
         self._buffer.extend(rows)
         return bool(rows)
 
@@ -445,9 +449,9 @@ class Subscription(Iterator[Event]):
     def _take(self) -> Event:
         # Decode before consuming, so a failure leaves the row (and the position) in place.
         row = self._buffer[0]
-        event = self._store.decode(row)
+        event = self._store.decode_row(*row)
         self._buffer.popleft()
-        self.position = row.id
+        self.position = row[0]
         return event
 
     def __next__(self) -> Event:
