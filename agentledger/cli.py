@@ -512,21 +512,329 @@ def rebuild_command(
     _run(body)
 
 
+# ---------------------------------------------------------------------------- runs
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="AGENTLEDGER_CONFIG",
+        help="Settings file (models, OpenAI endpoint, runtime). Default: ./agentledger.toml if "
+        "present.",
+        show_default=False,
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        envvar="RAY_ADDRESS",
+        help="Ray cluster to join (e.g. ray://head:10001 or auto). Default: agents served on "
+        "this machine (agentledger serve), else a local Ray.",
+        show_default=False,
+    ),
+]
+ModelOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="ROLE=PROVIDER:MODEL (repeatable), e.g. research=openai:gpt-4o-mini. Providers: "
+        "offline (default; rule-based, not a language model), openai (any OpenAI-compatible "
+        "endpoint, see agentledger.toml [openai]).",
+    ),
+]
+EXIT_WAITING = 3
+
+
+def _models(specs: list[str], settings: Any) -> dict[str, str]:
+    """Role -> provider:model from --model options, checked now (not when an agent needs it)."""
+    from agentledger.actors.models import ModelSpec, parse_model_spec
+    from agentledger.actors.providers import provider_for
+
+    chosen = dict(settings.models)
+    for text in specs:
+        spec = parse_model_spec(text)
+        chosen[spec.role.value] = f"{spec.provider}:{spec.model}"
+    for role, text in chosen.items():
+        provider, _, model = text.partition(":")
+        if provider == "openai":  # fails now, with the fix, if the key or URL is missing
+            provider_for(ModelSpec(role=role, provider=provider, model=model), settings.openai)
+    return chosen
+
+
+def _agents(settings: Any, url: str, models: dict[str, str], address: str | None) -> Any:
+    """Agents for this command: those already served in the namespace, else new ones."""
+    from agentledger.actors.runtime import Runtime, ensure_ray
+    from agentledger.config import runtime_config
+
+    config = runtime_config(settings, url, models)
+    with err.status("connecting to Ray…"):
+        ensure_ray(address, namespace=config.namespace)
+    runtime = Runtime(config)
+    if runtime.find():
+        err.print(f"[dim]using the agents served in namespace {config.namespace!r}[/]")
+        return runtime, False
+    with err.status("starting the agents (coordinator, research, execution, review)…"):
+        runtime.start()
+    return runtime, True
+
+
+def _execute_run(
+    goal: str,
+    *,
+    docs: Path | None,
+    workspace: Path | None,
+    store_url: str | None,
+    address: str | None,
+    models: list[str],
+    user: str,
+    config: Path | None,
+    timeout: float | None,
+) -> None:
+    from agentledger.actors.runtime import follow_run, start_run, validate_goal
+    from agentledger.config import load_settings
+    from agentledger.console import progress_line
+    from agentledger.projections import RunStatus
+
+    settings = load_settings(config)
+    validate_goal(goal)  # before anything slow starts
+    if docs is not None and not docs.is_dir():
+        raise NotFound(f"--docs {docs}: no such directory")
+    chosen = _models(models or [], settings)
+    url = store_url or settings.store or default_store_url()
+    with _store(url) as store:
+        runtime, owned = _agents(settings, url, chosen, address)
+        try:
+            started = start_run(
+                store, goal, user=user, models=chosen, workspace=workspace, docs=docs
+            )
+            err.print(
+                f"run [bold]{started.stream}[/] started; following it (Ctrl-C stops "
+                "following, not the run)\n"
+            )
+
+            def show(event: Any, state: Any) -> None:
+                line = progress_line(event)
+                if line is not None:
+                    out.print(line)
+
+            state = follow_run(store, started.stream, on_event=show, timeout=timeout)
+        finally:
+            if owned:
+                runtime.stop()
+    out.print()
+    out.print(run_state_view_brief(state))
+    if state.status is RunStatus.WAITING_FOR_APPROVAL:
+        for a in state.pending_approvals.values():
+            out.print(
+                f"[bold yellow]waiting for approval[/] of {a.action_id}: {a.preview}\n"
+                f"  reasoning: {a.reasoning}"
+            )
+        out.print(
+            "\nThe run waits in the log until a human decides; nothing runs before. "
+            f"See it with [bold]agentledger status {state.run}[/]. A decision is an "
+            "approval.granted or approval.denied event from a human principal; when one is "
+            "appended, the execution agent (agentledger serve) continues the run."
+        )
+        raise typer.Exit(EXIT_WAITING)
+    if state.status is not RunStatus.COMPLETED:
+        raise typer.Exit(1)
+
+
+def run_state_view_brief(state: Any) -> str:
+    """The end of a run in a few lines."""
+    styles = {
+        "completed": "bold green",
+        "failed": "bold red",
+        "waiting_for_approval": "bold yellow",
+    }
+    style = styles.get(state.status.value, "white")
+    lines = [f"[{style}]{state.status.value}[/] {state.run}: {state.goal}"]
+    if state.outcome:
+        lines.append(state.outcome)
+    return "\n".join(lines)
+
+
+@app.command("run")
+def run_command(
+    goal: Annotated[str, typer.Argument(help="What the run should achieve, in plain words.")],
+    docs: Annotated[
+        Path | None,
+        typer.Option(
+            "--docs", help="Document folder the research agent searches.", show_default=False
+        ),
+    ] = None,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            help="Folder the execution agent works in. Default: a new folder per run under "
+            ".agentledger/workspaces.",
+            show_default=False,
+        ),
+    ] = None,
+    model: ModelOption = None,
+    user: Annotated[
+        str, typer.Option("--user", envvar="USER", help="Who starts the run.")
+    ] = "anonymous",
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout", min=1, help="Stop following after this many seconds.", show_default=False
+        ),
+    ] = None,
+    store_url: StoreOption = None,
+    address: AddressOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Start a run of the agents on GOAL and show its events live.
+
+    Ends when the run completes (exit 0), fails (exit 1) or waits for a human's approval
+    (exit 3), and says what to do next.
+    """
+    _run(
+        lambda: _execute_run(
+            goal,
+            docs=docs,
+            workspace=workspace,
+            store_url=store_url,
+            address=address,
+            models=model or [],
+            user=_principal_name(user),
+            config=config,
+            timeout=timeout,
+        )
+    )
+
+
+def _principal_name(user: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "_.@-" else "-" for c in user)[:64]
+    return cleaned or "anonymous"
+
+
 @app.command("demo")
-def demo_command(store_url: StoreOption = None) -> None:
-    """Write a sample run to the log and show it (no server, network or model needed)."""
-    from agentledger.sample import write_sample_run
+def demo_command(
+    store_url: StoreOption = None,
+    address: AddressOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the built-in scenario end to end, offline: 5 steps, all four agents, and one
+    high-risk action that waits for a human (no server, network or model needed)."""
+    from agentledger.demo import DEMO_GOAL, prepare_demo
+
+    def body() -> None:
+        docs, workspace = prepare_demo(Path(".agentledger"))
+        err.print(
+            "[bold]agentledger demo[/]: the offline model is rule-based, not a language model.\n"
+            f"goal: {DEMO_GOAL}\ndocs: {docs}\nworkspace: {workspace}\n"
+        )
+        _execute_run(
+            DEMO_GOAL,
+            docs=docs,
+            workspace=workspace,
+            store_url=store_url,
+            address=address,
+            models=[],
+            user="demo",
+            config=config,
+            timeout=300,
+        )
+
+    _run(body)
+
+
+@app.command("runs")
+def runs_command(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Newest runs to show.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON (for scripts).")] = False,
+    store_url: StoreOption = None,
+) -> None:
+    """List runs, newest first, with their status."""
+    from agentledger.console import runs_table
+    from agentledger.projections import RunStateProjection
 
     def body() -> None:
         with _store(store_url) as store:
-            run, events = write_sample_run(store)
-            out.print(events_table(list(events), title=f"sample run {run}", show_stream=False))
-            out.print(
-                f"\nwrote {len(events)} events to [bold]{store.url}[/]. This is a scripted sample "
-                "log; the agents that produce such logs arrive with the runtime.\n"
-                f"Next: [bold]agentledger log {run}[/], [bold]agentledger streams[/], "
-                "[bold]agentledger verify-log[/]"
-            )
+            streams = sorted(store.streams("run-"), key=lambda s: s.first_position, reverse=True)
+            states = [RunStateProjection().fold(store.read(s.stream)) for s in streams[:limit]]
+        if as_json:
+            doc = [
+                s.model_dump(
+                    mode="json",
+                    include={
+                        "run",
+                        "status",
+                        "goal",
+                        "started_at",
+                        "ended_at",
+                        "outcome",
+                        "events",
+                    },
+                )
+                for s in states
+            ]
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        elif states:
+            out.print(runs_table(states))
+        else:
+            out.print(f'[dim]no runs in {store.url}; start one with agentledger run "GOAL"[/]')
+
+    _run(body)
+
+
+@app.command("status")
+def status_command(
+    run: Annotated[str, typer.Argument(help="The run, e.g. run-20261129-101500-ab12cd.")],
+    as_json: JsonOption = False,
+    store_url: StoreOption = None,
+) -> None:
+    """Show a run now: status, tasks, actions waiting for approval, blackboard, scratchpad.
+    (``agentledger state RUN --at N`` shows it as of an earlier position.)"""
+    state_command(run, None, as_json, store_url)
+
+
+@app.command("serve")
+def serve_command(
+    store_url: StoreOption = None,
+    address: AddressOption = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
+) -> None:
+    """Keep the agents running as a service: runs started from any shell are picked up.
+
+    The agents are named Ray actors in the configured namespace; Ctrl-C stops them (their
+    positions are kept, so nothing is handled twice or missed on the next start).
+    """
+    import time as _time
+
+    from agentledger.actors.runtime import Runtime, ensure_ray
+    from agentledger.config import load_settings, runtime_config
+    from agentledger.console import agents_table
+
+    def body() -> None:
+        settings = load_settings(config)
+        chosen = _models(model or [], settings)
+        url = store_url or settings.store or default_store_url()
+        with _store(url):
+            pass  # fail now, clearly, if the store cannot be opened
+        cfg = runtime_config(settings, url, chosen)
+        with err.status("connecting to Ray…"):
+            ensure_ray(address, namespace=cfg.namespace)
+        runtime = Runtime(cfg)
+        with err.status("starting the agents…"):
+            runtime.start(detached=True)
+        err.print(
+            f"serving {len(runtime.actors)} agents on {url} in namespace {cfg.namespace!r}; "
+            "Ctrl-C stops them"
+        )
+        try:
+            while True:
+                out.print(agents_table(runtime.status()))
+                _time.sleep(30)
+        except KeyboardInterrupt:
+            err.print("stopping the agents…")
+            runtime.stop()
 
     _run(body)
 

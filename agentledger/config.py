@@ -1,10 +1,18 @@
-"""Where agentledger keeps its local, rebuildable caches (projection checkpoints, LanceDB)."""
+"""Configuration: ``agentledger.toml`` and where local, rebuildable caches live."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tomllib
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agentledger.actors.models import parse_model_spec
+from agentledger.actors.providers import ProviderSettings
+from agentledger.actors.runtime import RuntimeConfig
+from agentledger.events import ConfigurationError, NotFound, Role
 
 CACHE_ENV = "AGENTLEDGER_CACHE"
 
@@ -20,3 +28,95 @@ def cache_dir(store_url: str) -> Path:
         return path.parent / f"{path.stem}.cache"
     digest = hashlib.sha256(store_url.encode()).hexdigest()[:12]
     return Path(".agentledger") / "cache" / digest
+
+
+# ---------------------------------------------------------------------------- agentledger.toml
+
+CONFIG_FILE = "agentledger.toml"
+CONFIG_ENV = "AGENTLEDGER_CONFIG"
+
+
+class RuntimeSection(BaseModel):
+    """``[runtime]``: how agents run on Ray."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str = "agentledger"
+    workspace_root: str = ".agentledger/workspaces"
+    context_tokens: int = Field(default=4_000, ge=256)
+    tool_timeout_s: float = Field(default=60.0, gt=0, le=3_600)
+    num_cpus: float = Field(default=0.0, ge=0)
+    memory_mb: int | None = Field(default=None, ge=64)
+    max_restarts: int = Field(default=-1, ge=-1)
+    replicas: dict[str, int] = Field(default_factory=dict)
+
+
+class Settings(BaseModel):
+    """Everything ``agentledger.toml`` may set; every field has a working default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str | None = Field(default=None, description="event store URL")
+    models: dict[str, str] = Field(default_factory=dict, description="role = 'provider:model'")
+    openai: ProviderSettings = ProviderSettings()
+    runtime: RuntimeSection = RuntimeSection()
+    source: str | None = Field(default=None, exclude=True)
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read ``path`` (or ``$AGENTLEDGER_CONFIG``, or ``./agentledger.toml`` if present).
+
+    Errors name the file, the line (for TOML syntax) or the setting, and what is expected.
+    """
+    explicit = path or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    chosen = explicit or Path(CONFIG_FILE)
+    if not chosen.exists():
+        if explicit is not None:
+            raise NotFound(f"config file {chosen} does not exist")
+        return Settings()
+    try:
+        data = tomllib.loads(chosen.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{chosen}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"{chosen}: cannot read it: {exc}") from None
+    store = data.pop("store", None)
+    if isinstance(store, dict):
+        store = store.get("url")
+    try:
+        settings = Settings.model_validate({**data, "store": store})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10]
+        )
+        raise ConfigurationError(f"{chosen}: {problems}") from None
+    for role, text in settings.models.items():
+        parse_model_spec(f"{role}={text}", source=f"{chosen} [models]")
+    for role in settings.runtime.replicas:
+        if role not in {r.value for r in Role}:
+            raise ConfigurationError(
+                f"{chosen} [runtime] replicas: unknown role {role!r}; roles: "
+                + ", ".join(r.value for r in Role)
+            )
+    return settings.model_copy(update={"source": str(chosen)})
+
+
+def runtime_config(settings: Settings, store_url: str, models: dict[str, str]) -> RuntimeConfig:
+    """The runtime configuration for a store, with absolute paths (agents run elsewhere)."""
+    if store_url.startswith("sqlite:///"):
+        store_url = "sqlite:///" + str(Path(store_url.removeprefix("sqlite:///")).resolve())
+    rt = settings.runtime
+    return RuntimeConfig(
+        store_url=store_url,
+        namespace=rt.namespace,
+        models={**settings.models, **models},
+        openai=settings.openai,
+        workspace_root=str(Path(rt.workspace_root).resolve()),
+        memory_dir=str((cache_dir(store_url) / "agents").resolve()),
+        context_tokens=rt.context_tokens,
+        tool_timeout_s=rt.tool_timeout_s,
+        replicas=rt.replicas,
+        num_cpus=rt.num_cpus,
+        memory_mb=rt.memory_mb,
+        max_restarts=rt.max_restarts,
+    )

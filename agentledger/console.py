@@ -269,3 +269,72 @@ def memories_table(hits: list[Any]) -> Table:
     for h in hits:
         table.add_row(f"{h.score:.4f}", h.memory_id, h.text, h.user or "", str(h.position))
     return table
+
+
+_QUIET_TYPES = frozenset({"model.requested", "action.risk_assessed", "context.summarized"})
+
+
+def progress_line(e: Envelope) -> str | None:
+    """One event of a live run, readable; None for bookkeeping a person need not watch."""
+    if e.type in _QUIET_TYPES:
+        return None
+    who = e.actor.removeprefix("agent:")
+    p: Any = e.payload
+    match e.type:
+        case "task.planned":
+            after = f" (after {', '.join(p.depends_on)})" if p.depends_on else ""
+            text = f"{p.task_id} [{p.role.value}] {p.goal}{after}"
+        case "task.assigned":
+            text = f"{p.task_id} → {p.role.value}: {p.reasoning}"
+        case "task.completed":
+            text = f"{p.task_id}: {_short(p.result)}"
+        case "task.reviewed":
+            verdict = "[green]accepted[/]" if p.accepted else "[red]sent back[/]"
+            text = f"{p.task_id} {verdict}: {_short(p.reasons)}"
+        case "action.proposed":
+            text = f"{p.tool} {_short(p.arguments)}  [dim]{_short(p.reasoning)}[/]"
+        case "action.executed":
+            text = f"{p.action_id} ran in {p.duration_ms:.0f} ms: {_short(p.result)}"
+        case "approval.requested":
+            text = f"[bold yellow]{p.tool} needs a human's approval[/] ({p.action_id}): {p.preview}"
+        case "model.responded":
+            text = f"{p.model}: {p.output_tokens} tokens in {p.latency_ms:.0f} ms"
+        case _:
+            text = summarize(e)
+    return f"[dim]{e.position:>6}[/] [{type_style(e.type)}]{e.type:<20}[/] [dim]{who:<16}[/] {text}"
+
+
+def runs_table(rows: list[Any]) -> Table:
+    """A table of runs (RunState objects), newest first."""
+    table = Table(header_style="bold")
+    for col in ("run", "status", "tasks", "events", "started", "goal"):
+        table.add_column(col, overflow="fold" if col == "goal" else "ellipsis")
+    for state in rows:
+        done = sum(1 for t in state.tasks.values() if t.status.value == "accepted")
+        style = _STATUS_STYLES.get(state.status.value, "white")
+        table.add_row(
+            state.run,
+            f"[{style}]{state.status.value}[/]",
+            f"{done}/{len(state.tasks)}",
+            str(state.events),
+            state.started_at.strftime("%Y-%m-%d %H:%M") if state.started_at else "",
+            _short(state.goal),
+        )
+    return table
+
+
+def agents_table(rows: list[dict[str, Any]]) -> Table:
+    """A table of running agents (``Runtime.status()``)."""
+    table = Table(header_style="bold")
+    for col in ("agent", "alive", "position", "handled", "failures", "last error"):
+        table.add_column(col, overflow="fold" if col == "last error" else "ellipsis")
+    for r in rows:
+        table.add_row(
+            r["agent"],
+            "[green]yes[/]" if r.get("alive") else "[red]no[/]",
+            str(r["position"]),
+            str(r["handled"]),
+            str(r["failures"]),
+            r.get("last_error") or "",
+        )
+    return table

@@ -18,6 +18,7 @@ from .catalogue import (
     EntryKind,
     Event,
     MemoryStored,
+    ModelFailed,
     ModelRequested,
     ModelResponded,
     NotificationSent,
@@ -36,6 +37,7 @@ from .catalogue import (
     TaskCompleted,
     TaskFailed,
     TaskPlanned,
+    TaskReviewed,
 )
 from .envelope import Envelope, Payload, Principal, PrincipalKind, principal_kind
 from .errors import (
@@ -83,6 +85,7 @@ __all__ = [
     "Finding",
     "InvalidEvent",
     "MemoryStored",
+    "ModelFailed",
     "ModelRequested",
     "ModelResponded",
     "NotAuthorized",
@@ -112,6 +115,7 @@ __all__ = [
     "TaskCompleted",
     "TaskFailed",
     "TaskPlanned",
+    "TaskReviewed",
     "UnknownEventType",
     "UnsupportedSchemaVersion",
     "default_store_url",

@@ -56,15 +56,22 @@ class RunStartedPayload(Payload):
     user: Name = "anonymous"
     models: dict[str, str] = Field(default_factory=dict, description="role -> provider:model")
     labels: dict[str, str] = Field(default_factory=dict)
+    workspace: Annotated[str, Field(max_length=4_096)] | None = Field(
+        default=None, description="directory the run's tools work in (default: one per run)"
+    )
+    docs: Annotated[str, Field(max_length=4_096)] | None = Field(
+        default=None, description="local document folder the research agent searches"
+    )
 
 
 class RunStarted(Envelope):
-    """A run began with a goal (schema 2 added ``user``, ``models`` and ``labels``)."""
+    """A run began with a goal (schema 2 added ``user``, ``models`` and ``labels``; schema 3
+    added ``workspace`` and ``docs``)."""
 
     event_type: ClassVar[str] = "run.started"
-    current_schema_version: ClassVar[int] = 2
+    current_schema_version: ClassVar[int] = 3
     type: Literal["run.started"] = "run.started"
-    schema_version: Literal[2] = 2
+    schema_version: Literal[3] = 3
     payload: RunStartedPayload
 
 
@@ -209,6 +216,24 @@ class TaskFailed(Envelope):
     payload: TaskFailedPayload
 
 
+class TaskReviewedPayload(Payload):
+    task_id: Name
+    accepted: bool
+    reasons: Annotated[str, Field(min_length=1, max_length=20_000)]
+    checks: list[Annotated[str, Field(max_length=2_000)]] = Field(
+        default_factory=list, description="each check the reviewer ran, with PASS or FAIL"
+    )
+
+
+class TaskReviewed(Envelope):
+    """The review agent accepted a sub-task's result or sent it back, with its reasons."""
+
+    event_type: ClassVar[str] = "task.reviewed"
+    type: Literal["task.reviewed"] = "task.reviewed"
+    schema_version: Literal[1] = 1
+    payload: TaskReviewedPayload
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -247,6 +272,22 @@ class ModelResponded(Envelope):
     type: Literal["model.responded"] = "model.responded"
     schema_version: Literal[2] = 2
     payload: ModelRespondedPayload
+
+
+class ModelFailedPayload(Payload):
+    request_id: Name
+    error: Text
+    retryable: bool = False
+
+
+class ModelFailed(Envelope):
+    """A model call gave no usable answer: the endpoint failed, or the answer did not follow
+    the requested schema. Recorded so a replay meets the same failure without calling a model."""
+
+    event_type: ClassVar[str] = "model.failed"
+    type: Literal["model.failed"] = "model.failed"
+    schema_version: Literal[1] = 1
+    payload: ModelFailedPayload
 
 
 # ---------------------------------------------------------------- actions
@@ -510,8 +551,10 @@ EVENT_CLASSES: tuple[type[Envelope], ...] = (
     TaskAssigned,
     TaskCompleted,
     TaskFailed,
+    TaskReviewed,
     ModelRequested,
     ModelResponded,
+    ModelFailed,
     ActionProposed,
     ActionRiskAssessed,
     ActionExecuted,
@@ -543,8 +586,10 @@ Event = Annotated[
     | TaskAssigned
     | TaskCompleted
     | TaskFailed
+    | TaskReviewed
     | ModelRequested
     | ModelResponded
+    | ModelFailed
     | ActionProposed
     | ActionRiskAssessed
     | ActionExecuted

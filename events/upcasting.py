@@ -84,6 +84,15 @@ def _run_started_v1(document: Document) -> Document:
     return {**document, "payload": payload}
 
 
+@upcaster("run.started", 2)
+def _run_started_v2(document: Document) -> Document:
+    # v3 records the run's workspace and docs folder; older runs used the defaults.
+    payload = dict(document["payload"])
+    payload.setdefault("workspace", None)
+    payload.setdefault("docs", None)
+    return {**document, "payload": payload}
+
+
 @upcaster("model.responded", 1)
 def _model_responded_v1(document: Document) -> Document:
     # v1 stored the reply as ``text`` and one ``tokens`` count (the completion tokens).

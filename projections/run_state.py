@@ -39,6 +39,7 @@ from agentledger.events import (
     TaskCompleted,
     TaskFailed,
     TaskPlanned,
+    TaskReviewed,
 )
 from agentledger.events.handlers import on
 
@@ -135,6 +136,8 @@ class TaskStatus(StrEnum):
     PLANNED = "planned"
     ASSIGNED = "assigned"
     COMPLETED = "completed"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
     FAILED = "failed"
 
 
@@ -148,6 +151,9 @@ class TaskInfo(BaseModel):
     status: TaskStatus = TaskStatus.PLANNED
     result: str | None = None
     reasoning: str = ""
+    attempts: int = 0
+    completed_by: str | None = None
+    review: str | None = None
 
 
 class ActionStatus(StrEnum):
@@ -220,7 +226,7 @@ class RunStateProjection(Projection[RunState]):
     """Folds one run's events into its ``RunState`` (feed it the run's stream)."""
 
     name = "run_state"
-    version = 1
+    version = 2
     state_type = RunState
     reads_all_events = True  # every event counts, and activity after the end is an anomaly
 
@@ -291,12 +297,21 @@ class RunStateProjection(Projection[RunState]):
         task = state.tasks.get(event.payload.task_id)
         if task is not None:
             task.status = TaskStatus.ASSIGNED
+            task.attempts += 1
 
     @on(TaskCompleted)
     def _task_completed(self, state: RunState, event: TaskCompleted) -> None:
         task = state.tasks.get(event.payload.task_id)
         if task is not None:
             task.status, task.result = TaskStatus.COMPLETED, event.payload.result
+            task.completed_by = event.actor
+
+    @on(TaskReviewed)
+    def _task_reviewed(self, state: RunState, event: TaskReviewed) -> None:
+        task = state.tasks.get(event.payload.task_id)
+        if task is not None:
+            task.status = TaskStatus.ACCEPTED if event.payload.accepted else TaskStatus.REJECTED
+            task.review = event.payload.reasons
 
     @on(TaskFailed)
     def _task_failed(self, state: RunState, event: TaskFailed) -> None:

@@ -29,7 +29,7 @@ def test_schema_v1_log_reads_as_current_events(tmp_path: Path) -> None:
         ]
         started, _, responded, completed = events
         assert isinstance(started, RunStarted)
-        assert started.schema_version == RunStarted.current_schema_version == 2
+        assert started.schema_version == RunStarted.current_schema_version == 3
         assert started.payload.goal == "Summarize the Q1 incident reports"
         assert started.payload.user == "anonymous"  # added by the v1 -> v2 upcaster
         assert isinstance(responded, ModelResponded)

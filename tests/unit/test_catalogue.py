@@ -30,6 +30,7 @@ from agentledger.events import (
     Envelope,
     EventStore,
     MemoryStored,
+    ModelFailed,
     ModelRequested,
     ModelResponded,
     NotificationSent,
@@ -47,6 +48,7 @@ from agentledger.events import (
     TaskCompleted,
     TaskFailed,
     TaskPlanned,
+    TaskReviewed,
     principal_kind,
 )
 from agentledger.events.schema import event_schema, union_schema, write_schemas
@@ -106,6 +108,19 @@ SAMPLES: dict[str, Callable[[], Envelope]] = {
     "task.failed": lambda: TaskFailed(
         actor="agent:research/r1",
         payload={"task_id": "t2", "reason": "timeout", "retryable": True},
+    ),
+    "task.reviewed": lambda: TaskReviewed(
+        actor="agent:review/v1",
+        payload={
+            "task_id": "t2",
+            "accepted": False,
+            "reasons": "the count is missing",
+            "checks": ["PASS: the result is not empty", "FAIL: report.md is missing"],
+        },
+    ),
+    "model.failed": lambda: ModelFailed(
+        actor="agent:research/r1",
+        payload={"request_id": "m1", "error": "HTTP 503 from 127.0.0.1:9", "retryable": True},
     ),
     "model.requested": lambda: ModelRequested(
         actor="agent:research/r1",

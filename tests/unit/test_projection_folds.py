@@ -60,6 +60,11 @@ def build(kind: str, ref: int, text: str) -> Envelope:
         "task.assigned": (coord, {"task_id": task, "role": role}),
         "task.completed": (actor, {"task_id": task, "result": text}),
         "task.failed": (actor, {"task_id": task, "reason": text}),
+        "task.reviewed": (
+            "agent:review/v1",
+            {"task_id": task, "accepted": ref % 2 == 0, "reasons": text or "r"},
+        ),
+        "model.failed": (actor, {"request_id": f"m{ref}", "error": text or "e"}),
         "model.requested": (
             actor,
             {"request_id": f"m{ref}", "provider": "p", "model": "m", "prompt_hash": HASH},

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import string
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -105,13 +106,14 @@ def test_any_v1_run_started_upcasts_to_a_valid_current_event(document: dict[str,
 
     assert document == original, "upcasting must not change the stored document"
     assert isinstance(event, RunStarted)
-    assert event.schema_version == RunStarted.current_schema_version == 2
+    assert event.schema_version == RunStarted.current_schema_version == 3
     assert event.payload.goal == original["payload"]["goal"]
     assert (event.payload.user, event.payload.models, event.payload.labels) == (
         "anonymous",
         {},
         {},
     )
+    assert (event.payload.workspace, event.payload.docs) == (None, None)
     assert str(event.id) == original["id"]
     assert (event.stream, event.version, event.actor) == (
         original["stream"],
@@ -149,10 +151,27 @@ def test_stored_v1_rows_decode_through_the_mapper(document: dict[str, Any], posi
     event = EnvelopeMapper().decode(row)
     assert type(event) is EVENT_TYPES[document["type"]]
     assert event.position == position
-    assert event.schema_version == 2
+    assert event.schema_version == EVENT_TYPES[document["type"]].current_schema_version
     # The upcast event serialises as a current one and reads back through the fast path.
     again = EVENT_ADAPTER.validate_json(event.model_dump_json())
     assert again == event.model_copy(update={"position": None})
+
+
+def test_a_v2_run_started_gains_workspace_and_docs() -> None:
+    document = {
+        "id": str(uuid.uuid4()),
+        "stream": "run-v2",
+        "version": 1,
+        "type": "run.started",
+        "schema_version": 2,
+        "at": "2026-03-01T09:00:00+00:00",
+        "actor": "human:ann",
+        "payload": {"goal": "g", "user": "ann", "models": {"research": "offline:x"}, "labels": {}},
+    }
+    event = EnvelopeMapper().decode(stored(document, "run.started@2", 3))
+    assert isinstance(event, RunStarted) and event.schema_version == 3
+    assert event.payload.models == {"research": "offline:x"} and event.payload.user == "ann"
+    assert (event.payload.workspace, event.payload.docs) == (None, None)
 
 
 def test_every_schema_step_has_an_upcaster() -> None:
@@ -172,7 +191,7 @@ def test_a_current_document_passes_through_unchanged() -> None:
     [
         ({"type": "mystery.happened", "schema_version": 1}, UnknownEventType, "mystery.happened"),
         ({"schema_version": 1}, UnknownEventType, "None"),
-        ({"type": "run.started", "schema_version": 3}, UnsupportedSchemaVersion, "version 3"),
+        ({"type": "run.started", "schema_version": 4}, UnsupportedSchemaVersion, "version 4"),
         ({"type": "run.paused", "schema_version": 2}, UnsupportedSchemaVersion, "version 2"),
         ({"type": "run.started", "schema_version": "1"}, UnsupportedSchemaVersion, "'1'"),
     ],

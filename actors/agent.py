@@ -1,0 +1,431 @@
+"""The Agent base: declared reactions to events, and the recorded edges a reaction may reach.
+
+An agent declares handlers with ``@on(EventClass)``. A handler gets the event and a ``Turn``:
+the read-only view of the run as of that event (``turn.run``) and the only ways out of pure
+code — asking a model (``turn.ask``) and calling a tool (``turn.propose`` / ``turn.execute``),
+both recorded as events. What the handler emits is appended by the runtime in one transaction
+with the agent's new position, so a reaction happens exactly once. Agents never call each
+other: a handler cannot reach another agent except by the events it emits.
+
+Ids are derived from the handled event (``turn.new_id``) and times from its timestamp, so
+running the same handler on the same events gives the same events (re-execution compares them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, JsonValue, ValidationError
+
+from agentledger.blackboard import BlackboardProjection, Board
+from agentledger.events import (
+    ActionExecuted,
+    ActionFailed,
+    ActionProposed,
+    ActionRiskAssessed,
+    ApprovalRequested,
+    Envelope,
+    Event,
+    ModelFailed,
+    ModelRequested,
+    ModelResponded,
+    NotificationSent,
+    RiskLevel,
+    Role,
+    RunStarted,
+    TaskCompleted,
+)
+from agentledger.events.handlers import collect_handlers
+from agentledger.projections import RunState, RunStatus, TaskInfo
+
+from .decisions import ANSWER_FORMAT, DECISIONS, Prompt, answer_schema
+from .memory_manager import Context, ExtractiveSummarizer, MemoryManager
+from .models import ModelError, ModelProvider, ModelRequest
+from .sandbox import ToolError, Workspace
+from .tools import ToolContext, ToolRegistry, action_hash
+
+_log = logging.getLogger(__name__)
+
+D = TypeVar("D", bound=BaseModel)
+
+APPROVAL_TTL = timedelta(hours=24)
+"""How long an approval request stays open before it may expire."""
+_ACTIVE = frozenset({RunStatus.PLANNING, RunStatus.RUNNING, RunStatus.WAITING_FOR_APPROVAL})
+
+
+class DecisionFailed(Exception):
+    """A model gave no usable decision after its retries (the reason is already recorded)."""
+
+    def __init__(self, reason: str, *, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The provider and model a role uses in one run."""
+
+    provider: ModelProvider
+    model: str
+
+    @property
+    def label(self) -> str:
+        """``provider:model``, as shown to users."""
+        return f"{self.provider.name}:{self.model}"
+
+
+@dataclass
+class RunView:
+    """One run as the agent sees it when handling an event: the run's events up to that event
+    plus the agent's own reactions to earlier events, and their run state. Read-only."""
+
+    run: str
+    events: Sequence[Event]
+    state: RunState
+
+    @property
+    def started(self) -> RunStarted | None:
+        """The run's ``run.started`` event."""
+        for event in self.events:
+            if isinstance(event, RunStarted):
+                return event
+        return None
+
+    @property
+    def active(self) -> bool:
+        """True while the run is started and not paused or ended."""
+        return self.state.status in _ACTIVE
+
+    def board(self) -> Board:
+        """The run's blackboard."""
+        return Board(BlackboardProjection().fold(self.events))
+
+    def task(self, task_id: str) -> TaskInfo | None:
+        """A sub-task by id."""
+        return self.state.tasks.get(task_id)
+
+    def completion(self, task_id: str) -> TaskCompleted | None:
+        """The newest ``task.completed`` of a sub-task."""
+        for event in reversed(self.events):
+            if isinstance(event, TaskCompleted) and event.payload.task_id == task_id:
+                return event
+        return None
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What an agent needs besides the log: its models, tools and memory."""
+
+    models: Callable[[Role, RunView], ModelChoice]
+    tools: ToolRegistry
+    memory: MemoryManager = field(default_factory=MemoryManager)
+    workspace_root: Path = Path(".agentledger/workspaces")
+    context_tokens: int = 4_000
+    model_attempts: int = 2
+    tool_timeout_s: float = 60.0
+
+
+class Turn:
+    """One handling of one event: the run view, the recorded edges, and the events emitted."""
+
+    def __init__(self, agent: Agent, cause: Event, run: RunView, settings: AgentSettings) -> None:
+        self.agent = agent
+        self.cause = cause
+        self.run = run
+        self.settings = settings
+        self.emitted: list[Envelope] = []
+        self._ids = 0
+        self._workspace: Workspace | None = None
+
+    # ------------------------------------------------------------------ emitting
+
+    def emit(self, event_class: type[Envelope], **payload: Any) -> Envelope:
+        """Emit an event of ``event_class`` caused by the handled event."""
+        event = event_class(
+            actor=self.agent.principal,
+            payload=payload,
+            **self.cause.caused_by(self.cause),
+        )
+        self.emitted.append(event)
+        return event
+
+    def add(self, event: Envelope) -> None:
+        """Emit an event built elsewhere (e.g. a blackboard post)."""
+        self.emitted.append(event)
+
+    def new_id(self, prefix: str) -> str:
+        """An id unique in the run and the same on every re-execution of this handler."""
+        self._ids += 1
+        digest = hashlib.sha256(f"{self.cause.id}/{self._ids}".encode()).hexdigest()
+        return f"{prefix}-{digest[:12]}"
+
+    # ------------------------------------------------------------------ context
+
+    def context(self, sub_goal: str) -> Context:
+        """What the Memory Manager gives this agent for ``sub_goal``; a summary of older
+        history is emitted first when it has outgrown its share of the budget."""
+        memory = self.settings.memory
+        events = list(self.run.events)
+        role = self.agent.role.value
+        summary = memory.plan_summary(
+            events, role, self.settings.context_tokens, ExtractiveSummarizer()
+        )
+        if summary is not None:
+            summary = summary.model_copy(update={"actor": self.agent.principal})
+            self.emitted.append(summary)
+            events.append(summary)  # type: ignore[arg-type]
+        user = self.run.started.payload.user if self.run.started else None
+        return memory.assemble(events, role, sub_goal, self.settings.context_tokens, user=user)
+
+    # ------------------------------------------------------------------ models
+
+    def ask(
+        self,
+        purpose: str,
+        prompt: Prompt,
+        *,
+        context: Context | None = None,
+    ) -> Any:
+        """Ask the role's model and parse its answer into the purpose's decision model.
+
+        Each attempt is recorded (``model.requested``, then ``model.responded`` or
+        ``model.failed``). An answer that does not follow the schema is retried with the
+        validation errors in the prompt; ``DecisionFailed`` when no attempt gave a decision.
+        """
+        decision = DECISIONS[purpose]
+        choice = self.settings.models(self.agent.role, self.run)
+        schema = answer_schema(purpose)
+        base = prompt.text()
+        if context is not None:
+            base = f"{base}\n\n{context.text()}"
+        context_ids = [uuid.UUID(i) for i in context.event_ids] if context else []
+        feedback = ""
+        for attempt in range(1, self.settings.model_attempts + 1):
+            text = base + (f"\n\n## previous answer was invalid\n{feedback}" if feedback else "")
+            text += f"\n\n## {ANSWER_FORMAT}\nJSON following this schema: " + json.dumps(
+                schema, sort_keys=True, separators=(",", ":")
+            )
+            request_id = self.new_id("m")
+            self.emit(
+                ModelRequested,
+                request_id=request_id,
+                provider=choice.provider.name,
+                model=choice.model,
+                prompt_hash=hashlib.sha256(text.encode()).hexdigest(),
+                prompt=text,
+                context_event_ids=context_ids,
+            )
+            request = ModelRequest(
+                role=self.agent.role,
+                model=choice.model,
+                purpose=purpose,
+                prompt=text,
+                response_schema=schema,
+                context_event_ids=context_ids,
+            )
+            started = time.perf_counter()
+            try:
+                reply = choice.provider.complete(request)
+            except ModelError as exc:
+                retryable = bool(getattr(exc, "retryable", False))
+                self.emit(ModelFailed, request_id=request_id, error=str(exc), retryable=retryable)
+                raise DecisionFailed(f"{choice.label} failed: {exc}", retryable=retryable) from exc
+            latency = reply.latency_ms or (time.perf_counter() - started) * 1000
+            self.emit(
+                ModelResponded,
+                request_id=request_id,
+                model=reply.model,
+                content=reply.content,
+                input_tokens=reply.input_tokens,
+                output_tokens=reply.output_tokens,
+                latency_ms=round(latency, 3),
+            )
+            try:
+                return decision.model_validate_json(_strip_fences(reply.content))
+            except ValidationError as exc:
+                feedback = _validation_summary(exc)
+                self.emit(
+                    ModelFailed,
+                    request_id=request_id,
+                    error=f"the answer does not follow the {decision.__name__} schema: {feedback}",
+                    retryable=attempt < self.settings.model_attempts,
+                )
+        raise DecisionFailed(
+            f"{choice.label} gave no valid {decision.__name__} in "
+            f"{self.settings.model_attempts} attempts: {feedback}",
+            retryable=False,
+        )
+
+    # ------------------------------------------------------------------ tools
+
+    @property
+    def workspace(self) -> Workspace:
+        """The run's workspace (created on first use)."""
+        if self._workspace is None:
+            started = self.run.started
+            chosen = started.payload.workspace if started else None
+            root = Path(chosen) if chosen else self.settings.workspace_root / self.run.run
+            self._workspace = Workspace(root)
+        return self._workspace
+
+    def propose(
+        self, tool: str, arguments: Mapping[str, JsonValue], reasoning: str, task_id: str | None
+    ) -> ActionProposed:
+        """Record a proposed tool call (nothing runs yet)."""
+        action_id = self.new_id("a")
+        event = self.emit(
+            ActionProposed,
+            action_id=action_id,
+            task_id=task_id,
+            tool=tool,
+            arguments=dict(arguments),
+            reasoning=reasoning,
+            idempotency_key=f"{self.run.run}/{action_id}",
+        )
+        assert isinstance(event, ActionProposed)
+        return event
+
+    def execute(self, proposal: ActionProposed) -> ActionOutcome:
+        """Assess a proposed call's risk; run it if low or medium (recording the result and,
+        for medium, notifying); for high, request approval and do not run it."""
+        p = proposal.payload
+        tools = self.settings.tools
+        risk, rule = tools.risk_of(p.tool)
+        digest = action_hash(self.run.run, p.action_id, p.tool, p.arguments)
+        self.emit(
+            ActionRiskAssessed, action_id=p.action_id, risk=risk, action_hash=digest, rule=rule
+        )
+        if p.tool not in tools:
+            return self._failed(
+                p.action_id, f"unknown tool {p.tool!r}; tools: {', '.join(tools.names())}"
+            )
+        if risk is RiskLevel.HIGH:
+            self.emit(
+                ApprovalRequested,
+                action_id=p.action_id,
+                action_hash=digest,
+                tool=p.tool,
+                risk=risk,
+                preview=_preview(p.tool, p.arguments),
+                reasoning=p.reasoning,
+                expires_at=self.cause.at + APPROVAL_TTL,
+            )
+            return ActionOutcome(p.action_id, waiting=True)
+        return self.run_tool(proposal, risk)
+
+    def run_tool(self, proposal: ActionProposed, risk: RiskLevel) -> ActionOutcome:
+        """Run an assessed (and, if high risk, approved) call and record what happened."""
+        p = proposal.payload
+        started = self.run.started
+        docs = Path(started.payload.docs) if started and started.payload.docs else None
+        ctx = ToolContext(
+            workspace=self.workspace,
+            docs=docs,
+            idempotency_key=p.idempotency_key,
+            timeout_s=self.settings.tool_timeout_s,
+        )
+        began = time.perf_counter()
+        try:
+            result = self.settings.tools.execute(p.tool, p.arguments, ctx)
+        except ToolError as exc:
+            return self._failed(p.action_id, str(exc))
+        duration = (time.perf_counter() - began) * 1000
+        self.emit(
+            ActionExecuted, action_id=p.action_id, result=result, duration_ms=round(duration, 3)
+        )
+        if risk is RiskLevel.MEDIUM:
+            self.emit(
+                NotificationSent,
+                action_id=p.action_id,
+                channel="inbox",
+                message=f"{self.agent.principal} ran {_preview(p.tool, p.arguments)} (medium risk)",
+            )
+        return ActionOutcome(p.action_id, result=result)
+
+    def _failed(self, action_id: str, error: str) -> ActionOutcome:
+        self.emit(ActionFailed, action_id=action_id, error=error[:100_000], retryable=False)
+        return ActionOutcome(action_id, error=error)
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    """What became of one tool call in this turn."""
+
+    action_id: str
+    result: JsonValue = None
+    error: str | None = None
+    waiting: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the call ran without error."""
+        return self.error is None and not self.waiting
+
+
+class Agent:
+    """Base of the four roles: declare ``role`` and ``@on`` handlers ``(self, event, turn)``."""
+
+    role: ClassVar[Role]
+    _handlers: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._handlers = collect_handlers(cls)
+
+    def __init__(self, agent_id: str, settings: AgentSettings) -> None:
+        self.agent_id = agent_id
+        self.settings = settings
+        self.principal = f"agent:{self.role.value}/{agent_id}"
+
+    @classmethod
+    def handled_types(cls) -> frozenset[str]:
+        """The event types this agent has handlers for."""
+        return frozenset(cls._handlers)
+
+    def wants(self, event: Event, run: RunView) -> bool:
+        """Whether this agent reacts to ``event`` (after the type matched a handler)."""
+        return True
+
+    def handle(self, event: Event, run: RunView) -> list[Envelope]:
+        """Run the handler for ``event`` and return the events it emitted."""
+        name = self._handlers.get(event.type)
+        if name is None or not self.wants(event, run):
+            return []
+        turn = Turn(self, event, run, self.settings)
+        getattr(self, name)(event, turn)
+        return turn.emitted
+
+
+def _strip_fences(content: str) -> str:
+    # Models asked for JSON often wrap it in a Markdown code fence; accept that.
+    text = content.strip()
+    if text.startswith("```"):
+        text = text.split("\n", 1)[1] if "\n" in text else ""
+        if text.rstrip().endswith("```"):
+            text = text.rstrip()[:-3]
+    return text.strip()
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:8]:
+        where = ".".join(str(p) for p in error["loc"]) or "(answer)"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _preview(tool: str, arguments: Mapping[str, JsonValue]) -> str:
+    body = json.dumps(arguments, sort_keys=True, ensure_ascii=False)
+    if len(body) > 200:
+        body = body[:199] + "…"
+    return f"{tool} {body}"

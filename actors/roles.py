@@ -1,0 +1,594 @@
+"""The four roles: coordinator, research, execution and review.
+
+Each reacts only to events in the log and answers only with events. The flow of a run:
+``run.started`` → the coordinator plans (``task.planned`` …) and assigns ready sub-tasks
+(``task.assigned``) → the worker with the role does the work (``task.completed`` or
+``task.failed``) → the reviewer checks the result (``task.reviewed``) → the coordinator assigns
+what became ready, sends rejected work back, replans a failure once, and completes the run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+from agentledger.blackboard import post
+from agentledger.events import (
+    ActionFailed,
+    ActionProposed,
+    ApprovalDenied,
+    ApprovalGranted,
+    EntryKind,
+    Event,
+    MemoryStored,
+    RiskLevel,
+    Role,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    ScratchpadUpdated,
+    TaskAssigned,
+    TaskCompleted,
+    TaskFailed,
+    TaskPlanned,
+    TaskReviewed,
+)
+from agentledger.events.handlers import on
+from agentledger.projections import ActionStatus, TaskInfo, TaskStatus
+
+from .agent import ActionOutcome, Agent, DecisionFailed, RunView, Turn
+from .decisions import (
+    CHECKS,
+    FEEDBACK,
+    GOAL,
+    INPUTS,
+    RESULT,
+    SOURCES,
+    SUB_GOAL,
+    TOOLS,
+    Actions,
+    Findings,
+    Plan,
+    PlannedStep,
+    Prompt,
+    Verdict,
+)
+
+MAX_ATTEMPTS = 2
+"""How often a sub-task is assigned before a rejection or failure is final."""
+_REPLAN = ".replan-"
+_CHECK_COMMAND = re.compile(
+    r"(?:check|verify|test)\w*\s+(?:it\s+)?(?:with|using|by running)\s+`([^`]+)`", re.I
+)
+
+
+# ---------------------------------------------------------------------------- coordinator
+
+
+class Coordinator(Agent):
+    """Plans the goal, routes sub-tasks to the role that can do them, and ends the run."""
+
+    role = Role.COORDINATOR
+
+    @on(RunStarted)
+    def plan(self, event: RunStarted, turn: Turn) -> None:
+        """Decompose the goal (when it needs more than three steps) and assign what is ready."""
+        if turn.run.state.tasks:
+            return
+        goal = event.payload.goal
+        try:
+            plan = turn.ask("plan", Prompt().add(GOAL, goal), context=turn.context(goal))
+        except DecisionFailed as exc:
+            turn.emit(RunFailed, reason=f"the coordinator could not plan the goal: {exc.reason}")
+            return
+        self._adopt(turn, plan, goal, prefix="")
+
+    def _adopt(self, turn: Turn, plan: Plan, goal: str, *, prefix: str) -> bool:
+        problem = plan_problem(plan.steps)
+        if problem is not None:
+            turn.emit(RunFailed, reason=f"the plan is not usable: {problem}")
+            return False
+        steps = list(plan.steps)
+        reasoning = plan.reasoning
+        if len(steps) <= 3:
+            role = "execution" if any(s.role == "execution" for s in steps) else "research"
+            reasoning = (
+                f"{len(steps)} logical step(s), so no decomposition: one {role} worker takes the "
+                f"whole goal. Planner: {plan.reasoning}"
+            )
+            steps = [PlannedStep(task_id="t1", goal=goal, role=role, reasoning=reasoning)]
+        renamed = {s.task_id: f"{prefix}{s.task_id}" for s in steps}
+        for step in steps:
+            turn.emit(
+                TaskPlanned,
+                task_id=renamed[step.task_id],
+                goal=step.goal,
+                role=step.role,
+                depends_on=[renamed[d] for d in step.depends_on],
+                reasoning=step.reasoning or reasoning,
+            )
+        lines = [
+            f"{renamed[s.task_id]} [{s.role}] {s.goal}"
+            + (f" (after {', '.join(renamed[d] for d in s.depends_on)})" if s.depends_on else "")
+            for s in steps
+        ]
+        turn.add(
+            post(
+                actor=self.principal,
+                kind=EntryKind.DECISION,
+                topic="plan" if not prefix else f"replan of {prefix.removesuffix(_REPLAN)}",
+                content="\n".join(lines),
+                reasoning=reasoning,
+                cause=turn.cause,
+            )
+        )
+        for step in steps:
+            if not step.depends_on:
+                turn.emit(
+                    TaskAssigned,
+                    task_id=renamed[step.task_id],
+                    role=step.role,
+                    reasoning=f"no unmet dependencies; the {step.role} agent has the capability",
+                )
+        return True
+
+    @on(TaskReviewed)
+    def reviewed(self, event: TaskReviewed, turn: Turn) -> None:
+        """Move on after an accepted result; send a rejected one back, or give up."""
+        if not turn.run.active:
+            return
+        tasks = turn.run.state.tasks
+        task = tasks.get(event.payload.task_id)
+        if task is None:
+            return
+        if not event.payload.accepted:
+            if task.attempts < MAX_ATTEMPTS:
+                turn.emit(
+                    TaskAssigned,
+                    task_id=task.task_id,
+                    role=task.role,
+                    reasoning=f"sent back by review: {event.payload.reasons}",
+                )
+            else:
+                turn.emit(
+                    RunFailed,
+                    reason=f"task {task.task_id} was rejected {task.attempts} times; last "
+                    f"review: {event.payload.reasons}",
+                )
+            return
+        self._advance(turn)
+
+    @on(TaskFailed)
+    def failed(self, event: TaskFailed, turn: Turn) -> None:
+        """Retry a transient failure, replan a lasting one once, else fail the run."""
+        if not turn.run.active:
+            return
+        task = turn.run.state.tasks.get(event.payload.task_id)
+        if task is None:
+            return
+        reason = event.payload.reason
+        if event.payload.retryable and task.attempts < MAX_ATTEMPTS:
+            turn.emit(
+                TaskAssigned,
+                task_id=task.task_id,
+                role=task.role,
+                reasoning=f"retrying after a transient failure: {reason}",
+            )
+            return
+        if _REPLAN in task.task_id:
+            turn.emit(RunFailed, reason=f"task {task.task_id} failed after a replan: {reason}")
+            return
+        prompt = Prompt().add(GOAL, task.goal).add(FEEDBACK, f"the last attempt failed: {reason}")
+        try:
+            plan = turn.ask("plan", prompt, context=turn.context(task.goal))
+        except DecisionFailed as exc:
+            turn.emit(
+                RunFailed,
+                reason=f"task {task.task_id} failed ({reason}) and replanning failed: {exc.reason}",
+            )
+            return
+        self._adopt(turn, plan, task.goal, prefix=f"{task.task_id}{_REPLAN}")
+
+    def _advance(self, turn: Turn) -> None:
+        tasks = turn.run.state.tasks
+        if all(_satisfied(t, tasks) for t in tasks if _REPLAN not in t):
+            self._complete(turn)
+            return
+        for task in tasks.values():
+            if task.status is TaskStatus.PLANNED and all(
+                _satisfied(d, tasks) for d in task.depends_on
+            ):
+                turn.emit(
+                    TaskAssigned,
+                    task_id=task.task_id,
+                    role=task.role,
+                    reasoning="its dependencies "
+                    + ", ".join(task.depends_on)
+                    + f" are done; the {task.role.value} agent has the capability",
+                )
+
+    def _complete(self, turn: Turn) -> None:
+        state = turn.run.state
+        lines, artifacts = [], []
+        for task in state.tasks.values():
+            if task.status is TaskStatus.ACCEPTED:
+                lines.append(f"{task.task_id}: {_one_line(task.result or '')}")
+        for action in state.actions.values():
+            if action.status is ActionStatus.EXECUTED and action.tool == "write_file":
+                path = action.arguments.get("path")
+                if isinstance(path, str) and path not in artifacts:
+                    artifacts.append(path)
+        summary = f"Done: {state.goal}\n" + "\n".join(lines)
+        turn.emit(
+            MemoryStored,
+            memory_id=turn.new_id("mem"),
+            text=_one_line(
+                f"Run {turn.run.run} reached '{state.goal}': " + "; ".join(lines), 4_000
+            ),
+            tags=["run-summary"],
+            user=state.user or None,
+        )
+        turn.emit(RunCompleted, summary=summary[:100_000], artifacts=artifacts)
+
+
+def plan_problem(steps: Sequence[PlannedStep]) -> str | None:
+    """Why a plan cannot be carried out (duplicate ids, unknown or cyclic dependencies)."""
+    ids = [s.task_id for s in steps]
+    if len(set(ids)) != len(ids):
+        return "two steps share a task_id: " + ", ".join(
+            sorted({i for i in ids if ids.count(i) > 1})
+        )
+    known = set(ids)
+    for step in steps:
+        unknown = [d for d in step.depends_on if d not in known]
+        if unknown:
+            return f"step {step.task_id} depends on unknown steps {unknown}"
+    deps = {s.task_id: set(s.depends_on) for s in steps}
+    done: set[str] = set()
+    while len(done) < len(deps):
+        ready = [t for t, d in deps.items() if t not in done and d <= done]
+        if not ready:
+            return "the dependencies form a cycle among " + ", ".join(sorted(set(deps) - done))
+        done.update(ready)
+    return None
+
+
+def _satisfied(task_id: str, tasks: dict[str, TaskInfo]) -> bool:
+    # Done when accepted, or when it failed and its replacement steps are all accepted.
+    task = tasks.get(task_id)
+    if task is None:
+        return False
+    if task.status is TaskStatus.ACCEPTED:
+        return True
+    replacements = [t for t in tasks if t.startswith(f"{task_id}{_REPLAN}")]
+    return (
+        task.status is TaskStatus.FAILED
+        and bool(replacements)
+        and all(tasks[t].status is TaskStatus.ACCEPTED for t in replacements)
+    )
+
+
+# ---------------------------------------------------------------------------- workers
+
+
+class _Worker(Agent):
+    """A worker reacts to the sub-tasks assigned to its role while the run is active."""
+
+    def wants(self, event: Event, run: RunView) -> bool:
+        if isinstance(event, TaskAssigned):
+            return event.payload.role == self.role and run.active
+        return run.active or run.state.status.value == "waiting_for_approval"
+
+    @staticmethod
+    def _feedback(task: TaskInfo) -> str:
+        if task.attempts > 1 and task.review:
+            return f"review sent the last result back: {task.review}"
+        return ""
+
+
+class Research(_Worker):
+    """Searches long-term memory and the run's document folder; answers with sources."""
+
+    role = Role.RESEARCH
+
+    @on(TaskAssigned)
+    def research(self, event: TaskAssigned, turn: Turn) -> None:
+        """Gather sources for the sub-task and let the model answer from them."""
+        task = turn.run.task(event.payload.task_id)
+        if task is None:
+            return
+        lines: list[str] = []
+        memory = self.settings.memory.long_term
+        if memory is not None:
+            for hit in memory.search(task.goal[:2000], k=5, as_of=event.position):
+                lines.append(f"- memory {hit.memory_id}: {_one_line(hit.text, 400)}")
+        search = turn.propose(
+            "search_docs",
+            {"query": task.goal[:2000], "k": 5},
+            "look for the sub-goal's words in the run's document folder",
+            task.task_id,
+        )
+        outcome = turn.execute(search)
+        if outcome.ok and isinstance(outcome.result, list):
+            for hit in outcome.result:
+                if isinstance(hit, dict):
+                    lines.append(f"- {hit.get('path')}:{hit.get('line')}: {hit.get('snippet')}")
+        prompt = Prompt().add(SUB_GOAL, task.goal).add(SOURCES, "\n".join(lines) or "(none found)")
+        prompt.add(FEEDBACK, self._feedback(task))
+        try:
+            findings: Findings = turn.ask("research", prompt, context=turn.context(task.goal))
+        except DecisionFailed as exc:
+            turn.emit(TaskFailed, task_id=task.task_id, reason=exc.reason, retryable=exc.retryable)
+            return
+        turn.emit(ScratchpadUpdated, key=f"findings.{task.task_id}", value=findings.answer)
+        turn.emit(
+            TaskCompleted,
+            task_id=task.task_id,
+            result=findings.answer,
+            sources=findings.sources,
+            reasoning=findings.reasoning,
+        )
+
+
+class Execution(_Worker):
+    """Carries a sub-task out with tools in the run's workspace, each call gated by its risk."""
+
+    role = Role.EXECUTION
+
+    @on(TaskAssigned)
+    def act(self, event: TaskAssigned, turn: Turn) -> None:
+        """Ask the model for tool calls, propose them all, then run them in order."""
+        task = turn.run.task(event.payload.task_id)
+        if task is None:
+            return
+        inputs = []
+        for dep in task.depends_on:
+            done = turn.run.completion(dep)
+            if done is not None:
+                inputs.append(f"- {dep}: {done.payload.result}")
+        prompt = Prompt().add(SUB_GOAL, task.goal).add(INPUTS, "\n".join(inputs))
+        prompt.add(TOOLS, self.settings.tools.describe()).add(FEEDBACK, self._feedback(task))
+        try:
+            actions: Actions = turn.ask("act", prompt, context=turn.context(task.goal))
+        except DecisionFailed as exc:
+            turn.emit(TaskFailed, task_id=task.task_id, reason=exc.reason, retryable=exc.retryable)
+            return
+        if not actions.actions:
+            turn.emit(TaskFailed, task_id=task.task_id, reason=actions.reasoning, retryable=False)
+            return
+        proposals = [
+            turn.propose(c.tool, c.arguments, c.reasoning or actions.reasoning, task.task_id)
+            for c in actions.actions
+        ]
+        self._carry_on(turn, task.task_id, proposals, [], actions.reasoning)
+
+    @on(ApprovalGranted)
+    def approved(self, event: ApprovalGranted, turn: Turn) -> None:
+        """Run the approved action (if the grant matches it and has not expired), then the rest."""
+        found = self._my_action(turn, event.payload.action_id)
+        if found is None:
+            return
+        proposal, task_id = found
+        info = turn.run.state.actions[event.payload.action_id]
+        if info.action_hash != event.payload.action_hash:
+            outcome = ActionOutcome(proposal.payload.action_id, error="grant hash mismatch")
+            turn.emit(
+                ActionFailed,
+                action_id=proposal.payload.action_id,
+                error="the approval was granted for a different action hash "
+                f"({event.payload.action_hash[:12]}…, expected {str(info.action_hash)[:12]}…); "
+                "not run",
+            )
+            self._fail_rest(turn, task_id, outcome)
+            return
+        first = turn.run_tool(proposal, RiskLevel.HIGH)
+        rest = [p for p in self._proposals(turn.run, task_id) if self._still_proposed(turn, p)]
+        done = [
+            p for p in self._proposals(turn.run, task_id) if p not in rest and p is not proposal
+        ]
+        if not first.ok:
+            self._fail_rest(turn, task_id, first, rest)
+            return
+        self._carry_on(turn, task_id, rest, [*self._results(turn, done), first], "")
+
+    @on(ApprovalDenied)
+    def denied(self, event: ApprovalDenied, turn: Turn) -> None:
+        """A denied action fails, and with it the sub-task (the coordinator decides what next)."""
+        found = self._my_action(turn, event.payload.action_id)
+        if found is None:
+            return
+        proposal, task_id = found
+        error = f"denied by {event.actor}: {event.payload.reason}"
+        turn.emit(ActionFailed, action_id=proposal.payload.action_id, error=error)
+        rest = [p for p in self._proposals(turn.run, task_id) if self._still_proposed(turn, p)]
+        self._fail_rest(turn, task_id, ActionOutcome(proposal.payload.action_id, error=error), rest)
+
+    def _carry_on(
+        self,
+        turn: Turn,
+        task_id: str,
+        proposals: Sequence[ActionProposed],
+        outcomes: list[ActionOutcome],
+        reasoning: str,
+    ) -> None:
+        for index, proposal in enumerate(proposals):
+            outcome = turn.execute(proposal)
+            if outcome.waiting:
+                return  # the run waits for a human; the rest runs after the grant
+            outcomes.append(outcome)
+            if not outcome.ok:
+                self._fail_rest(turn, task_id, outcome, proposals[index + 1 :])
+                return
+        summary = "\n".join(
+            f"{o.action_id}: {_one_line(json.dumps(o.result, sort_keys=True), 300)}"
+            for o in outcomes
+        )
+        turn.emit(
+            TaskCompleted,
+            task_id=task_id,
+            result=summary or "no action was needed",
+            reasoning=reasoning,
+        )
+
+    def _fail_rest(
+        self,
+        turn: Turn,
+        task_id: str,
+        failure: ActionOutcome,
+        rest: Sequence[ActionProposed] = (),
+    ) -> None:
+        for proposal in rest:
+            turn.emit(
+                ActionFailed,
+                action_id=proposal.payload.action_id,
+                error=f"not run: action {failure.action_id} before it failed",
+            )
+        turn.emit(
+            TaskFailed,
+            task_id=task_id,
+            reason=f"action {failure.action_id} failed: {failure.error}",
+            retryable=False,
+        )
+
+    def _my_action(self, turn: Turn, action_id: str) -> tuple[ActionProposed, str] | None:
+        for event in turn.run.events:
+            if (
+                isinstance(event, ActionProposed)
+                and event.payload.action_id == action_id
+                and event.actor.startswith(f"agent:{self.role.value}/")
+                and event.payload.task_id is not None
+            ):
+                return event, event.payload.task_id
+        return None
+
+    @staticmethod
+    def _proposals(run: RunView, task_id: str) -> list[ActionProposed]:
+        # The proposals of the task's newest attempt (those after its last assignment).
+        found: list[ActionProposed] = []
+        for event in run.events:
+            if isinstance(event, TaskAssigned) and event.payload.task_id == task_id:
+                found = []
+            elif isinstance(event, ActionProposed) and event.payload.task_id == task_id:
+                found.append(event)
+        return found
+
+    @staticmethod
+    def _still_proposed(turn: Turn, proposal: ActionProposed) -> bool:
+        info = turn.run.state.actions.get(proposal.payload.action_id)
+        return info is not None and info.status is ActionStatus.PROPOSED
+
+    @staticmethod
+    def _results(turn: Turn, proposals: Sequence[ActionProposed]) -> list[ActionOutcome]:
+        outcomes = []
+        for proposal in proposals:
+            info = turn.run.state.actions.get(proposal.payload.action_id)
+            if info is not None and info.status is ActionStatus.EXECUTED:
+                outcomes.append(ActionOutcome(info.action_id, result=info.result))
+        return outcomes
+
+
+class Review(Agent):
+    """Checks each finished sub-task against its sub-goal and accepts it or sends it back."""
+
+    role = Role.REVIEW
+
+    def wants(self, event: Event, run: RunView) -> bool:
+        return run.active and not event.actor.startswith("agent:review/")
+
+    @on(TaskCompleted)
+    def review(self, event: TaskCompleted, turn: Turn) -> None:
+        """Run the checks the sub-task allows, then let the model judge the result."""
+        task = turn.run.task(event.payload.task_id)
+        if task is None:
+            return
+        checks = self._checks(turn, task, event)
+        prompt = Prompt().add(SUB_GOAL, task.goal).add(RESULT, event.payload.result)
+        prompt.add(CHECKS, "\n".join(f"- {c}" for c in checks))
+        try:
+            verdict: Verdict = turn.ask("review", prompt, context=turn.context(task.goal))
+        except DecisionFailed as exc:
+            turn.emit(
+                TaskFailed,
+                task_id=task.task_id,
+                reason=f"review failed: {exc.reason}",
+                retryable=exc.retryable,
+            )
+            return
+        turn.emit(
+            TaskReviewed,
+            task_id=task.task_id,
+            accepted=verdict.accepted,
+            reasons=verdict.reasons,
+            checks=[c[:2000] for c in checks],
+        )
+
+    def _checks(self, turn: Turn, task: TaskInfo, done: TaskCompleted) -> list[str]:
+        checks = [
+            "PASS: the result is not empty" if done.payload.result.strip() else "FAIL: empty result"
+        ]
+        if task.role is Role.RESEARCH:
+            n = len(done.payload.sources)
+            checks.append(
+                f"PASS: cites {n} source(s)" if n else "NOTE: cites no source (none was found)"
+            )
+        actions = turn.run.state.actions
+        for proposal in Execution._proposals(turn.run, task.task_id):
+            if not proposal.actor.startswith("agent:execution/"):
+                continue
+            info = actions.get(proposal.payload.action_id)
+            if info is None:
+                continue
+            what = f"{info.tool} ({info.action_id})"
+            if info.status is not ActionStatus.EXECUTED:
+                checks.append(f"FAIL: {what} did not run: {info.status.value}")
+                continue
+            result = info.result if isinstance(info.result, dict) else {}
+            code = result.get("exit_code")
+            if isinstance(code, int) and code != 0:
+                err = _one_line(str(result.get("stderr") or result.get("stdout") or ""), 300)
+                checks.append(f"FAIL: {what} exited with {code}: {err}")
+            elif info.tool == "write_file":
+                checks.append(self._file_check(turn, info.arguments.get("path"), what))
+            else:
+                checks.append(f"PASS: {what} ran")
+        match = _CHECK_COMMAND.search(task.goal)
+        if match:
+            proposal = turn.propose(
+                "run_shell",
+                {"command": match.group(1)},
+                "the sub-goal names this check",
+                task.task_id,
+            )
+            outcome = turn.execute(proposal)
+            result = outcome.result if isinstance(outcome.result, dict) else {}
+            if outcome.ok and result.get("exit_code") == 0:
+                checks.append(f"PASS: `{match.group(1)}` exited 0")
+            else:
+                detail = outcome.error or _one_line(str(result.get("stderr", "")), 300)
+                checks.append(f"FAIL: `{match.group(1)}`: {detail or 'did not pass'}")
+        return checks
+
+    @staticmethod
+    def _file_check(turn: Turn, path: object, what: str) -> str:
+        if not isinstance(path, str):
+            return f"FAIL: {what} names no path"
+        try:
+            exists = turn.workspace.resolve(path).is_file()
+        except Exception as exc:  # a path the sandbox refuses is a failed check, not a crash
+            return f"FAIL: {what}: {exc}"
+        return f"PASS: {path} exists in the workspace" if exists else f"FAIL: {path} is missing"
+
+
+ROLE_CLASSES: dict[Role, type[Agent]] = {
+    Role.COORDINATOR: Coordinator,
+    Role.RESEARCH: Research,
+    Role.EXECUTION: Execution,
+    Role.REVIEW: Review,
+}
+"""The agent class of each role."""
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

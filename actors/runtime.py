@@ -1,0 +1,654 @@
+"""The runtime: each agent is a Ray actor that follows the log from its own tracked position.
+
+An ``AgentWorker`` subscribes to the store after the position its agent last recorded,
+keeps a view of each run it sees, hands the events it wants to the agent, and appends the
+agent's reaction together with the handled event's position in one transaction. A crash
+before that append means the event is handled again after the restart; a crash after it means
+it is not: each event is reacted to exactly once per agent. Ray (``AgentActor``) places,
+supervises and restarts the workers; agents never call each other.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentledger.events import (
+    AlreadyProcessed,
+    ConfigurationError,
+    ConsumerPosition,
+    Envelope,
+    Event,
+    EventStore,
+    InvalidEvent,
+    NotFound,
+    Role,
+    RunFailed,
+    RunStarted,
+    StoreUnavailable,
+    TaskFailed,
+)
+from agentledger.projections import RunState, RunStateProjection, RunStatus
+from agentledger.projections.memory import LongTermMemory
+
+from .agent import Agent, AgentSettings, ModelChoice, RunView
+from .memory_manager import MemoryManager
+from .models import ModelProvider, ModelSpec
+from .offline import OfflineProvider
+from .providers import ProviderSettings, provider_for
+from .roles import ROLE_CLASSES
+from .tools import default_registry
+
+_log = logging.getLogger(__name__)
+
+RUN_PREFIX = "run-"
+DEFAULT_MODEL = "offline:offline-rules"
+NAMESPACE = "agentledger"
+MAX_GOAL_CHARS = 20_000
+_CACHED_RUNS = 256
+_TRACK_EVERY = 200  # skipped events between position records (a restart re-reads at most this)
+
+
+class RuntimeConfig(BaseModel):
+    """How the agents run: where the log is, which models, resources and limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    store_url: str
+    namespace: str = NAMESPACE
+    models: dict[str, str] = Field(
+        default_factory=dict, description="role -> provider:model defaults for runs that name none"
+    )
+    openai: ProviderSettings = ProviderSettings()
+    workspace_root: str = Field(description="absolute; each run gets <root>/<run id>")
+    memory_dir: str | None = Field(
+        default=None, description="where each agent keeps its LanceDB long-term memory index"
+    )
+    context_tokens: int = Field(default=4_000, ge=256)
+    tool_timeout_s: float = Field(default=60.0, gt=0)
+    replicas: dict[str, int] = Field(default_factory=dict, description="role -> agents")
+    num_cpus: float = Field(default=0.0, ge=0, description="CPUs a Ray actor reserves")
+    memory_mb: int | None = Field(default=None, ge=64, description="memory a Ray actor reserves")
+    max_restarts: int = Field(default=-1, ge=-1, description="-1: restart forever")
+
+    def replicas_of(self, role: Role) -> int:
+        """How many agents of ``role`` run (runs are partitioned among them)."""
+        return max(1, self.replicas.get(role.value, 1))
+
+
+# ---------------------------------------------------------------------------- models
+
+
+class ModelRouter:
+    """Which provider and model each role uses in a run: the run's own choice (recorded in
+    ``run.started``), else the runtime's default, else ``offline``."""
+
+    def __init__(
+        self, config: RuntimeConfig, extra: Mapping[str, ModelProvider] | None = None
+    ) -> None:
+        self._config = config
+        self._extra = dict(extra or {})
+        self._providers: dict[str, ModelProvider] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, role: Role, run: RunView) -> ModelChoice:
+        started = run.started
+        chosen = started.payload.models.get(role.value) if started else None
+        text = chosen or self._config.models.get(role.value) or DEFAULT_MODEL
+        provider_name, _, model = text.partition(":")
+        if not model:
+            raise ConfigurationError(f"model {role.value}={text!r} is not PROVIDER:MODEL")
+        return ModelChoice(self._provider(role, provider_name, model), model)
+
+    def _provider(self, role: Role, name: str, model: str) -> ModelProvider:
+        with self._lock:
+            if name in self._extra:
+                return self._extra[name]
+            if name == "offline":
+                return self._providers.setdefault("offline", OfflineProvider())
+            if name not in self._providers:
+                spec = ModelSpec(role=role, provider=name, model=model)
+                self._providers[name] = provider_for(spec, self._config.openai)
+            return self._providers[name]
+
+
+def agent_for(
+    role: Role,
+    agent_id: str,
+    config: RuntimeConfig,
+    providers: Mapping[str, ModelProvider] | None = None,
+) -> Agent:
+    """Build the agent of ``role`` with its models, tools and memory."""
+    long_term = None
+    if role is Role.RESEARCH and config.memory_dir:
+        long_term = LongTermMemory(Path(config.memory_dir) / f"{role.value}-{agent_id}")
+    settings = AgentSettings(
+        models=ModelRouter(config, providers),
+        tools=default_registry(),
+        memory=MemoryManager(long_term),
+        workspace_root=Path(config.workspace_root),
+        context_tokens=config.context_tokens,
+        tool_timeout_s=config.tool_timeout_s,
+    )
+    return ROLE_CLASSES[role](agent_id, settings)
+
+
+# ---------------------------------------------------------------------------- the worker
+
+
+class _RunCache:
+    """What an agent knows of one run: its delivered events (in log order) and their state,
+    plus the agent's own reactions that the subscription has not delivered yet."""
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+        self.events: list[Event] = []
+        self.state = RunState(run=run)
+        self.pending: list[Event] = []
+        self.reacted: set[uuid.UUID] = set()  # events this role reacted to before we saw them
+        self._fold = RunStateProjection()
+
+    def deliver(self, event: Event) -> None:
+        if self.pending:
+            self.pending = [e for e in self.pending if (e.position or 0) > (event.position or 0)]
+        self.events.append(event)
+        self.state = self._fold.apply(self.state, event)
+
+    def view(self) -> RunView:
+        if not self.pending:
+            return RunView(self.run, self.events, self.state)
+        # Our own reactions to earlier events count, though later events of others sit
+        # between them in the log: an agent never decides twice on what it already did.
+        state = self._fold.fold(self.pending, self.state.model_copy(deep=True))
+        return RunView(self.run, [*self.events, *self.pending], state)
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One handled event: how long after the event was recorded its handler started."""
+
+    position: int
+    event_type: str
+    hop_ms: float
+    handle_ms: float
+    emitted: int
+
+
+class AgentWorker:
+    """Follows the log for one agent (see the module docstring)."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        store: EventStore,
+        *,
+        partition: tuple[int, int] = (0, 1),
+    ) -> None:
+        self.agent = agent
+        self.store = store
+        self.consumer = agent.principal
+        self.partition = partition
+        self.handled = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self.position = 0
+        self.hops: collections.deque[Hop] = collections.deque(maxlen=200_000)
+        self._types = agent.handled_types()
+        self._runs: collections.OrderedDict[str, _RunCache] = collections.OrderedDict()
+        self._untracked = 0  # newest position passed over without recording it
+        self._skipped = 0
+
+    # --------------------------------------------------------------- loop
+
+    def run(self, stop: threading.Event, poll_timeout: float = 0.5) -> None:
+        """Handle events until ``stop`` is set."""
+        self.position = self.store.position_of(self.consumer)
+        _log.info("%s starts after position %d", self.consumer, self.position)
+        subscription = self.store.subscribe(self.position)
+        try:
+            while not stop.is_set():
+                batch = subscription.poll(poll_timeout)
+                if not batch:
+                    self._track_skipped()
+                    continue
+                for event in batch:
+                    if stop.is_set():
+                        return
+                    self.deliver(event)
+        finally:
+            subscription.close()
+            self._track_skipped()
+
+    def deliver(self, event: Event) -> None:
+        """Take one event of the log (in global order) and react to it if it is ours."""
+        position = event.position or 0
+        self.position = position
+        if not event.stream.startswith(RUN_PREFIX):
+            self._skip(position)
+            return
+        cache = self._cache(event)
+        cache.deliver(event)
+        if (
+            event.type not in self._types
+            or not self._mine(event.stream)
+            or event.id in cache.reacted
+        ):
+            self._skip(position)
+            return
+        started = time.time()
+        hop_ms = (started - event.at.timestamp()) * 1000
+        view = cache.view()
+        try:
+            emitted = self.agent.handle(event, view)
+        except Exception as exc:  # one handler's failure is an event, not a crash
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            _log.error(
+                "%s failed on %s at %d:\n%s",
+                self.consumer,
+                event.type,
+                position,
+                traceback.format_exc(),
+            )
+            emitted = self._failure(event, view, f"{type(exc).__name__}: {exc}")
+        if not emitted:
+            self._skip(position)
+            return
+        recorded = self._append(event, emitted, view)
+        self.handled += 1
+        self._untracked = 0
+        cache.pending.extend(e for e in recorded if (e.position or 0) > position)
+        self.hops.append(
+            Hop(position, event.type, hop_ms, (time.time() - started) * 1000, len(recorded))
+        )
+
+    def _append(self, event: Event, emitted: list[Envelope], view: RunView) -> list[Event]:
+        tracking = ConsumerPosition(self.consumer, event.position or 0)
+        delay = 0.05
+        while True:
+            try:
+                return self.store.append(event.stream, emitted, tracking=tracking)
+            except AlreadyProcessed:
+                _log.info("%s already handled position %s", self.consumer, event.position)
+                return []
+            except InvalidEvent as exc:
+                # The agent produced an event the log refuses: record why, not the event.
+                self.failures += 1
+                self.last_error = str(exc)
+                emitted = self._failure(event, view, f"invalid event from the agent: {exc}")
+                if not emitted:
+                    self.store.record_position(self.consumer, event.position or 0)
+                    return []
+            except StoreUnavailable as exc:
+                # Never skip an event because the store blinked: wait and try again.
+                self.last_error = str(exc)
+                _log.warning("%s: %s; retrying in %.1fs", self.consumer, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _failure(self, event: Event, view: RunView, error: str) -> list[Envelope]:
+        task_id = getattr(event.payload, "task_id", None)
+        if not view.active:
+            return []
+        cause = event.caused_by(event)
+        reason = (
+            f"{self.consumer} could not handle {event.type} at position {event.position}: {error}"
+        )
+        if isinstance(task_id, str) and event.type in ("task.assigned", "task.completed"):
+            return [
+                TaskFailed(
+                    actor=self.consumer,
+                    payload={"task_id": task_id, "reason": reason[:100_000], "retryable": False},
+                    **cause,
+                )
+            ]
+        return [RunFailed(actor=self.consumer, payload={"reason": reason[:100_000]}, **cause)]
+
+    def _skip(self, position: int) -> None:
+        self._untracked = position
+        self._skipped += 1
+        if self._skipped >= _TRACK_EVERY:
+            self._track_skipped()
+
+    def _track_skipped(self) -> None:
+        if self._untracked:
+            try:
+                self.store.record_position(self.consumer, self._untracked)
+            except AlreadyProcessed:
+                pass
+            except StoreUnavailable as exc:
+                self.last_error = str(exc)
+                return
+            self._untracked = 0
+        self._skipped = 0
+
+    def _mine(self, stream: str) -> bool:
+        index, count = self.partition
+        if count == 1:
+            return True
+        digest = hashlib.sha256(stream.encode()).digest()
+        return int.from_bytes(digest[:8], "big") % count == index
+
+    def _cache(self, event: Event) -> _RunCache:
+        cache = self._runs.get(event.stream)
+        if cache is not None:
+            self._runs.move_to_end(event.stream)
+            return cache
+        # First sight of a run (a new run, a restart, or a log older than this agent): the
+        # view is rebuilt from the log, with what agents of this role already did after this
+        # point — our reactions count as ours, and an event they reacted to is not handled again.
+        cache = _RunCache(event.stream)
+        role = f"agent:{self.agent.role.value}/"
+        seen: set[uuid.UUID] = set()
+        for e in self.store.read(event.stream):
+            if e.version < event.version:
+                cache.deliver(e)
+                seen.add(e.id)
+            elif e.version > event.version and e.actor.startswith(role):
+                if e.causation_id in seen:
+                    cache.pending.append(e)
+                if e.causation_id is not None:
+                    cache.reacted.add(e.causation_id)
+        self._runs[event.stream] = cache
+        while len(self._runs) > _CACHED_RUNS:
+            self._runs.popitem(last=False)
+        return cache
+
+    def status(self) -> dict[str, Any]:
+        """What this worker has done, for ``agentledger serve`` and tests."""
+        return {
+            "agent": self.consumer,
+            "position": self.position,
+            "handled": self.handled,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "runs_cached": len(self._runs),
+        }
+
+
+# ---------------------------------------------------------------------------- Ray
+
+
+class AgentActor:
+    """The Ray actor of one agent: a worker thread following the log (see ``Runtime``).
+
+    Its methods only report and stop; no agent ever calls another's.
+    """
+
+    def __init__(
+        self,
+        role: str,
+        agent_id: str,
+        config: RuntimeConfig,
+        partition: tuple[int, int] = (0, 1),
+        providers: Mapping[str, ModelProvider] | None = None,
+    ) -> None:
+        logging.basicConfig(level=logging.WARNING)
+        self._stop = threading.Event()
+        self._store = EventStore.open(config.store_url)
+        agent = agent_for(Role(role), agent_id, config, providers)
+        self._worker = AgentWorker(agent, self._store, partition=partition)
+        self._memory = agent.settings.memory.long_term
+        self._thread = threading.Thread(target=self._loop, name=agent.principal, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            if self._memory is not None:
+                self._memory.catch_up(self._store)
+            self._worker.run(self._stop)
+        except Exception:
+            # A broken worker must not linger as a live actor that handles nothing: exit,
+            # and Ray restarts the actor, which resumes from its tracked position.
+            _log.critical("%s crashed:\n%s", self._worker.consumer, traceback.format_exc())
+            os._exit(1)
+
+    def ready(self) -> str:
+        """The agent's principal, once the actor is up."""
+        return self._worker.consumer
+
+    def status(self) -> dict[str, Any]:
+        """Progress and the last error."""
+        return {**self._worker.status(), "alive": self._thread.is_alive(), "pid": os.getpid()}
+
+    def hops(self) -> list[Hop]:
+        """Per handled event: latency from the event's append to its handler starting."""
+        return list(self._worker.hops)
+
+    def stop(self) -> None:
+        """Stop following the log (the position so far is recorded)."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._store.close()
+
+
+def ensure_ray(address: str | None = None, *, namespace: str = NAMESPACE) -> None:
+    """Connect to Ray: ``address`` / ``$RAY_ADDRESS`` if given, else a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(
+            address=address,
+            namespace=namespace,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            configure_logging=True,
+        )
+    except (ConnectionError, RuntimeError) as exc:
+        raise ConfigurationError(
+            f"cannot reach the Ray cluster at {address!r}: {exc}. Check the address "
+            "(ray status shows it), or leave --address/RAY_ADDRESS unset to run locally."
+        ) from exc
+
+
+class Runtime:
+    """Starts, finds and stops the agents of a namespace as named Ray actors."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        *,
+        providers: Mapping[str, ModelProvider] | None = None,
+        roles: Iterable[Role] = tuple(Role),
+    ) -> None:
+        self.config = config
+        self.providers = dict(providers or {})
+        self.roles = tuple(roles)
+        self.actors: dict[str, Any] = {}
+
+    def names(self) -> list[tuple[Role, int, str]]:
+        """(role, replica index, actor name) of every agent."""
+        return [
+            (role, i, f"{role.value}-{i + 1}")
+            for role in self.roles
+            for i in range(self.config.replicas_of(role))
+        ]
+
+    def find(self) -> bool:
+        """Attach to agents already running in the namespace (e.g. ``agentledger serve``)."""
+        import ray
+
+        found: dict[str, Any] = {}
+        for _, _, name in self.names():
+            try:
+                found[name] = ray.get_actor(name, namespace=self.config.namespace)
+            except ValueError:
+                return False
+        self.actors = found
+        return True
+
+    def start(self, *, detached: bool = False, timeout: float = 120.0) -> None:
+        """Start every agent that is not running yet, and wait until all are up."""
+        import ray
+
+        remote = ray.remote(AgentActor)
+        for role, index, name in self.names():
+            try:
+                self.actors[name] = ray.get_actor(name, namespace=self.config.namespace)
+                continue
+            except ValueError:
+                pass
+            options: dict[str, Any] = {
+                "name": name,
+                "namespace": self.config.namespace,
+                "max_restarts": self.config.max_restarts,
+                "num_cpus": self.config.num_cpus,
+                "get_if_exists": True,
+            }
+            if self.config.memory_mb:
+                options["memory"] = self.config.memory_mb * 1024 * 1024
+            if detached:
+                options["lifetime"] = "detached"
+            self.actors[name] = remote.options(**options).remote(  # type: ignore[attr-defined]
+                role.value,
+                str(index + 1),
+                self.config,
+                (index, self.config.replicas_of(role)),
+                self.providers or None,
+            )
+        ray.get([a.ready.remote() for a in self.actors.values()], timeout=timeout)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each agent's status."""
+        import ray
+
+        return list(ray.get([a.status.remote() for a in self.actors.values()], timeout=30))
+
+    def hops(self) -> list[Hop]:
+        """Every agent's handled-event latencies."""
+        import ray
+
+        out: list[Hop] = []
+        for hops in ray.get([a.hops.remote() for a in self.actors.values()], timeout=60):
+            out.extend(hops)
+        return out
+
+    def stop(self) -> None:
+        """Stop and remove the agents."""
+        import ray
+
+        for actor in self.actors.values():
+            # Already dead or unreachable: it is killed below anyway.
+            with contextlib.suppress(Exception):
+                ray.get(actor.stop.remote(), timeout=15)
+            ray.kill(actor, no_restart=True)
+        self.actors = {}
+
+
+# ---------------------------------------------------------------------------- clients
+
+
+def validate_goal(goal: str) -> str:
+    """The goal, stripped; ``InvalidEvent`` saying what to change if it is empty or too long."""
+    text = goal.strip()
+    if not text:
+        raise InvalidEvent(
+            "the goal is empty; say what the run should achieve, e.g. "
+            'agentledger run "Summarise the docs into report.md"'
+        )
+    if len(text) > MAX_GOAL_CHARS:
+        raise InvalidEvent(
+            f"the goal is {len(text):,} characters; the limit is {MAX_GOAL_CHARS:,}. Put long "
+            "material in a document folder (--docs DIR) and refer to it in the goal."
+        )
+    return text
+
+
+def start_run(
+    store: EventStore,
+    goal: str,
+    *,
+    user: str = "anonymous",
+    models: Mapping[str, str] | None = None,
+    workspace: Path | None = None,
+    docs: Path | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> RunStarted:
+    """Append ``run.started`` for a new run (the agents pick it up from the log)."""
+    text = validate_goal(goal)
+    if docs is not None and not docs.is_dir():
+        raise NotFound(f"--docs {docs}: no such directory")
+    stream = f"{RUN_PREFIX}{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+    event = RunStarted(
+        actor=f"human:{user}",
+        payload={
+            "goal": text,
+            "user": user,
+            "models": dict(models or {}),
+            "labels": dict(labels or {}),
+            "workspace": str(workspace.resolve()) if workspace else None,
+            "docs": str(docs.resolve()) if docs else None,
+        },
+    )
+    (recorded,) = store.append(stream, [event], expected_version=0)
+    assert isinstance(recorded, RunStarted)
+    return recorded
+
+
+WAITING = frozenset({RunStatus.WAITING_FOR_APPROVAL})
+ENDED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+def follow_run(
+    store: EventStore,
+    run: str,
+    *,
+    until: frozenset[RunStatus] = ENDED | WAITING,
+    on_event: Callable[[Event, RunState], None] | None = None,
+    timeout: float | None = None,
+    settle: float = 0.3,
+) -> RunState:
+    """Fold ``run``'s events as they are appended, until its status is one of ``until``.
+
+    When the status reached is "waiting for approval", events already in flight (other steps
+    of the run) are still shown for ``settle`` seconds of quiet. ``TimeoutError`` after
+    ``timeout`` seconds (the run goes on; only following stops).
+    """
+    fold = RunStateProjection()
+    state = RunState(run=run)
+    events = store.read(run)
+    if not events:
+        raise NotFound(f"no run {run!r} in {store.url}; `agentledger runs` lists the runs")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    position = 0
+    for event in events:
+        state = fold.apply(state, event)
+        position = event.position or position
+        if on_event is not None:
+            on_event(event, state)
+    with store.subscribe(position) as subscription:
+        quiet_since: float | None = None
+        while True:
+            if state.status in until:
+                if state.status not in WAITING:
+                    return state
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= settle:
+                    return state
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {run} is still {state.status.value}")
+            for event in subscription.poll(0.1):
+                if event.stream != run:
+                    continue
+                quiet_since = None
+                state = fold.apply(state, event)
+                if on_event is not None:
+                    on_event(event, state)
