@@ -491,6 +491,15 @@ class ScriptedProvider:
         else:
             self._steps = list(script)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable (a test's script travels to the Ray actor that runs the agent); the lock
+        # is per process.
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def complete(self, request: ModelRequest) -> ModelReply:
         """The next scripted reply (``ModelError`` when the script has none left)."""
         with self._lock:

@@ -168,6 +168,20 @@ class Coordinator(Agent):
         if task is None:
             return
         reason = event.payload.reason
+        denied = [
+            a
+            for a in turn.run.state.actions.values()
+            if a.task_id == task.task_id and a.status is ActionStatus.DENIED
+        ]
+        if denied:
+            # A human said no: asking again for the same thing would not respect that.
+            action = denied[-1]
+            turn.emit(
+                RunFailed,
+                reason=f"{action.decided_by} denied {action.tool} ({action.action_id}) in task "
+                f"{task.task_id}: {action.decision_note}",
+            )
+            return
         if event.payload.retryable and task.attempts < MAX_ATTEMPTS:
             turn.emit(
                 TaskAssigned,
@@ -399,8 +413,8 @@ class Execution(_Worker):
         if found is None:
             return
         proposal, task_id = found
+        # The denial itself is the action's outcome (its status stays "denied").
         error = f"denied by {event.actor}: {event.payload.reason}"
-        turn.emit(ActionFailed, action_id=proposal.payload.action_id, error=error)
         rest = [p for p in self._proposals(turn.run, task_id) if self._still_proposed(turn, p)]
         self._fail_rest(turn, task_id, ActionOutcome(proposal.payload.action_id, error=error), rest)
 

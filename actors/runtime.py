@@ -437,25 +437,33 @@ class AgentActor:
 
 
 def ensure_ray(address: str | None = None, *, namespace: str = NAMESPACE) -> None:
-    """Connect to Ray: ``address`` / ``$RAY_ADDRESS`` if given, else a local instance."""
+    """Connect to Ray: ``address`` / ``$RAY_ADDRESS`` if given; else the Ray instance already
+    running on this machine (e.g. the one ``agentledger serve`` started), else a new local one."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict[str, Any] = {
+        "namespace": namespace,
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+    }
+    if address is None:
+        try:
+            ray.init(address="auto", **options)
+            return
+        except ConnectionError:
+            pass  # nothing running here: start our own below
+        ray.init(**options)
+        return
     try:
-        ray.init(
-            address=address,
-            namespace=namespace,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            configure_logging=True,
-        )
+        ray.init(address=address, **options)
     except (ConnectionError, RuntimeError) as exc:
         raise ConfigurationError(
             f"cannot reach the Ray cluster at {address!r}: {exc}. Check the address "
-            "(ray status shows it), or leave --address/RAY_ADDRESS unset to run locally."
+            "(`ray status` shows it), or leave --address/RAY_ADDRESS unset to run locally."
         ) from exc
 
 

@@ -133,7 +133,8 @@ mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev agentledger-root "$new_root" \
 cd "$new_root"
 mkdir workspace tmp dev dev/shm etc proc .old
 bind_ro() {  # $1 host path, $2 path in the new root
-  mount --rbind -o ro "$1" "$2" || fail "cannot bind $1 read-only"
+  # --bind, not --rbind: a submount would keep its own (possibly writable) flags.
+  mount --bind -o ro "$1" "$2" || fail "cannot bind $1 read-only"
 }
 copy_entry() {  # keep symlinks as symlinks (Debian: /bin -> usr/bin), bind the rest read-only
   if [ -L "/$1" ]; then ln -s "$(readlink "/$1")" "$1"
@@ -197,20 +198,20 @@ def _probe_isolation() -> _Isolation | None:
     if not sys.platform.startswith("linux"):
         _log.warning("no sandbox isolation on %s: commands run unisolated", sys.platform)
         return None
-    tools = {name: shutil.which(name, path="/usr/bin:/bin") for name in ("unshare", "prlimit")}
-    missing = [name for name, found in tools.items() if found is None]
-    if missing or not all(
-        shutil.which(n, path="/usr/sbin:/usr/bin:/sbin:/bin")
-        for n in ("setpriv", "pivot_root", "mount", "umount")
-    ):
+
+    def find(name: str) -> str | None:
+        return shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+
+    needed = ("unshare", "prlimit", "setpriv", "pivot_root", "mount", "umount")
+    missing = [name for name in needed if find(name) is None]
+    unshare, prlimit = find("unshare"), find("prlimit")
+    if missing or unshare is None or prlimit is None:
         _log.warning(
-            "sandbox isolation unavailable (util-linux tools missing: %s): commands run "
-            "UNISOLATED, with resource limits only; install util-linux to isolate them",
-            ", ".join(missing) or "setpriv/pivot_root/mount",
+            "sandbox isolation unavailable (missing %s): commands run UNISOLATED, with resource "
+            "limits only; install util-linux to isolate them",
+            ", ".join(missing),
         )
         return None
-    unshare, prlimit = tools["unshare"], tools["prlimit"]
-    assert unshare is not None and prlimit is not None
     errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix="agentledger-probe-") as probe_dir:
         for with_pid in (True, False):
@@ -394,9 +395,15 @@ class Workspace:
             )
         if "\x00" in relative:
             raise SandboxViolation(f"path {relative!r} contains a NUL byte")
-        if os.path.isabs(relative) or relative.startswith("~"):
+        if os.path.isabs(relative):
             raise SandboxViolation(
                 f"path {relative!r} is absolute; give a path relative to the workspace root"
+            )
+        if relative.startswith("~"):
+            # Not expanded by the file system, but surely meant as a home directory.
+            raise SandboxViolation(
+                f"path {relative!r} names a home directory; give a path relative to the "
+                "workspace root"
             )
         # realpath follows each symlink in turn, so "link/.." means the link target's parent,
         # exactly as the kernel would see it when the file is opened.
@@ -485,7 +492,15 @@ class Workspace:
                 preexec_fn=preexec,  # only without prlimit, see run()
             )
         except FileNotFoundError as exc:
-            raise ToolError(f"command not found: {argv[0]!r} ({exc.strerror})") from exc
+            if not self.root.is_dir():
+                raise ToolError(f"workspace {self.root} no longer exists") from exc
+            # The same answer a shell (and the isolated path) gives: a result, not an exception.
+            return CommandResult(
+                exit_code=127,
+                stdout="",
+                stderr=f"{argv[0]}: command not found\n",
+                duration_ms=round((time.monotonic() - started) * 1000),
+            )
         assert proc.stdout is not None and proc.stderr is not None
         out, err = _BoundedCapture(), _BoundedCapture()
         captures = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}

@@ -295,14 +295,17 @@ class ReadFile(Tool[ReadFileArgs]):
             raise ToolError(f"no file {args.path!r} in the workspace; list_files shows what exists")
         if not path.is_file():
             raise ToolError(f"{args.path!r} is not a regular file; list_files shows its contents")
-        size = path.stat().st_size
+        with path.open("rb") as handle:
+            # Read one byte past the limit rather than trust a size that may change meanwhile.
+            data = handle.read(MAX_READ_BYTES + 1)
+        size = max(len(data), path.stat().st_size)
         if size > MAX_READ_BYTES:
             raise ToolError(
                 f"{args.path!r} is {size} bytes, over the {MAX_READ_BYTES}-byte limit; read a part "
                 "of it with run_shell (e.g. head -c 100000, or sed -n '1,200p')"
             )
         try:
-            content = path.read_bytes().decode("utf-8")
+            content = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ToolError(
                 f"{args.path!r} is not UTF-8 text (byte {exc.start}); inspect it with run_shell "
@@ -451,7 +454,7 @@ class RunPython(Tool[RunPythonArgs]):
 
     name = "run_python"
     description = (
-        "Run Python 3 code in the sandboxed workspace (no network, no files outside it); "
+        "Run Python 3 code in the workspace's sandbox (cwd is the workspace); "
         "returns exit_code, stdout, stderr and duration_ms."
     )
     risk = RiskLevel.MEDIUM
@@ -477,7 +480,7 @@ class RunShell(Tool[RunShellArgs]):
 
     name = "run_shell"
     description = (
-        "Run a POSIX sh command in the sandboxed workspace (no network, no files outside it); "
+        "Run a POSIX sh command in the workspace's sandbox (cwd is the workspace); "
         "returns exit_code, stdout, stderr and duration_ms."
     )
     risk = RiskLevel.MEDIUM

@@ -1,4 +1,4 @@
-"""A small sample run, written event by event, for `agentledger demo` until the runtime lands.
+"""A small scripted sample run, written event by event (a fixture of known content for tests).
 
 It is a fixed script, not agents at work: it shows what a run's log looks like (planning,
 assignment, a recorded model call, a low-risk action that ran and a high-risk one waiting for a

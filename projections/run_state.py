@@ -174,6 +174,7 @@ class ActionInfo(BaseModel):
     """A tool call proposed in the run, with the reasoning shown beside it."""
 
     action_id: str
+    task_id: str | None = None
     tool: str
     arguments: dict[str, JsonValue] = Field(default_factory=dict)
     reasoning: str = ""
@@ -326,6 +327,7 @@ class RunStateProjection(Projection[RunState]):
         p = event.payload
         state.actions[p.action_id] = ActionInfo(
             action_id=p.action_id,
+            task_id=p.task_id,
             tool=p.tool,
             arguments=dict(p.arguments),
             reasoning=p.reasoning,

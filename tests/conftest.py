@@ -66,3 +66,157 @@ def sqlite_store(sqlite_url: str) -> Iterator[EventStore]:
     """A store on a fresh SQLite file."""
     with EventStore.open(sqlite_url) as store:
         yield store
+
+
+# ---------------------------------------------------------------------------- agents
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray instance for the whole test session (started on first use)."""
+    import sys
+
+    import ray
+
+    # The scripted models the tests hand to agent actors are defined here; ship them by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            namespace="agentledger-tests",
+        )
+    yield
+    ray.shutdown()
+
+
+class ScenarioBrain:
+    """A scripted model for agent tests: answers each purpose from a small scenario.
+
+    The plan has four steps (two research, two execution, with dependencies), research cites a
+    source, execution writes the file its sub-goal names, review accepts. ``delay`` slows the
+    research answer (to kill an agent mid-handler); ``steps`` sets a longer chain.
+    """
+
+    def __init__(self, *, delay: float = 0.0, steps: int = 4, reject_first: bool = False) -> None:
+        self.delay = delay
+        self.steps = steps
+        self.reject_first = reject_first
+
+    def plan(self) -> dict[str, object]:
+        if self.steps == 4:
+            steps = [
+                {"task_id": "t1", "goal": "find the retention period", "role": "research"},
+                {"task_id": "t2", "goal": "find who approves deletions", "role": "research"},
+                {
+                    "task_id": "t3",
+                    "goal": "write the findings to findings.md",
+                    "role": "execution",
+                    "depends_on": ["t1", "t2"],
+                },
+                {
+                    "task_id": "t4",
+                    "goal": "write the summary to summary.md",
+                    "role": "execution",
+                    "depends_on": ["t3"],
+                },
+            ]
+        else:
+            steps = [
+                {
+                    "task_id": f"s{i}",
+                    "goal": f"look up fact {i}",
+                    "role": "research",
+                    "depends_on": [f"s{i - 1}"] if i > 1 else [],
+                }
+                for i in range(1, self.steps + 1)
+            ]
+        return {"reasoning": "scripted plan", "steps": steps}
+
+    def __call__(self, request: object) -> str:
+        import json
+        import time
+
+        from agentledger.actors.decisions import SUB_GOAL, sections
+
+        purpose = request.purpose  # type: ignore[attr-defined]
+        found = sections(request.prompt)  # type: ignore[attr-defined]
+        if purpose == "plan":
+            return json.dumps(self.plan())
+        if purpose == "research":
+            time.sleep(self.delay)
+            goal = found.get(SUB_GOAL, "")
+            return json.dumps(
+                {"reasoning": "scripted", "answer": f"answer to {goal}", "sources": ["memo.md"]}
+            )
+        if purpose == "act":
+            path = found.get(SUB_GOAL, "").split()[-1]
+            return json.dumps(
+                {
+                    "reasoning": "scripted",
+                    "actions": [
+                        {"tool": "write_file", "arguments": {"path": path, "content": "done\n"}}
+                    ],
+                }
+            )
+        if purpose == "review":
+            feedback = "## feedback from review" in request.prompt  # type: ignore[attr-defined]
+            accepted = not self.reject_first or "findings.md" not in found.get(SUB_GOAL, "")
+            accepted = accepted or feedback
+            return json.dumps({"accepted": accepted, "reasons": "scripted review"})
+        return json.dumps({"summary": "scripted summary"})
+
+
+class ThreadedAgents:
+    """The four agents' workers in threads of this process: the runtime's code without Ray,
+    for tests of agent behaviour that need no process boundary."""
+
+    def __init__(
+        self, url: str, root: object, providers: dict[str, object] | None = None, **config: object
+    ) -> None:
+        import threading
+        from pathlib import Path
+
+        from agentledger.actors.runtime import AgentWorker, RuntimeConfig, agent_for
+        from agentledger.events import Role
+
+        root = Path(str(root))
+        self.config = RuntimeConfig(
+            store_url=url,
+            workspace_root=str(root / "workspaces"),
+            memory_dir=str(root / "memory"),
+            **config,  # type: ignore[arg-type]
+        )
+        self.stop = threading.Event()
+        self.workers = []
+        self.threads = []
+        for role in Role:
+            agent = agent_for(role, "1", self.config, providers)  # type: ignore[arg-type]
+            worker = AgentWorker(agent, EventStore.open(url))
+            thread = threading.Thread(target=worker.run, args=(self.stop,), daemon=True)
+            self.workers.append(worker)
+            self.threads.append(thread)
+
+    def __enter__(self) -> ThreadedAgents:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        for worker in self.workers:
+            worker.store.close()
+
+
+@pytest.fixture
+def scenario_brain() -> type[ScenarioBrain]:
+    return ScenarioBrain
+
+
+@pytest.fixture
+def threaded_agents() -> type[ThreadedAgents]:
+    return ThreadedAgents

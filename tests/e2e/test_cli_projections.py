@@ -1,5 +1,5 @@
 """The projection commands end to end: state, blackboard, context, memory search and rebuild on a
-real SQLite log written by `demo`, with their caches in a temporary folder."""
+real SQLite log holding the scripted sample run (agentledger.sample), with their caches in a temporary folder."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from agentledger.cli import app
 from agentledger.events import EventStore
 from agentledger.projections import PerStream, RunStateProjection
 from agentledger.projections.checkpoints import CheckpointStore
+from agentledger.sample import write_sample_run
 
 runner = CliRunner()
 
@@ -38,11 +39,9 @@ def cli(sqlite_url: str, tmp_path: Path) -> Cli:
 
 @pytest.fixture
 def run(cli: Cli) -> str:
-    result = cli("demo")
-    assert result.exit_code == 0, result.output
     with EventStore.open(cli.url) as store:
-        [stream] = store.streams()
-    return stream.stream
+        stream, _ = write_sample_run(store)
+    return stream
 
 
 def ok(result: Result) -> str:

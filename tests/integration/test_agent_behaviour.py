@@ -1,0 +1,284 @@
+"""How the agents behave on bad input and at the approval gate.
+
+The agents' workers run in threads of the test process (the runtime's code without the Ray
+process boundary, which ``test_agents_on_ray.py`` covers); the store, tools, sandbox and the
+offline model are real, and the HTTP provider talks to a closed local port.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentledger.actors.decisions import SUB_GOAL, sections
+from agentledger.actors.models import ModelRequest
+from agentledger.actors.providers import ProviderSettings, ScriptedProvider
+from agentledger.actors.runtime import ENDED, follow_run, start_run
+from agentledger.demo import DEMO_GOAL, prepare_demo
+from agentledger.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    Event,
+    EventStore,
+    InvalidEvent,
+    NotFound,
+)
+from agentledger.projections import RunStatus
+
+ALL_SCRIPTED = {r: "scripted:brain" for r in ("coordinator", "research", "execution", "review")}
+ONE_STEP = {
+    "reasoning": "one step",
+    "steps": [{"task_id": "t1", "goal": "do it", "role": "execution"}],
+}
+
+
+class Brain:
+    """Answers per purpose: a fixed answer, a list consumed in order, or a function."""
+
+    def __init__(self, **answers: Any) -> None:
+        self.answers = {
+            "plan": json.dumps(ONE_STEP),
+            "review": json.dumps({"accepted": True, "reasons": "ok"}),
+            "research": json.dumps({"reasoning": "r", "answer": "a", "sources": ["s"]}),
+        } | answers
+
+    def __call__(self, request: ModelRequest) -> str:
+        answer = self.answers[request.purpose]
+        if isinstance(answer, list):
+            return answer.pop(0) if len(answer) > 1 else answer[0]
+        if callable(answer):
+            return str(answer(request))
+        return str(answer)
+
+
+def _act(*calls: dict[str, Any]) -> str:
+    return json.dumps({"reasoning": "scripted", "actions": list(calls)})
+
+
+@pytest.fixture
+def run_with(
+    tmp_path: Path, threaded_agents: Any
+) -> Callable[..., tuple[RunStatus, list[Event], Path]]:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+
+    def run(
+        brain: Brain | None = None,
+        *,
+        goal: str = "Do the thing",
+        models: dict[str, str] | None = None,
+        until: frozenset[RunStatus] = ENDED,
+        **config: Any,
+    ) -> tuple[RunStatus, list[Event], Path]:
+        providers = {"scripted": ScriptedProvider(brain or Brain())}
+        with threaded_agents(url, tmp_path, providers, **config), EventStore.open(url) as store:
+            started = start_run(store, goal, models=models or ALL_SCRIPTED)
+            state = follow_run(store, started.stream, until=until, timeout=60)
+            events = store.read(started.stream)
+        return state.status, events, tmp_path / "workspaces" / started.stream
+
+    return run
+
+
+def _of(events: list[Event], kind: str) -> list[Any]:
+    return [e for e in events if e.type == kind]
+
+
+def test_an_unreachable_model_endpoint_is_recorded_and_fails_the_run(run_with: Any) -> None:
+    settings = ProviderSettings(
+        base_url="http://127.0.0.1:9/v1", timeout=2, max_retries=1, backoff=0.01
+    )
+    status, events, _ = run_with(models={"coordinator": "openai:gpt-4o-mini"}, openai=settings)
+    assert status is RunStatus.FAILED
+    (failed,) = _of(events, "model.failed")
+    assert "127.0.0.1:9" in failed.payload.error
+    assert failed.actor == "agent:coordinator/1"
+    (end,) = _of(events, "run.failed")
+    assert "could not plan" in end.payload.reason and "127.0.0.1:9" in end.payload.reason
+
+
+def test_malformed_model_output_is_recorded_and_retried(run_with: Any) -> None:
+    brain = Brain(
+        plan=["this is not JSON", json.dumps(ONE_STEP)],
+        act=_act({"tool": "write_file", "arguments": {"path": "a.txt", "content": "x"}}),
+    )
+    status, events, workspace = run_with(brain)
+    assert status is RunStatus.COMPLETED
+    (invalid,) = _of(events, "model.failed")
+    assert "does not follow the Plan schema" in invalid.payload.error and invalid.payload.retryable
+    second = _of(events, "model.requested")[1]
+    assert "## previous answer was invalid" in second.payload.prompt
+    assert (workspace / "a.txt").read_text() == "x"
+
+
+def test_model_output_that_never_validates_fails_with_the_reason(run_with: Any) -> None:
+    status, events, _ = run_with(Brain(plan='{"reasoning": "x", "steps": []}'))
+    assert status is RunStatus.FAILED
+    assert len(_of(events, "model.failed")) == 2
+    (end,) = _of(events, "run.failed")
+    assert "no valid Plan in 2 attempts" in end.payload.reason
+    assert "steps" in end.payload.reason  # the field that was wrong
+
+
+def test_a_tool_call_with_invalid_arguments_is_rejected_naming_the_field(run_with: Any) -> None:
+    status, events, _ = run_with(
+        Brain(act=_act({"tool": "write_file", "arguments": {"content": "x"}}))
+    )
+    assert status is RunStatus.FAILED
+    rejected = _of(events, "action.failed")[0]
+    assert "write_file" in rejected.payload.error and "'path'" in rejected.payload.error
+    assert not _of(events, "action.executed")
+    # The coordinator replanned once before giving up.
+    assert [e.payload.task_id for e in _of(events, "task.failed")] == ["t1", "t1.replan-t1"]
+
+
+def test_a_command_that_tries_to_leave_the_workspace_is_refused(
+    run_with: Any, tmp_path: Path
+) -> None:
+    status, events, _ = run_with(
+        Brain(
+            act=_act(
+                {"tool": "write_file", "arguments": {"path": "../../escaped.txt", "content": "x"}}
+            )
+        )
+    )
+    assert status is RunStatus.FAILED
+    assert "escaped.txt" in _of(events, "action.failed")[0].payload.error
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_a_sandboxed_command_that_times_out_fails_clearly(run_with: Any) -> None:
+    brain = Brain(
+        act=_act({"tool": "run_shell", "arguments": {"command": "sleep 30", "timeout_s": 1}})
+    )
+    status, events, _ = run_with(brain)
+    assert status is RunStatus.FAILED
+    error = _of(events, "action.failed")[0].payload.error
+    assert "sleep 30" in error and "1" in error and "time" in error.lower()
+
+
+def test_a_rejected_result_goes_back_with_the_reviewers_reasons(run_with: Any) -> None:
+    reviews = [
+        json.dumps({"accepted": False, "reasons": "the file must say done"}),
+        json.dumps({"accepted": True, "reasons": "now it does"}),
+    ]
+    brain = Brain(
+        act=_act({"tool": "write_file", "arguments": {"path": "a.txt", "content": "done"}}),
+        review=reviews,
+    )
+    status, events, _ = run_with(brain)
+    assert status is RunStatus.COMPLETED
+    assigned = _of(events, "task.assigned")
+    assert len(assigned) == 2 and "the file must say done" in assigned[1].payload.reasoning
+    second_act = [
+        e for e in _of(events, "model.requested") if e.actor.startswith("agent:execution")
+    ][1]
+    assert "the file must say done" in second_act.payload.prompt
+
+
+def test_the_offline_demo_waits_for_approval_then_a_grant_runs_the_action(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    docs, workspace = prepare_demo(tmp_path)
+    with threaded_agents(url, tmp_path), EventStore.open(url) as store:
+        started = start_run(store, DEMO_GOAL, user="demo", docs=docs, workspace=workspace)
+        state = follow_run(store, started.stream, timeout=60)
+        assert state.status is RunStatus.WAITING_FOR_APPROVAL
+        (pending,) = state.pending_approvals.values()
+        assert pending.tool == "delete_file" and (workspace / "notes.tmp").exists()
+        events = store.read(started.stream)
+        roles = {e.actor.split("/")[0] for e in events if e.actor.startswith("agent:")}
+        assert roles == {f"agent:{r}" for r in ("coordinator", "research", "execution", "review")}
+        assert len(state.tasks) == 5
+        assert "retention" in (workspace / "report.md").read_text().lower()
+        # Every model call of the demo is labelled as the rule-based offline provider.
+        assert {e.payload.model for e in _of(events, "model.responded")} == {"offline-rules"}
+
+        store.append(
+            started.stream,
+            [
+                ApprovalGranted(
+                    actor="human:dpo",
+                    payload={"action_id": pending.action_id, "action_hash": pending.action_hash},
+                )
+            ],
+        )
+        state = follow_run(store, started.stream, until=ENDED, timeout=60)
+        assert state.status is RunStatus.COMPLETED, state.outcome
+        assert not (workspace / "notes.tmp").exists()
+        assert state.actions[pending.action_id].status.value == "executed"
+
+
+def test_a_grant_for_another_hash_does_not_run_the_action(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    docs, workspace = prepare_demo(tmp_path)
+    with threaded_agents(url, tmp_path), EventStore.open(url) as store:
+        started = start_run(store, DEMO_GOAL, docs=docs, workspace=workspace)
+        state = follow_run(store, started.stream, timeout=60)
+        (pending,) = state.pending_approvals.values()
+        bogus = {"action_id": pending.action_id, "action_hash": "0" * 64}
+        store.append(started.stream, [ApprovalGranted(actor="human:dpo", payload=bogus)])
+        # The action fails, the coordinator replans, and the new attempt asks again.
+        state = follow_run(store, started.stream, timeout=60)
+    assert state.status is RunStatus.WAITING_FOR_APPROVAL
+    (again,) = state.pending_approvals.values()
+    assert again.action_id != pending.action_id and again.tool == "delete_file"
+    assert (workspace / "notes.tmp").exists()
+    assert "different action hash" in state.actions[pending.action_id].result
+
+
+def test_a_denial_fails_the_run_without_asking_again(tmp_path: Path, threaded_agents: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    docs, workspace = prepare_demo(tmp_path)
+    with threaded_agents(url, tmp_path), EventStore.open(url) as store:
+        started = start_run(store, DEMO_GOAL, docs=docs, workspace=workspace)
+        state = follow_run(store, started.stream, timeout=60)
+        (pending,) = state.pending_approvals.values()
+        decision = {
+            "action_id": pending.action_id,
+            "action_hash": pending.action_hash,
+            "reason": "keep the notes until the audit",
+        }
+        store.append(started.stream, [ApprovalDenied(actor="human:dpo", payload=decision)])
+        state = follow_run(store, started.stream, until=ENDED, timeout=60)
+        requests = _of(store.read(started.stream), "approval.requested")
+    assert state.status is RunStatus.FAILED
+    assert "human:dpo denied delete_file" in state.outcome
+    assert "keep the notes until the audit" in state.outcome
+    assert len(requests) == 1 and (workspace / "notes.tmp").exists()
+
+
+@pytest.mark.parametrize(
+    ("goal", "words"),
+    [
+        ("", "the goal is empty"),
+        ("   \n", "the goal is empty"),
+        ("x" * 20_001, "20,001 characters"),
+    ],
+)
+def test_an_empty_or_oversized_goal_is_refused_and_nothing_is_written(
+    memory_store: EventStore, goal: str, words: str
+) -> None:
+    with pytest.raises(InvalidEvent, match=words):
+        start_run(memory_store, goal)
+    assert memory_store.head_position() == 0
+
+
+def test_a_missing_docs_folder_is_refused(memory_store: EventStore, tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="no such directory"):
+        start_run(memory_store, "find x", docs=tmp_path / "nope")
+    assert memory_store.head_position() == 0
+
+
+def test_the_scenario_brain_reads_the_sub_goal() -> None:
+    # The scripted execution model relies on the sub-goal section the roles write.
+    request = ModelRequest(
+        role="execution", model="m", purpose="act", prompt="## sub-goal\nwrite x to a.md"
+    )
+    assert sections(request.prompt)[SUB_GOAL] == "write x to a.md"
