@@ -1,3 +1,58 @@
-"""agentledger.actors: built in a later issue (see DESIGN.md)."""
+"""Agents: the Agent base and four roles, model providers, tools, the Memory Manager, and the
+runtime that runs each agent as a Ray actor following the log."""
 
-__all__: list[str] = []
+from .agent import Agent, AgentSettings, DecisionFailed, ModelChoice, RunView, Turn
+from .memory_manager import MemoryManager
+from .models import ModelError, ModelProvider, ModelReply, ModelRequest, ModelSpec
+from .offline import OfflineProvider
+from .providers import OpenAIProvider, ProviderSettings, ScriptedProvider
+from .roles import ROLE_CLASSES, Coordinator, Execution, Research, Review
+from .runtime import (
+    AgentWorker,
+    Runtime,
+    RuntimeConfig,
+    ensure_ray,
+    follow_run,
+    start_run,
+)
+from .sandbox import SandboxViolation, ToolError, ToolTimeout, Workspace
+from .tools import Tool, ToolContext, ToolRegistry, action_hash, default_registry
+
+__all__ = [
+    "ROLE_CLASSES",
+    "Agent",
+    "AgentSettings",
+    "AgentWorker",
+    "Coordinator",
+    "DecisionFailed",
+    "Execution",
+    "MemoryManager",
+    "ModelChoice",
+    "ModelError",
+    "ModelProvider",
+    "ModelReply",
+    "ModelRequest",
+    "ModelSpec",
+    "OfflineProvider",
+    "OpenAIProvider",
+    "ProviderSettings",
+    "Research",
+    "Review",
+    "RunView",
+    "Runtime",
+    "RuntimeConfig",
+    "SandboxViolation",
+    "ScriptedProvider",
+    "Tool",
+    "ToolContext",
+    "ToolError",
+    "ToolRegistry",
+    "ToolTimeout",
+    "Turn",
+    "Workspace",
+    "action_hash",
+    "default_registry",
+    "ensure_ray",
+    "follow_run",
+    "start_run",
+]

@@ -46,8 +46,9 @@ from agentledger.events import (
 )
 from agentledger.events.handlers import collect_handlers
 from agentledger.projections import RunState, RunStatus, TaskInfo
+from agentledger.projections.memory import Scratchpad
 
-from .decisions import ANSWER_FORMAT, DECISIONS, Prompt, answer_schema
+from .decisions import ANSWER_FORMAT, DECISIONS, Prompt, answer_schema, answer_schema_text
 from .memory_manager import Context, ExtractiveSummarizer, MemoryManager
 from .models import ModelError, ModelProvider, ModelRequest
 from .sandbox import ToolError, Workspace
@@ -92,6 +93,7 @@ class RunView:
     run: str
     events: Sequence[Event]
     state: RunState
+    scratchpad: Scratchpad | None = None
 
     @property
     def started(self) -> RunStarted | None:
@@ -130,7 +132,7 @@ class AgentSettings:
     tools: ToolRegistry
     memory: MemoryManager = field(default_factory=MemoryManager)
     workspace_root: Path = Path(".agentledger/workspaces")
-    context_tokens: int = 4_000
+    context_tokens: int = 8_000
     model_attempts: int = 2
     tool_timeout_s: float = 60.0
 
@@ -183,9 +185,16 @@ class Turn:
         if summary is not None:
             summary = summary.model_copy(update={"actor": self.agent.principal})
             self.emitted.append(summary)
-            events.append(summary)  # type: ignore[arg-type]
+            events.append(summary)
         user = self.run.started.payload.user if self.run.started else None
-        return memory.assemble(events, role, sub_goal, self.settings.context_tokens, user=user)
+        return memory.assemble(
+            events,
+            role,
+            sub_goal,
+            self.settings.context_tokens,
+            user=user,
+            scratchpad=self.run.scratchpad,
+        )
 
     # ------------------------------------------------------------------ models
 
@@ -205,6 +214,7 @@ class Turn:
         decision = DECISIONS[purpose]
         choice = self.settings.models(self.agent.role, self.run)
         schema = answer_schema(purpose)
+        schema_text = answer_schema_text(purpose)
         base = prompt.text()
         if context is not None:
             base = f"{base}\n\n{context.text()}"
@@ -212,9 +222,7 @@ class Turn:
         feedback = ""
         for attempt in range(1, self.settings.model_attempts + 1):
             text = base + (f"\n\n## previous answer was invalid\n{feedback}" if feedback else "")
-            text += f"\n\n## {ANSWER_FORMAT}\nJSON following this schema: " + json.dumps(
-                schema, sort_keys=True, separators=(",", ":")
-            )
+            text += f"\n\n## {ANSWER_FORMAT}\nJSON following this schema: " + schema_text
             request_id = self.new_id("m")
             self.emit(
                 ModelRequested,

@@ -8,6 +8,8 @@ reads the same thing.
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -94,9 +96,16 @@ DECISIONS: dict[str, type[_Decision]] = {
 """The answer model each purpose expects."""
 
 
+@functools.cache
+def answer_schema_text(purpose: str) -> str:
+    """The JSON Schema a model's answer for ``purpose`` must follow, as compact JSON."""
+    return json.dumps(DECISIONS[purpose].model_json_schema(), sort_keys=True, separators=(",", ":"))
+
+
 def answer_schema(purpose: str) -> dict[str, Any]:
-    """The JSON Schema a model's answer for ``purpose`` must follow."""
-    return DECISIONS[purpose].model_json_schema()
+    """The JSON Schema a model's answer for ``purpose`` must follow (a fresh copy)."""
+    parsed: dict[str, Any] = json.loads(answer_schema_text(purpose))
+    return parsed
 
 
 class Prompt:

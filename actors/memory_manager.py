@@ -12,7 +12,9 @@ builds a ``context.summarized`` event (summary written by the agent's model, thr
 
 from __future__ import annotations
 
+import functools
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -21,6 +23,7 @@ from agentledger.events import ContextSummarized, Event, InvalidEvent, NotFound
 from agentledger.projections.memory import (
     LongTermMemory,
     Memory,
+    Scratchpad,
     ScratchpadProjection,
     is_own_history,
     short_term,
@@ -59,7 +62,9 @@ class ExtractiveSummarizer:
         kept: list[str] = []
         used = self._count(head) + 1
         for line in reversed(lines):
-            short = _fit(" ".join(line.split()), 24, self._count)
+            # Each line abridged to its first ~80 characters (about 24 tokens of prose).
+            flat = " ".join(line.split())
+            short = flat if len(flat) <= 80 else flat[:79] + "…"
             cost = self._count(short) + 1
             if used + cost > max_tokens:
                 break
@@ -132,7 +137,10 @@ class MemoryManager:
         memories_per_context: int = 5,
     ) -> None:
         self.long_term = long_term
-        self.count = count
+        # Each turn re-reads the same recent events: remember their lines and token counts
+        # (events are immutable, so a line never goes stale; the caches are bounded).
+        self.count = functools.lru_cache(maxsize=65_536)(count)
+        self._lines: dict[uuid.UUID, str] = {}
         self.shares = shares
         self.memories_per_context = memories_per_context
 
@@ -144,8 +152,13 @@ class MemoryManager:
         budget: int,
         *,
         user: str | None = None,
+        scratchpad: Scratchpad | None = None,
     ) -> Context:
-        """The context of ``role`` for ``sub_goal`` after the last of ``run_events``."""
+        """The context of ``role`` for ``sub_goal`` after the last of ``run_events``.
+
+        ``scratchpad`` is the run's scratchpad folded from the same events, when the caller
+        keeps it up to date (the runtime does); otherwise it is folded here.
+        """
         if role not in ROLES:
             raise NotFound(f"unknown agent role {role!r}; roles: {', '.join(ROLES)}")
         if budget < 32:
@@ -154,9 +167,10 @@ class MemoryManager:
         context = Context(role=role, sub_goal=sub_goal, position=position, budget=budget)
         remaining = budget
 
-        def add(name: str, text: str, limit: int) -> bool:
+        def add(name: str, text: str, limit: int, cost: int | None = None) -> bool:
+            # ``cost``: the caller already counted the section line by line.
             nonlocal remaining
-            cost = self.count(text)
+            cost = self.count(text) if cost is None else cost
             if not text or cost > min(limit, remaining):
                 return False
             context.sections.append(Section(name, text, cost))
@@ -166,7 +180,7 @@ class MemoryManager:
         goal_text = _fit(sub_goal, budget // 4, self.count)
         add("sub-goal", goal_text, remaining)
 
-        pad = ScratchpadProjection().fold(run_events)
+        pad = scratchpad if scratchpad is not None else ScratchpadProjection().fold(run_events)
         pad_lines = [f"{k}: {v.value}" for k, v in sorted(pad.values.items())]
         add(
             "scratchpad",
@@ -200,12 +214,24 @@ class MemoryManager:
         ):
             context.summary_event_id = str(summary.id)
             covered = summary.payload.to_position
-        recent_pool = [e for e in run_events if (e.position or 0) > covered]
-        recent = short_term(recent_pool, role, remaining, render=render, count=self.count)
-        text = "\n".join(render(e) for e in recent)
-        if add("recent history", text, remaining):
+        recent_pool = _since(run_events, covered)
+        recent = short_term(recent_pool, role, remaining, render=self.line, count=self.count)
+        lines = [self.line(e) for e in recent]
+        cost = sum(self.count(line) for line in lines) + max(0, len(lines) - 1)
+        if add("recent history", "\n".join(lines), remaining, cost):
             context.event_ids = [str(e.id) for e in recent]
         return context
+
+    def line(self, event: Event) -> str:
+        """``render(event)``, remembered for events already in the log."""
+        if event.position is None:
+            return render(event)
+        line = self._lines.get(event.id)
+        if line is None:
+            if len(self._lines) >= 65_536:
+                self._lines.clear()
+            line = self._lines[event.id] = render(event)
+        return line
 
     def plan_summary(
         self,
@@ -222,15 +248,17 @@ class MemoryManager:
         history_budget = int(budget * self.shares.history)
         previous = latest_summary(run_events, role)
         covered = previous.payload.to_position if previous else 0
-        mine = [e for e in run_events if (e.position or 0) > covered and is_own_history(e, role)]
-        lines = [render(e) for e in mine]
+        mine = [e for e in _since(run_events, covered) if is_own_history(e, role)]
+        lines = [self.line(e) for e in mine]
         if sum(self.count(line) for line in lines) <= history_budget:
             return None
-        keep = short_term(mine, role, history_budget // 2, render=render, count=self.count)
+        keep = short_term(mine, role, history_budget // 2, render=self.line, count=self.count)
         older = mine[: len(mine) - len(keep)]
         if not older:
             return None
-        older_lines = ([previous.payload.summary] if previous else []) + [render(e) for e in older]
+        older_lines = ([previous.payload.summary] if previous else []) + [
+            self.line(e) for e in older
+        ]
         text = summarizer.summarize(older_lines, int(budget * self.shares.summary))
         last = run_events[-1]
         return ContextSummarized(
@@ -252,6 +280,18 @@ def latest_summary(run_events: Sequence[Event], role: str) -> ContextSummarized 
         if isinstance(event, ContextSummarized) and event.payload.agent == role:
             return event
     return None
+
+
+def _since(run_events: Sequence[Event], covered: int) -> list[Event]:
+    """The events after position ``covered`` (found from the end: a long run's history before
+    its last summary is never walked)."""
+    start = len(run_events)
+    while start > 0:
+        position = run_events[start - 1].position
+        if position is not None and position <= covered:
+            break
+        start -= 1
+    return [e for e in run_events[start:] if (e.position or 0) > covered]
 
 
 def _fit(text: str, limit: int, count: TokenCounter) -> str:

@@ -206,13 +206,12 @@ class Coordinator(Agent):
 
     def _advance(self, turn: Turn) -> None:
         tasks = turn.run.state.tasks
-        if all(_satisfied(t, tasks) for t in tasks if _REPLAN not in t):
+        done = _done_tasks(tasks)
+        if all(t in done for t in tasks if _REPLAN not in t):
             self._complete(turn)
             return
         for task in tasks.values():
-            if task.status is TaskStatus.PLANNED and all(
-                _satisfied(d, tasks) for d in task.depends_on
-            ):
+            if task.status is TaskStatus.PLANNED and all(d in done for d in task.depends_on):
                 turn.emit(
                     TaskAssigned,
                     task_id=task.task_id,
@@ -268,19 +267,18 @@ def plan_problem(steps: Sequence[PlannedStep]) -> str | None:
     return None
 
 
-def _satisfied(task_id: str, tasks: dict[str, TaskInfo]) -> bool:
-    # Done when accepted, or when it failed and its replacement steps are all accepted.
-    task = tasks.get(task_id)
-    if task is None:
-        return False
-    if task.status is TaskStatus.ACCEPTED:
-        return True
-    replacements = [t for t in tasks if t.startswith(f"{task_id}{_REPLAN}")]
-    return (
-        task.status is TaskStatus.FAILED
-        and bool(replacements)
-        and all(tasks[t].status is TaskStatus.ACCEPTED for t in replacements)
-    )
+def _done_tasks(tasks: dict[str, TaskInfo]) -> set[str]:
+    """Tasks that are done: accepted, or failed and replaced by steps that are all accepted."""
+    done = {t for t, info in tasks.items() if info.status is TaskStatus.ACCEPTED}
+    replacements: dict[str, list[str]] = {}
+    for task_id in tasks:
+        if _REPLAN in task_id:
+            replacements.setdefault(task_id.split(_REPLAN, 1)[0], []).append(task_id)
+    for original, steps in replacements.items():
+        info = tasks.get(original)
+        if info is not None and info.status is TaskStatus.FAILED and all(s in done for s in steps):
+            done.add(original)
+    return done
 
 
 # ---------------------------------------------------------------------------- workers
@@ -325,9 +323,11 @@ class Research(_Worker):
         )
         outcome = turn.execute(search)
         if outcome.ok and isinstance(outcome.result, list):
-            for hit in outcome.result:
-                if isinstance(hit, dict):
-                    lines.append(f"- {hit.get('path')}:{hit.get('line')}: {hit.get('snippet')}")
+            for found in outcome.result:
+                if isinstance(found, dict):
+                    lines.append(
+                        f"- {found.get('path')}:{found.get('line')}: {found.get('snippet')}"
+                    )
         prompt = Prompt().add(SUB_GOAL, task.goal).add(SOURCES, "\n".join(lines) or "(none found)")
         prompt.add(FEEDBACK, self._feedback(task))
         try:
@@ -478,13 +478,15 @@ class Execution(_Worker):
 
     @staticmethod
     def _proposals(run: RunView, task_id: str) -> list[ActionProposed]:
-        # The proposals of the task's newest attempt (those after its last assignment).
+        # The proposals of the task's newest attempt: those after its last assignment, found
+        # walking back from the end (never the whole history of a long run).
         found: list[ActionProposed] = []
-        for event in run.events:
+        for event in reversed(run.events):
             if isinstance(event, TaskAssigned) and event.payload.task_id == task_id:
-                found = []
-            elif isinstance(event, ActionProposed) and event.payload.task_id == task_id:
+                break
+            if isinstance(event, ActionProposed) and event.payload.task_id == task_id:
                 found.append(event)
+        found.reverse()
         return found
 
     @staticmethod

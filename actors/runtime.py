@@ -43,7 +43,7 @@ from agentledger.events import (
     TaskFailed,
 )
 from agentledger.projections import RunState, RunStateProjection, RunStatus
-from agentledger.projections.memory import LongTermMemory
+from agentledger.projections.memory import LongTermMemory, Scratchpad, ScratchpadProjection
 
 from .agent import Agent, AgentSettings, ModelChoice, RunView
 from .memory_manager import MemoryManager
@@ -78,7 +78,7 @@ class RuntimeConfig(BaseModel):
     memory_dir: str | None = Field(
         default=None, description="where each agent keeps its LanceDB long-term memory index"
     )
-    context_tokens: int = Field(default=4_000, ge=256)
+    context_tokens: int = Field(default=8_000, ge=256)
     tool_timeout_s: float = Field(default=60.0, gt=0)
     replicas: dict[str, int] = Field(default_factory=dict, description="role -> agents")
     num_cpus: float = Field(default=0.0, ge=0, description="CPUs a Ray actor reserves")
@@ -160,31 +160,38 @@ class _RunCache:
         self.state = RunState(run=run)
         self.pending: list[Event] = []
         self.reacted: set[uuid.UUID] = set()  # events this role reacted to before we saw them
+        self.scratchpad = Scratchpad()
         self._fold = RunStateProjection()
+        self._pad = ScratchpadProjection()
 
     def deliver(self, event: Event) -> None:
         if self.pending:
             self.pending = [e for e in self.pending if (e.position or 0) > (event.position or 0)]
         self.events.append(event)
         self.state = self._fold.apply(self.state, event)
+        if event.type == "scratchpad.updated":
+            self.scratchpad = self._pad.apply(self.scratchpad, event)
 
     def view(self) -> RunView:
         if not self.pending:
-            return RunView(self.run, self.events, self.state)
+            return RunView(self.run, self.events, self.state, self.scratchpad)
         # Our own reactions to earlier events count, though later events of others sit
         # between them in the log: an agent never decides twice on what it already did.
         state = self._fold.fold(self.pending, self.state.model_copy(deep=True))
-        return RunView(self.run, [*self.events, *self.pending], state)
+        pad = self._pad.fold(self.pending, self.scratchpad.model_copy(deep=True))
+        return RunView(self.run, [*self.events, *self.pending], state, pad)
 
 
 @dataclass(frozen=True)
 class Hop:
-    """One handled event: how long after the event was recorded its handler started."""
+    """One handled event: how long after the event was created its handler started, how long
+    the handler took, and how long appending its reaction took."""
 
     position: int
     event_type: str
     hop_ms: float
     handle_ms: float
+    append_ms: float
     emitted: int
 
 
@@ -268,12 +275,21 @@ class AgentWorker:
         if not emitted:
             self._skip(position)
             return
+        appending = time.time()
         recorded = self._append(event, emitted, view)
+        done = time.time()
         self.handled += 1
         self._untracked = 0
         cache.pending.extend(e for e in recorded if (e.position or 0) > position)
         self.hops.append(
-            Hop(position, event.type, hop_ms, (time.time() - started) * 1000, len(recorded))
+            Hop(
+                position,
+                event.type,
+                hop_ms,
+                (appending - started) * 1000,
+                (done - appending) * 1000,
+                len(recorded),
+            )
         )
 
     def _append(self, event: Event, emitted: list[Envelope], view: RunView) -> list[Event]:
@@ -525,7 +541,7 @@ class Runtime:
                 options["memory"] = self.config.memory_mb * 1024 * 1024
             if detached:
                 options["lifetime"] = "detached"
-            self.actors[name] = remote.options(**options).remote(  # type: ignore[attr-defined]
+            self.actors[name] = remote.options(**options).remote(
                 role.value,
                 str(index + 1),
                 self.config,

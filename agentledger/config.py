@@ -43,7 +43,7 @@ class RuntimeSection(BaseModel):
 
     namespace: str = "agentledger"
     workspace_root: str = ".agentledger/workspaces"
-    context_tokens: int = Field(default=4_000, ge=256)
+    context_tokens: int = Field(default=8_000, ge=256)
     tool_timeout_s: float = Field(default=60.0, gt=0, le=3_600)
     num_cpus: float = Field(default=0.0, ge=0)
     memory_mb: int | None = Field(default=None, ge=64)

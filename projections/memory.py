@@ -282,6 +282,7 @@ class LongTermMemory:
         self.embedder: Embedder = embedder or HashingEmbedder()
         self._table: Any = None
         self._fts_rows = -1
+        self._position: int | None = None
         self._open()
 
     def _schema(self) -> Any:
@@ -333,11 +334,18 @@ class LongTermMemory:
 
     @property
     def position(self) -> int:
-        """The log position of the newest memory in the table (its checkpoint)."""
-        if self._table.count_rows() == 0:
-            return 0
-        rows = self._table.search().select(["position"]).limit(None).to_arrow()
-        return int(rows.column("position").to_numpy().max())
+        """The log position of the newest memory in the table (its checkpoint).
+
+        Read from the table once, then kept by this object as it adds rows: each agent and
+        command owns its table directory, so no other writer moves it underneath.
+        """
+        if self._position is None:
+            if self._table.count_rows() == 0:
+                self._position = 0
+            else:
+                rows = self._table.search().select(["position"]).limit(None).to_arrow()
+                self._position = int(rows.column("position").to_numpy().max())
+        return self._position
 
     def count(self) -> int:
         """How many memories the table holds."""
@@ -385,7 +393,9 @@ class LongTermMemory:
         try:
             self._table.add(rows)
         except (OSError, RuntimeError, ValueError) as exc:
+            self._position = None
             raise self._damaged(exc) from exc
+        self._position = max(self.position, max(e.position or 0 for e in events))
         return len(rows)
 
     def _damaged(self, exc: Exception) -> MemoryUnavailable:
@@ -433,7 +443,7 @@ class LongTermMemory:
             )
         if not 1 <= k <= 1000:
             raise InvalidEvent(f"k must be between 1 and 1000, got {k}")
-        if self.count() == 0:
+        if self.position == 0:  # nothing stored yet (no count_rows round trip per search)
             return []
         filters = []
         if user is not None:
@@ -482,4 +492,5 @@ class LongTermMemory:
 
     def delete(self) -> None:
         """Remove the directory (it is rebuilt from the log on the next catch-up)."""
+        self._position = None
         shutil.rmtree(self.path, ignore_errors=True)

@@ -932,7 +932,7 @@ class StoreContract(ABC):
 
         first, second = store.read("run-old")
         assert isinstance(first, RunStarted)
-        assert first.schema_version == 2
+        assert first.schema_version == RunStarted.current_schema_version == 3
         assert first.payload.goal == "old goal"
         assert (first.payload.user, first.payload.models, first.payload.labels) == (
             "anonymous",
@@ -958,7 +958,7 @@ class StoreContract(ABC):
         [
             ("mystery.happened@1", "mystery.happened", 1, UnknownEventType, "mystery.happened"),
             ("run.paused@2", "run.paused", 2, UnsupportedSchemaVersion, "schema version 2"),
-            ("run.started@3", "run.started", 3, UnsupportedSchemaVersion, "schema version 3"),
+            ("run.started@4", "run.started", 4, UnsupportedSchemaVersion, "schema version 4"),
         ],
     )
     def test_rows_this_version_cannot_read_raise_naming_the_position(

@@ -1,5 +1,6 @@
 """The projection commands end to end: state, blackboard, context, memory search and rebuild on a
-real SQLite log holding the scripted sample run (agentledger.sample), with their caches in a temporary folder."""
+real SQLite log holding the scripted sample run (agentledger.sample), with their caches in a
+temporary folder."""
 
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ from agentledger.projections.runner import ProjectionRunner, as_of
 from agentledger.sample import write_sample_run
 
 NAME = PerStream(RunStateProjection()).name
+VERSION = PerStream(RunStateProjection()).version
 
 
 def runs_projection() -> PerStream:
@@ -139,7 +140,7 @@ def test_a_runner_killed_mid_catch_up_resumes_exactly_once(sqlite_url: str, tmp_
         checkpoints = CheckpointStore(checkpoints_path)
         runner = ProjectionRunner(store, runs_projection(), checkpoints, commit_every=100)
         assert runner.position == killed_at  # resumes from the checkpoint, not from 0
-        assert checkpoints.snapshot_positions(NAME, 1)[0] == 2_000
+        assert checkpoints.snapshot_positions(NAME, VERSION)[0] == 2_000
         state = runner.catch_up()
         checkpoints.close()
 
@@ -168,7 +169,7 @@ def test_a_restarted_runner_folds_only_new_events(sqlite_store: EventStore, tmp_
     assert state.streams[run].events == 19  # type: ignore[attr-defined]
     assert state.streams[run].status is RunStatus.PAUSED  # type: ignore[attr-defined]
     assert second.projection.dump(state) == fresh_fold_bytes(sqlite_store)
-    stored = checkpoints.load(NAME, 1)
+    stored = checkpoints.load(NAME, VERSION)
     assert stored is not None and stored.position == 19
     assert stored.state == second.projection.dump(state)
 
@@ -205,14 +206,14 @@ def test_follow_picks_up_events_appended_after_catch_up(
     assert runs[first_run].status is RunStatus.PAUSED
     assert runs[second_run].status is RunStatus.WAITING_FOR_APPROVAL
     assert runner.projection.dump(runner.state) == fresh_fold_bytes(sqlite_store)
-    stored = checkpoints.load(NAME, 1)
+    stored = checkpoints.load(NAME, VERSION)
     assert stored is not None and stored.position == head  # follow commits what it folds
 
 
 class ShoutingRunState(RunStateProjection):
-    """Version 2 of the run state fold: goals are stored upper-cased."""
+    """The next version of the run state fold: goals are stored upper-cased."""
 
-    version = 2
+    version = RunStateProjection.version + 1
 
     @on(RunStarted)
     def _started(self, state: RunState, event: RunStarted) -> None:
@@ -228,17 +229,17 @@ def test_a_version_bump_discards_the_old_checkpoint_and_rebuilds(
     ProjectionRunner(
         sqlite_store, runs_projection(), checkpoints, commit_every=5, snapshot_every=5
     ).catch_up()
-    assert checkpoints.snapshot_positions(NAME, 1) == [5, 10, 15]
+    assert checkpoints.snapshot_positions(NAME, VERSION) == [5, 10, 15]
 
     v2 = PerStream(ShoutingRunState())
-    assert (v2.name, v2.version) == (NAME, 2)
+    assert (v2.name, v2.version) == (NAME, VERSION + 1)
     runner = ProjectionRunner(sqlite_store, v2, checkpoints, snapshot_every=5)
     assert runner.position == 0 and runner.state == v2.initial()
-    assert checkpoints.snapshot_positions(NAME, 1) == []
+    assert checkpoints.snapshot_positions(NAME, VERSION) == []
     state = runner.catch_up()
     assert state.streams[run].goal.isupper()  # type: ignore[attr-defined]
     assert v2.dump(state) == fresh_fold_bytes(sqlite_store, v2)
-    stored = checkpoints.load(NAME, 2)
+    stored = checkpoints.load(NAME, VERSION + 1)
     assert stored is not None and stored.position == 18
     assert v2.dump(as_of(sqlite_store, v2, 12, checkpoints)) == v2.dump(
         v2.fold(list(sqlite_store.read_all())[:12])
@@ -250,7 +251,7 @@ def test_rebuild_replaces_a_stored_state(sqlite_store: EventStore, tmp_path: Pat
     checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
     projection = runs_projection()
     wrong = projection.dump(projection.initial())
-    checkpoints.save(NAME, 1, after=0, position=18, state=wrong, snapshot=False)
+    checkpoints.save(NAME, VERSION, after=0, position=18, state=wrong, snapshot=False)
     runner = ProjectionRunner(sqlite_store, projection, checkpoints)
     assert runner.catch_up() == projection.initial()  # trusts its checkpoint
     state = runner.rebuild()
@@ -265,16 +266,16 @@ def test_a_stale_checkpoint_save_is_refused(sqlite_store: EventStore, tmp_path: 
     first.catch_up()
     with pytest.raises(CheckpointConflict, match="advanced to position 18"):
         second.catch_up()
-    stored = checkpoints.load(NAME, 1)
+    stored = checkpoints.load(NAME, VERSION)
     assert stored is not None and stored.state == first.projection.dump(first.state)
 
     with pytest.raises(CheckpointConflict, match=f"projection '{NAME}'"):
-        checkpoints.save(NAME, 1, after=5, position=20, state=b"{}", snapshot=True)
-    stored = checkpoints.load(NAME, 1)
+        checkpoints.save(NAME, VERSION, after=5, position=20, state=b"{}", snapshot=True)
+    stored = checkpoints.load(NAME, VERSION)
     assert stored is not None and stored.position == 18
-    assert checkpoints.snapshot_positions(NAME, 1) == []
-    checkpoints.save(NAME, 1, after=18, position=20, state=b"{}", snapshot=True)
-    assert checkpoints.snapshot_positions(NAME, 1) == [20]
+    assert checkpoints.snapshot_positions(NAME, VERSION) == []
+    checkpoints.save(NAME, VERSION, after=18, position=20, state=b"{}", snapshot=True)
+    assert checkpoints.snapshot_positions(NAME, VERSION) == [20]
 
 
 def _filled_checkpoints(store: EventStore, path: Path) -> None:

@@ -1,0 +1,299 @@
+"""Agents on Ray: hop latency between agents, and the cost of a long run, per step.
+
+Run from the repository root::
+
+    .venv/bin/python bench/hop.py                      # SQLite and PostgreSQL, 1,000 steps
+    .venv/bin/python bench/hop.py --quick              # smoke run (100 steps, SQLite only)
+    .venv/bin/python bench/hop.py --backend sqlite --steps 300
+
+A run of N steps is a chain of N research sub-tasks planned by a scripted coordinator: each
+step is three hops (coordinator → research → review → coordinator) and three handlers. The
+models are scripted and answer instantly, so what is measured is the runtime: subscriptions,
+the agents' views of the run, the Memory Manager, the recorded edges and the appends.
+
+- **hop**: from the moment an agent's output event is created (just before its append) to the
+  moment the next agent's handler starts, in another Ray worker process; p50 and p99 over every
+  hop of the run. Baseline, measured in the same run on the same store: the bare EventStore hop
+  (append in one thread, a subscription in another, no agents).
+- **per step**: wall time of the run / N; and the handlers' own time per step (the three
+  handlers' durations, appends included), which is the runtime's overhead per step.
+- **bytes per step**: the stored rows of the run (JSON bodies with hashes) / N, for a short and
+  a long run: equal numbers mean storage grows linearly with the steps.
+
+The exit status is 0 whatever the numbers: this is a benchmark, not a test (a MISS is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PG_URL_ENV = "AGENTLEDGER_BENCH_PG"
+TARGET_HOP_MS = {"sqlite": 10.0, "postgres": 5.0}
+TARGET_STEP_OVERHEAD_MS = 3.0
+
+
+class ChainBrain:
+    """Scripted answers: a plan of ``steps`` sequential research tasks; instant research and
+    review."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def __call__(self, request: Any) -> str:
+        if request.purpose == "plan":
+            steps = [
+                {
+                    "task_id": f"s{i}",
+                    "goal": f"look up fact {i}",
+                    "role": "research",
+                    "depends_on": [f"s{i - 1}"] if i > 1 else [],
+                }
+                for i in range(1, self.steps + 1)
+            ]
+            return json.dumps({"reasoning": "a chain", "steps": steps})
+        if request.purpose == "research":
+            return json.dumps({"reasoning": "r", "answer": "fact", "sources": ["bench"]})
+        if request.purpose == "review":
+            return json.dumps({"accepted": True, "reasons": "fine"})
+        return json.dumps({"summary": "earlier steps"})
+
+
+def row(
+    backend: str,
+    measure: str,
+    ours: str,
+    baseline: str = "",
+    ratio: str = "",
+    target: str = "",
+    passed: bool | None = None,
+) -> None:
+    verdict = "" if passed is None else ("PASS" if passed else "MISS")
+    print(f"| {backend} | {measure} | {ours} | {baseline} | {ratio} | {target} | {verdict} |")
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class RunResult:
+    steps: int
+    wall_s: float
+    hops_ms: list[float]
+    handler_ms_per_step: float
+    append_ms_per_step: float
+    stored_bytes: int
+    events: int
+
+    @property
+    def ms_per_step(self) -> float:
+        return self.wall_s * 1000 / self.steps
+
+    @property
+    def bytes_per_step(self) -> float:
+        return self.stored_bytes / self.steps
+
+
+class Backend:
+    """A fresh store per measurement: a SQLite file or a PostgreSQL schema."""
+
+    def __init__(self, name: str, pg_url: str) -> None:
+        self.name = name
+        self.pg_url = pg_url.split("?", 1)[0]
+        self.dir = Path(tempfile.mkdtemp(prefix="agentledger-hop-"))
+        self.schemas: list[str] = []
+        self.run_id = f"hop_{os.getpid()}_{secrets.token_hex(3)}"
+
+    def url(self, label: str) -> str:
+        if self.name == "sqlite":
+            return f"sqlite:///{self.dir / label}.db"
+        import psycopg
+
+        schema = f"{self.run_id}_{label}"[:63]
+        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        self.schemas.append(schema)
+        return f"{self.pg_url}?schema={schema}"
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.schemas:
+            import psycopg
+
+            with psycopg.connect(self.pg_url, autocommit=True) as conn:
+                for schema in self.schemas:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def bare_hops(url: str, n: int) -> list[float]:
+    """The EventStore alone: append in this thread, receive in a subscription thread."""
+    from agentledger.events import EventStore, ScratchpadUpdated
+
+    received: dict[int, float] = {}
+    ready = threading.Event()
+    with EventStore.open(url) as store, EventStore.open(url) as reader:
+
+        def follow() -> None:
+            with reader.subscribe(store.head_position()) as sub:
+                ready.set()
+                while len(received) < n:
+                    for event in sub.poll(1.0):
+                        received[event.version] = time.time()
+
+        thread = threading.Thread(target=follow, daemon=True)
+        thread.start()
+        ready.wait()
+        sent: dict[int, float] = {}
+        for i in range(1, n + 1):
+            sent[i] = time.time()
+            store.append(
+                "bench-bare",
+                [ScratchpadUpdated(actor="agent:research/b", payload={"key": "k", "value": "v"})],
+                expected_version=i - 1,
+            )
+            while i not in received:
+                time.sleep(0.0002)
+        thread.join(timeout=5)
+    return [(received[i] - sent[i]) * 1000 for i in range(1, n + 1)]
+
+
+def one_run(url: str, steps: int, root: Path) -> RunResult:
+    from agentledger.actors.providers import ScriptedProvider
+    from agentledger.actors.runtime import ENDED, Runtime, RuntimeConfig, follow_run, start_run
+    from agentledger.events import EventStore
+
+    config = RuntimeConfig(
+        store_url=url,
+        namespace=f"bench-{secrets.token_hex(4)}",
+        workspace_root=str(root / "workspaces"),
+        memory_dir=str(root / "memory"),
+    )
+    runtime = Runtime(config, providers={"scripted": ScriptedProvider(ChainBrain(steps))})
+    runtime.start()
+    try:
+        models = {r: "scripted:chain" for r in ("coordinator", "research", "execution", "review")}
+        with EventStore.open(url) as store:
+            started = start_run(store, f"a chain of {steps} steps", models=models)
+            state = follow_run(store, started.stream, until=ENDED, timeout=3600)
+            if state.status.value != "completed":
+                raise RuntimeError(f"the bench run ended {state.status.value}: {state.outcome}")
+            events = store.read(started.stream)
+            positions = {e.position for e in events}
+            stored = sum(
+                len(store.plain_state(row))
+                for row in store.read_stored()
+                if row.originator_id == started.stream
+            )
+        hops = [h for h in runtime.hops() if h.position in positions]
+    finally:
+        runtime.stop()
+    wall = (events[-1].at - events[0].at).total_seconds()
+    return RunResult(
+        steps=steps,
+        wall_s=wall,
+        hops_ms=[h.hop_ms for h in hops],
+        handler_ms_per_step=sum(h.handle_ms for h in hops) / steps,
+        append_ms_per_step=sum(h.append_ms for h in hops) / steps,
+        stored_bytes=stored,
+        events=len(events),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="100 steps, SQLite only")
+    parser.add_argument("--pg-url", default=os.environ.get(PG_URL_ENV, DEFAULT_PG_URL))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    steps = 100 if args.quick else args.steps
+    backends = (
+        ["sqlite"]
+        if args.quick
+        else (["sqlite", "postgres"] if args.backend == "both" else [args.backend])
+    )
+    short = max(20, steps // 10)
+
+    import ray
+
+    from agentledger.actors.runtime import ensure_ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ensure_ray()
+    print(
+        f"# bench/hop.py — {platform.platform()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, Ray {ray.__version__}\n"
+    )
+    print("| backend | measure | agents | baseline | ratio | target | |")
+    print("|---|---|---|---|---|---|---|")
+    for name in backends:
+        backend = Backend(name, args.pg_url)
+        try:
+            bare = bare_hops(backend.url("bare"), 300)
+            small = one_run(backend.url("short"), short, backend.dir / "short")
+            large = one_run(backend.url("long"), steps, backend.dir / "long")
+        finally:
+            backend.cleanup()
+        hops = large.hops_ms
+        p50, p99 = pct(hops, 0.5), pct(hops, 0.99)
+        b50, b99 = pct(bare, 0.5), pct(bare, 0.99)
+        hop_target = TARGET_HOP_MS[name]
+        row(
+            name,
+            "hop p50 (ms)",
+            f"{p50:.2f}",
+            f"{b50:.2f}",
+            f"{p50 / b50:.2f}",
+            f"≤ {hop_target:g}",
+            p50 <= hop_target,
+        )
+        row(name, "hop p99 (ms)", f"{p99:.2f}", f"{b99:.2f}", f"{p99 / b99:.2f}")
+        row(name, f"{steps}-step run: ms per step (wall)", f"{large.ms_per_step:.2f}")
+        over = large.handler_ms_per_step + large.append_ms_per_step
+        row(
+            name,
+            "per step: handlers + appends (ms)",
+            f"{over:.2f}",
+            "",
+            "",
+            f"≤ {TARGET_STEP_OVERHEAD_MS:g}",
+            over <= TARGET_STEP_OVERHEAD_MS,
+        )
+        row(name, "per step: handlers alone (ms)", f"{large.handler_ms_per_step:.2f}")
+        row(name, "per step: appends alone (ms)", f"{large.append_ms_per_step:.2f}")
+        ratio = large.bytes_per_step / small.bytes_per_step
+        row(
+            name,
+            f"bytes per step, {steps} vs {short} steps",
+            f"{large.bytes_per_step:,.0f}",
+            f"{small.bytes_per_step:,.0f}",
+            f"{ratio:.2f}",
+            "≈ 1 (linear)",
+            0.8 <= ratio <= 1.25,
+        )
+        row(name, f"{short}-step run: ms per step (wall)", f"{small.ms_per_step:.2f}")
+        row(name, "events per step", f"{large.events / steps:.1f}")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
