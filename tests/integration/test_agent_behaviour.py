@@ -282,3 +282,36 @@ def test_the_scenario_brain_reads_the_sub_goal() -> None:
         role="execution", model="m", purpose="act", prompt="## sub-goal\nwrite x to a.md"
     )
     assert sections(request.prompt)[SUB_GOAL] == "write x to a.md"
+
+
+def test_a_run_on_an_openai_compatible_endpoint(run_with: Any) -> None:
+    """Every role on the HTTP provider, talking to a real chat-completions server on 127.0.0.1."""
+    from fake_openai_server import ChatServer, Received, Reply, completion
+
+    def answer(request: Received) -> Reply:
+        prompt = request.body["messages"][-1]["content"]
+        found = sections(prompt)
+        if "result to review" in found:
+            return completion(json.dumps({"accepted": True, "reasons": "looks right"}))
+        if "tools" in found:
+            call = {"tool": "write_file", "arguments": {"path": "out.txt", "content": "hi"}}
+            return completion(json.dumps({"reasoning": "write it", "actions": [call]}))
+        return completion(json.dumps(ONE_STEP))
+
+    server = ChatServer(answer)
+    try:
+        settings = ProviderSettings(base_url=server.base_url, timeout=5, max_retries=0)
+        models = {r: "openai:served-model" for r in ("coordinator", "execution", "review")}
+        status, events, workspace = run_with(models=models, openai=settings)
+    finally:
+        server.stop()
+    assert status is RunStatus.COMPLETED
+    assert (workspace / "out.txt").read_text() == "hi"
+    responded = _of(events, "model.responded")
+    assert len(responded) == 3 == len(server.chat_requests)
+    assert {
+        (e.payload.model, e.payload.input_tokens, e.payload.output_tokens) for e in responded
+    } == {("served-model-0001", 11, 7)}
+    # Structured output: each request carried the decision's JSON Schema.
+    for request in server.chat_requests:
+        assert request.body["response_format"]["type"] in ("json_schema", "json_object")
