@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
@@ -135,6 +135,7 @@ class AgentSettings:
     context_tokens: int = 8_000
     model_attempts: int = 2
     tool_timeout_s: float = 60.0
+    record_prompts: Literal["full", "hash"] = "full"
 
 
 class Turn:
@@ -230,7 +231,7 @@ class Turn:
                 provider=choice.provider.name,
                 model=choice.model,
                 prompt_hash=hashlib.sha256(text.encode()).hexdigest(),
-                prompt=text,
+                prompt=text if self.settings.record_prompts == "full" else None,
                 context_event_ids=context_ids,
             )
             request = ModelRequest(
@@ -283,7 +284,7 @@ class Turn:
             started = self.run.started
             chosen = started.payload.workspace if started else None
             root = Path(chosen) if chosen else self.settings.workspace_root / self.run.run
-            self._workspace = Workspace(root)
+            self._workspace = self.agent.workspace_at(root)
         return self._workspace
 
     def propose(
@@ -394,6 +395,16 @@ class Agent:
         self.agent_id = agent_id
         self.settings = settings
         self.principal = f"agent:{self.role.value}/{agent_id}"
+        self._workspaces: dict[Path, Workspace] = {}
+
+    def workspace_at(self, root: Path) -> Workspace:
+        """The workspace at ``root`` (kept per agent: opening one probes the sandbox)."""
+        workspace = self._workspaces.get(root)
+        if workspace is None:
+            if len(self._workspaces) >= 256:
+                self._workspaces.clear()
+            workspace = self._workspaces[root] = Workspace(root)
+        return workspace
 
     @classmethod
     def handled_types(cls) -> frozenset[str]:

@@ -182,11 +182,8 @@ class MemoryManager:
 
         pad = scratchpad if scratchpad is not None else ScratchpadProjection().fold(run_events)
         pad_lines = [f"{k}: {v.value}" for k, v in sorted(pad.values.items())]
-        add(
-            "scratchpad",
-            _fit_lines(pad_lines, int(budget * self.shares.scratchpad), self.count),
-            remaining,
-        )
+        pad_text, pad_cost = _fit_lines(pad_lines, int(budget * self.shares.scratchpad), self.count)
+        add("scratchpad", pad_text, remaining, pad_cost)
 
         if self.long_term is not None and sub_goal.strip():
             hits = self.long_term.search(
@@ -202,7 +199,7 @@ class MemoryManager:
                 lines.append(line)
                 kept.append(hit)
                 used += cost
-            if add("long-term memory", "\n".join(lines), remaining):
+            if add("long-term memory", "\n".join(lines), remaining, max(0, used - 1)):
                 context.memories = kept
 
         summary = latest_summary(run_events, role)
@@ -308,7 +305,8 @@ def _fit(text: str, limit: int, count: TokenCounter) -> str:
     return text[:low] + "…" if low else ""
 
 
-def _fit_lines(lines: Sequence[str], limit: int, count: TokenCounter) -> str:
+def _fit_lines(lines: Sequence[str], limit: int, count: TokenCounter) -> tuple[str, int]:
+    """The first ``lines`` that fit in ``limit`` tokens, joined, and their token count."""
     kept, used = [], 0
     for line in lines:
         cost = count(line) + 1
@@ -316,4 +314,4 @@ def _fit_lines(lines: Sequence[str], limit: int, count: TokenCounter) -> str:
             break
         kept.append(line)
         used += cost
-    return "\n".join(kept)
+    return "\n".join(kept), max(0, used - 1)

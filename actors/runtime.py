@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentledger.events import (
     AlreadyProcessed,
+    ConcurrencyConflict,
     ConfigurationError,
     ConsumerPosition,
     Envelope,
@@ -80,6 +81,12 @@ class RuntimeConfig(BaseModel):
     )
     context_tokens: int = Field(default=8_000, ge=256)
     tool_timeout_s: float = Field(default=60.0, gt=0)
+    record_prompts: Literal["full", "hash"] = Field(
+        default="full",
+        description="full: model.requested keeps the prompt text; hash: only its SHA-256 and "
+        "the ids of the events its context was built from (smaller logs; the Memory Manager "
+        "rebuilds the context as of any position)",
+    )
     replicas: dict[str, int] = Field(default_factory=dict, description="role -> agents")
     num_cpus: float = Field(default=0.0, ge=0, description="CPUs a Ray actor reserves")
     memory_mb: int | None = Field(default=None, ge=64, description="memory a Ray actor reserves")
@@ -143,6 +150,7 @@ def agent_for(
         workspace_root=Path(config.workspace_root),
         context_tokens=config.context_tokens,
         tool_timeout_s=config.tool_timeout_s,
+        record_prompts=config.record_prompts,
     )
     return ROLE_CLASSES[role](agent_id, settings)
 
@@ -189,10 +197,14 @@ class Hop:
 
     position: int
     event_type: str
-    hop_ms: float
+    hop_ms: float  # from the event's creation (just before its append) to the handler's start
     handle_ms: float
     append_ms: float
     emitted: int
+    started_at: float  # epoch seconds: the handler started
+    committed_at: float  # epoch seconds: the reaction's append returned
+    first: int  # positions of the reaction's events
+    last: int
 
 
 class AgentWorker:
@@ -283,21 +295,32 @@ class AgentWorker:
         cache.pending.extend(e for e in recorded if (e.position or 0) > position)
         self.hops.append(
             Hop(
-                position,
-                event.type,
-                hop_ms,
-                (appending - started) * 1000,
-                (done - appending) * 1000,
-                len(recorded),
+                position=position,
+                event_type=event.type,
+                hop_ms=hop_ms,
+                handle_ms=(appending - started) * 1000,
+                append_ms=(done - appending) * 1000,
+                emitted=len(recorded),
+                started_at=started,
+                committed_at=done,
+                first=recorded[0].position or 0 if recorded else 0,
+                last=recorded[-1].position or 0 if recorded else 0,
             )
         )
 
     def _append(self, event: Event, emitted: list[Envelope], view: RunView) -> list[Event]:
         tracking = ConsumerPosition(self.consumer, event.position or 0)
+        # The stream's newest version we know of: usually still the head (the other agents
+        # wait for this reaction), and then the append needs no read of the head first.
+        known: int | None = view.events[-1].version if view.events else None
         delay = 0.05
         while True:
             try:
-                return self.store.append(event.stream, emitted, tracking=tracking)
+                try:
+                    return self.store.append(event.stream, emitted, known, tracking=tracking)
+                except ConcurrencyConflict:
+                    known = None  # someone appended since: at the end, whatever the version
+                    return self.store.append(event.stream, emitted, tracking=tracking)
             except AlreadyProcessed:
                 _log.info("%s already handled position %s", self.consumer, event.position)
                 return []

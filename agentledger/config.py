@@ -6,6 +6,7 @@ import hashlib
 import os
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -45,6 +46,7 @@ class RuntimeSection(BaseModel):
     workspace_root: str = ".agentledger/workspaces"
     context_tokens: int = Field(default=8_000, ge=256)
     tool_timeout_s: float = Field(default=60.0, gt=0, le=3_600)
+    record_prompts: Literal["full", "hash"] = "full"
     num_cpus: float = Field(default=0.0, ge=0)
     memory_mb: int | None = Field(default=None, ge=64)
     max_restarts: int = Field(default=-1, ge=-1)
@@ -115,6 +117,7 @@ def runtime_config(settings: Settings, store_url: str, models: dict[str, str]) -
         memory_dir=str((cache_dir(store_url) / "agents").resolve()),
         context_tokens=rt.context_tokens,
         tool_timeout_s=rt.tool_timeout_s,
+        record_prompts=rt.record_prompts,
         replicas=rt.replicas,
         num_cpus=rt.num_cpus,
         memory_mb=rt.memory_mb,

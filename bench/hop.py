@@ -13,8 +13,10 @@ the agents' views of the run, the Memory Manager, the recorded edges and the app
 
 - **hop**: from the moment an agent's output event is created (just before its append) to the
   moment the next agent's handler starts, in another Ray worker process; p50 and p99 over every
-  hop of the run. Baseline, measured in the same run on the same store: the bare EventStore hop
-  (append in one thread, a subscription in another, no agents).
+  hop of the run. "From commit" starts the clock when the append returned instead (the append
+  of a reaction carrying long prompts takes milliseconds itself). Baseline, measured in the same
+  run on the same store: the bare EventStore hop (append in one thread, a subscription in
+  another, no agents).
 - **per step**: wall time of the run / N; and the handlers' own time per step (the three
   handlers' durations, appends included), which is the runtime's overhead per step.
 - **bytes per step**: the stored rows of the run (JSON bodies with hashes) / N, for a short and
@@ -97,6 +99,7 @@ class RunResult:
     steps: int
     wall_s: float
     hops_ms: list[float]
+    commit_hops_ms: list[float]
     handler_ms_per_step: float
     append_ms_per_step: float
     stored_bytes: int
@@ -174,7 +177,7 @@ def bare_hops(url: str, n: int) -> list[float]:
     return [(received[i] - sent[i]) * 1000 for i in range(1, n + 1)]
 
 
-def one_run(url: str, steps: int, root: Path) -> RunResult:
+def one_run(url: str, steps: int, root: Path, record_prompts: str = "full") -> RunResult:
     from agentledger.actors.providers import ScriptedProvider
     from agentledger.actors.runtime import ENDED, Runtime, RuntimeConfig, follow_run, start_run
     from agentledger.events import EventStore
@@ -184,6 +187,7 @@ def one_run(url: str, steps: int, root: Path) -> RunResult:
         namespace=f"bench-{secrets.token_hex(4)}",
         workspace_root=str(root / "workspaces"),
         memory_dir=str(root / "memory"),
+        record_prompts=record_prompts,
     )
     runtime = Runtime(config, providers={"scripted": ScriptedProvider(ChainBrain(steps))})
     runtime.start()
@@ -201,7 +205,9 @@ def one_run(url: str, steps: int, root: Path) -> RunResult:
                 for row in store.read_stored()
                 if row.originator_id == started.stream
             )
-        hops = [h for h in runtime.hops() if h.position in positions]
+        every = runtime.hops()
+        hops = [h for h in every if h.position in positions]
+        committed = {p: h.committed_at for h in every for p in range(h.first, h.last + 1)}
     finally:
         runtime.stop()
     wall = (events[-1].at - events[0].at).total_seconds()
@@ -209,6 +215,9 @@ def one_run(url: str, steps: int, root: Path) -> RunResult:
         steps=steps,
         wall_s=wall,
         hops_ms=[h.hop_ms for h in hops],
+        commit_hops_ms=[
+            (h.started_at - committed[h.position]) * 1000 for h in hops if h.position in committed
+        ],
         handler_ms_per_step=sum(h.handle_ms for h in hops) / steps,
         append_ms_per_step=sum(h.append_ms for h in hops) / steps,
         stored_bytes=stored,
@@ -249,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bare = bare_hops(backend.url("bare"), 300)
             small = one_run(backend.url("short"), short, backend.dir / "short")
+            hashed = one_run(backend.url("hashed"), short, backend.dir / "hashed", "hash")
             large = one_run(backend.url("long"), steps, backend.dir / "long")
         finally:
             backend.cleanup()
@@ -266,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             p50 <= hop_target,
         )
         row(name, "hop p99 (ms)", f"{p99:.2f}", f"{b99:.2f}", f"{p99 / b99:.2f}")
+        c50, c99 = pct(large.commit_hops_ms, 0.5), pct(large.commit_hops_ms, 0.99)
+        row(name, "hop from commit p50 (ms)", f"{c50:.2f}", f"{b50:.2f}", f"{c50 / b50:.2f}")
+        row(name, "hop from commit p99 (ms)", f"{c99:.2f}", f"{b99:.2f}", f"{c99 / b99:.2f}")
         row(name, f"{steps}-step run: ms per step (wall)", f"{large.ms_per_step:.2f}")
         over = large.handler_ms_per_step + large.append_ms_per_step
         row(
@@ -290,6 +303,15 @@ def main(argv: list[str] | None = None) -> int:
             0.8 <= ratio <= 1.25,
         )
         row(name, f"{short}-step run: ms per step (wall)", f"{small.ms_per_step:.2f}")
+        row(
+            name,
+            f"bytes per step, {short} steps, record_prompts=hash",
+            f"{hashed.bytes_per_step:,.0f}",
+            f"{small.bytes_per_step:,.0f}",
+            f"{hashed.bytes_per_step / small.bytes_per_step:.2f}",
+        )
+        hh50 = pct(hashed.hops_ms, 0.5)
+        row(name, f"hop p50, {short} steps, record_prompts=hash (ms)", f"{hh50:.2f}")
         row(name, "events per step", f"{large.events / steps:.1f}")
         sys.stdout.flush()
     return 0

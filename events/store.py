@@ -275,6 +275,14 @@ class EventStore:
         split = split_state(self._mapper.plain_state(rows[0]))
         return rows[0].originator_version, split[1] if split else None
 
+    def _note_head(self, event: Event) -> None:
+        # A subscription saw this event: remember it as the stream's head (if it is the newest
+        # we know), so an append that expects this version needs no read of the head first.
+        with self._heads_lock:
+            cached = self._heads.get(event.stream)
+            if cached is None or cached[0] < event.version:
+                self._heads[event.stream] = (event.version, event.hash)
+
     def _forget(self, stream: str) -> None:
         with self._heads_lock:
             self._heads.pop(stream, None)
@@ -452,6 +460,7 @@ class Subscription(Iterator[Event]):
         event = self._store.decode_row(*row)
         self._buffer.popleft()
         self.position = row[0]
+        self._store._note_head(event)
         return event
 
     def __next__(self) -> Event:

@@ -315,3 +315,13 @@ def test_a_run_on_an_openai_compatible_endpoint(run_with: Any) -> None:
     # Structured output: each request carried the decision's JSON Schema.
     for request in server.chat_requests:
         assert request.body["response_format"]["type"] in ("json_schema", "json_object")
+
+
+def test_prompts_can_be_recorded_by_hash_only(run_with: Any) -> None:
+    brain = Brain(act=_act({"tool": "write_file", "arguments": {"path": "a.txt", "content": "x"}}))
+    status, events, _ = run_with(brain, record_prompts="hash")
+    assert status is RunStatus.COMPLETED
+    requested = _of(events, "model.requested")
+    assert requested and all(e.payload.prompt is None for e in requested)
+    assert all(len(e.payload.prompt_hash) == 64 for e in requested)
+    assert any(e.payload.context_event_ids for e in requested)  # what the context came from
