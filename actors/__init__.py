@@ -5,6 +5,7 @@ from .agent import Agent, AgentSettings, DecisionFailed, ModelChoice, RunView, T
 from .memory_manager import MemoryManager
 from .models import ModelError, ModelProvider, ModelReply, ModelRequest, ModelSpec
 from .offline import OfflineProvider
+from .policy import Assessment, PolicyError, RiskPolicy
 from .providers import OpenAIProvider, ProviderSettings, ScriptedProvider
 from .roles import ROLE_CLASSES, Coordinator, Execution, Research, Review
 from .runtime import (
@@ -23,6 +24,7 @@ __all__ = [
     "Agent",
     "AgentSettings",
     "AgentWorker",
+    "Assessment",
     "Coordinator",
     "DecisionFailed",
     "Execution",
@@ -35,9 +37,11 @@ __all__ = [
     "ModelSpec",
     "OfflineProvider",
     "OpenAIProvider",
+    "PolicyError",
     "ProviderSettings",
     "Research",
     "Review",
+    "RiskPolicy",
     "RunView",
     "Runtime",
     "RuntimeConfig",

@@ -51,6 +51,7 @@ from agentledger.projections.memory import Scratchpad
 from .decisions import ANSWER_FORMAT, DECISIONS, Prompt, answer_schema, answer_schema_text
 from .memory_manager import Context, ExtractiveSummarizer, MemoryManager
 from .models import ModelError, ModelProvider, ModelRequest
+from .policy import RiskPolicy
 from .sandbox import ToolError, Workspace
 from .tools import ToolContext, ToolRegistry, action_hash
 
@@ -136,6 +137,8 @@ class AgentSettings:
     model_attempts: int = 2
     tool_timeout_s: float = 60.0
     record_prompts: Literal["full", "hash"] = "full"
+    approval_ttl: timedelta = APPROVAL_TTL
+    policy: RiskPolicy = field(default_factory=RiskPolicy)
 
 
 class Turn:
@@ -309,7 +312,9 @@ class Turn:
         for medium, notifying); for high, request approval and do not run it."""
         p = proposal.payload
         tools = self.settings.tools
-        risk, rule = tools.risk_of(p.tool)
+        declared = tools.get(p.tool).risk if p.tool in tools else None
+        assessed = self.settings.policy.assess(p.tool, p.arguments, declared)
+        risk, rule = assessed.risk, assessed.rule
         digest = action_hash(self.run.run, p.action_id, p.tool, p.arguments)
         self.emit(
             ActionRiskAssessed, action_id=p.action_id, risk=risk, action_hash=digest, rule=rule
@@ -327,7 +332,7 @@ class Turn:
                 risk=risk,
                 preview=_preview(p.tool, p.arguments),
                 reasoning=p.reasoning,
-                expires_at=self.cause.at + APPROVAL_TTL,
+                expires_at=self.cause.at + self.settings.approval_ttl,
             )
             return ActionOutcome(p.action_id, waiting=True)
         return self.run_tool(proposal, risk)

@@ -18,6 +18,7 @@ from agentledger.events import (
     ActionFailed,
     ActionProposed,
     ApprovalDenied,
+    ApprovalExpired,
     ApprovalGranted,
     EntryKind,
     Event,
@@ -26,6 +27,7 @@ from agentledger.events import (
     Role,
     RunCompleted,
     RunFailed,
+    RunResumed,
     RunStarted,
     ScratchpadUpdated,
     TaskAssigned,
@@ -159,6 +161,37 @@ class Coordinator(Agent):
             return
         self._advance(turn)
 
+    @on(RunResumed)
+    def resumed(self, event: RunResumed, turn: Turn) -> None:
+        """After a pause: act on what came in meanwhile (verdicts, failures), then move on."""
+        tasks = turn.run.state.tasks
+        started = turn.run.started
+        if not tasks and started is not None:
+            self.plan(started, turn)  # paused before it was planned
+            return
+        for task in list(tasks.values()):
+            if task.status is TaskStatus.REJECTED:
+                verdict = next(
+                    e
+                    for e in reversed(turn.run.events)
+                    if isinstance(e, TaskReviewed) and e.payload.task_id == task.task_id
+                )
+                self.reviewed(verdict, turn)
+            elif task.status is TaskStatus.FAILED and task.task_id not in _done_tasks(tasks):
+                replaced = any(t.startswith(f"{task.task_id}{_REPLAN}") for t in tasks)
+                failure = next(
+                    (
+                        e
+                        for e in reversed(turn.run.events)
+                        if isinstance(e, TaskFailed) and e.payload.task_id == task.task_id
+                    ),
+                    None,
+                )
+                if not replaced and failure is not None:
+                    self.failed(failure, turn)
+        if turn.run.active:
+            self._advance(turn)
+
     @on(TaskFailed)
     def failed(self, event: TaskFailed, turn: Turn) -> None:
         """Retry a transient failure, replan a lasting one once, else fail the run."""
@@ -168,21 +201,30 @@ class Coordinator(Agent):
         if task is None:
             return
         reason = event.payload.reason
-        denied = [
+        refused = [
             a
             for a in turn.run.state.actions.values()
-            if a.task_id == task.task_id and a.status is ActionStatus.DENIED
+            if a.task_id == task.task_id and a.status in (ActionStatus.DENIED, ActionStatus.EXPIRED)
         ]
-        if denied:
-            # A human said no: asking again for the same thing would not respect that.
-            action = denied[-1]
-            turn.emit(
-                RunFailed,
-                reason=f"{action.decided_by} denied {action.tool} ({action.action_id}) in task "
-                f"{task.task_id}: {action.decision_note}",
+        if refused:
+            # A human said no (or nobody said yes in time): never ask again for the same
+            # thing; replan once for another way, told why, or give up with the reason.
+            action = refused[-1]
+            why = (
+                f"{action.decided_by} denied {action.tool} ({action.action_id}): "
+                f"{action.decision_note}"
+                if action.status is ActionStatus.DENIED
+                else f"the approval of {action.tool} ({action.action_id}) expired"
             )
-            return
-        if event.payload.retryable and task.attempts < MAX_ATTEMPTS:
+            reason = f"{why}. Find a way that does not need this action."
+            if _REPLAN in task.task_id:
+                turn.emit(
+                    RunFailed,
+                    reason=f"task {task.task_id}, the replan of a refused action, was refused "
+                    f"too: {why}",
+                )
+                return
+        elif event.payload.retryable and task.attempts < MAX_ATTEMPTS:
             turn.emit(
                 TaskAssigned,
                 task_id=task.task_id,
@@ -292,6 +334,17 @@ class _Worker(Agent):
             return event.payload.role == self.role and run.active
         return run.active or run.state.status.value == "waiting_for_approval"
 
+    def _stalled(self, turn: Turn) -> list[TaskInfo]:
+        # Assigned to this role but not started: the assignment arrived while the run was
+        # paused (a started task has proposals, or is completed or failed).
+        return [
+            task
+            for task in turn.run.state.tasks.values()
+            if task.role is self.role
+            and task.status is TaskStatus.ASSIGNED
+            and not Execution._proposals(turn.run, task.task_id)
+        ]
+
     @staticmethod
     def _feedback(task: TaskInfo) -> str:
         if task.attempts > 1 and task.review:
@@ -307,13 +360,22 @@ class Research(_Worker):
     @on(TaskAssigned)
     def research(self, event: TaskAssigned, turn: Turn) -> None:
         """Gather sources for the sub-task and let the model answer from them."""
-        task = turn.run.task(event.payload.task_id)
+        self._research(event.payload.task_id, turn)
+
+    @on(RunResumed)
+    def resumed(self, event: RunResumed, turn: Turn) -> None:
+        """Take up the sub-tasks assigned to research that nobody started while paused."""
+        for task in self._stalled(turn):
+            self._research(task.task_id, turn)
+
+    def _research(self, task_id: str, turn: Turn) -> None:
+        task = turn.run.task(task_id)
         if task is None:
             return
         lines: list[str] = []
         memory = self.settings.memory.long_term
         if memory is not None:
-            for hit in memory.search(task.goal[:2000], k=5, as_of=event.position):
+            for hit in memory.search(task.goal[:2000], k=5, as_of=turn.cause.position):
                 lines.append(f"- memory {hit.memory_id}: {_one_line(hit.text, 400)}")
         search = turn.propose(
             "search_docs",
@@ -353,7 +415,30 @@ class Execution(_Worker):
     @on(TaskAssigned)
     def act(self, event: TaskAssigned, turn: Turn) -> None:
         """Ask the model for tool calls, propose them all, then run them in order."""
-        task = turn.run.task(event.payload.task_id)
+        self._act(event.payload.task_id, turn)
+
+    @on(RunResumed)
+    def resumed(self, event: RunResumed, turn: Turn) -> None:
+        """After a pause: start the sub-tasks nobody started, and run actions approved
+        while the run was paused."""
+        for task in self._stalled(turn):
+            self._act(task.task_id, turn)
+        for action in list(turn.run.state.actions.values()):
+            if action.status is ActionStatus.APPROVED:
+                grant = next(
+                    (
+                        e
+                        for e in reversed(turn.run.events)
+                        if isinstance(e, ApprovalGranted)
+                        and e.payload.action_id == action.action_id
+                    ),
+                    None,
+                )
+                if grant is not None:
+                    self._approved(grant, turn)
+
+    def _act(self, task_id: str, turn: Turn) -> None:
+        task = turn.run.task(task_id)
         if task is None:
             return
         inputs = []
@@ -380,6 +465,9 @@ class Execution(_Worker):
     @on(ApprovalGranted)
     def approved(self, event: ApprovalGranted, turn: Turn) -> None:
         """Run the approved action (if the grant matches it and has not expired), then the rest."""
+        self._approved(event, turn)
+
+    def _approved(self, event: ApprovalGranted, turn: Turn) -> None:
         found = self._my_action(turn, event.payload.action_id)
         if found is None:
             return
@@ -406,15 +494,19 @@ class Execution(_Worker):
             return
         self._carry_on(turn, task_id, rest, [*self._results(turn, done), first], "")
 
-    @on(ApprovalDenied)
-    def denied(self, event: ApprovalDenied, turn: Turn) -> None:
-        """A denied action fails, and with it the sub-task (the coordinator decides what next)."""
+    @on(ApprovalDenied, ApprovalExpired)
+    def denied(self, event: ApprovalDenied | ApprovalExpired, turn: Turn) -> None:
+        """A denied or expired action fails, and with it the sub-task (the coordinator decides
+        what next)."""
         found = self._my_action(turn, event.payload.action_id)
         if found is None:
             return
         proposal, task_id = found
-        # The denial itself is the action's outcome (its status stays "denied").
-        error = f"denied by {event.actor}: {event.payload.reason}"
+        # The decision itself is the action's outcome (its status stays "denied"/"expired").
+        if isinstance(event, ApprovalDenied):
+            error = f"denied by {event.actor}: {event.payload.reason}"
+        else:
+            error = "the approval request expired without a decision"
         rest = [p for p in self._proposals(turn.run, task_id) if self._still_proposed(turn, p)]
         self._fail_rest(turn, task_id, ActionOutcome(proposal.payload.action_id, error=error), rest)
 
@@ -515,6 +607,18 @@ class Review(Agent):
     @on(TaskCompleted)
     def review(self, event: TaskCompleted, turn: Turn) -> None:
         """Run the checks the sub-task allows, then let the model judge the result."""
+        self._review(event, turn)
+
+    @on(RunResumed)
+    def resumed(self, event: RunResumed, turn: Turn) -> None:
+        """Review the results that came in while the run was paused."""
+        for task in list(turn.run.state.tasks.values()):
+            if task.status is TaskStatus.COMPLETED:
+                done = turn.run.completion(task.task_id)
+                if done is not None:
+                    self._review(done, turn)
+
+    def _review(self, event: TaskCompleted, turn: Turn) -> None:
         task = turn.run.task(event.payload.task_id)
         if task is None:
             return

@@ -21,7 +21,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentledger.events import (
     AlreadyProcessed,
+    ApprovalExpired,
     ConcurrencyConflict,
     ConfigurationError,
     ConsumerPosition,
@@ -41,6 +42,7 @@ from agentledger.events import (
     RunFailed,
     RunStarted,
     StoreUnavailable,
+    Subscription,
     TaskFailed,
 )
 from agentledger.projections import RunState, RunStateProjection, RunStatus
@@ -50,6 +52,7 @@ from .agent import Agent, AgentSettings, ModelChoice, RunView
 from .memory_manager import MemoryManager
 from .models import ModelProvider, ModelSpec
 from .offline import OfflineProvider
+from .policy import RiskPolicy
 from .providers import ProviderSettings, provider_for
 from .roles import ROLE_CLASSES
 from .tools import default_registry
@@ -59,8 +62,10 @@ _log = logging.getLogger(__name__)
 RUN_PREFIX = "run-"
 DEFAULT_MODEL = "offline:offline-rules"
 NAMESPACE = "agentledger"
+EXPIRY_ACTOR = "expiry-1"
 MAX_GOAL_CHARS = 20_000
 _CACHED_RUNS = 256
+_CONTROL_TOPICS = ("run.paused@", "run.cancelled@", "run.resumed@")
 _TRACK_EVERY = 200  # skipped events between position records (a restart re-reads at most this)
 
 
@@ -86,6 +91,12 @@ class RuntimeConfig(BaseModel):
         description="full: model.requested keeps the prompt text; hash: only its SHA-256 and "
         "the ids of the events its context was built from (smaller logs; the Memory Manager "
         "rebuilds the context as of any position)",
+    )
+    approval_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="how long an approval request stays open"
+    )
+    policy_file: str | None = Field(
+        default=None, description="risk policy (TOML) overriding the tools' declared levels"
     )
     replicas: dict[str, int] = Field(default_factory=dict, description="role -> agents")
     num_cpus: float = Field(default=0.0, ge=0, description="CPUs a Ray actor reserves")
@@ -143,14 +154,21 @@ def agent_for(
     long_term = None
     if role is Role.RESEARCH and config.memory_dir:
         long_term = LongTermMemory(Path(config.memory_dir) / f"{role.value}-{agent_id}")
+    tools = default_registry()
+    policy = RiskPolicy()
+    if config.policy_file:
+        policy = RiskPolicy.load(Path(config.policy_file))
+        policy.check_tools(tools.names())
     settings = AgentSettings(
         models=ModelRouter(config, providers),
-        tools=default_registry(),
+        tools=tools,
+        policy=policy,
         memory=MemoryManager(long_term),
         workspace_root=Path(config.workspace_root),
         context_tokens=config.context_tokens,
         tool_timeout_s=config.tool_timeout_s,
         record_prompts=config.record_prompts,
+        approval_ttl=timedelta(seconds=config.approval_ttl_s),
     )
     return ROLE_CLASSES[role](agent_id, settings)
 
@@ -229,6 +247,8 @@ class AgentWorker:
         self._types = agent.handled_types()
         self._runs: collections.OrderedDict[str, _RunCache] = collections.OrderedDict()
         self._untracked = 0  # newest position passed over without recording it
+        self._subscription: Subscription | None = None
+        self._ahead: list[Event] = []  # the rest of the batch being delivered
         self._skipped = 0
 
     # --------------------------------------------------------------- loop
@@ -238,16 +258,19 @@ class AgentWorker:
         self.position = self.store.position_of(self.consumer)
         _log.info("%s starts after position %d", self.consumer, self.position)
         subscription = self.store.subscribe(self.position)
+        self._subscription = subscription
         try:
             while not stop.is_set():
                 batch = subscription.poll(poll_timeout)
                 if not batch:
                     self._track_skipped()
                     continue
-                for event in batch:
+                for index, event in enumerate(batch):
                     if stop.is_set():
                         return
+                    self._ahead = batch[index + 1 :]
                     self.deliver(event)
+                self._ahead = []
         finally:
             subscription.close()
             self._track_skipped()
@@ -265,6 +288,7 @@ class AgentWorker:
             event.type not in self._types
             or not self._mine(event.stream)
             or event.id in cache.reacted
+            or self._halted_ahead(event.stream)
         ):
             self._skip(position)
             return
@@ -338,6 +362,18 @@ class AgentWorker:
                 _log.warning("%s: %s; retrying in %.1fs", self.consumer, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _halted_ahead(self, stream: str) -> bool:
+        # A pause or cancel already in the log behind this event: honour it now rather than
+        # act on the backlog (what was skipped is taken up on run.resumed).
+        ahead = [(e.stream, f"{e.type}@") for e in self._ahead]
+        if self._subscription is not None:
+            ahead += self._subscription.buffered()
+        last = None
+        for row_stream, topic in ahead:
+            if row_stream == stream and topic.startswith(_CONTROL_TOPICS):
+                last = topic
+        return last is not None and not last.startswith("run.resumed@")
 
     def _failure(self, event: Event, view: RunView, error: str) -> list[Envelope]:
         task_id = getattr(event.payload, "task_id", None)
@@ -419,6 +455,77 @@ class AgentWorker:
         }
 
 
+# ---------------------------------------------------------------------------- expiry
+
+
+class ExpiryWatcher:
+    """Appends ``approval.expired`` (as ``system:expiry``) for requests nobody decided in time.
+
+    Not an agent: agents may never append ``approval.*``. It follows the log for open requests
+    and wakes when the next one falls due; an expiry is appended at the version it was checked
+    against, so a human's decision that lands first wins.
+    """
+
+    principal = "system:expiry"
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.position = 0
+        self.expired = 0
+        # (run, action id) -> (expires at, action hash, request event)
+        self._open: dict[tuple[str, str], tuple[datetime, str, Event]] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        """Watch until ``stop`` is set."""
+        with self.store.subscribe(0, list(_APPROVAL_TYPES)) as subscription:
+            while not stop.is_set():
+                due = min((v[0] for v in self._open.values()), default=None)
+                wait = 1.0
+                if due is not None:
+                    wait = max(0.0, min(wait, (due - datetime.now(UTC)).total_seconds()))
+                for event in subscription.poll(wait):
+                    self._note(event)
+                    self.position = event.position or self.position
+                self._expire_due()
+
+    def _note(self, event: Event) -> None:
+        key = (event.stream, getattr(event.payload, "action_id", ""))
+        if event.type == "approval.requested":
+            expires = event.payload.expires_at
+            if expires is not None:
+                self._open[key] = (expires, event.payload.action_hash, event)
+        else:
+            self._open.pop(key, None)
+
+    def _expire_due(self) -> None:
+        now = datetime.now(UTC)
+        for key, (expires, digest, request) in sorted(self._open.items()):
+            if expires > now:
+                continue
+            run, action_id = key
+            version = self.store.stream_version(run)
+            decided = any(
+                e.type in _DECISIONS and getattr(e.payload, "action_id", None) == action_id
+                for e in self.store.read(run, from_version=request.version + 1)
+            )
+            if not decided:
+                event = ApprovalExpired(
+                    actor=self.principal,
+                    payload={"action_id": action_id, "action_hash": digest},
+                    **request.caused_by(request),
+                )
+                try:
+                    self.store.append(run, [event], expected_version=version)
+                    self.expired += 1
+                except ConcurrencyConflict:
+                    continue  # the run moved: look again on the next round
+            self._open.pop(key, None)
+
+
+_APPROVAL_TYPES = ("approval.requested", "approval.granted", "approval.denied", "approval.expired")
+_DECISIONS = frozenset(_APPROVAL_TYPES[1:])
+
+
 # ---------------------------------------------------------------------------- Ray
 
 
@@ -475,6 +582,51 @@ class AgentActor:
         self._store.close()
 
 
+class WatcherActor:
+    """The Ray actor of the expiry watcher (a system process, not an agent)."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        logging.basicConfig(level=logging.WARNING)
+        self._stop = threading.Event()
+        self._store = EventStore.open(config.store_url)
+        self._watcher = ExpiryWatcher(self._store)
+        self._thread = threading.Thread(target=self._loop, name="expiry", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            self._watcher.run(self._stop)
+        except Exception:
+            _log.critical("the expiry watcher crashed:\n%s", traceback.format_exc())
+            os._exit(1)  # Ray restarts it
+
+    def ready(self) -> str:
+        """Its principal, once up."""
+        return self._watcher.principal
+
+    def status(self) -> dict[str, Any]:
+        """Progress."""
+        return {
+            "agent": self._watcher.principal,
+            "position": self._watcher.position,
+            "handled": self._watcher.expired,
+            "failures": 0,
+            "last_error": None,
+            "alive": self._thread.is_alive(),
+            "pid": os.getpid(),
+        }
+
+    def hops(self) -> list[Hop]:
+        """None: it reacts to the clock, not to events."""
+        return []
+
+    def stop(self) -> None:
+        """Stop watching."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._store.close()
+
+
 def ensure_ray(address: str | None = None, *, namespace: str = NAMESPACE) -> None:
     """Connect to Ray: ``address`` / ``$RAY_ADDRESS`` if given; else the Ray instance already
     running on this machine (e.g. the one ``agentledger serve`` started), else a new local one."""
@@ -519,6 +671,8 @@ class Runtime:
         self.config = config
         self.providers = dict(providers or {})
         self.roles = tuple(roles)
+        # The expiry watcher runs with the full set of agents (not for one-role test runtimes).
+        self.watch_expiry = set(self.roles) == set(Role)
         self.actors: dict[str, Any] = {}
 
     def names(self) -> list[tuple[Role, int, str]]:
@@ -571,6 +725,22 @@ class Runtime:
                 (index, self.config.replicas_of(role)),
                 self.providers or None,
             )
+        if self.watch_expiry:
+            try:
+                self.actors[EXPIRY_ACTOR] = ray.get_actor(
+                    EXPIRY_ACTOR, namespace=self.config.namespace
+                )
+            except ValueError:
+                options = {
+                    "name": EXPIRY_ACTOR,
+                    "namespace": self.config.namespace,
+                    "max_restarts": self.config.max_restarts,
+                    "num_cpus": self.config.num_cpus,
+                    "get_if_exists": True,
+                    **({"lifetime": "detached"} if detached else {}),
+                }
+                watcher = ray.remote(WatcherActor)
+                self.actors[EXPIRY_ACTOR] = watcher.options(**options).remote(self.config)
         ray.get([a.ready.remote() for a in self.actors.values()], timeout=timeout)
 
     def status(self) -> list[dict[str, Any]]:

@@ -631,11 +631,14 @@ def _execute_run(
                 f"[bold yellow]waiting for approval[/] of {a.action_id}: {a.preview}\n"
                 f"  reasoning: {a.reasoning}"
             )
+        first = next(iter(state.pending_approvals))
         out.print(
-            "\nThe run waits in the log until a human decides; nothing runs before. "
-            f"See it with [bold]agentledger status {state.run}[/]. A decision is an "
-            "approval.granted or approval.denied event from a human principal; when one is "
-            "appended, the execution agent (agentledger serve) continues the run."
+            "\nThe run waits in the log until a human decides; nothing runs before, and no "
+            "process needs to stay up. To decide:\n"
+            f"  [bold]agentledger approve {state.run} {first}[/] [--comment …]\n"
+            f"  [bold]agentledger deny {state.run} {first} --reason …[/]\n"
+            "The agents continue the run from the log once a decision is in: keep "
+            "[bold]agentledger serve[/] running, or start it later."
         )
         raise typer.Exit(EXIT_WAITING)
     if state.status is not RunStatus.COMPLETED:
@@ -719,8 +722,10 @@ def demo_command(
     address: AddressOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Run the built-in scenario end to end, offline: 5 steps, all four agents, and one
-    high-risk action that waits for a human (no server, network or model needed)."""
+    """Run the built-in scenario offline: five steps, all four agents, one high-risk action.
+
+    It ends waiting for a human's approval of that action (no server, network or model needed).
+    """
     from agentledger.demo import DEMO_GOAL, prepare_demo
 
     def body() -> None:
@@ -789,9 +794,144 @@ def status_command(
     as_json: JsonOption = False,
     store_url: StoreOption = None,
 ) -> None:
-    """Show a run now: status, tasks, actions waiting for approval, blackboard, scratchpad.
-    (``agentledger state RUN --at N`` shows it as of an earlier position.)"""
+    """Show a run now: status, tasks, approvals waiting, blackboard, scratchpad.
+
+    ``agentledger state RUN --at N`` shows it as of an earlier position.
+    """
     state_command(run, None, as_json, store_url)
+
+
+# ---------------------------------------------------------------------------- humans
+
+AsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as",
+        help="Who decides (an approver in agentledger.toml; default: your OS user).",
+        show_default=False,
+    ),
+]
+
+
+def _human(name: str | None, config: Path | None) -> Any:
+    from agentledger.config import load_settings
+    from agentledger.control import authenticate
+
+    return authenticate(name, load_settings(config).approvers)
+
+
+@app.command("approvals")
+def approvals_command(
+    run: Annotated[
+        str | None, typer.Argument(help="Only this run. Default: every run.", show_default=False)
+    ] = None,
+    as_json: JsonOption = False,
+    store_url: StoreOption = None,
+) -> None:
+    """The approvals inbox: actions waiting for a human, with the agent's reasoning beside each."""
+    from agentledger.console import approvals_table
+    from agentledger.control import run_state
+
+    def body() -> None:
+        with _store(store_url) as store:
+            if run is not None:
+                states = [run_state(store, run)[0]]
+            else:
+                from agentledger.projections import RunStateProjection
+
+                states = [
+                    RunStateProjection().fold(store.read(s.stream)) for s in store.streams("run-")
+                ]
+        waiting = [(s.run, a) for s in states for a in s.pending_approvals.values()]
+        if as_json:
+            doc = [{"run": r, **a.model_dump(mode="json")} for r, a in waiting]
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        elif waiting:
+            out.print(approvals_table(waiting))
+            out.print(
+                "\ndecide with [bold]agentledger approve RUN ACTION[/] or "
+                '[bold]agentledger deny RUN ACTION --reason "…"[/]'
+            )
+        else:
+            out.print("[dim]nothing is waiting for approval[/]")
+
+    _run(body)
+
+
+@app.command("approve")
+def approve_command(
+    run: Annotated[str, typer.Argument(help="The run.")],
+    action: Annotated[str, typer.Argument(help="The action id (see agentledger approvals).")],
+    as_: AsOption = None,
+    comment: Annotated[str, typer.Option("--comment", help="Why, for the audit trail.")] = "",
+    store_url: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Approve one high-risk action: it runs (with the agents served) exactly as proposed."""
+    from agentledger.control import decide
+
+    def body() -> None:
+        human = _human(as_, config)
+        with _store(store_url) as store:
+            event = decide(store, run, action, human, grant=True, note=comment)
+        out.print(
+            f"[green]approved[/] {action} in {run} as {human.principal} (position {event.position})"
+        )
+
+    _run(body)
+
+
+@app.command("deny")
+def deny_command(
+    run: Annotated[str, typer.Argument(help="The run.")],
+    action: Annotated[str, typer.Argument(help="The action id (see agentledger approvals).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why not (the agents replan with it).")],
+    as_: AsOption = None,
+    store_url: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Deny one high-risk action, with the reason: it never runs; the coordinator replans."""
+    from agentledger.control import decide
+
+    def body() -> None:
+        human = _human(as_, config)
+        with _store(store_url) as store:
+            event = decide(store, run, action, human, grant=False, note=reason)
+        out.print(
+            f"[red]denied[/] {action} in {run} as {human.principal} (position {event.position})"
+        )
+
+    _run(body)
+
+
+def _steer_command(what: str, help_text: str) -> None:
+    def command(
+        run: Annotated[str, typer.Argument(help="The run.")],
+        reason: Annotated[str, typer.Option("--reason", help="Why, for the audit trail.")] = "",
+        as_: AsOption = None,
+        store_url: StoreOption = None,
+        config: ConfigOption = None,
+    ) -> None:
+        from agentledger.control import steer
+
+        def body() -> None:
+            human = _human(as_, config)
+            with _store(store_url) as store:
+                event = steer(store, run, human, what, reason)
+            out.print(
+                f"{event.type} for {run} (position {event.position}); agents honour it at "
+                "their next step"
+            )
+
+        _run(body)
+
+    command.__doc__ = help_text
+    app.command(what)(command)
+
+
+_steer_command("pause", "Pause a run: agents finish the step they are in and start no other.")
+_steer_command("resume", "Resume a paused run where it stopped.")
+_steer_command("cancel", "Cancel a run: nothing more happens in it.")
 
 
 @app.command("serve")

@@ -11,8 +11,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentledger.actors.models import parse_model_spec
+from agentledger.actors.policy import RiskPolicy
 from agentledger.actors.providers import ProviderSettings
 from agentledger.actors.runtime import RuntimeConfig
+from agentledger.actors.tools import default_registry
+from agentledger.control import Approver
 from agentledger.events import ConfigurationError, NotFound, Role
 
 CACHE_ENV = "AGENTLEDGER_CACHE"
@@ -47,6 +50,8 @@ class RuntimeSection(BaseModel):
     context_tokens: int = Field(default=8_000, ge=256)
     tool_timeout_s: float = Field(default=60.0, gt=0, le=3_600)
     record_prompts: Literal["full", "hash"] = "full"
+    approval_ttl_s: float = Field(default=86_400.0, gt=0)
+    policy: str | None = Field(default=None, description="risk policy file (TOML)")
     num_cpus: float = Field(default=0.0, ge=0)
     memory_mb: int | None = Field(default=None, ge=64)
     max_restarts: int = Field(default=-1, ge=-1)
@@ -62,6 +67,9 @@ class Settings(BaseModel):
     models: dict[str, str] = Field(default_factory=dict, description="role = 'provider:model'")
     openai: ProviderSettings = ProviderSettings()
     runtime: RuntimeSection = RuntimeSection()
+    approvers: dict[str, Approver] = Field(
+        default_factory=dict, description="who may approve, and how they prove it"
+    )
     source: str | None = Field(default=None, exclude=True)
 
 
@@ -100,6 +108,14 @@ def load_settings(path: Path | None = None) -> Settings:
                 f"{chosen} [runtime] replicas: unknown role {role!r}; roles: "
                 + ", ".join(r.value for r in Role)
             )
+    if settings.runtime.policy:
+        # Checked now, with the line of any mistake, not when an agent first needs it.
+        policy_path = Path(settings.runtime.policy)
+        if not policy_path.is_absolute():
+            policy_path = chosen.parent / policy_path
+        RiskPolicy.load(policy_path).check_tools(default_registry().names())
+        runtime = settings.runtime.model_copy(update={"policy": str(policy_path)})
+        settings = settings.model_copy(update={"runtime": runtime})
     return settings.model_copy(update={"source": str(chosen)})
 
 
@@ -118,6 +134,8 @@ def runtime_config(settings: Settings, store_url: str, models: dict[str, str]) -
         context_tokens=rt.context_tokens,
         tool_timeout_s=rt.tool_timeout_s,
         record_prompts=rt.record_prompts,
+        approval_ttl_s=rt.approval_ttl_s,
+        policy_file=str(Path(rt.policy).resolve()) if rt.policy else None,
         replicas=rt.replicas,
         num_cpus=rt.num_cpus,
         memory_mb=rt.memory_mb,

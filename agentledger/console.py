@@ -338,3 +338,22 @@ def agents_table(rows: list[dict[str, Any]]) -> Table:
             r.get("last_error") or "",
         )
     return table
+
+
+def approvals_table(waiting: list[tuple[str, Any]]) -> Table:
+    """The approvals inbox: (run, PendingApproval) pairs, reasoning beside each action."""
+    table = Table(header_style="bold yellow", title="waiting for approval", title_justify="left")
+    for col in ("run", "action", "tool", "risk", "preview", "reasoning", "by", "expires"):
+        table.add_column(col, overflow="fold")
+    for run, a in waiting:
+        table.add_row(
+            run,
+            a.action_id,
+            a.tool,
+            f"[red]{a.risk.value}[/]",
+            a.preview,
+            a.reasoning,
+            a.requested_by,
+            a.expires_at.strftime("%Y-%m-%d %H:%M") if a.expires_at else "never",
+        )
+    return table

@@ -454,6 +454,11 @@ class Subscription(Iterator[Event]):
                 raise
         return out
 
+    def buffered(self) -> list[tuple[str, str]]:
+        """(stream, topic) of the rows fetched but not yet taken: a look ahead, e.g. for a
+        pause that is already in the log behind the event being handled."""
+        return [(row[1], row[3]) for row in self._buffer]
+
     def _take(self) -> Event:
         # Decode before consuming, so a failure leaves the row (and the position) in place.
         row = self._buffer[0]

@@ -20,7 +20,6 @@ from agentledger.actors.providers import ProviderSettings, ScriptedProvider
 from agentledger.actors.runtime import ENDED, follow_run, start_run
 from agentledger.demo import DEMO_GOAL, prepare_demo
 from agentledger.events import (
-    ApprovalDenied,
     ApprovalGranted,
     Event,
     EventStore,
@@ -135,18 +134,33 @@ def test_a_tool_call_with_invalid_arguments_is_rejected_naming_the_field(run_wit
     assert [e.payload.task_id for e in _of(events, "task.failed")] == ["t1", "t1.replan-t1"]
 
 
-def test_a_command_that_tries_to_leave_the_workspace_is_refused(
-    run_with: Any, tmp_path: Path
+def test_a_write_that_tries_to_leave_the_workspace_is_escalated_and_refused(
+    tmp_path: Path, threaded_agents: Any
 ) -> None:
-    status, events, _ = run_with(
-        Brain(
-            act=_act(
-                {"tool": "write_file", "arguments": {"path": "../../escaped.txt", "content": "x"}}
-            )
-        )
+    """The policy makes a path outside the workspace high risk (a human must look), and even
+    approved, the sandbox refuses it."""
+    brain = Brain(
+        act=_act({"tool": "write_file", "arguments": {"path": "../../escaped.txt", "content": "x"}})
     )
-    assert status is RunStatus.FAILED
-    assert "escaped.txt" in _of(events, "action.failed")[0].payload.error
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with (
+        threaded_agents(url, tmp_path, {"scripted": ScriptedProvider(brain)}),
+        EventStore.open(url) as store,
+    ):
+        run = start_run(store, "escape", models=ALL_SCRIPTED).stream
+        state = follow_run(store, run, timeout=60)
+        assert state.status is RunStatus.WAITING_FOR_APPROVAL
+        (pending,) = state.pending_approvals.values()
+        assessed = _of(store.read(run), "action.risk_assessed")[0]
+        assert "outside the workspace" in assessed.payload.rule
+        grant = {"action_id": pending.action_id, "action_hash": pending.action_hash}
+        store.append(run, [ApprovalGranted(actor="human:ada", payload=grant)])
+        # It runs, the sandbox refuses it, the task fails, and the replan asks again.
+        state = follow_run(store, run, timeout=60)
+        assert pending.action_id not in state.pending_approvals
+        failed = _of(store.read(run), "action.failed")[0]
+        assert failed.payload.action_id == pending.action_id
+    assert "escaped.txt" in failed.payload.error
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
@@ -231,27 +245,6 @@ def test_a_grant_for_another_hash_does_not_run_the_action(
     assert again.action_id != pending.action_id and again.tool == "delete_file"
     assert (workspace / "notes.tmp").exists()
     assert "different action hash" in state.actions[pending.action_id].result
-
-
-def test_a_denial_fails_the_run_without_asking_again(tmp_path: Path, threaded_agents: Any) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    docs, workspace = prepare_demo(tmp_path)
-    with threaded_agents(url, tmp_path), EventStore.open(url) as store:
-        started = start_run(store, DEMO_GOAL, docs=docs, workspace=workspace)
-        state = follow_run(store, started.stream, timeout=60)
-        (pending,) = state.pending_approvals.values()
-        decision = {
-            "action_id": pending.action_id,
-            "action_hash": pending.action_hash,
-            "reason": "keep the notes until the audit",
-        }
-        store.append(started.stream, [ApprovalDenied(actor="human:dpo", payload=decision)])
-        state = follow_run(store, started.stream, until=ENDED, timeout=60)
-        requests = _of(store.read(started.stream), "approval.requested")
-    assert state.status is RunStatus.FAILED
-    assert "human:dpo denied delete_file" in state.outcome
-    assert "keep the notes until the audit" in state.outcome
-    assert len(requests) == 1 and (workspace / "notes.tmp").exists()
 
 
 @pytest.mark.parametrize(

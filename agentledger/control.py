@@ -1,0 +1,206 @@
+"""What humans do to runs — approve, deny, pause, resume, cancel — checked against the log first.
+
+Each decision is validated on the run's state as the log has it (the action exists, is waiting,
+has not expired, has not changed, the human may decide it and did not propose it) and then
+appended at the version it was checked against, so two people deciding at once cannot both win.
+A refused decision writes nothing.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentledger.events import (
+    AgentLedgerError,
+    ApprovalDenied,
+    ApprovalGranted,
+    ConcurrencyConflict,
+    Event,
+    EventStore,
+    NotAuthorized,
+    NotFound,
+    RunCancelled,
+    RunPaused,
+    RunResumed,
+)
+from agentledger.projections import ActionStatus, RunState, RunStateProjection, RunStatus
+from agentledger.projections.run_state import IllegalTransition, advance
+
+TOKEN_ENV = "AGENTLEDGER_APPROVER_TOKEN"
+APPROVER_ROLE = "approver"
+
+
+class Approver(BaseModel):
+    """``[approvers.<name>]`` in agentledger.toml: who may decide approvals, and how they prove
+    it on this machine (their OS account, or a token whose SHA-256 is configured)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    roles: list[str] = Field(default_factory=lambda: [APPROVER_ROLE])
+    os_users: list[str] | None = Field(
+        default=None, description="OS accounts that may act as this approver (default: the name)"
+    )
+    token_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description=f"SHA-256 of ${TOKEN_ENV}"
+    )
+
+
+@dataclass(frozen=True)
+class Human:
+    """An authenticated human: the principal their decisions are recorded under."""
+
+    name: str
+    roles: tuple[str, ...]
+
+    @property
+    def principal(self) -> str:
+        """``human:<name>``."""
+        return f"human:{self.name}"
+
+
+def authenticate(name: str | None, approvers: dict[str, Approver]) -> Human:
+    """The human acting: ``name`` (default: the OS user), proven by token or OS account.
+
+    With no approvers configured (a single-user machine), the OS user acts as themselves with
+    the approver role; naming someone else is refused.
+    """
+    os_user = getpass.getuser()
+    name = name or os_user
+    if not approvers:
+        if name != os_user:
+            raise NotAuthorized(
+                f"--as {name}: you are the OS user {os_user!r}, and no [approvers] are configured "
+                "in agentledger.toml to let you act as someone else"
+            )
+        return Human(name, (APPROVER_ROLE,))
+    approver = approvers.get(name)
+    if approver is None:
+        raise NotAuthorized(
+            f"{name!r} is not an approver; approvers in agentledger.toml: "
+            + ", ".join(sorted(approvers))
+        )
+    if approver.token_sha256 is not None:
+        token = os.environ.get(TOKEN_ENV, "")
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if not token or not hmac.compare_digest(digest, approver.token_sha256):
+            raise NotAuthorized(
+                f"acting as {name} needs their token in ${TOKEN_ENV} (its SHA-256 is configured "
+                f"in [approvers.{name}])"
+            )
+    elif os_user not in (approver.os_users or [name]):
+        raise NotAuthorized(
+            f"the OS user {os_user!r} may not act as {name}; add it to "
+            f"[approvers.{name}] os_users, or configure a token"
+        )
+    return Human(name, tuple(approver.roles))
+
+
+def run_state(store: EventStore, run: str) -> tuple[RunState, list[Event]]:
+    """The run's state from its whole stream (``NotFound`` if there is no such run)."""
+    events = store.read(run)
+    if not events:
+        raise NotFound(f"no run {run!r} in {store.url}; `agentledger runs` lists the runs")
+    return RunStateProjection().fold(events), events
+
+
+def decide(
+    store: EventStore,
+    run: str,
+    action_id: str,
+    human: Human,
+    *,
+    grant: bool,
+    note: str,
+    now: datetime | None = None,
+) -> Event:
+    """Grant or deny a pending approval; every check passes first, or nothing is written."""
+    if APPROVER_ROLE not in human.roles:
+        raise NotAuthorized(
+            f"{human.name} does not have the {APPROVER_ROLE!r} role (roles: "
+            f"{', '.join(human.roles) or 'none'})"
+        )
+    if not grant and not note.strip():
+        raise AgentLedgerError("a denial needs a reason (--reason), so the agents can replan")
+    state, events = run_state(store, run)
+    if state.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
+        raise AgentLedgerError(
+            f"run {run} is {state.status.value}; nothing in it will run, so there is nothing "
+            "to decide"
+        )
+    pending = state.pending_approvals.get(action_id)
+    action = state.actions.get(action_id)
+    if pending is None:
+        if action is None:
+            waiting = ", ".join(state.pending_approvals) or "none"
+            raise NotFound(
+                f"run {run} has no action {action_id!r}; waiting for approval: {waiting}"
+            )
+        if action.decided_by is not None or action.status is ActionStatus.EXPIRED:
+            by = f" by {action.decided_by}" if action.decided_by else ""
+            raise AgentLedgerError(
+                f"action {action_id} was already decided{by}; it is {action.status.value} now"
+            )
+        raise AgentLedgerError(
+            f"action {action_id} is {action.status.value}; it is not waiting for an approval"
+        )
+    now = now or datetime.now(UTC)
+    if pending.expires_at is not None and pending.expires_at <= now:
+        raise AgentLedgerError(
+            f"the approval request for {action_id} expired at {pending.expires_at:%Y-%m-%d %H:%M} "
+            "UTC; the run's agents will ask again if the action is still needed"
+        )
+    if action is not None and action.action_hash != pending.action_hash:
+        raise AgentLedgerError(
+            f"action {action_id} changed after approval was requested; it needs a new request"
+        )
+    if pending.requested_by == human.principal or (
+        action is not None and action.proposed_by == human.principal
+    ):
+        raise NotAuthorized(
+            f"{human.name} proposed action {action_id}; someone else must decide it"
+        )
+    payload = {"action_id": action_id, "action_hash": pending.action_hash}
+    cause = next(e for e in reversed(events) if e.position == pending.position)
+    link = cause.caused_by(cause)
+    if grant:
+        event = ApprovalGranted(actor=human.principal, payload=payload | {"comment": note}, **link)
+    else:
+        event = ApprovalDenied(actor=human.principal, payload=payload | {"reason": note}, **link)
+    try:
+        (recorded,) = store.append(run, [event], expected_version=len(events))
+    except ConcurrencyConflict:
+        raise AgentLedgerError(
+            f"run {run} moved while you decided (someone else may have decided {action_id}); "
+            f"check `agentledger approvals {run}` and try again"
+        ) from None
+    return recorded
+
+
+def steer(store: EventStore, run: str, human: Human, what: str, reason: str = "") -> Event:
+    """Pause, resume or cancel a run (refused, with the reason, where the run cannot)."""
+    kinds = {"pause": RunPaused, "resume": RunResumed, "cancel": RunCancelled}
+    state, events = run_state(store, run)
+    event = kinds[what](actor=human.principal, payload={"reason": reason})
+    try:
+        advance(state.status, state.resume_to, state.pending_approvals, event)
+    except IllegalTransition:
+        hint = {
+            RunStatus.PAUSED: "it is already paused; `agentledger resume` continues it",
+            RunStatus.COMPLETED: "it has completed",
+            RunStatus.FAILED: "it has failed",
+            RunStatus.CANCELLED: "it was cancelled",
+        }.get(state.status, f"it is {state.status.value}")
+        raise AgentLedgerError(f"cannot {what} run {run}: {hint}") from None
+    try:
+        (recorded,) = store.append(run, [event], expected_version=len(events))
+    except ConcurrencyConflict:
+        # The run moved on (agents at work): check again against the newer state.
+        return steer(store, run, human, what, reason)
+    return recorded

@@ -1,0 +1,278 @@
+"""Humans steering runs: approve, deny, expiry, pause/resume/cancel — the checks before anything
+is written, and how the agents react. Agents run in threads (the runtime's code without Ray);
+the store, tools and the offline model are real."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentledger.actors.providers import ScriptedProvider
+from agentledger.actors.runtime import ENDED, ExpiryWatcher, follow_run, start_run
+from agentledger.control import Approver, Human, authenticate, decide, steer
+from agentledger.demo import DEMO_GOAL, prepare_demo
+from agentledger.events import (
+    ActionProposed,
+    ActionRiskAssessed,
+    AgentLedgerError,
+    ApprovalGranted,
+    ApprovalRequested,
+    EventStore,
+    NotAuthorized,
+    NotFound,
+    RunStarted,
+)
+from agentledger.projections import RunStatus
+
+ADA = Human("ada", ("approver",))
+
+
+@pytest.fixture
+def demo(tmp_path: Path, threaded_agents: Any) -> Any:
+    """The offline demo run, waiting for approval of its delete; agents still running."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    docs, workspace = prepare_demo(tmp_path)
+
+    class Demo:
+        def __init__(self) -> None:
+            self.agents = threaded_agents(url, tmp_path).__enter__()
+            self.store = EventStore.open(url)
+            self.run = start_run(self.store, DEMO_GOAL, docs=docs, workspace=workspace).stream
+            self.workspace = workspace
+            state = follow_run(self.store, self.run, timeout=60)
+            assert state.status is RunStatus.WAITING_FOR_APPROVAL
+            (self.pending,) = state.pending_approvals.values()
+
+        def head(self) -> int:
+            return self.store.stream_version(self.run)
+
+    d = Demo()
+    yield d
+    d.agents.__exit__(None, None, None)
+    d.store.close()
+
+
+def test_approve_runs_the_action_and_the_run_completes(demo: Any) -> None:
+    event = decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=True, note="ok")
+    assert event.actor == "human:ada" and isinstance(event, ApprovalGranted)
+    state = follow_run(demo.store, demo.run, until=ENDED, timeout=60)
+    assert state.status is RunStatus.COMPLETED
+    assert not (demo.workspace / "notes.tmp").exists()
+
+
+@pytest.mark.parametrize(
+    ("action", "human", "words", "error"),
+    [
+        ("a-nope", ADA, "has no action 'a-nope'", NotFound),
+        (None, Human("bob", ("viewer",)), "does not have the 'approver' role", NotAuthorized),
+    ],
+)
+def test_a_decision_that_cannot_be_taken_writes_nothing(
+    demo: Any, action: str | None, human: Human, words: str, error: type[Exception]
+) -> None:
+    before = demo.head()
+    with pytest.raises(error, match=words):
+        decide(demo.store, demo.run, action or demo.pending.action_id, human, grant=True, note="")
+    assert demo.head() == before
+
+
+def test_an_already_decided_action_cannot_be_decided_again(demo: Any) -> None:
+    decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=False, note="no")
+    follow_run(demo.store, demo.run, timeout=60)  # replanned: waiting on a new request
+    before = demo.head()
+    with pytest.raises(AgentLedgerError, match="already decided by human:ada; it is denied"):
+        decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=True, note="")
+    assert demo.head() == before
+
+
+def test_an_ended_run_has_nothing_to_decide(demo: Any) -> None:
+    decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=True, note="")
+    follow_run(demo.store, demo.run, until=ENDED, timeout=60)
+    with pytest.raises(AgentLedgerError, match="is completed; nothing in it will run"):
+        decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=False, note="no")
+
+
+def test_an_expired_request_cannot_be_approved(demo: Any) -> None:
+    later = demo.pending.expires_at + timedelta(seconds=1)
+    with pytest.raises(AgentLedgerError, match="expired"):
+        decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=True, note="", now=later)
+
+
+def test_a_denial_needs_a_reason(demo: Any) -> None:
+    with pytest.raises(AgentLedgerError, match="needs a reason"):
+        decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=False, note=" ")
+
+
+def test_nobody_approves_what_they_proposed(memory_store: EventStore) -> None:
+    """A human may propose an action by hand; they may not also approve it."""
+    digest = "a" * 64
+    run = "run-by-hand"
+    memory_store.append(
+        run,
+        [
+            RunStarted(actor="human:mallory", payload={"goal": "pay the invoice"}),
+            ActionProposed(
+                actor="human:mallory",
+                payload={
+                    "action_id": "a1",
+                    "tool": "pay",
+                    "idempotency_key": "k1",
+                    "arguments": {"amount": 900},
+                },
+            ),
+            ActionRiskAssessed(
+                actor="system:policy",
+                payload={"action_id": "a1", "risk": "high", "action_hash": digest, "rule": "r"},
+            ),
+            ApprovalRequested(
+                actor="human:mallory",
+                payload={"action_id": "a1", "action_hash": digest, "tool": "pay", "risk": "high"},
+            ),
+        ],
+        expected_version=0,
+    )
+    mallory = Human("mallory", ("approver",))
+    with pytest.raises(NotAuthorized, match="mallory proposed action a1"):
+        decide(memory_store, run, "a1", mallory, grant=True, note="")
+    assert memory_store.stream_version(run) == 4
+    decide(memory_store, run, "a1", ADA, grant=True, note="checked the invoice")
+    assert memory_store.stream_version(run) == 5
+
+
+def test_a_denial_makes_the_coordinator_replan_and_a_second_denial_fails_the_run(
+    demo: Any,
+) -> None:
+    decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=False, note="keep it")
+    state = follow_run(demo.store, demo.run, timeout=60)
+    # The offline planner finds no other way: the replan asks for the same kind of action.
+    assert state.status is RunStatus.WAITING_FOR_APPROVAL
+    (again,) = state.pending_approvals.values()
+    assert again.action_id != demo.pending.action_id
+    decide(demo.store, demo.run, again.action_id, ADA, grant=False, note="still no")
+    state = follow_run(demo.store, demo.run, until=ENDED, timeout=60)
+    assert state.status is RunStatus.FAILED
+    assert "refused too" in state.outcome and "still no" in state.outcome
+    assert (demo.workspace / "notes.tmp").exists()
+
+
+def test_a_denial_with_another_way_completes_the_run(tmp_path: Path, threaded_agents: Any) -> None:
+    """A model that finds another way after a denial: the run completes without the action."""
+
+    def brain(request: Any) -> str:
+        if request.purpose == "plan":
+            steps = [{"task_id": "t1", "goal": "tidy up", "role": "execution"}]
+            return json.dumps({"reasoning": "one step", "steps": steps})
+        if request.purpose == "act":
+            if "keep the file" in request.prompt:  # the denial's reason reached the replan
+                call = {"tool": "write_file", "arguments": {"path": "ARCHIVED", "content": "x"}}
+            else:
+                call = {"tool": "delete_file", "arguments": {"path": "old.txt"}}
+            return json.dumps({"reasoning": "tidy", "actions": [call]})
+        return json.dumps({"accepted": True, "reasons": "ok"})
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "old.txt").write_text("keep me")
+    models = {r: "scripted:b" for r in ("coordinator", "research", "execution", "review")}
+    providers = {"scripted": ScriptedProvider(brain)}
+    with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
+        run = start_run(store, "tidy up", models=models, workspace=workspace).stream
+        state = follow_run(store, run, timeout=60)
+        (pending,) = state.pending_approvals.values()
+        decide(store, run, pending.action_id, ADA, grant=False, note="keep the file")
+        state = follow_run(store, run, until=ENDED, timeout=60)
+    assert state.status is RunStatus.COMPLETED, state.outcome
+    assert (workspace / "old.txt").read_text() == "keep me"
+    assert (workspace / "ARCHIVED").exists()
+
+
+def test_an_expired_request_is_recorded_and_the_coordinator_replans(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    docs, workspace = prepare_demo(tmp_path)
+    stop = threading.Event()
+    with threaded_agents(url, tmp_path, approval_ttl_s=1.0), EventStore.open(url) as store:
+        watcher = ExpiryWatcher(EventStore.open(url))
+        thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            run = start_run(store, DEMO_GOAL, docs=docs, workspace=workspace).stream
+            # Nobody decides: the first request expires, the replan asks again, that expires
+            # too, and the run fails with the reason.
+            state = follow_run(store, run, until=ENDED, timeout=90)
+            events = store.read(run)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+    expired = [e for e in events if e.type == "approval.expired"]
+    assert len(expired) == 2 and {e.actor for e in expired} == {"system:expiry"}
+    assert state.status is RunStatus.FAILED and "expired" in state.outcome
+    assert (workspace / "notes.tmp").exists()
+
+
+def test_pause_then_resume_continues_the_run(tmp_path: Path, threaded_agents: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    docs, workspace = prepare_demo(tmp_path)
+    with EventStore.open(url) as store:
+        run = start_run(store, DEMO_GOAL, docs=docs, workspace=workspace).stream
+        steer(store, run, ADA, "pause", "lunch")  # before any agent has seen the run
+        with threaded_agents(url, tmp_path):
+            state = follow_run(store, run, until=frozenset({RunStatus.PAUSED}), timeout=10)
+            assert state.status is RunStatus.PAUSED
+            import time
+
+            time.sleep(1.0)  # agents have seen run.started and the pause; they wait
+            assert store.stream_version(run) == 2
+            steer(store, run, ADA, "resume")
+            state = follow_run(store, run, timeout=60)
+    assert state.status is RunStatus.WAITING_FOR_APPROVAL
+    assert len(state.tasks) == 5
+
+
+def test_a_paused_run_cannot_be_paused_and_an_ended_one_cannot_be_steered(
+    tmp_path: Path, threaded_agents: Any, demo: Any
+) -> None:
+    steer(demo.store, demo.run, ADA, "pause")
+    before = demo.head()
+    with pytest.raises(AgentLedgerError, match="already paused"):
+        steer(demo.store, demo.run, ADA, "pause")
+    steer(demo.store, demo.run, ADA, "cancel", "not needed")
+    with pytest.raises(AgentLedgerError, match=r"cannot resume .* it was cancelled"):
+        steer(demo.store, demo.run, ADA, "resume")
+    assert demo.head() == before + 1
+    with pytest.raises(AgentLedgerError, match="is cancelled; nothing in it will run"):
+        decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=True, note="")
+
+
+def test_authentication_by_os_user_or_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    me = getpass.getuser()
+    assert authenticate(None, {}).name == me
+    with pytest.raises(NotAuthorized, match="no \\[approvers\\] are configured"):
+        authenticate("someone-else", {})
+    approvers = {
+        "ada": Approver(os_users=[me]),
+        "bob": Approver(token_sha256=hashlib.sha256(b"s3cret").hexdigest()),
+        "eve": Approver(os_users=["not-" + me]),
+    }
+    assert authenticate("ada", approvers).roles == ("approver",)
+    with pytest.raises(NotAuthorized, match="not an approver"):
+        authenticate("zed", approvers)
+    with pytest.raises(NotAuthorized, match="may not act as eve"):
+        authenticate("eve", approvers)
+    monkeypatch.delenv("AGENTLEDGER_APPROVER_TOKEN", raising=False)
+    with pytest.raises(NotAuthorized, match="token"):
+        authenticate("bob", approvers)
+    monkeypatch.setenv("AGENTLEDGER_APPROVER_TOKEN", "wrong")
+    with pytest.raises(NotAuthorized, match="token"):
+        authenticate("bob", approvers)
+    monkeypatch.setenv("AGENTLEDGER_APPROVER_TOKEN", "s3cret")
+    assert authenticate("bob", approvers).principal == "human:bob"
