@@ -59,6 +59,8 @@ _log = logging.getLogger(__name__)
 
 D = TypeVar("D", bound=BaseModel)
 
+Flush = Callable[[list[Envelope]], object]
+"""Appends a turn's events so far, with the handled event's position (given by the runtime)."""
 APPROVAL_TTL = timedelta(hours=24)
 """How long an approval request stays open before it may expire."""
 _ACTIVE = frozenset({RunStatus.PLANNING, RunStatus.RUNNING, RunStatus.WAITING_FOR_APPROVAL})
@@ -144,7 +146,15 @@ class AgentSettings:
 class Turn:
     """One handling of one event: the run view, the recorded edges, and the events emitted."""
 
-    def __init__(self, agent: Agent, cause: Event, run: RunView, settings: AgentSettings) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        cause: Event,
+        run: RunView,
+        settings: AgentSettings,
+        flush: Flush | None = None,
+    ) -> None:
+        self._flush = flush
         self.agent = agent
         self.cause = cause
         self.run = run
@@ -164,6 +174,14 @@ class Turn:
         )
         self.emitted.append(event)
         return event
+
+    def flush(self) -> None:
+        """Make what this turn emitted so far durable now (with the handled event's position),
+        before a side effect that must not be repeated blindly: if the process dies during it,
+        the log shows the action began and never ended (its outcome is unknown)."""
+        if self._flush is not None:
+            self._flush(self.emitted)
+            self.emitted = []
 
     def add(self, event: Envelope) -> None:
         """Emit an event built elsewhere (e.g. a blackboard post)."""
@@ -307,9 +325,13 @@ class Turn:
         assert isinstance(event, ActionProposed)
         return event
 
-    def execute(self, proposal: ActionProposed) -> ActionOutcome:
+    def execute(self, proposal: ActionProposed, *, durable: bool = False) -> ActionOutcome:
         """Assess a proposed call's risk; run it if low or medium (recording the result and,
-        for medium, notifying); for high, request approval and do not run it."""
+        for medium, notifying); for high, request approval and do not run it.
+
+        ``durable``: a call that is not idempotent is begun only after the proposal and its
+        assessment are in the log (see ``flush``).
+        """
         p = proposal.payload
         tools = self.settings.tools
         declared = tools.get(p.tool).risk if p.tool in tools else None
@@ -335,6 +357,8 @@ class Turn:
                 expires_at=self.cause.at + self.settings.approval_ttl,
             )
             return ActionOutcome(p.action_id, waiting=True)
+        if durable and not tools.get(p.tool).idempotent:
+            self.flush()
         return self.run_tool(proposal, risk)
 
     def run_tool(self, proposal: ActionProposed, risk: RiskLevel) -> ActionOutcome:
@@ -420,14 +444,26 @@ class Agent:
         """Whether this agent reacts to ``event`` (after the type matched a handler)."""
         return True
 
-    def handle(self, event: Event, run: RunView) -> list[Envelope]:
-        """Run the handler for ``event`` and return the events it emitted."""
+    def handle(self, event: Event, run: RunView, flush: Flush | None = None) -> list[Envelope]:
+        """Run the handler for ``event`` and return the events it emitted (after any that
+        ``flush`` already made durable)."""
         name = self._handlers.get(event.type)
         if name is None or not self.wants(event, run):
             return []
-        turn = Turn(self, event, run, self.settings)
+        turn = Turn(self, event, run, self.settings, flush)
         getattr(self, name)(event, turn)
         return turn.emitted
+
+    def recover(self, cause: Event, run: RunView, flush: Flush | None = None) -> list[Envelope]:
+        """React to an action this role began but never finished (the process died while it
+        ran); ``cause`` is the last event recorded for it. Roles that begin such actions
+        override ``_recover``."""
+        turn = Turn(self, cause, run, self.settings, flush)
+        self._recover(cause, turn)
+        return turn.emitted
+
+    def _recover(self, cause: Event, turn: Turn) -> None:
+        return None
 
 
 def _strip_fences(content: str) -> str:

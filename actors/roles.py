@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from agentledger.blackboard import post
 from agentledger.events import (
     ActionFailed,
+    ActionOutcomeUnknown,
     ActionProposed,
     ApprovalDenied,
     ApprovalExpired,
     ApprovalGranted,
+    ApprovalRequested,
     EntryKind,
     Event,
     MemoryStored,
@@ -377,13 +379,17 @@ class Research(_Worker):
         if memory is not None:
             for hit in memory.search(task.goal[:2000], k=5, as_of=turn.cause.position):
                 lines.append(f"- memory {hit.memory_id}: {_one_line(hit.text, 400)}")
-        search = turn.propose(
-            "search_docs",
-            {"query": task.goal[:2000], "k": 5},
-            "look for the sub-goal's words in the run's document folder",
-            task.task_id,
-        )
-        outcome = turn.execute(search)
+        started = turn.run.started
+        if started is not None and started.payload.docs:
+            search = turn.propose(
+                "search_docs",
+                {"query": task.goal[:2000], "k": 5},
+                "look for the sub-goal's words in the run's document folder",
+                task.task_id,
+            )
+            outcome = turn.execute(search)
+        else:
+            outcome = ActionOutcome("", result=[])  # no document folder given for this run
         if outcome.ok and isinstance(outcome.result, list):
             for found in outcome.result:
                 if isinstance(found, dict):
@@ -484,6 +490,7 @@ class Execution(_Worker):
             )
             self._fail_rest(turn, task_id, outcome)
             return
+        turn.flush()  # a high-risk action is never run twice without a human knowing
         first = turn.run_tool(proposal, RiskLevel.HIGH)
         rest = [p for p in self._proposals(turn.run, task_id) if self._still_proposed(turn, p)]
         done = [
@@ -510,6 +517,47 @@ class Execution(_Worker):
         rest = [p for p in self._proposals(turn.run, task_id) if self._still_proposed(turn, p)]
         self._fail_rest(turn, task_id, ActionOutcome(proposal.payload.action_id, error=error), rest)
 
+    def _recover(self, cause: Event, turn: Turn) -> None:
+        """An action began and never ended: record that its outcome is unknown; retry it if it
+        is idempotent and not high risk, otherwise ask a human whether to run it again."""
+        action_id = getattr(cause.payload, "action_id", "")
+        found = self._my_action(turn, action_id)
+        info = turn.run.state.actions.get(action_id)
+        if found is None or info is None:
+            return
+        proposal, task_id = found
+        turn.emit(
+            ActionOutcomeUnknown,
+            action_id=action_id,
+            reason=f"{self.principal} stopped while running it; whether it took effect is unknown",
+        )
+        if not turn.run.active:
+            return
+        tool = self.settings.tools.get(info.tool) if info.tool in self.settings.tools else None
+        risk = info.risk or RiskLevel.HIGH
+        if tool is not None and tool.idempotent and risk is not RiskLevel.HIGH:
+            rest = [p for p in self._proposals(turn.run, task_id) if self._still_proposed(turn, p)]
+            done = [p for p in self._proposals(turn.run, task_id) if p not in rest]
+            outcome = turn.run_tool(proposal, risk)  # idempotent: running it again is safe
+            if not outcome.ok:
+                self._fail_rest(turn, task_id, outcome, rest)
+                return
+            earlier = [o for o in self._results(turn, done) if o.action_id != action_id]
+            self._carry_on(turn, task_id, rest, [*earlier, outcome], "")
+            return
+        turn.emit(
+            ApprovalRequested,
+            action_id=action_id,
+            action_hash=info.action_hash or "0" * 64,
+            tool=info.tool,
+            risk=RiskLevel.HIGH,
+            preview=_one_line(f"{info.tool} {json.dumps(info.arguments, sort_keys=True)}", 300),
+            reasoning="the agent stopped while running this action and its outcome is unknown; "
+            "approve to run it again, deny to give it up (the task then fails). Original "
+            f"reasoning: {info.reasoning}",
+            expires_at=turn.cause.at + self.settings.approval_ttl,
+        )
+
     def _carry_on(
         self,
         turn: Turn,
@@ -519,7 +567,7 @@ class Execution(_Worker):
         reasoning: str,
     ) -> None:
         for index, proposal in enumerate(proposals):
-            outcome = turn.execute(proposal)
+            outcome = turn.execute(proposal, durable=True)
             if outcome.waiting:
                 return  # the run waits for a human; the rest runs after the grant
             outcomes.append(outcome)

@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +38,7 @@ from agentledger.events import (
     EventStore,
     InvalidEvent,
     NotFound,
+    RiskLevel,
     Role,
     RunFailed,
     RunStarted,
@@ -65,6 +66,16 @@ NAMESPACE = "agentledger"
 EXPIRY_ACTOR = "expiry-1"
 MAX_GOAL_CHARS = 20_000
 _CACHED_RUNS = 256
+_ACTION_TYPES = (
+    "action.risk_assessed",
+    "action.executed",
+    "action.failed",
+    "action.outcome_unknown",
+    "approval.requested",
+    "approval.granted",
+    "approval.denied",
+    "approval.expired",
+)
 _CONTROL_TOPICS = ("run.paused@", "run.cancelled@", "run.resumed@")
 _TRACK_EVERY = 200  # skipped events between position records (a restart re-reads at most this)
 
@@ -254,9 +265,10 @@ class AgentWorker:
     # --------------------------------------------------------------- loop
 
     def run(self, stop: threading.Event, poll_timeout: float = 0.5) -> None:
-        """Handle events until ``stop`` is set."""
+        """Recover what a crash interrupted, then handle events until ``stop`` is set."""
         self.position = self.store.position_of(self.consumer)
         _log.info("%s starts after position %d", self.consumer, self.position)
+        self.recover()
         subscription = self.store.subscribe(self.position)
         self._subscription = subscription
         try:
@@ -295,8 +307,24 @@ class AgentWorker:
         started = time.time()
         hop_ms = (started - event.at.timestamp()) * 1000
         view = cache.view()
+        flushed: list[Event] = []
+        tracked = False
+
+        def flush(events: list[Envelope]) -> None:
+            # Before a side effect that must not be repeated blindly: what the turn emitted so
+            # far, with this event's position (once), durable now. A duplicate delivery
+            # stops the handler here, before the side effect.
+            nonlocal tracked
+            recorded = self._append(
+                event, events, view, track=not tracked, after=flushed, duplicate="raise"
+            )
+            tracked = True
+            flushed.extend(recorded)
+
         try:
-            emitted = self.agent.handle(event, view)
+            emitted = self.agent.handle(event, view, flush)
+        except AlreadyProcessed:
+            return  # another instance of this agent handled it (a duplicate delivery)
         except Exception as exc:  # one handler's failure is an event, not a crash
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -308,11 +336,11 @@ class AgentWorker:
                 traceback.format_exc(),
             )
             emitted = self._failure(event, view, f"{type(exc).__name__}: {exc}")
-        if not emitted:
+        if not emitted and not tracked:
             self._skip(position)
             return
         appending = time.time()
-        recorded = self._append(event, emitted, view)
+        recorded = flushed + self._append(event, emitted, view, track=not tracked, after=flushed)
         done = time.time()
         self.handled += 1
         self._untracked = 0
@@ -332,11 +360,25 @@ class AgentWorker:
             )
         )
 
-    def _append(self, event: Event, emitted: list[Envelope], view: RunView) -> list[Event]:
-        tracking = ConsumerPosition(self.consumer, event.position or 0)
+    def _append(
+        self,
+        event: Event,
+        emitted: list[Envelope],
+        view: RunView,
+        *,
+        track: bool = True,
+        after: Sequence[Event] = (),
+        duplicate: Literal["skip", "raise"] = "skip",
+    ) -> list[Event]:
+        """Append a reaction (with the handled event's position when ``track``); ``after``:
+        what this reaction already appended (its newest version is the stream's head)."""
+        if not emitted and not track:
+            return []
+        tracking = ConsumerPosition(self.consumer, event.position or 0) if track else None
         # The stream's newest version we know of: usually still the head (the other agents
         # wait for this reaction), and then the append needs no read of the head first.
-        known: int | None = view.events[-1].version if view.events else None
+        newest = after[-1] if after else (view.events[-1] if view.events else None)
+        known: int | None = newest.version if newest is not None else None
         delay = 0.05
         while True:
             try:
@@ -347,6 +389,8 @@ class AgentWorker:
                     return self.store.append(event.stream, emitted, tracking=tracking)
             except AlreadyProcessed:
                 _log.info("%s already handled position %s", self.consumer, event.position)
+                if duplicate == "raise":
+                    raise
                 return []
             except InvalidEvent as exc:
                 # The agent produced an event the log refuses: record why, not the event.
@@ -354,7 +398,8 @@ class AgentWorker:
                 self.last_error = str(exc)
                 emitted = self._failure(event, view, f"invalid event from the agent: {exc}")
                 if not emitted:
-                    self.store.record_position(self.consumer, event.position or 0)
+                    if track:
+                        self.store.record_position(self.consumer, event.position or 0)
                     return []
             except StoreUnavailable as exc:
                 # Never skip an event because the store blinked: wait and try again.
@@ -362,6 +407,55 @@ class AgentWorker:
                 _log.warning("%s: %s; retrying in %.1fs", self.consumer, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def recover(self) -> int:
+        """Find the actions this role began and never finished (the process died while they
+        ran) and let the agent react: outcome unknown, then a retry or a human. Returns how
+        many it found. Runs before the worker follows the log."""
+        role = f"agent:{self.agent.role.value}/"
+        mine: set[tuple[str, str]] = set()
+        last: dict[tuple[str, str], Event] = {}
+        for e in self.store.read_all(types=_ACTION_TYPES):
+            key = (e.stream, getattr(e.payload, "action_id", ""))
+            if e.type == "action.risk_assessed" and e.actor.startswith(role):
+                mine.add(key)
+            last[key] = e
+        orphans = []
+        for key in sorted(mine):
+            e = last[key]
+            began = (e.type == "action.risk_assessed" and e.payload.risk is not RiskLevel.HIGH) or (
+                e.type == "approval.granted" and (e.position or 0) <= self.position
+            )
+            if began and self._mine(e.stream):
+                orphans.append(e)
+        for cause in orphans:
+            cache = _RunCache(cause.stream)
+            for e in self.store.read(cause.stream):
+                cache.deliver(e)
+            view = cache.view()
+            if cause.type == "action.risk_assessed":
+                tool = getattr(cause.payload, "action_id", "")
+                info = view.state.actions.get(tool)
+                known = self.agent.settings.tools
+                if info is None or (info.tool in known and known.get(info.tool).idempotent):
+                    continue  # idempotent calls are never begun ahead of their result
+            _log.warning(
+                "%s: action %s in %s began and never ended",
+                self.consumer,
+                getattr(cause.payload, "action_id", "?"),
+                cause.stream,
+            )
+            self._recover_one(cause, view)
+        return len(orphans)
+
+    def _recover_one(self, cause: Event, view: RunView) -> None:
+        flushed: list[Event] = []
+
+        def flush(events: list[Envelope]) -> None:
+            flushed.extend(self._append(cause, events, view, track=False, after=flushed))
+
+        emitted = self.agent.recover(cause, view, flush)
+        self._append(cause, emitted, view, track=False, after=flushed)
 
     def _halted_ahead(self, stream: str) -> bool:
         # A pause or cancel already in the log behind this event: honour it now rather than
@@ -628,25 +722,14 @@ class WatcherActor:
 
 
 def ensure_ray(address: str | None = None, *, namespace: str = NAMESPACE) -> None:
-    """Connect to Ray: ``address`` / ``$RAY_ADDRESS`` if given; else the Ray instance already
-    running on this machine (e.g. the one ``agentledger serve`` started), else a new local one."""
+    """Connect to Ray: ``address`` / ``$RAY_ADDRESS`` if given, else a new local instance."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    options: dict[str, Any] = {
-        "namespace": namespace,
-        "include_dashboard": False,
-        "logging_level": logging.WARNING,
-        "log_to_driver": False,
-    }
+    options = _ray_options(namespace)
     if address is None:
-        try:
-            ray.init(address="auto", **options)
-            return
-        except ConnectionError:
-            pass  # nothing running here: start our own below
         ray.init(**options)
         return
     try:
@@ -656,6 +739,46 @@ def ensure_ray(address: str | None = None, *, namespace: str = NAMESPACE) -> Non
             f"cannot reach the Ray cluster at {address!r}: {exc}. Check the address "
             "(`ray status` shows it), or leave --address/RAY_ADDRESS unset to run locally."
         ) from exc
+
+
+def _ray_options(namespace: str) -> dict[str, Any]:
+    return {
+        "namespace": namespace,
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+    }
+
+
+def attach_or_start(
+    config: RuntimeConfig,
+    address: str | None = None,
+    providers: Mapping[str, ModelProvider] | None = None,
+) -> tuple[Runtime, bool]:
+    """The agents for a command: those served for this store (``agentledger serve``, found
+    in the Ray cluster at ``address``, or on this machine), else new ones this command owns.
+    Returns the runtime and whether this command started (and must stop) its agents."""
+    import ray
+
+    runtime = Runtime(config, providers=providers)
+    explicit = address or os.environ.get("RAY_ADDRESS") or None
+    if not ray.is_initialized():
+        if explicit is not None:
+            ensure_ray(explicit, namespace=config.namespace)
+        else:
+            try:  # a Ray on this machine may hold this store's served agents
+                ray.init(address="auto", **_ray_options(config.namespace))
+            except ConnectionError:
+                pass
+            else:
+                if runtime.find():
+                    return runtime, False
+                ray.shutdown()  # someone else's Ray: do not tie our agents to its lifetime
+            ray.init(**_ray_options(config.namespace))
+    if runtime.find():
+        return runtime, False
+    runtime.start()
+    return runtime, True
 
 
 class Runtime:

@@ -564,20 +564,16 @@ def _models(specs: list[str], settings: Any) -> dict[str, str]:
 
 
 def _agents(settings: Any, url: str, models: dict[str, str], address: str | None) -> Any:
-    """Agents for this command: those already served in the namespace, else new ones."""
-    from agentledger.actors.runtime import Runtime, ensure_ray
+    """Agents for this command: those served for this store, else new ones it owns."""
+    from agentledger.actors.runtime import attach_or_start
     from agentledger.config import runtime_config
 
     config = runtime_config(settings, url, models)
-    with err.status("connecting to Ray…"):
-        ensure_ray(address, namespace=config.namespace)
-    runtime = Runtime(config)
-    if runtime.find():
-        err.print(f"[dim]using the agents served in namespace {config.namespace!r}[/]")
-        return runtime, False
     with err.status("starting the agents (coordinator, research, execution, review)…"):
-        runtime.start()
-    return runtime, True
+        runtime, owned = attach_or_start(config, address)
+    if not owned:
+        err.print(f"[dim]using the agents served for this store (namespace {config.namespace})[/]")
+    return runtime, owned
 
 
 def _execute_run(
@@ -965,8 +961,8 @@ def serve_command(
         with err.status("starting the agents…"):
             runtime.start(detached=True)
         err.print(
-            f"serving {len(runtime.actors)} agents on {url} in namespace {cfg.namespace!r}; "
-            "Ctrl-C stops them"
+            f"serving {len(runtime.names())} agents and the approval-expiry watcher on {url} "
+            f"(Ray namespace {cfg.namespace}); Ctrl-C stops them"
         )
         try:
             while True:

@@ -45,7 +45,9 @@ class RuntimeSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    namespace: str = "agentledger"
+    namespace: str | None = Field(
+        default=None, description="Ray namespace of the agents (default: one per store)"
+    )
     workspace_root: str = ".agentledger/workspaces"
     context_tokens: int = Field(default=8_000, ge=256)
     tool_timeout_s: float = Field(default=60.0, gt=0, le=3_600)
@@ -119,6 +121,12 @@ def load_settings(path: Path | None = None) -> Settings:
     return settings.model_copy(update={"source": str(chosen)})
 
 
+def store_namespace(store_url: str) -> str:
+    """The Ray namespace of a store's agents: agents serving one store never take another's
+    runs, however many stores share a Ray cluster."""
+    return f"agentledger-{hashlib.sha256(store_url.encode()).hexdigest()[:10]}"
+
+
 def runtime_config(settings: Settings, store_url: str, models: dict[str, str]) -> RuntimeConfig:
     """The runtime configuration for a store, with absolute paths (agents run elsewhere)."""
     if store_url.startswith("sqlite:///"):
@@ -126,7 +134,7 @@ def runtime_config(settings: Settings, store_url: str, models: dict[str, str]) -
     rt = settings.runtime
     return RuntimeConfig(
         store_url=store_url,
-        namespace=rt.namespace,
+        namespace=rt.namespace or store_namespace(store_url),
         models={**settings.models, **models},
         openai=settings.openai,
         workspace_root=str(Path(rt.workspace_root).resolve()),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -81,7 +82,7 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
         )
         output = done.stdout + done.stderr
         assert done.returncode == 0, output
-        assert "using the agents served" in output and "completed" in output
+        assert "using the agents served for this store" in output and "completed" in output
         [workspace] = (tmp_path / ".agentledger" / "workspaces").iterdir()
         assert (workspace / "hello.txt").exists()
     finally:
@@ -152,3 +153,111 @@ def test_run_help_lists_its_options() -> None:
     assert code == 0
     for option in ("--docs", "--workspace", "--store", "--address", "--model", "--timeout"):
         assert option in output
+
+
+def _serve_until(tmp_path: Path, url: str, done: Any, timeout: float = 300) -> None:
+    """Run `agentledger serve` until ``done(store)`` is true, then stop it with Ctrl-C."""
+    serve = subprocess.Popen(
+        [*CLI, "serve", "--store", url],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        with EventStore.open(url) as store:
+            while not done(store):
+                assert serve.poll() is None, "serve exited"
+                assert time.monotonic() < deadline, "the served agents did not finish"
+                time.sleep(0.5)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+
+
+def _status(url: str, run: str) -> str:
+    from agentledger.projections import RunStateProjection
+
+    with EventStore.open(url) as store:
+        return RunStateProjection().fold(store.read(run)).status.value
+
+
+@pytest.mark.slow
+def test_a_waiting_run_holds_no_process_and_continues_after_approval(tmp_path: Path) -> None:
+    """demo stops at the approval with every process gone; a human approves from the CLI;
+    agents started later continue the run from the log to completion."""
+    done = subprocess.run(
+        [*CLI, "demo"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    url = f"sqlite:///{tmp_path / '.agentledger' / 'ledger.db'}"
+    with EventStore.open(url) as store:
+        [run] = [s.stream for s in store.streams("run-")]
+    code, output = invoke("approvals", "--store", url)
+    assert code == 0 and "delete_file" in output and "offline rules" in output
+    from agentledger.control import run_state
+
+    with EventStore.open(url) as store:
+        [action] = list(run_state(store, run)[0].pending_approvals)
+    code, output = invoke("approve", run, action, "--comment", "fine", "--store", url)
+    assert code == 0, output
+    code, output = invoke("approve", run, action, "--store", url)
+    assert code == 1 and "already decided" in output
+    _serve_until(tmp_path, url, lambda store: _status(url, run) == "completed")
+    assert not (tmp_path / ".agentledger" / "demo-workspaces" / "demo-1" / "notes.tmp").exists()
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_its_ray_continues_under_new_agents(tmp_path: Path) -> None:
+    """kill -9 of the CLI (and the local Ray it started) mid-run; `serve` later finishes it."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    goal = (
+        "write one to one.txt. Then write two to two.txt. Then write three to three.txt. "
+        "Then write four to four.txt"
+    )
+    cli = subprocess.Popen(
+        [*CLI, "run", goal, "--store", url],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # until the agents are mid-run
+            assert time.monotonic() < deadline, "the run never got going"
+            if cli.poll() is not None:
+                break
+            with EventStore.open(url) as store:
+                streams = store.streams("run-")
+                if streams and any(
+                    e.type == "task.reviewed" for e in store.read(streams[0].stream)
+                ):
+                    break
+            time.sleep(0.05)
+    finally:
+        os.killpg(cli.pid, signal.SIGKILL)
+        cli.wait(timeout=30)
+    with EventStore.open(url) as store:
+        [run] = [s.stream for s in store.streams("run-")]
+    assert _status(url, run) != "completed", "the kill came too late to test anything"
+    _serve_until(tmp_path, url, lambda store: _status(url, run) == "completed")
+    with EventStore.open(url) as store:
+        events = store.read(run)
+    outcomes = [
+        (e.type, e.payload.task_id) for e in events if e.type in ("task.completed", "task.reviewed")
+    ]
+    assert len(outcomes) == len(set(outcomes)) == 8  # four tasks, each done and reviewed once
+    [workspace] = (tmp_path / ".agentledger" / "workspaces").iterdir()
+    assert sorted(p.name for p in workspace.glob("*.txt")) == [
+        "four.txt",
+        "one.txt",
+        "three.txt",
+        "two.txt",
+    ]

@@ -1,0 +1,33 @@
+"""The four agents' workers in one process, until killed: the crash-recovery tests kill -9 it.
+
+Usage: python tests/agent_process.py STORE_URL ROOT_DIR — prints "ready" once the workers run.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+from agentledger.actors.runtime import AgentWorker, RuntimeConfig, agent_for
+from agentledger.events import EventStore, Role
+
+
+def main() -> None:
+    url, root = sys.argv[1], Path(sys.argv[2])
+    config = RuntimeConfig(
+        store_url=url, workspace_root=str(root / "workspaces"), memory_dir=str(root / "memory")
+    )
+    stop = threading.Event()
+    workers = [AgentWorker(agent_for(role, "1", config), EventStore.open(url)) for role in Role]
+    threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in workers]
+    for thread in threads:
+        thread.start()
+    print("ready", flush=True)
+    while True:
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()
