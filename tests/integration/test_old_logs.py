@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from typing import Any
 
 from agentledger.events import EventStore, ModelResponded, RunCompleted, RunStarted
 
-FIXTURE = Path(__file__).parent.parent / "fixtures" / "ledger-schema-v1.db"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+FIXTURE = FIXTURES / "ledger-schema-v1.db"
 
 
 def _rows(store: EventStore) -> list[tuple[int, str, bytes]]:
@@ -60,3 +62,24 @@ def test_fixture_file_is_unchanged() -> None:
     # opened in place (opening would checkpoint its WAL). Tests work on copies.
     digest = hashlib.sha256(FIXTURE.read_bytes()).hexdigest()
     assert digest == "3f759c08aadfd5d0056d90665deb1f30a6001e9e4f831030cdd228e42f620212"
+
+
+def test_a_run_started_under_schema_v1_is_continued_by_the_current_agents(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    """State-schema migration: the v1 run.started is upcast on read and today's agents plan,
+    do and review it to the end, appending current events after the old ones."""
+    from agentledger.actors.runtime import ENDED, follow_run
+
+    ledger = tmp_path / "ledger.db"
+    shutil.copy(FIXTURES / "ledger-schema-v1-open-run.db", ledger)
+    url = f"sqlite:///{ledger}"
+    run = "run-7c1e9a52-30d4-4b8e-9a61-2f5d0c3b7e11"
+    with threaded_agents(url, tmp_path), EventStore.open(url) as store:
+        state = follow_run(store, run, until=ENDED, timeout=60)
+        events = store.read(run)
+        report = store.verify()
+    assert state.status.value == "completed", state.outcome
+    assert events[0].schema_version == RunStarted.current_schema_version  # upcast on read
+    assert (tmp_path / "workspaces" / run / "q1.md").exists()
+    assert report.ok  # the old row's hash and the new rows chain on from it
