@@ -440,6 +440,11 @@ class Agent:
         """The event types this agent has handlers for."""
         return frozenset(cls._handlers)
 
+    def cares(self, event: Event) -> bool:
+        """A cheap first look at the event alone (no view of the run is built for events an
+        agent does not care about): False when it will certainly not react."""
+        return True
+
     def wants(self, event: Event, run: RunView) -> bool:
         """Whether this agent reacts to ``event`` (after the type matched a handler)."""
         return True

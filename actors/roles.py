@@ -331,6 +331,9 @@ def _done_tasks(tasks: dict[str, TaskInfo]) -> set[str]:
 class _Worker(Agent):
     """A worker reacts to the sub-tasks assigned to its role while the run is active."""
 
+    def cares(self, event: Event) -> bool:
+        return not isinstance(event, TaskAssigned) or event.payload.role == self.role
+
     def wants(self, event: Event, run: RunView) -> bool:
         if isinstance(event, TaskAssigned):
             return event.payload.role == self.role and run.active
@@ -648,6 +651,9 @@ class Review(Agent):
     """Checks each finished sub-task against its sub-goal and accepts it or sends it back."""
 
     role = Role.REVIEW
+
+    def cares(self, event: Event) -> bool:
+        return not event.actor.startswith("agent:review/")
 
     def wants(self, event: Event, run: RunView) -> bool:
         return run.active and not event.actor.startswith("agent:review/")

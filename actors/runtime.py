@@ -294,14 +294,16 @@ class AgentWorker:
         if not event.stream.startswith(RUN_PREFIX):
             self._skip(position)
             return
+        handles = event.type in self._types and self._mine(event.stream) and self.agent.cares(event)
+        cache = self._runs.get(event.stream)
+        if cache is None and not handles:
+            # A run this agent has nothing to do in (yet): no view to keep. Built from the
+            # log when it first has to react there.
+            self._skip(position)
+            return
         cache = self._cache(event)
         cache.deliver(event)
-        if (
-            event.type not in self._types
-            or not self._mine(event.stream)
-            or event.id in cache.reacted
-            or self._halted_ahead(event.stream)
-        ):
+        if not handles or event.id in cache.reacted or self._halted_ahead(event.stream):
             self._skip(position)
             return
         started = time.time()

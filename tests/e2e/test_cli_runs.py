@@ -261,3 +261,40 @@ def test_a_run_killed_with_its_ray_continues_under_new_agents(tmp_path: Path) ->
         "three.txt",
         "two.txt",
     ]
+
+
+def test_a_policy_file_with_a_mistake_is_named_with_its_line(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "policy.toml").write_text(
+        '[tools]\nwrite_file = "medium"\n\n[[rules]]\ntool = "*"\nargument = "path"\nrisk = "high"\n'
+    )
+    config = tmp_path / "agentledger.toml"
+    config.write_text('[runtime]\npolicy = "policy.toml"\n')
+    code, output = invoke("run", "do it", "--config", str(config), "--store", sqlite_url)
+    flat = " ".join(output.split())
+    assert code == 1 and "policy.toml line 4" in flat, output
+    with EventStore.open(sqlite_url) as store:
+        assert store.head_position() == 0
+
+
+def test_human_commands_refuse_clearly_and_write_nothing(sqlite_url: str) -> None:
+    with EventStore.open(sqlite_url) as store:
+        run, _ = write_sample_run(store)
+        before = store.head_position()
+    code, output = invoke("pause", "run-nope", "--store", sqlite_url)
+    assert code == 1 and "no run 'run-nope'" in output
+    code, output = invoke("deny", run, "a2", "--store", sqlite_url)
+    assert code == 2 and "--reason" in output  # a denial needs its reason
+    code, output = invoke("approve", run, "a-unknown", "--store", sqlite_url)
+    assert code == 1 and "has no action 'a-unknown'" in output
+    code, output = invoke("approve", run, "a2", "--as", "somebody-else", "--store", sqlite_url)
+    assert code == 1 and "no [approvers] are configured" in output
+    with EventStore.open(sqlite_url) as store:
+        assert store.head_position() == before
+    code, output = invoke("approvals", "--store", sqlite_url)
+    assert code == 0 and "a2" in output and "sql.execute" in output
+    code, output = invoke("pause", run, "--reason", "lunch", "--store", sqlite_url)
+    assert code == 0 and "run.paused" in output
+    code, output = invoke("pause", run, "--store", sqlite_url)
+    assert code == 1 and "already paused" in output

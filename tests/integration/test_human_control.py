@@ -276,3 +276,32 @@ def test_authentication_by_os_user_or_token(monkeypatch: pytest.MonkeyPatch) -> 
         authenticate("bob", approvers)
     monkeypatch.setenv("AGENTLEDGER_APPROVER_TOKEN", "s3cret")
     assert authenticate("bob", approvers).principal == "human:bob"
+
+
+def test_an_action_that_changed_after_the_request_needs_a_new_one(memory_store: EventStore) -> None:
+    run = "run-changed"
+    request = {"action_id": "a1", "action_hash": "a" * 64, "tool": "delete_file", "risk": "high"}
+    memory_store.append(
+        run,
+        [
+            RunStarted(actor="human:ada", payload={"goal": "tidy"}),
+            ActionProposed(
+                actor="agent:execution/1",
+                payload={"action_id": "a1", "tool": "delete_file", "idempotency_key": "k"},
+            ),
+            ActionRiskAssessed(
+                actor="agent:execution/1",
+                payload={"action_id": "a1", "risk": "high", "action_hash": "a" * 64, "rule": "r"},
+            ),
+            ApprovalRequested(actor="agent:execution/1", payload=request),
+            # Re-assessed with other arguments: the approval asked for is not this action.
+            ActionRiskAssessed(
+                actor="agent:execution/1",
+                payload={"action_id": "a1", "risk": "high", "action_hash": "b" * 64, "rule": "r"},
+            ),
+        ],
+        expected_version=0,
+    )
+    with pytest.raises(AgentLedgerError, match="changed after approval was requested"):
+        decide(memory_store, run, "a1", ADA, grant=True, note="")
+    assert memory_store.stream_version(run) == 5
