@@ -52,6 +52,7 @@ from agentledger.projections.memory import LongTermMemory, Scratchpad, Scratchpa
 from .agent import Agent, AgentSettings, ModelChoice, RunView
 from .memory_manager import MemoryManager
 from .models import ModelProvider, ModelSpec
+from .notify import Notifier
 from .offline import OfflineProvider
 from .policy import RiskPolicy
 from .providers import ProviderSettings, provider_for
@@ -108,6 +109,12 @@ class RuntimeConfig(BaseModel):
     )
     policy_file: str | None = Field(
         default=None, description="risk policy (TOML) overriding the tools' declared levels"
+    )
+    notify_command: str | None = Field(
+        default=None, description="run with each notice (JSON) on stdin, e.g. a mail script"
+    )
+    notify_webhook: str | None = Field(
+        default=None, description="loopback URL each notice (JSON) is POSTed to"
     )
     replicas: dict[str, int] = Field(default_factory=dict, description="role -> agents")
     num_cpus: float = Field(default=0.0, ge=0, description="CPUs a Ray actor reserves")
@@ -679,7 +686,8 @@ class AgentActor:
 
 
 class WatcherActor:
-    """The Ray actor of the expiry watcher (a system process, not an agent)."""
+    """The Ray actor of the system processes: the expiry watcher and, when configured, the
+    notifier (neither is an agent)."""
 
     def __init__(self, config: RuntimeConfig) -> None:
         logging.basicConfig(level=logging.WARNING)
@@ -688,6 +696,20 @@ class WatcherActor:
         self._watcher = ExpiryWatcher(self._store)
         self._thread = threading.Thread(target=self._loop, name="expiry", daemon=True)
         self._thread.start()
+        self._notifier = Notifier(
+            EventStore.open(config.store_url),
+            command=config.notify_command,
+            webhook=config.notify_webhook,
+        )
+        if self._notifier.enabled:
+            threading.Thread(target=self._notify, name="notifier", daemon=True).start()
+
+    def _notify(self) -> None:
+        try:
+            self._notifier.run(self._stop)
+        except Exception:
+            _log.critical("the notifier crashed:\n%s", traceback.format_exc())
+            os._exit(1)  # Ray restarts it
 
     def _loop(self) -> None:
         try:

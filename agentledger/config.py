@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentledger.actors.models import parse_model_spec
+from agentledger.actors.notify import check_webhook
 from agentledger.actors.policy import RiskPolicy
 from agentledger.actors.providers import ProviderSettings
 from agentledger.actors.runtime import RuntimeConfig
@@ -54,6 +55,8 @@ class RuntimeSection(BaseModel):
     record_prompts: Literal["full", "hash"] = "full"
     approval_ttl_s: float = Field(default=86_400.0, gt=0)
     policy: str | None = Field(default=None, description="risk policy file (TOML)")
+    notify_command: str | None = None
+    notify_webhook: str | None = None
     num_cpus: float = Field(default=0.0, ge=0)
     memory_mb: int | None = Field(default=None, ge=64)
     max_restarts: int = Field(default=-1, ge=-1)
@@ -110,6 +113,8 @@ def load_settings(path: Path | None = None) -> Settings:
                 f"{chosen} [runtime] replicas: unknown role {role!r}; roles: "
                 + ", ".join(r.value for r in Role)
             )
+    if settings.runtime.notify_webhook:
+        check_webhook(settings.runtime.notify_webhook)
     if settings.runtime.policy:
         # Checked now, with the line of any mistake, not when an agent first needs it.
         policy_path = Path(settings.runtime.policy)
@@ -144,6 +149,8 @@ def runtime_config(settings: Settings, store_url: str, models: dict[str, str]) -
         record_prompts=rt.record_prompts,
         approval_ttl_s=rt.approval_ttl_s,
         policy_file=str(Path(rt.policy).resolve()) if rt.policy else None,
+        notify_command=rt.notify_command,
+        notify_webhook=rt.notify_webhook,
         replicas=rt.replicas,
         num_cpus=rt.num_cpus,
         memory_mb=rt.memory_mb,

@@ -267,7 +267,8 @@ def test_a_policy_file_with_a_mistake_is_named_with_its_line(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     (tmp_path / "policy.toml").write_text(
-        '[tools]\nwrite_file = "medium"\n\n[[rules]]\ntool = "*"\nargument = "path"\nrisk = "high"\n'
+        '[tools]\nwrite_file = "medium"\n\n'
+        '[[rules]]\ntool = "*"\nargument = "path"\nrisk = "high"\n'
     )
     config = tmp_path / "agentledger.toml"
     config.write_text('[runtime]\npolicy = "policy.toml"\n')
