@@ -865,17 +865,7 @@ def approve_command(
     config: ConfigOption = None,
 ) -> None:
     """Approve one high-risk action: it runs (with the agents served) exactly as proposed."""
-    from agentledger.control import decide
-
-    def body() -> None:
-        human = _human(as_, config)
-        with _store(store_url) as store:
-            event = decide(store, run, action, human, grant=True, note=comment)
-        out.print(
-            f"[green]approved[/] {action} in {run} as {human.principal} (position {event.position})"
-        )
-
-    _run(body)
+    _decide(run, action, as_, comment, grant=True, store_url=store_url, config=config)
 
 
 @app.command("deny")
@@ -888,15 +878,27 @@ def deny_command(
     config: ConfigOption = None,
 ) -> None:
     """Deny one high-risk action, with the reason: it never runs; the coordinator replans."""
+    _decide(run, action, as_, reason, grant=False, store_url=store_url, config=config)
+
+
+def _decide(
+    run: str,
+    action: str,
+    as_: str | None,
+    note: str,
+    *,
+    grant: bool,
+    store_url: str | None,
+    config: Path | None,
+) -> None:
     from agentledger.control import decide
 
     def body() -> None:
         human = _human(as_, config)
         with _store(store_url) as store:
-            event = decide(store, run, action, human, grant=False, note=reason)
-        out.print(
-            f"[red]denied[/] {action} in {run} as {human.principal} (position {event.position})"
-        )
+            event = decide(store, run, action, human, grant=grant, note=note)
+        verdict = "[green]approved[/]" if grant else "[red]denied[/]"
+        out.print(f"{verdict} {action} in {run} as {human.principal} (position {event.position})")
 
     _run(body)
 

@@ -25,15 +25,15 @@ import argparse
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from agent_process import kill, spawn  # the four workers in one process, as the tests use them
 from hop import DEFAULT_PG_URL, PG_URL_ENV, Backend, pct, row
 
 HARNESS = Path(__file__).resolve().parents[1] / "tests" / "agent_process.py"
@@ -88,7 +88,7 @@ def recovery(url: str, root: Path, filler: int) -> float:
         (root / "ws").mkdir(parents=True)
         (root / "ws" / "old.txt").write_text("x")
         run = start_run(store, "delete the file old.txt", workspace=root / "ws").stream
-        first = _start(url, root)
+        first = spawn(url, root)
         follow_run(store, run, timeout=60)  # the run now waits for an approval
         # Grow the run to ``filler`` events (research notes) while the agents follow it, as in
         # a long run; then kill -9 them once they have read it all.
@@ -107,7 +107,7 @@ def recovery(url: str, root: Path, filler: int) -> float:
             if time.perf_counter() > deadline:
                 raise RuntimeError("the agents did not catch up with the log")
             time.sleep(0.1)
-        _kill(first)
+        kill(first)
         store.append(
             run,
             [
@@ -121,7 +121,7 @@ def recovery(url: str, root: Path, filler: int) -> float:
             ],
         )
         started = time.perf_counter()
-        second = _start(url, root)
+        second = spawn(url, root)
         try:
             while not any(
                 e.type == "task.completed" and e.payload.task_id == "late"
@@ -132,25 +132,7 @@ def recovery(url: str, root: Path, filler: int) -> float:
                 time.sleep(0.02)
             return time.perf_counter() - started
         finally:
-            _kill(second)
-
-
-def _start(url: str, root: Path) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [sys.executable, str(HARNESS), url, str(root)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    process.stdout.readline()
-    return process
-
-
-def _kill(process: subprocess.Popen[str]) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+            kill(second)
 
 
 def main(argv: list[str] | None = None) -> int:

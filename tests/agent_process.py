@@ -1,10 +1,14 @@
 """The four agents' workers in one process, until killed: the crash-recovery tests kill -9 it.
 
 Usage: python tests/agent_process.py STORE_URL ROOT_DIR — prints "ready" once the workers run.
+``spawn`` and ``kill`` are what the tests and bench/approval.py use.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -12,6 +16,27 @@ from pathlib import Path
 
 from agentledger.actors.runtime import AgentWorker, RuntimeConfig, agent_for
 from agentledger.events import EventStore, Role
+
+
+def spawn(url: str, root: Path) -> subprocess.Popen[str]:
+    """Start this harness in its own process group; return once its workers run."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, url, str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"the agents' process did not start (exit {process.wait()})")
+    return process
+
+
+def kill(process: subprocess.Popen[str]) -> None:
+    """kill -9 the harness and everything in its process group."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
 
 
 def main() -> None:

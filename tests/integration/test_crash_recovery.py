@@ -5,22 +5,18 @@ kill hit while it ran, its outcome was recorded as unknown and a human decided t
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from agent_process import kill, spawn
 
 from agentledger.actors.runtime import start_run
 from agentledger.events import ApprovalGranted, EventStore
 from agentledger.projections import RunStateProjection, RunStatus
 
-HARNESS = Path(__file__).resolve().parents[1] / "agent_process.py"
 STEPS = 30
 WORDS = [f"s{i}" for i in range(1, STEPS + 1)]
 # Every third step writes a file (idempotent); the others append to a log (not idempotent).
@@ -29,24 +25,6 @@ GOAL = ". Then ".join(
     for i, w in enumerate(WORDS)
 )
 KILLS = 20
-
-
-def _start(url: str, root: Path) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [sys.executable, str(HARNESS), url, str(root)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == "ready"
-    return process
-
-
-def _kill(process: subprocess.Popen[str]) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -62,9 +40,9 @@ def test_kill_9_at_twenty_points_loses_and_repeats_nothing(tmp_path: Path) -> No
         granted: set[str] = set()
         for _ in range(KILLS * 3):
             before = store.stream_version(run)
-            process = _start(url, tmp_path)
+            process = spawn(url, tmp_path)
             time.sleep(rng.uniform(0.05, 0.35))
-            _kill(process)
+            kill(process)
             after = store.stream_version(run)
             landed += after > before  # the agents were at work when the kill came
             state = fold.fold(store.read(run))
@@ -75,7 +53,7 @@ def test_kill_9_at_twenty_points_loses_and_repeats_nothing(tmp_path: Path) -> No
             if state.status is RunStatus.COMPLETED or landed >= KILLS:
                 break
         # Then let it finish undisturbed.
-        process = _start(url, tmp_path)
+        process = spawn(url, tmp_path)
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -89,7 +67,7 @@ def test_kill_9_at_twenty_points_loses_and_repeats_nothing(tmp_path: Path) -> No
                 assert time.monotonic() < deadline, state.status
                 time.sleep(0.2)
         finally:
-            _kill(process)
+            kill(process)
         events = store.read(run)
         report = store.verify()
 
@@ -125,7 +103,7 @@ def test_a_kill_during_a_side_effect_leaves_its_outcome_unknown_for_a_human(
     workspace.mkdir()
     with EventStore.open(url) as store:
         run = start_run(store, "run `sleep 3 && echo done >> effects.log`", workspace=workspace)
-        process = _start(url, tmp_path)
+        process = spawn(url, tmp_path)
         try:
             deadline = time.monotonic() + 60
             # The proposal and its assessment are in the log before the command starts.
@@ -134,10 +112,10 @@ def test_a_kill_during_a_side_effect_leaves_its_outcome_unknown_for_a_human(
                 time.sleep(0.05)
             time.sleep(0.5)
         finally:
-            _kill(process)  # while `sleep 3` runs
+            kill(process)  # while `sleep 3` runs
             killed_at = time.monotonic()
         assert not (workspace / "effects.log").exists()
-        process = _start(url, tmp_path)
+        process = spawn(url, tmp_path)
         try:
             deadline = time.monotonic() + 60
             while not (
@@ -163,6 +141,6 @@ def test_a_kill_during_a_side_effect_leaves_its_outcome_unknown_for_a_human(
                 assert time.monotonic() < deadline, state.status
                 time.sleep(0.1)
         finally:
-            _kill(process)
+            kill(process)
     assert state.status is RunStatus.COMPLETED, state.outcome
     assert (workspace / "effects.log").read_text() == "done\ndone\n"  # once more, as approved
