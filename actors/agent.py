@@ -62,6 +62,8 @@ D = TypeVar("D", bound=BaseModel)
 Flush = Callable[[list[Envelope]], object]
 """Appends a turn's events so far, with the handled event's position (given by the runtime)."""
 APPROVAL_TTL = timedelta(hours=24)
+POLICY_PRINCIPAL = "system:policy"
+"""Who assesses risk: the policy decides, not the agent (a low-risk call is auto-approved by it)."""
 """How long an approval request stays open before it may expire."""
 _ACTIVE = frozenset({RunStatus.PLANNING, RunStatus.RUNNING, RunStatus.WAITING_FOR_APPROVAL})
 
@@ -165,10 +167,13 @@ class Turn:
 
     # ------------------------------------------------------------------ emitting
 
-    def emit(self, event_class: type[Envelope], **payload: Any) -> Envelope:
-        """Emit an event of ``event_class`` caused by the handled event."""
+    def emit(
+        self, event_class: type[Envelope], *, as_: str | None = None, **payload: Any
+    ) -> Envelope:
+        """Emit an event of ``event_class`` caused by the handled event (``as_``: the principal
+        that decided it, when that is not the agent — the risk policy's assessments)."""
         event = event_class(
-            actor=self.agent.principal,
+            actor=as_ or self.agent.principal,
             payload=payload,
             **self.cause.caused_by(self.cause),
         )
@@ -339,7 +344,12 @@ class Turn:
         risk, rule = assessed.risk, assessed.rule
         digest = action_hash(self.run.run, p.action_id, p.tool, p.arguments)
         self.emit(
-            ActionRiskAssessed, action_id=p.action_id, risk=risk, action_hash=digest, rule=rule
+            ActionRiskAssessed,
+            as_=POLICY_PRINCIPAL,
+            action_id=p.action_id,
+            risk=risk,
+            action_hash=digest,
+            rule=rule,
         )
         if p.tool not in tools:
             return self._failed(

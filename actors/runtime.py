@@ -68,6 +68,7 @@ EXPIRY_ACTOR = "expiry-1"
 MAX_GOAL_CHARS = 20_000
 _CACHED_RUNS = 256
 _ACTION_TYPES = (
+    "action.proposed",
     "action.risk_assessed",
     "action.executed",
     "action.failed",
@@ -426,11 +427,13 @@ class AgentWorker:
         last: dict[tuple[str, str], Event] = {}
         for e in self.store.read_all(types=_ACTION_TYPES):
             key = (e.stream, getattr(e.payload, "action_id", ""))
-            if e.type == "action.risk_assessed" and e.actor.startswith(role):
-                mine.add(key)
+            if e.type == "action.proposed":
+                if e.actor.startswith(role):
+                    mine.add(key)
+                continue  # a proposal alone was never begun
             last[key] = e
         orphans = []
-        for key in sorted(mine):
+        for key in sorted(mine & set(last)):
             e = last[key]
             began = (e.type == "action.risk_assessed" and e.payload.risk is not RiskLevel.HIGH) or (
                 e.type == "approval.granted" and (e.position or 0) <= self.position

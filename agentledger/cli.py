@@ -822,10 +822,14 @@ def approvals_command(
     run: Annotated[
         str | None, typer.Argument(help="Only this run. Default: every run.", show_default=False)
     ] = None,
+    notes: Annotated[
+        int, typer.Option("--notifications", "-n", min=0, help="Latest notifications to show.")
+    ] = 10,
     as_json: JsonOption = False,
     store_url: StoreOption = None,
 ) -> None:
-    """The approvals inbox: actions waiting for a human, with the agent's reasoning beside each."""
+    """The approvals inbox: actions waiting for a human, with the agent's reasoning beside each,
+    and the latest notifications of medium-risk actions that ran."""
     from agentledger.console import approvals_table
     from agentledger.control import run_state
 
@@ -839,11 +843,20 @@ def approvals_command(
                 states = [
                     RunStateProjection().fold(store.read(s.stream)) for s in store.streams("run-")
                 ]
+            sent = [
+                e
+                for e in store.read_all(types=["notification.sent"])
+                if run is None or e.stream == run
+            ]
+            notices = sent[-notes:] if notes else []
         waiting = [(s.run, a) for s in states for a in s.pending_approvals.values()]
         if as_json:
             doc = [{"run": r, **a.model_dump(mode="json")} for r, a in waiting]
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        elif waiting:
+            return
+        if notices:
+            out.print(events_table(notices, title="notifications (medium-risk actions that ran)"))
+        if waiting:
             out.print(approvals_table(waiting))
             out.print(
                 "\ndecide with [bold]agentledger approve RUN ACTION[/] or "

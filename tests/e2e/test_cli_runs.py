@@ -200,6 +200,7 @@ def test_a_waiting_run_holds_no_process_and_continues_after_approval(tmp_path: P
         [run] = [s.stream for s in store.streams("run-")]
     code, output = invoke("approvals", "--store", url)
     assert code == 0 and "delete_file" in output and "offline rules" in output
+    assert "notification.sent" in output  # the medium-risk actions that ran, in the inbox
     from agentledger.control import run_state
 
     with EventStore.open(url) as store:

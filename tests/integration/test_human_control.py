@@ -248,6 +248,8 @@ def test_a_paused_run_cannot_be_paused_and_an_ended_one_cannot_be_steered(
     steer(demo.store, demo.run, ADA, "cancel", "not needed")
     with pytest.raises(AgentLedgerError, match=r"cannot resume .* it was cancelled"):
         steer(demo.store, demo.run, ADA, "resume")
+    with pytest.raises(AgentLedgerError, match=r"cannot pause .* it was cancelled"):
+        steer(demo.store, demo.run, ADA, "pause")
     assert demo.head() == before + 1
     with pytest.raises(AgentLedgerError, match="is cancelled; nothing in it will run"):
         decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=True, note="")
