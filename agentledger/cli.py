@@ -588,6 +588,7 @@ def _execute_run(
     user: str,
     config: Path | None,
     timeout: float | None,
+    waiting_ok: bool = False,
 ) -> None:
     from agentledger.actors.runtime import follow_run, start_run, validate_goal
     from agentledger.config import load_settings
@@ -637,7 +638,9 @@ def _execute_run(
             "The agents continue the run from the log once a decision is in: keep "
             "[bold]agentledger serve[/] running, or start it later."
         )
-        raise typer.Exit(EXIT_WAITING)
+        if not waiting_ok:
+            raise typer.Exit(EXIT_WAITING)
+        return
     if state.status is not RunStatus.COMPLETED:
         raise typer.Exit(1)
 
@@ -721,7 +724,8 @@ def demo_command(
 ) -> None:
     """Run the built-in scenario offline: five steps, all four agents, one high-risk action.
 
-    It ends waiting for a human's approval of that action (no server, network or model needed).
+    It ends (exit 0) with that action waiting for a human's approval, and says how to give it;
+    no server, network or model is needed.
     """
     from agentledger.demo import DEMO_GOAL, prepare_demo
 
@@ -741,6 +745,7 @@ def demo_command(
             user="demo",
             config=config,
             timeout=300,
+            waiting_ok=True,  # the demo's high-risk action is meant to wait for a human
         )
 
     _run(body)

@@ -38,7 +38,7 @@ def test_demo_runs_the_four_agents_offline_up_to_the_approval(tmp_path: Path) ->
         [*CLI, "demo"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
     )
     output = done.stdout + done.stderr
-    assert done.returncode == 3, output  # 3: waiting for a human's approval
+    assert done.returncode == 0, output  # the demo ends as designed: waiting for a human
     assert "rule-based, not a language model" in output
     assert "waiting for approval" in output and "delete_file" in output
     with EventStore.open(f"sqlite:///{tmp_path / '.agentledger' / 'ledger.db'}") as store:
@@ -194,7 +194,7 @@ def test_a_waiting_run_holds_no_process_and_continues_after_approval(tmp_path: P
     done = subprocess.run(
         [*CLI, "demo"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
     )
-    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
     url = f"sqlite:///{tmp_path / '.agentledger' / 'ledger.db'}"
     with EventStore.open(url) as store:
         [run] = [s.stream for s in store.streams("run-")]
@@ -300,3 +300,20 @@ def test_human_commands_refuse_clearly_and_write_nothing(sqlite_url: str) -> Non
     assert code == 0 and "run.paused" in output
     code, output = invoke("pause", run, "--store", sqlite_url)
     assert code == 1 and "already paused" in output
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_run_exits_3_and_says_how_to_decide_when_an_action_waits(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "old.txt").write_text("x")
+    code, output = invoke(
+        "run", "delete the file old.txt", "--workspace", str(workspace), "--store", sqlite_url
+    )
+    flat = " ".join(output.split())
+    assert code == 3, output
+    assert "waiting for approval" in flat and "agentledger approve run-" in flat
+    assert "agentledger deny run-" in flat and (workspace / "old.txt").exists()
