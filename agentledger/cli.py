@@ -951,6 +951,66 @@ _steer_command("resume", "Resume a paused run where it stopped.")
 _steer_command("cancel", "Cancel a run: nothing more happens in it.")
 
 
+@app.command("diff")
+def diff_command(
+    left: Annotated[str, typer.Argument(help="A run, e.g. the parent.")],
+    right: Annotated[str, typer.Argument(help="The run to compare it with, e.g. a fork.")],
+    after: Annotated[
+        int, typer.Option("--after", "-n", min=0, help="Events to show on each side after it.")
+    ] = 5,
+    as_json: JsonOption = False,
+    store_url: StoreOption = None,
+) -> None:
+    """The first event at which two runs differ (as decisions: ids, times and prompts aside),
+    with both versions and what followed on each side. Exit 0: the same; 1: they differ."""
+    from agentledger.projections.diff import first_divergence
+
+    def body() -> None:
+        with _store(store_url) as store:
+            runs = {}
+            for run in (left, right):
+                runs[run] = store.read(run)
+                if not runs[run]:
+                    raise NotFound(f"no run {run!r} in {store.url}; `agentledger runs` lists them")
+        a, b = runs[left], runs[right]
+        found = first_divergence(a, b)
+        if as_json:
+            doc: dict[str, Any] = {"same": found is None}
+            if found is not None:
+                doc |= {
+                    "index": found.index,
+                    "left": {
+                        "position": found.left and found.left.position,
+                        **(found.left_view or {}),
+                    },
+                    "right": {
+                        "position": found.right and found.right.position,
+                        **(found.right_view or {}),
+                    },
+                }
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        elif found is None:
+            out.print(f"[green]same[/]: {left} and {right} made the same {len(a)} decisions")
+        else:
+            out.print(
+                f"the runs part at event {found.index + 1} "
+                f"({left} position {found.left.position if found.left else 'end'}, "
+                f"{right} position {found.right.position if found.right else 'end'}):"
+            )
+            for run, events, view in ((left, a, found.left_view), (right, b, found.right_view)):
+                shown = events[found.index : found.index + 1 + after]
+                out.print(
+                    f"\n[bold]{run}[/]: "
+                    + (json.dumps(view, ensure_ascii=False) if view else "(no more events)")
+                )
+                if shown:
+                    out.print(events_table(shown, title=None, show_stream=False))
+        if found is not None:
+            raise typer.Exit(1)
+
+    _run(body)
+
+
 @app.command("serve")
 def serve_command(
     store_url: StoreOption = None,

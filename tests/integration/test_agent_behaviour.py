@@ -318,3 +318,33 @@ def test_prompts_can_be_recorded_by_hash_only(run_with: Any) -> None:
     assert requested and all(e.payload.prompt is None for e in requested)
     assert all(len(e.payload.prompt_hash) == 64 for e in requested)
     assert any(e.payload.context_event_ids for e in requested)  # what the context came from
+
+
+def test_diff_finds_where_two_runs_decided_differently(tmp_path: Path, run_with: Any) -> None:
+    from typer.testing import CliRunner
+
+    from agentledger.cli import app
+    from agentledger.projections.diff import first_divergence
+
+    write = {"tool": "write_file", "arguments": {"path": "a.txt", "content": "x"}}
+    other = {"tool": "write_file", "arguments": {"path": "b.txt", "content": "x"}}
+    _, first, _ = run_with(Brain(act=_act(write)))
+    _, same, _ = run_with(Brain(act=_act(write)))
+    _, changed, _ = run_with(Brain(act=_act(other)))
+    assert first_divergence(first, same) is None  # ids, times and prompts differ; decisions not
+    found = first_divergence(first, changed)
+    assert found is not None and found.left is not None and found.right is not None
+    assert found.left.type == found.right.type == "model.responded"
+    assert found.left.actor.startswith("agent:execution/")
+    assert "a.txt" in found.left.payload.content and "b.txt" in found.right.payload.content
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    runner = CliRunner()
+    result = runner.invoke(app, ["diff", first[0].stream, same[0].stream, "--store", url])
+    assert result.exit_code == 0 and "same" in result.output
+    result = runner.invoke(
+        app, ["diff", first[0].stream, changed[0].stream, "--store", url], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 1 and f"position {found.left.position}" in result.output
+    result = runner.invoke(app, ["diff", first[0].stream, "run-nope", "--store", url])
+    assert result.exit_code == 1 and "no run 'run-nope'" in result.output
