@@ -951,6 +951,85 @@ _steer_command("resume", "Resume a paused run where it stopped.")
 _steer_command("cancel", "Cancel a run: nothing more happens in it.")
 
 
+@app.command("replay")
+def replay_command(
+    run: Annotated[str, typer.Argument(help="The run.")],
+    to: Annotated[
+        int | None,
+        typer.Option("--to", min=0, help="Replay up to this global position (default: the end)."),
+    ] = None,
+    to_event: Annotated[
+        str | None, typer.Option("--to-event", help="Replay up to this event id (a UUID).")
+    ] = None,
+    step: Annotated[
+        bool, typer.Option("--step", help="Walk forward event by event (Enter: next, q: stop).")
+    ] = False,
+    as_json: JsonOption = False,
+    store_url: StoreOption = None,
+) -> None:
+    """Rebuild a run as of a position from its log alone (no model or tool is called): status,
+    tasks, approvals waiting, blackboard, scratchpad and the last decisions with their reasoning.
+    """
+    from agentledger.blackboard import BlackboardProjection
+    from agentledger.console import decisions_table
+    from agentledger.projections import RunStateProjection
+    from agentledger.projections.memory import ScratchpadProjection
+    from agentledger.projections.runner import stream_as_of
+
+    def body() -> None:
+        if to is not None and to_event is not None:
+            raise AgentLedgerError("give --to or --to-event, not both")
+        with _store(store_url) as store:
+            everything = stream_as_of(store, run)
+            position = to
+            if to_event is not None:
+                match = [e for e in everything if str(e.id) == to_event.strip().lower()]
+                if not match:
+                    raise NotFound(
+                        f"run {run} has no event {to_event!r}; `agentledger log {run}` "
+                        "shows the ids (--json)"
+                    )
+                position = match[0].position
+            events = stream_as_of(store, run, position)
+        if not events:
+            first = everything[0].position
+            raise AgentLedgerError(
+                f"run {run} begins at position {first}; --to {position} is before it"
+            )
+        fold = RunStateProjection()
+        if step:
+            state = fold.initial()
+            interactive = sys.stdin.isatty()
+            for e in events:
+                state = fold.apply(state, e)
+                out.print(f"{event_line(e)}  [dim]→ {state.status.value}[/]")
+                if interactive and input().strip().lower() == "q":
+                    break
+            return
+        state = fold.fold(events)
+        board = BlackboardProjection().fold(events)
+        pad = ScratchpadProjection().fold(events)
+        at = events[-1].position
+        if as_json:
+            doc = {
+                "position": at,
+                "run": state.model_dump(mode="json"),
+                "blackboard": board.model_dump(mode="json"),
+                "scratchpad": pad.model_dump(mode="json"),
+                "decisions": [
+                    json.loads(event_json(e))
+                    for e in events
+                    if e.type.startswith(("task.", "action.proposed", "approval.", "run."))
+                ][-20:],
+            }
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+            return
+        out.print(run_state_view(state, board, pad, at))
+        out.print(decisions_table(events))
+
+    _run(body)
+
+
 @app.command("diff")
 def diff_command(
     left: Annotated[str, typer.Argument(help="A run, e.g. the parent.")],

@@ -357,3 +357,50 @@ def approvals_table(waiting: list[tuple[str, Any]]) -> Table:
             a.expires_at.strftime("%Y-%m-%d %H:%M") if a.expires_at else "never",
         )
     return table
+
+
+_DECISION_TYPES = frozenset(
+    {
+        "task.planned",
+        "task.assigned",
+        "task.completed",
+        "task.failed",
+        "task.reviewed",
+        "action.proposed",
+        "action.risk_assessed",
+        "approval.requested",
+        "approval.granted",
+        "approval.denied",
+        "approval.expired",
+        "run.completed",
+        "run.failed",
+        "run.cancelled",
+        "run.paused",
+        "run.resumed",
+    }
+)
+
+
+def decisions_table(events: list[Any], limit: int = 10) -> Table:
+    """The latest decisions among ``events``, each with who made it and why."""
+    table = Table(title="last decisions", header_style="bold", title_justify="left")
+    for col in ("pos", "decision", "by", "what", "why"):
+        table.add_column(col, overflow="fold")
+    chosen = [e for e in events if e.type in _DECISION_TYPES][-limit:]
+    for e in chosen:
+        p = e.payload
+        why = (
+            getattr(p, "reasoning", "")
+            or getattr(p, "reasons", "")
+            or getattr(p, "reason", "")
+            or getattr(p, "rule", "")
+            or getattr(p, "comment", "")
+        )
+        table.add_row(
+            str(e.position),
+            f"[{type_style(e.type)}]{e.type}[/]",
+            e.actor,
+            summarize(e, 70),
+            _short(why) if why else "",
+        )
+    return table

@@ -178,3 +178,39 @@ def test_memory_search_survives_damaged_lancedb_data_files(cli: Cli, run: str) -
         file.write_bytes(b"garbage")
     output = ok(cli("memory", "search", "retention"))
     assert "mem1" in output
+
+
+def test_replay_to_a_position_or_an_event_and_step_through(cli: Cli, run: str) -> None:
+    now = ok(cli("replay", run))
+    assert "waiting_for_approval" in now and "last decisions" in now
+    assert "approval.requested" in now and "sql.execute" in now  # the decision and its reasoning
+
+    early = ok(cli("replay", run, "--to", "6"))
+    assert f"{run} at position 6" in early and "waiting_for_approval" not in early
+
+    with EventStore.open(cli.url) as store:
+        fourth = store.read(run)[3]
+    by_event = ok(cli("replay", run, "--to-event", str(fourth.id)))
+    assert f"at position {fourth.position}" in by_event
+
+    steps = ok(cli("replay", run, "--to", "5", "--step"))
+    lines = [line for line in steps.splitlines() if "→" in line]
+    assert len(lines) == 5 and lines[0].split("→")[1].strip() == "planning"
+
+    doc = json.loads(ok(cli("replay", run, "--to", "12", "--json")))
+    assert doc["position"] == 12 and doc["run"]["events"] == 12
+    assert all(d["position"] <= 12 for d in doc["decisions"])
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["replay", "run-nope"], "no run or stream 'run-nope'"),
+        (["replay", "RUN", "--to", "999"], "outside the log"),
+        (["replay", "RUN", "--to-event", "00000000-0000-0000-0000-000000000000"], "has no event"),
+        (["replay", "RUN", "--to", "3", "--to-event", "x"], "not both"),
+    ],
+)
+def test_replay_refuses_bad_input(cli: Cli, run: str, args: list[str], words: str) -> None:
+    result = cli(*[run if a == "RUN" else a for a in args])
+    assert result.exit_code == 1 and words in " ".join(result.output.split()), result.output
