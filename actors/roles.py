@@ -10,7 +10,9 @@ what became ready, sends rejected work back, replans a failure once, and complet
 from __future__ import annotations
 
 import json
+import os
 import re
+import uuid
 from collections.abc import Sequence
 
 from agentledger.blackboard import post
@@ -41,7 +43,7 @@ from agentledger.events import (
 from agentledger.events.handlers import on
 from agentledger.projections import ActionStatus, TaskInfo, TaskStatus
 
-from .agent import ActionOutcome, Agent, DecisionFailed, RunView, Turn
+from .agent import ActionOutcome, Agent, AgentSettings, DecisionFailed, RunView, Turn
 from .decisions import (
     CHECKS,
     FEEDBACK,
@@ -652,6 +654,10 @@ class Review(Agent):
 
     role = Role.REVIEW
 
+    def __init__(self, agent_id: str, settings: AgentSettings) -> None:
+        super().__init__(agent_id, settings)
+        self._listing: dict[uuid.UUID, set[str]] = {}  # one listing per review turn
+
     def cares(self, event: Event) -> bool:
         return not event.actor.startswith("agent:review/")
 
@@ -698,6 +704,7 @@ class Review(Agent):
         )
 
     def _checks(self, turn: Turn, task: TaskInfo, done: TaskCompleted) -> list[str]:
+        self._listing.clear()  # a listing serves one review turn only
         checks = [
             "PASS: the result is not empty" if done.payload.result.strip() else "FAIL: empty result"
         ]
@@ -723,7 +730,9 @@ class Review(Agent):
                 err = _one_line(str(result.get("stderr") or result.get("stdout") or ""), 300)
                 checks.append(f"FAIL: {what} exited with {code}: {err}")
             elif info.tool == "write_file":
-                checks.append(self._file_check(turn, info.arguments.get("path"), what))
+                checks.append(
+                    self._file_check(turn, task.task_id, info.arguments.get("path"), what)
+                )
             else:
                 checks.append(f"PASS: {what} ran")
         match = _CHECK_COMMAND.search(task.goal)
@@ -743,15 +752,23 @@ class Review(Agent):
                 checks.append(f"FAIL: `{match.group(1)}`: {detail or 'did not pass'}")
         return checks
 
-    @staticmethod
-    def _file_check(turn: Turn, path: object, what: str) -> str:
+    def _file_check(self, turn: Turn, task_id: str, path: object, what: str) -> str:
+        # The workspace is looked at through a recorded tool call (list_files), like every
+        # read of the world: a re-execution meets the same listing.
         if not isinstance(path, str):
             return f"FAIL: {what} names no path"
-        try:
-            exists = turn.workspace.resolve(path).is_file()
-        except Exception as exc:  # a path the sandbox refuses is a failed check, not a crash
-            return f"FAIL: {what}: {exc}"
-        return f"PASS: {path} exists in the workspace" if exists else f"FAIL: {path} is missing"
+        listing = self._listing.get(turn.cause.id)
+        if listing is None:
+            proposal = turn.propose(
+                "list_files", {}, "check that the files the task wrote are there", task_id
+            )
+            outcome = turn.execute(proposal)
+            found = outcome.result if outcome.ok and isinstance(outcome.result, list) else []
+            listing = self._listing[turn.cause.id] = {str(p) for p in found}
+        normal = os.path.normpath(path)
+        if normal in listing:
+            return f"PASS: {path} exists in the workspace"
+        return f"FAIL: {path} is missing from the workspace"
 
 
 ROLE_CLASSES: dict[Role, type[Agent]] = {
