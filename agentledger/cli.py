@@ -1030,6 +1030,67 @@ def replay_command(
     _run(body)
 
 
+@app.command("verify")
+def verify_command(
+    run: Annotated[str, typer.Argument(help="The run to re-execute.")],
+    as_json: JsonOption = False,
+    store_url: StoreOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Re-execute every agent's handlers against the recorded log, with the recorded model
+    answers and tool results (nothing is called or run), and compare what they emit with what
+    was recorded. Exit 0: every reaction matches; 1: the first divergence, with both versions.
+    (The settings that shape prompts, e.g. the context budget, come from agentledger.toml.)"""
+    from datetime import timedelta
+
+    from agentledger.actors.policy import RiskPolicy
+    from agentledger.actors.verify import verify_run
+    from agentledger.config import load_settings
+
+    def body() -> None:
+        settings = load_settings(config)
+        rt = settings.runtime
+        policy = RiskPolicy.load(Path(rt.policy)) if rt.policy else RiskPolicy()
+        with _store(store_url or settings.store) as store:
+            report = verify_run(
+                store,
+                run,
+                context_tokens=rt.context_tokens,
+                approval_ttl=timedelta(seconds=rt.approval_ttl_s),
+                record_prompts=rt.record_prompts,
+                policy=policy,
+            )
+        d = report.divergence
+        if as_json:
+            doc = {
+                "run": run,
+                "ok": report.ok,
+                "reactions": report.reactions,
+                "events": report.events,
+                "notes": report.notes,
+                "divergence": None if d is None else d.__dict__,
+            }
+            sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+        elif d is None:
+            out.print(
+                f"[green]verified[/] {run}: {report.reactions} reactions, {report.events} events "
+                "re-executed and identical"
+            )
+            for note in report.notes:
+                out.print(f"[dim]{note}[/]")
+        else:
+            out.print(
+                f"[bold red]diverges[/] at position {d.position} ({d.agent}, reacting to the "
+                f"event at position {d.cause_position}): {d.message}"
+            )
+            out.print(f"recorded:     {json.dumps(d.expected, ensure_ascii=False)}")
+            out.print(f"re-executed:  {json.dumps(d.actual, ensure_ascii=False)}")
+        if d is not None:
+            raise typer.Exit(1)
+
+    _run(body)
+
+
 @app.command("diff")
 def diff_command(
     left: Annotated[str, typer.Argument(help="A run, e.g. the parent.")],
@@ -1131,6 +1192,112 @@ def serve_command(
         except KeyboardInterrupt:
             err.print("stopping the agents…")
             runtime.stop()
+
+    _run(body)
+
+
+# ---------------------------------------------------------------------------- audit
+
+audit_app = typer.Typer(
+    help="Tamper-evident audit exports (signed JSON Lines) and human-readable audit reports.",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("export")
+def audit_export_command(
+    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-<uuid>.")],
+    out_file: Annotated[Path, typer.Option("--out", help="The export file to write (JSON Lines).")],
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="ed25519 private key (PEM) to sign the manifest with."),
+    ] = None,
+    user: Annotated[
+        str, typer.Option("--as", envvar="USER", help="Who exports (recorded in the manifest).")
+    ] = "anonymous",
+    store_url: StoreOption = None,
+) -> None:
+    """Export a run's events, with a manifest (count, head hash, digest, signature) at the end."""
+    from agentledger.events.audit import export_run
+
+    def body() -> None:
+        with _store(store_url) as store:
+            manifest = export_run(
+                store, run, out_file, signing_key=key, exporter=f"human:{_principal_name(user)}"
+            )
+        signed = "signed" if manifest.signature else "unsigned"
+        out.print(
+            f"exported {manifest.count} events of {run} to {out_file} ({signed}; "
+            f"head {manifest.head_hash[:12]}…, digest {manifest.digest[:12]}…)"
+        )
+
+    _run(body)
+
+
+@audit_app.command("verify")
+def audit_verify_command(
+    file: Annotated[Path, typer.Argument(help="An export written by `agentledger audit export`.")],
+    pubkey: Annotated[
+        Path | None,
+        typer.Option("--pubkey", help="ed25519 public key (PEM): the manifest must verify."),
+    ] = None,
+) -> None:
+    """Check an export: every event's hash and chain, the manifest, and the signature.
+
+    Exit 0 when intact; 1 with the first problem and its line number.
+    """
+    from agentledger.events.audit import verify_export
+
+    def body() -> None:
+        report = verify_export(file, public_key=pubkey)
+        if report.ok:
+            out.print(f"[green]ok[/]: {escape(str(report))}")
+            return
+        out.print(f"[bold red]TAMPERED[/]: {escape(str(report))}")
+        raise typer.Exit(1)
+
+    _run(body)
+
+
+@audit_app.command("report")
+def audit_report_command(
+    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-<uuid>.")],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the Markdown here instead of stdout.")
+    ] = None,
+    store_url: StoreOption = None,
+) -> None:
+    """A run as Markdown for a reviewer: the plan, each action and its approval, the outcome."""
+    from agentledger.events.audit import write_text
+    from agentledger.projections.audit import audit_report
+
+    def body() -> None:
+        with _store(store_url) as store:
+            events = store.read(run)
+            if not events:
+                raise NotFound(f"run {run!r} has no events in {store.url}; see `agentledger runs`")
+        text = audit_report(events)
+        if out_file is None:
+            sys.stdout.write(text)
+            return
+        write_text(out_file, text)
+        out.print(f"wrote the audit report of {run} to {out_file}")
+
+    _run(body)
+
+
+@audit_app.command("keygen")
+def audit_keygen_command(
+    private: Annotated[Path, typer.Option("--private", help="Where to write the private key.")],
+    public: Annotated[Path, typer.Option("--public", help="Where to write the public key.")],
+) -> None:
+    """Make an ed25519 key pair (PEM) for signing exports; keep the private one secret."""
+    from agentledger.events.audit import generate_keypair
+
+    def body() -> None:
+        generate_keypair(private, public)
+        out.print(f"wrote the private key {private} (mode 600) and the public key {public}")
 
     _run(body)
 

@@ -14,6 +14,7 @@ import pytest
 from agent_process import kill, spawn
 
 from agentledger.actors.runtime import start_run
+from agentledger.actors.verify import verify_run
 from agentledger.events import ApprovalGranted, EventStore
 from agentledger.projections import RunStateProjection, RunStatus
 
@@ -70,9 +71,12 @@ def test_kill_9_at_twenty_points_loses_and_repeats_nothing(tmp_path: Path) -> No
             kill(process)
         events = store.read(run)
         report = store.verify()
+        reexecuted = verify_run(store, run)
 
     assert state.status is RunStatus.COMPLETED, state.outcome
     assert report.ok, report
+    # Re-executing every reaction against the log gives the same events, kills and all.
+    assert reexecuted.ok, reexecuted.divergence
     # No event lost or handled twice: each task completed and reviewed exactly once.
     outcomes = Counter(
         (e.type, e.payload.task_id) for e in events if e.type in ("task.completed", "task.reviewed")

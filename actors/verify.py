@@ -1,0 +1,349 @@
+"""Verify a run by re-execution: run every agent's handlers again against the recorded log,
+feeding back the recorded model answers and tool results, and compare what they emit with what
+was recorded — the content of every event, not only their order.
+
+No model is called and no tool runs: a model call is answered by the recorded
+``model.responded`` (or fails as the recorded ``model.failed`` did), a tool call returns the
+recorded ``action.executed`` result (or raises the recorded ``action.failed`` error). Each
+agent sees the run as it saw it live: the events up to the one it handles, plus its own earlier
+reactions. The first event that differs is reported with both versions.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import JsonValue
+
+from agentledger.events import Envelope, Event, EventStore, NotFound, Role
+from agentledger.projections.memory import LongTermMemory
+
+from .agent import Agent, AgentSettings, ModelChoice, RunView
+from .memory_manager import MemoryManager
+from .models import ModelEndpointError, ModelReply, ModelRequest
+from .policy import RiskPolicy
+from .roles import ROLE_CLASSES
+from .sandbox import ToolError
+from .tools import ToolContext, ToolRegistry, default_registry
+
+# Measured, not decided: differ on every execution.
+_TIMINGS = frozenset({"duration_ms", "latency_ms"})
+_HALTS = frozenset({"run.paused", "run.cancelled"})
+
+
+class _Diverged(Exception):
+    """Re-execution asked for something the recording does not have."""
+
+
+class _Interrupted(Exception):
+    """The recorded reaction was cut short by a crash while this tool ran (its outcome was
+    recorded as unknown): re-execution stops at the same point."""
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first difference between the recorded log and the re-execution."""
+
+    agent: str
+    cause_position: int | None  # the event the agent was handling
+    position: int | None  # the recorded event that differs (None: re-execution emitted more)
+    expected: dict[str, Any] | None
+    actual: dict[str, Any] | None
+    message: str
+
+
+@dataclass
+class VerifyReport:
+    """What verification found for one run."""
+
+    run: str
+    reactions: int = 0
+    events: int = 0
+    divergence: Divergence | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every re-executed reaction matched the recorded one."""
+        return self.divergence is None
+
+
+class _Replay:
+    """The recorded edges of the reaction being re-executed."""
+
+    def __init__(self) -> None:
+        self.models: list[Event] = []
+        self.tools: dict[str, Event] = {}
+
+    def load(self, reaction: list[Event]) -> None:
+        self.models = [e for e in reaction if e.type in ("model.responded", "model.failed")]
+        self.tools = {
+            e.payload.action_id: e
+            for e in reaction
+            if e.type in ("action.executed", "action.failed")
+        }
+
+
+class _ReplayProvider:
+    """Answers each model call with the next recorded answer of the reaction."""
+
+    def __init__(self, replay: _Replay, name: str) -> None:
+        self._replay = replay
+        self.name = name
+
+    def complete(self, request: ModelRequest) -> ModelReply:
+        while self._replay.models:
+            event = self._replay.models.pop(0)
+            p: Any = event.payload
+            if event.type == "model.responded":
+                # A validation failure recorded after this answer is produced again by the
+                # agent's own check: drop it here.
+                following = self._replay.models[0] if self._replay.models else None
+                if (
+                    following is not None
+                    and following.type == "model.failed"
+                    and getattr(following.payload, "request_id", None) == p.request_id
+                ):
+                    self._replay.models.pop(0)
+                return ModelReply(
+                    model=p.model,
+                    content=p.content,
+                    input_tokens=p.input_tokens,
+                    output_tokens=p.output_tokens,
+                    latency_ms=p.latency_ms or 0.001,
+                )
+            raise ModelEndpointError(
+                p.error, endpoint="(recorded)", status=None, attempts=1, retryable=p.retryable
+            )
+        raise _Diverged("the handler asked a model more often than the recording shows")
+
+
+class _ReplayTools(ToolRegistry):
+    """The real registry for names, arguments and risk; recorded results instead of runs."""
+
+    def __init__(self, real: ToolRegistry, replay: _Replay, interrupted: set[str]) -> None:
+        super().__init__()
+        self._tools = real._tools
+        self._replay = replay
+        self.interrupted = interrupted
+
+    def execute(self, name: str, arguments: Mapping[str, Any], ctx: ToolContext) -> JsonValue:
+        self.validate(name, arguments)  # the same refusal as live, before any result
+        action_id = ctx.idempotency_key.rsplit("/", 1)[-1]
+        recorded = self._replay.tools.get(action_id)
+        if recorded is None and action_id in self.interrupted:
+            raise _Interrupted(action_id)
+        if recorded is None:
+            raise _Diverged(f"the handler ran {name} ({action_id}), which the recording never ran")
+        if recorded.type == "action.failed":
+            raise ToolError(recorded.payload.error)
+        result: JsonValue = recorded.payload.result  # type: ignore[union-attr]
+        return result
+
+
+def comparable(event: Envelope) -> dict[str, Any]:
+    """What is compared of an event: type, principal, payload without timings."""
+    payload = event.payload.model_dump(mode="json")
+    return {
+        "type": event.type,
+        "actor": event.actor,
+        "payload": {k: v for k, v in payload.items() if k not in _TIMINGS},
+    }
+
+
+def verify_run(
+    store: EventStore,
+    run: str,
+    *,
+    context_tokens: int = 8_000,
+    approval_ttl: timedelta = timedelta(hours=24),
+    record_prompts: str = "full",
+    policy: RiskPolicy | None = None,
+) -> VerifyReport:
+    """Re-execute every agent reaction of ``run`` and compare (see the module docstring).
+
+    The settings must be those the run was executed with (the context budget shapes prompts).
+    """
+    events = store.read(run)
+    if not events:
+        raise NotFound(f"no run {run!r} in {store.url}; `agentledger runs` lists the runs")
+    report = VerifyReport(run)
+    # Each agent's reaction to an event: its events (and the policy's assessments within them)
+    # caused by that event.
+    reactions: dict[tuple[str, uuid.UUID], list[Event]] = defaultdict(list)
+    principals: dict[str, str] = {}
+    owner: dict[uuid.UUID, str] = {}
+    for e in events:
+        if e.causation_id is None:
+            continue
+        if e.actor.startswith("agent:"):
+            role = e.actor.split(":", 1)[1].split("/", 1)[0]
+            principals.setdefault(role, e.actor)
+            owner.setdefault(e.causation_id, role)
+        if e.actor.startswith("agent:") or e.actor == "system:policy":
+            reactor = owner.get(e.causation_id)
+            if reactor is not None:
+                reactions[(reactor, e.causation_id)].append(e)
+    with tempfile.TemporaryDirectory(prefix="agentledger-verify-") as scratch:
+        for role in Role:
+            principal = principals.get(role.value, f"agent:{role.value}/1")
+            divergence = _verify_role(
+                store,
+                events,
+                reactions,
+                role,
+                principal,
+                Path(scratch),
+                report,
+                context_tokens=context_tokens,
+                approval_ttl=approval_ttl,
+                record_prompts=record_prompts,
+                policy=policy or RiskPolicy(),
+            )
+            if divergence is not None and (
+                report.divergence is None
+                or (divergence.cause_position or 0) < (report.divergence.cause_position or 0)
+            ):
+                report.divergence = divergence
+    return report
+
+
+def _verify_role(
+    store: EventStore,
+    events: list[Event],
+    reactions: dict[tuple[str, uuid.UUID], list[Event]],
+    role: Role,
+    principal: str,
+    scratch: Path,
+    report: VerifyReport,
+    **settings: Any,
+) -> Divergence | None:
+    from .runtime import _RunCache  # the same view the live worker builds
+
+    replay = _Replay()
+    long_term = None
+    if role is Role.RESEARCH:
+        long_term = LongTermMemory(scratch / "memory")
+        long_term.catch_up(store)
+    agent_id = principal.split("/", 1)[1]
+    provider = _ReplayProvider(replay, "recorded")
+
+    def models(role_: Role, run: RunView) -> ModelChoice:
+        upcoming = next((e for e in replay.models), None)
+        requested = _requested.get(upcoming.payload.request_id) if upcoming else None  # type: ignore[union-attr]
+        provider.name = requested.payload.provider if requested else "recorded"
+        model = requested.payload.model if requested else "recorded"
+        return ModelChoice(provider, model)
+
+    _requested = {e.payload.request_id: e for e in events if e.type == "model.requested"}
+    agent: Agent = ROLE_CLASSES[role](
+        agent_id,
+        AgentSettings(
+            models=models,
+            tools=_ReplayTools(
+                default_registry(),
+                replay,
+                {
+                    str(getattr(e.payload, "action_id", ""))
+                    for e in events
+                    if e.type == "action.outcome_unknown"
+                },
+            ),
+            memory=MemoryManager(long_term),
+            workspace_root=scratch / "workspaces",
+            context_tokens=settings["context_tokens"],
+            record_prompts=settings["record_prompts"],
+            approval_ttl=settings["approval_ttl"],
+            policy=settings["policy"],
+        ),
+    )
+    types = agent.handled_types()
+    cache = _RunCache(events[0].stream)
+    for index, event in enumerate(events):
+        cache.deliver(event)
+        recorded = reactions.get((role.value, event.id), [])
+        if recorded and recorded[0].type == "action.outcome_unknown":
+            # A worker's recovery after a crash (not a reaction to a delivered event): counted
+            # as the agent's own events in its later views, not re-executed.
+            report.notes.append(
+                f"position {recorded[0].position}: recovery of an action interrupted by a crash "
+                "(recorded, not re-executed)"
+            )
+            cache.pending.extend(e for e in recorded if (e.position or 0) > (event.position or 0))
+            continue
+        if event.type not in types or not agent.cares(event):
+            if recorded:
+                return _diverged(
+                    principal,
+                    event,
+                    recorded[0],
+                    None,
+                    "a reaction was recorded to an event this agent does not handle",
+                )
+            continue
+        view = cache.view()
+        replay.load(recorded)
+        flushed: list[Envelope] = []
+        try:
+            emitted = agent.handle(event, view, flushed.extend)
+        except _Diverged as exc:
+            return _diverged(principal, event, recorded[0] if recorded else None, None, str(exc))
+        except _Interrupted as exc:
+            # Live, the process died here: what it had made durable is the whole reaction.
+            emitted = []
+            report.notes.append(
+                f"position {event.position}: the reaction stopped at action {exc} (a crash; its "
+                "outcome was recorded as unknown)"
+            )
+        emitted = [*flushed, *emitted]
+        if emitted and not recorded and any(e.type in _HALTS for e in events[index + 1 :]):
+            report.notes.append(
+                f"position {event.position}: no reaction recorded; the run was paused or "
+                "cancelled later, which the agent honoured (not a divergence)"
+            )
+            continue
+        for position, (want, got) in enumerate(zip(recorded, emitted, strict=False)):
+            if comparable(want) != comparable(got):
+                return _diverged(
+                    principal, event, want, got, f"event {position + 1} of the reaction differs"
+                )
+        if len(recorded) != len(emitted):
+            extra_want = recorded[len(emitted)] if len(recorded) > len(emitted) else None
+            extra_got = emitted[len(recorded)] if len(emitted) > len(recorded) else None
+            return _diverged(
+                principal,
+                event,
+                extra_want,
+                extra_got,
+                f"recorded {len(recorded)} events in the reaction, "
+                f"re-execution emitted {len(emitted)}",
+            )
+        if recorded:
+            report.reactions += 1
+            report.events += len(recorded)
+            cache.pending.extend(e for e in recorded if (e.position or 0) > (event.position or 0))
+    return None
+
+
+def _diverged(
+    agent: str,
+    cause: Event,
+    want: Event | None,
+    got: Envelope | None,
+    message: str,
+) -> Divergence:
+    return Divergence(
+        agent=agent,
+        cause_position=cause.position,
+        position=want.position if want is not None else None,
+        expected=comparable(want) if want is not None else None,
+        actual=comparable(got) if got is not None else None,
+        message=message,
+    )
