@@ -283,6 +283,7 @@ class LongTermMemory:
         self._table: Any = None
         self._fts_rows = -1
         self._position: int | None = None
+        self._first_position: int | None = None
         self._open()
 
     def _schema(self) -> Any:
@@ -347,6 +348,16 @@ class LongTermMemory:
                 self._position = int(rows.column("position").to_numpy().max())
         return self._position
 
+    @property
+    def first_position(self) -> int:
+        """The log position of the oldest memory in the table (0 when empty)."""
+        if self._first_position is None:
+            if self._table.count_rows() == 0:
+                return 0
+            rows = self._table.search().select(["position"]).limit(None).to_arrow()
+            self._first_position = int(rows.column("position").to_numpy().min())
+        return self._first_position
+
     def count(self) -> int:
         """How many memories the table holds."""
         return int(self._table.count_rows())
@@ -393,9 +404,10 @@ class LongTermMemory:
         try:
             self._table.add(rows)
         except (OSError, RuntimeError, ValueError) as exc:
-            self._position = None
+            self._position = self._first_position = None
             raise self._damaged(exc) from exc
         self._position = max(self.position, max(e.position or 0 for e in events))
+        self._first_position = None  # recomputed on demand (rows may come in any order)
         return len(rows)
 
     def _damaged(self, exc: Exception) -> MemoryUnavailable:
@@ -445,6 +457,8 @@ class LongTermMemory:
             raise InvalidEvent(f"k must be between 1 and 1000, got {k}")
         if self.position == 0:  # nothing stored yet (no count_rows round trip per search)
             return []
+        if as_of is not None and as_of < self.first_position:
+            return []  # nothing was stored yet at that position (no query needed)
         filters = []
         if user is not None:
             filters.append(f"user = '{user.replace(chr(39), chr(39) * 2)}'")
@@ -492,5 +506,5 @@ class LongTermMemory:
 
     def delete(self) -> None:
         """Remove the directory (it is rebuilt from the log on the next catch-up)."""
-        self._position = None
+        self._position = self._first_position = None
         shutil.rmtree(self.path, ignore_errors=True)
