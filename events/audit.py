@@ -39,6 +39,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from eventsourcing.persistence import Notification
+from pydantic_core import from_json
 
 from ._codec import split_state
 from .errors import AgentLedgerError, ConfigurationError, NotFound
@@ -400,7 +401,7 @@ def _parse(number: int, raw: bytes, *, ends_file: bool) -> tuple[dict[str, Any],
     # Only the small header is parsed here; the body is checked (parsed, hashed) by the
     # chain walk, as the exact bytes between '"state":' and the closing brace.
     try:
-        doc = json.loads(raw[:at] + b"}")
+        doc = from_json(raw[:at] + b"}")
     except ValueError as exc:
         raise _Failed(number, f"not valid JSON{cut}: {exc}") from None
     if (
