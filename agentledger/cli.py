@@ -41,7 +41,8 @@ app = typer.Typer(
     name="agentledger",
     help=(
         "Event-sourced multi-agent orchestration. Every agent message, model call, tool result "
-        "and human decision is an event in one log; these commands read, verify and export it."
+        "and human decision is an event in one log: these commands run the agents, let humans "
+        "steer runs, and read, replay, verify and export the log."
     ),
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -833,8 +834,10 @@ def approvals_command(
     as_json: JsonOption = False,
     store_url: StoreOption = None,
 ) -> None:
-    """The approvals inbox: actions waiting for a human, with the agent's reasoning beside each,
-    and the latest notifications of medium-risk actions that ran."""
+    """The approvals inbox: what waits for a human, with the agent's reasoning beside it.
+
+    Also the latest notifications of medium-risk actions that ran.
+    """
     from agentledger.console import approvals_table
     from agentledger.control import run_state
 
@@ -967,8 +970,10 @@ def replay_command(
     as_json: JsonOption = False,
     store_url: StoreOption = None,
 ) -> None:
-    """Rebuild a run as of a position from its log alone (no model or tool is called): status,
-    tasks, approvals waiting, blackboard, scratchpad and the last decisions with their reasoning.
+    """Rebuild a run as of a position from its log alone, with its last decisions and why.
+
+    No model or tool is called: status, tasks, approvals waiting, blackboard, scratchpad and the
+    last decisions with their reasoning, as of --to/--to-event; --step walks event by event.
     """
     from agentledger.blackboard import BlackboardProjection
     from agentledger.console import decisions_table
@@ -1037,10 +1042,13 @@ def verify_command(
     store_url: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Re-execute every agent's handlers against the recorded log, with the recorded model
-    answers and tool results (nothing is called or run), and compare what they emit with what
-    was recorded. Exit 0: every reaction matches; 1: the first divergence, with both versions.
-    (The settings that shape prompts, e.g. the context budget, come from agentledger.toml.)"""
+    """Re-execute a run's agents against its log and report the first event that differs.
+
+    The recorded model answers and tool results are fed back (nothing is called or run) and
+    every emitted event is compared with the recorded one. Exit 0: every reaction matches;
+    1: the first divergence, with both versions. The settings that shape prompts (e.g. the
+    context budget) come from agentledger.toml.
+    """
     from datetime import timedelta
 
     from agentledger.actors.policy import RiskPolicy
@@ -1101,8 +1109,11 @@ def diff_command(
     as_json: JsonOption = False,
     store_url: StoreOption = None,
 ) -> None:
-    """The first event at which two runs differ (as decisions: ids, times and prompts aside),
-    with both versions and what followed on each side. Exit 0: the same; 1: they differ."""
+    """The first event at which two runs decided differently, with both versions.
+
+    Compared as decisions: derived ids, times and prompts aside. Exit 0: the same; 1: they
+    differ.
+    """
     from agentledger.projections.diff import first_divergence
 
     def body() -> None:
