@@ -41,6 +41,7 @@ from agentledger.events import (
     NotificationSent,
     RiskLevel,
     Role,
+    RunForked,
     RunStarted,
     TaskCompleted,
 )
@@ -107,6 +108,12 @@ class RunView:
             if isinstance(event, RunStarted):
                 return event
         return None
+
+    @property
+    def forked(self) -> RunForked | None:
+        """The run's ``run.forked`` event, if it is a fork (its first event)."""
+        first = self.events[0] if self.events else None
+        return first if isinstance(first, RunForked) else None
 
     @property
     def active(self) -> bool:

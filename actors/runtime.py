@@ -131,8 +131,8 @@ class RuntimeConfig(BaseModel):
 
 
 class ModelRouter:
-    """Which provider and model each role uses in a run: the run's own choice (recorded in
-    ``run.started``), else the runtime's default, else ``offline``."""
+    """Which provider and model each role uses in a run: a fork's override (``run.forked``),
+    else the run's own choice (``run.started``), else the runtime's default, else ``offline``."""
 
     def __init__(
         self, config: RuntimeConfig, extra: Mapping[str, ModelProvider] | None = None
@@ -143,8 +143,9 @@ class ModelRouter:
         self._lock = threading.Lock()
 
     def __call__(self, role: Role, run: RunView) -> ModelChoice:
-        started = run.started
-        chosen = started.payload.models.get(role.value) if started else None
+        started, forked = run.started, run.forked
+        chosen = forked.payload.model_overrides.get(role.value) if forked else None
+        chosen = chosen or (started.payload.models.get(role.value) if started else None)
         text = chosen or self._config.models.get(role.value) or DEFAULT_MODEL
         provider_name, _, model = text.partition(":")
         if not model:

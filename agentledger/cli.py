@@ -590,35 +590,50 @@ def _execute_run(
     config: Path | None,
     timeout: float | None,
     waiting_ok: bool = False,
+    fork: tuple[str, int, str] | None = None,
 ) -> None:
+    """Start a run (or, with ``fork`` = (parent, position, note), a fork of one), make sure
+    agents serve it, follow it live, and say how it ended and what to do next."""
+    from agentledger.actors.models import parse_model_spec
     from agentledger.actors.runtime import follow_run, start_run, validate_goal
     from agentledger.config import load_settings
     from agentledger.console import progress_line
+    from agentledger.fork import fork_run
     from agentledger.projections import RunStatus
 
     settings = load_settings(config)
-    validate_goal(goal)  # before anything slow starts
+    if fork is None:
+        validate_goal(goal)  # before anything slow starts
     if docs is not None and not docs.is_dir():
         raise NotFound(f"--docs {docs}: no such directory")
     chosen = _models(models or [], settings)
     url = store_url or settings.store or default_store_url()
     with _store(url) as store:
+        if fork is not None:  # checked (run, position, reaction boundary) before agents start
+            overrides = {
+                spec.role.value: f"{spec.provider}:{spec.model}"
+                for spec in map(parse_model_spec, models or [])
+            }
+            parent, position, note = fork
+            stream, _ = fork_run(
+                store, parent, position, by=f"human:{user}", models=overrides, note=note
+            )
+            err.print(f"fork [bold]{stream}[/] of {parent} at position {position} created")
         runtime, owned = _agents(settings, url, chosen, address)
         try:
-            started = start_run(
-                store, goal, user=user, models=chosen, workspace=workspace, docs=docs
-            )
-            err.print(
-                f"run [bold]{started.stream}[/] started; following it (Ctrl-C stops "
-                "following, not the run)\n"
-            )
+            if fork is None:
+                stream = start_run(
+                    store, goal, user=user, models=chosen, workspace=workspace, docs=docs
+                ).stream
+                err.print(f"run [bold]{stream}[/] started")
+            err.print("following it (Ctrl-C stops following, not the run)\n")
 
             def show(event: Any, state: Any) -> None:
                 line = progress_line(event)
                 if line is not None:
                     out.print(line)
 
-            state = follow_run(store, started.stream, on_event=show, timeout=timeout)
+            state = follow_run(store, stream, on_event=show, timeout=timeout)
         finally:
             if owned:
                 runtime.stop()
@@ -750,6 +765,44 @@ def demo_command(
         )
 
     _run(body)
+
+
+@app.command("fork")
+def fork_command(
+    run: Annotated[str, typer.Argument(help="The run to fork (it is never changed).")],
+    at: Annotated[
+        int, typer.Option("--at", min=0, help="The parent's global position to fork at.")
+    ],
+    model: ModelOption = None,
+    note: Annotated[str, typer.Option("--note", help="Why this fork, for the audit trail.")] = "",
+    user: Annotated[str, typer.Option("--user", envvar="USER", help="Who forks.")] = "anonymous",
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=1, help="Stop following after this many seconds."),
+    ] = None,
+    store_url: StoreOption = None,
+    address: AddressOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Fork a run at a position and let the agents go on from there, e.g. with another model.
+
+    The fork starts with run.forked and the parent's events up to --at; the agents react to
+    what has no reaction in it yet. Exit codes as for run (0 completed, 1 failed, 3 waiting).
+    """
+    _run(
+        lambda: _execute_run(
+            "",
+            docs=None,
+            workspace=None,
+            store_url=store_url,
+            address=address,
+            models=model or [],
+            user=_principal_name(user),
+            config=config,
+            timeout=timeout,
+            fork=(run, at, note),
+        )
+    )
 
 
 @app.command("runs")

@@ -307,8 +307,8 @@ def progress_line(e: Envelope) -> str | None:
 def runs_table(rows: list[Any]) -> Table:
     """A table of runs (RunState objects), newest first."""
     table = Table(header_style="bold")
-    for col in ("run", "status", "tasks", "events", "started", "goal"):
-        table.add_column(col, overflow="fold" if col == "goal" else "ellipsis")
+    for col in ("run", "status", "tasks", "events", "started", "forked from", "goal"):
+        table.add_column(col, overflow="fold" if col in ("goal", "forked from") else "ellipsis")
     for state in rows:
         done = sum(1 for t in state.tasks.values() if t.status.value == "accepted")
         style = _STATUS_STYLES.get(state.status.value, "white")
@@ -318,6 +318,7 @@ def runs_table(rows: list[Any]) -> Table:
             f"{done}/{len(state.tasks)}",
             str(state.events),
             state.started_at.strftime("%Y-%m-%d %H:%M") if state.started_at else "",
+            f"{state.parent_run} @ {state.parent_position}" if state.parent_run else "",
             _short(state.goal),
         )
     return table

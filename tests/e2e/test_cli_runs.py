@@ -317,3 +317,28 @@ def test_run_exits_3_and_says_how_to_decide_when_an_action_waits(
     assert code == 3, output
     assert "waiting for approval" in flat and "agentledger approve run-" in flat
     assert "agentledger deny run-" in flat and (workspace / "old.txt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_fork_from_the_cli_and_its_lineage_in_runs(sqlite_url: str, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "old.txt").write_text("x")
+    code, output = invoke(
+        "run", "delete the file old.txt", "--workspace", str(workspace), "--store", sqlite_url
+    )
+    assert code == 3, output
+    with EventStore.open(sqlite_url) as store:
+        [parent] = [s.stream for s in store.streams("run-")]
+        head = store.read(parent)[-1].position
+    code, output = invoke(
+        "fork", parent, "--at", str(head), "--note", "try again", "--store", sqlite_url
+    )
+    flat = " ".join(output.split())
+    assert code == 3, output  # the parent waits for an approval there: so does its fork
+    assert "fork run-" in flat and f"of {parent} at position {head}" in flat
+    code, output = invoke("runs", "--store", sqlite_url)
+    assert code == 0 and f"{parent} @ {head}" in " ".join(output.split())
+    code, output = invoke("fork", parent, "--at", "99999", "--store", sqlite_url)
+    assert code == 1 and "outside it" in output
