@@ -1084,6 +1084,16 @@ def replay_command(
             return
         out.print(run_state_view(state, board, pad, at))
         out.print(decisions_table(events))
+        summaries = {e.payload.agent: e for e in events if e.type == "context.summarized"}
+        for agent, summary in sorted(summaries.items()):
+            out.print(
+                f"[bold]{agent}[/]'s memory: history up to position "
+                f"{summary.payload.to_position} summarized at {summary.position}"  # type: ignore[union-attr]
+            )
+        out.print(
+            f"[dim]each agent's full context as of here: agentledger context {run} --agent ROLE "
+            f"--at {at}[/]"
+        )
 
     _run(body)
 

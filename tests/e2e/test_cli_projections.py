@@ -184,6 +184,7 @@ def test_replay_to_a_position_or_an_event_and_step_through(cli: Cli, run: str) -
     now = ok(cli("replay", run))
     assert "waiting_for_approval" in now and "last decisions" in now
     assert "approval.requested" in now and "sql.execute" in now  # the decision and its reasoning
+    assert f"agentledger context {run} --agent ROLE --at 18" in " ".join(now.split())
 
     early = ok(cli("replay", run, "--to", "6"))
     assert f"{run} at position 6" in early and "waiting_for_approval" not in early
