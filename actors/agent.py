@@ -211,15 +211,18 @@ class Turn:
         """What the Memory Manager gives this agent for ``sub_goal``; a summary of older
         history is emitted first when it has outgrown its share of the budget."""
         memory = self.settings.memory
-        events = list(self.run.events)
+        events: Sequence[Event] = self.run.events
         role = self.agent.role.value
         summary = memory.plan_summary(
-            events, role, self.settings.context_tokens, ExtractiveSummarizer()
+            events,
+            role,
+            self.settings.context_tokens,
+            ExtractiveSummarizer(),
+            actor=self.agent.principal,
         )
         if summary is not None:
-            summary = summary.model_copy(update={"actor": self.agent.principal})
             self.emitted.append(summary)
-            events.append(summary)
+            events = [*events, summary]  # a copy only when the history gained a summary
         user = self.run.started.payload.user if self.run.started else None
         return memory.assemble(
             events,

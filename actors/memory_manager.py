@@ -236,11 +236,13 @@ class MemoryManager:
         role: str,
         budget: int,
         summarizer: Summarizer,
+        *,
+        actor: str | None = None,
     ) -> ContextSummarized | None:
         """A ``context.summarized`` event if ``role``'s unsummarized history outgrows its share.
 
         The newest half of the history share stays verbatim; everything older (and the previous
-        summary) is summarized.
+        summary) is summarized. ``actor``: the agent that appends it (default: the role's memory).
         """
         history_budget = int(budget * self.shares.history)
         previous = latest_summary(run_events, role)
@@ -259,7 +261,7 @@ class MemoryManager:
         text = summarizer.summarize(older_lines, int(budget * self.shares.summary))
         last = run_events[-1]
         return ContextSummarized(
-            actor=f"agent:{role}/memory",
+            actor=actor or f"agent:{role}/memory",
             payload={
                 "agent": role,
                 "from_position": older[0].position or 0,

@@ -78,11 +78,6 @@ class Notifier:
         self.delivered = 0
         self.failed = 0
 
-    @property
-    def enabled(self) -> bool:
-        """Whether any channel is configured."""
-        return bool(self.command or self.webhook)
-
     def run(self, stop: threading.Event) -> None:
         """Deliver notices until ``stop`` is set, from where it left off (or from now)."""
         start = self.store.position_of(CONSUMER) or self.store.head_position()

@@ -48,6 +48,7 @@ from agentledger.events import (
 )
 from agentledger.projections import RunState, RunStateProjection, RunStatus
 from agentledger.projections.memory import LongTermMemory, Scratchpad, ScratchpadProjection
+from agentledger.projections.runner import run_events
 
 from .agent import Agent, AgentSettings, ModelChoice, RunView
 from .memory_manager import MemoryManager
@@ -78,7 +79,8 @@ _ACTION_TYPES = (
     "approval.denied",
     "approval.expired",
 )
-_CONTROL_TOPICS = ("run.paused@", "run.cancelled@", "run.resumed@")
+_CONTROL_TYPES = frozenset({"run.paused", "run.cancelled", "run.resumed"})
+_CONTROL_TOPICS = tuple(f"{t}@" for t in sorted(_CONTROL_TYPES))
 _TRACK_EVERY = 200  # skipped events between position records (a restart re-reads at most this)
 
 
@@ -193,6 +195,17 @@ def agent_for(
     return ROLE_CLASSES[role](agent_id, settings)
 
 
+def workers_for(
+    config: RuntimeConfig, providers: Mapping[str, ModelProvider] | None = None
+) -> list[AgentWorker]:
+    """One worker per role, each with its own store connection, for running the agents in
+    one process (tests, benchmarks): the actors' code without the Ray process boundary."""
+    return [
+        AgentWorker(agent_for(role, "1", config, providers), EventStore.open(config.store_url))
+        for role in Role
+    ]
+
+
 # ---------------------------------------------------------------------------- the worker
 
 
@@ -268,7 +281,8 @@ class AgentWorker:
         self._runs: collections.OrderedDict[str, _RunCache] = collections.OrderedDict()
         self._untracked = 0  # newest position passed over without recording it
         self._subscription: Subscription | None = None
-        self._ahead: list[Event] = []  # the rest of the batch being delivered
+        # stream -> (position, type) of its last control event in the batch being delivered
+        self._controls: dict[str, tuple[int, str]] = {}
         self._skipped = 0
 
     # --------------------------------------------------------------- loop
@@ -286,12 +300,16 @@ class AgentWorker:
                 if not batch:
                     self._track_skipped()
                     continue
-                for index, event in enumerate(batch):
+                # The last pause/resume/cancel of each run in this batch, found once per batch
+                # (the look-ahead of _halted_ahead, without rescanning the batch per event).
+                self._controls = {
+                    e.stream: (e.position or 0, e.type) for e in batch if e.type in _CONTROL_TYPES
+                }
+                for event in batch:
                     if stop.is_set():
                         return
-                    self._ahead = batch[index + 1 :]
                     self.deliver(event)
-                self._ahead = []
+                self._controls = {}
         finally:
             subscription.close()
             self._track_skipped()
@@ -312,7 +330,7 @@ class AgentWorker:
             return
         cache = self._cache(event)
         cache.deliver(event)
-        if not handles or event.id in cache.reacted or self._halted_ahead(event.stream):
+        if not handles or event.id in cache.reacted or self._halted_ahead(event):
             self._skip(position)
             return
         started = time.time()
@@ -470,17 +488,18 @@ class AgentWorker:
         emitted = self.agent.recover(cause, view, flush)
         self._append(cause, emitted, view, track=False, after=flushed)
 
-    def _halted_ahead(self, stream: str) -> bool:
+    def _halted_ahead(self, event: Event) -> bool:
         # A pause or cancel already in the log behind this event: honour it now rather than
         # act on the backlog (what was skipped is taken up on run.resumed).
-        ahead = [(e.stream, f"{e.type}@") for e in self._ahead]
-        if self._subscription is not None:
-            ahead += self._subscription.buffered()
         last = None
-        for row_stream, topic in ahead:
-            if row_stream == stream and topic.startswith(_CONTROL_TOPICS):
-                last = topic
-        return last is not None and not last.startswith("run.resumed@")
+        control = self._controls.get(event.stream)
+        if control is not None and control[0] > (event.position or 0):
+            last = control[1]
+        if self._subscription is not None:  # rows fetched beyond the batch (rarely any)
+            for row_stream, topic in self._subscription.buffered():
+                if row_stream == event.stream and topic.startswith(_CONTROL_TOPICS):
+                    last = topic.partition("@")[0]
+        return last is not None and last != "run.resumed"
 
     def _failure(self, event: Event, view: RunView, error: str) -> list[Envelope]:
         task_id = getattr(event.payload, "task_id", None)
@@ -656,19 +675,12 @@ class AgentActor:
         agent = agent_for(Role(role), agent_id, config, providers)
         self._worker = AgentWorker(agent, self._store, partition=partition)
         self._memory = agent.settings.memory.long_term
-        self._thread = threading.Thread(target=self._loop, name=agent.principal, daemon=True)
-        self._thread.start()
+        self._thread = _exit_on_crash(self._loop, agent.principal)
 
     def _loop(self) -> None:
-        try:
-            if self._memory is not None:
-                self._memory.catch_up(self._store)
-            self._worker.run(self._stop)
-        except Exception:
-            # A broken worker must not linger as a live actor that handles nothing: exit,
-            # and Ray restarts the actor, which resumes from its tracked position.
-            _log.critical("%s crashed:\n%s", self._worker.consumer, traceback.format_exc())
-            os._exit(1)
+        if self._memory is not None:
+            self._memory.catch_up(self._store)
+        self._worker.run(self._stop)
 
     def ready(self) -> str:
         """The agent's principal, once the actor is up."""
@@ -698,29 +710,16 @@ class WatcherActor:
         self._stop = threading.Event()
         self._store = EventStore.open(config.store_url)
         self._watcher = ExpiryWatcher(self._store)
-        self._thread = threading.Thread(target=self._loop, name="expiry", daemon=True)
-        self._thread.start()
-        self._notifier = Notifier(
-            EventStore.open(config.store_url),
-            command=config.notify_command,
-            webhook=config.notify_webhook,
-        )
-        if self._notifier.enabled:
-            threading.Thread(target=self._notify, name="notifier", daemon=True).start()
-
-    def _notify(self) -> None:
-        try:
-            self._notifier.run(self._stop)
-        except Exception:
-            _log.critical("the notifier crashed:\n%s", traceback.format_exc())
-            os._exit(1)  # Ray restarts it
-
-    def _loop(self) -> None:
-        try:
-            self._watcher.run(self._stop)
-        except Exception:
-            _log.critical("the expiry watcher crashed:\n%s", traceback.format_exc())
-            os._exit(1)  # Ray restarts it
+        self._thread = _exit_on_crash(lambda: self._watcher.run(self._stop), "the expiry watcher")
+        self._notifier: Notifier | None = None
+        if config.notify_command or config.notify_webhook:
+            self._notifier = Notifier(
+                EventStore.open(config.store_url),
+                command=config.notify_command,
+                webhook=config.notify_webhook,
+            )
+            notifier = self._notifier
+            _exit_on_crash(lambda: notifier.run(self._stop), "the notifier")
 
     def ready(self) -> str:
         """Its principal, once up."""
@@ -747,6 +746,27 @@ class WatcherActor:
         self._stop.set()
         self._thread.join(timeout=10)
         self._store.close()
+        if self._notifier is not None:
+            self._notifier.store.close()
+
+
+def _exit_on_crash(target: Callable[[], None], what: str) -> threading.Thread:
+    """Run ``target`` in a daemon thread of this actor; if it crashes, end the process.
+
+    A broken worker must not linger as a live actor that does nothing: Ray restarts the actor,
+    which resumes from its tracked position.
+    """
+
+    def run() -> None:
+        try:
+            target()
+        except Exception:
+            _log.critical("%s crashed:\n%s", what, traceback.format_exc())
+            os._exit(1)
+
+    thread = threading.Thread(target=run, name=what, daemon=True)
+    thread.start()
+    return thread
 
 
 def ensure_ray(address: str | None = None, *, namespace: str = NAMESPACE) -> None:
@@ -851,25 +871,11 @@ class Runtime:
         """Start every agent that is not running yet, and wait until all are up."""
         import ray
 
-        remote = ray.remote(AgentActor)
         for role, index, name in self.names():
-            try:
-                self.actors[name] = ray.get_actor(name, namespace=self.config.namespace)
-                continue
-            except ValueError:
-                pass
-            options: dict[str, Any] = {
-                "name": name,
-                "namespace": self.config.namespace,
-                "max_restarts": self.config.max_restarts,
-                "num_cpus": self.config.num_cpus,
-                "get_if_exists": True,
-            }
-            if self.config.memory_mb:
-                options["memory"] = self.config.memory_mb * 1024 * 1024
-            if detached:
-                options["lifetime"] = "detached"
-            self.actors[name] = remote.options(**options).remote(
+            self.actors[name] = self._named(
+                AgentActor,
+                name,
+                detached,
                 role.value,
                 str(index + 1),
                 self.config,
@@ -877,22 +883,28 @@ class Runtime:
                 self.providers or None,
             )
         if self.watch_expiry:
-            try:
-                self.actors[EXPIRY_ACTOR] = ray.get_actor(
-                    EXPIRY_ACTOR, namespace=self.config.namespace
-                )
-            except ValueError:
-                options = {
-                    "name": EXPIRY_ACTOR,
-                    "namespace": self.config.namespace,
-                    "max_restarts": self.config.max_restarts,
-                    "num_cpus": self.config.num_cpus,
-                    "get_if_exists": True,
-                    **({"lifetime": "detached"} if detached else {}),
-                }
-                watcher = ray.remote(WatcherActor)
-                self.actors[EXPIRY_ACTOR] = watcher.options(**options).remote(self.config)
+            self.actors[EXPIRY_ACTOR] = self._named(
+                WatcherActor, EXPIRY_ACTOR, detached, self.config
+            )
         ray.get([a.ready.remote() for a in self.actors.values()], timeout=timeout)
+
+    def _named(self, actor_class: type, name: str, detached: bool, *args: Any) -> Any:
+        """The named actor of this namespace: the running one if any (get_if_exists), else a
+        new one with the configured resources and restarts."""
+        import ray
+
+        options: dict[str, Any] = {
+            "name": name,
+            "namespace": self.config.namespace,
+            "max_restarts": self.config.max_restarts,
+            "num_cpus": self.config.num_cpus,
+            "get_if_exists": True,
+        }
+        if self.config.memory_mb:
+            options["memory"] = self.config.memory_mb * 1024 * 1024
+        if detached:
+            options["lifetime"] = "detached"
+        return ray.remote(actor_class).options(**options).remote(*args)
 
     def status(self) -> list[dict[str, Any]]:
         """Each agent's status."""
@@ -992,9 +1004,7 @@ def follow_run(
     """
     fold = RunStateProjection()
     state = RunState(run=run)
-    events = store.read(run)
-    if not events:
-        raise NotFound(f"no run {run!r} in {store.url}; `agentledger runs` lists the runs")
+    events = run_events(store, run)
     deadline = None if timeout is None else time.monotonic() + timeout
     position = 0
     for event in events:

@@ -18,12 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import JsonValue
 
-from agentledger.events import Envelope, Event, EventStore, NotFound, Role
+from agentledger.events import Envelope, Event, EventStore, Role
 from agentledger.projections.memory import LongTermMemory
+from agentledger.projections.runner import run_events
 
 from .agent import Agent, AgentSettings, ModelChoice, RunView
 from .memory_manager import MemoryManager
@@ -158,54 +159,82 @@ def comparable(event: Envelope) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Recording:
+    """What the log says, indexed once for every role's re-execution."""
+
+    events: list[Event]
+    # (role, cause id) -> the role's reaction to that event: its events, with the policy's
+    # assessments written within them.
+    reactions: dict[tuple[str, uuid.UUID], list[Event]]
+    principals: dict[str, str]  # role -> the principal that reacted for it
+    requests: dict[str, Event]  # model request id -> model.requested
+    interrupted: set[str]  # actions whose outcome a crash left unknown
+
+    @classmethod
+    def of(cls, events: list[Event]) -> _Recording:
+        reactions: dict[tuple[str, uuid.UUID], list[Event]] = defaultdict(list)
+        principals: dict[str, str] = {}
+        owner: dict[uuid.UUID, str] = {}
+        for e in events:
+            if e.causation_id is None:
+                continue
+            if e.actor.startswith("agent:"):
+                role = e.actor.split(":", 1)[1].split("/", 1)[0]
+                principals.setdefault(role, e.actor)
+                owner.setdefault(e.causation_id, role)
+            if e.actor.startswith("agent:") or e.actor == "system:policy":
+                reactor = owner.get(e.causation_id)
+                if reactor is not None:
+                    reactions[(reactor, e.causation_id)].append(e)
+        return cls(
+            events=events,
+            reactions=reactions,
+            principals=principals,
+            requests={
+                str(getattr(e.payload, "request_id", "")): e
+                for e in events
+                if e.type == "model.requested"
+            },
+            interrupted={
+                str(getattr(e.payload, "action_id", ""))
+                for e in events
+                if e.type == "action.outcome_unknown"
+            },
+        )
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """The settings that shape what agents emit: those the run was executed with."""
+
+    context_tokens: int
+    record_prompts: Literal["full", "hash"]
+    approval_ttl: timedelta
+    policy: RiskPolicy
+
+
 def verify_run(
     store: EventStore,
     run: str,
     *,
     context_tokens: int = 8_000,
     approval_ttl: timedelta = timedelta(hours=24),
-    record_prompts: str = "full",
+    record_prompts: Literal["full", "hash"] = "full",
     policy: RiskPolicy | None = None,
 ) -> VerifyReport:
     """Re-execute every agent reaction of ``run`` and compare (see the module docstring).
 
     The settings must be those the run was executed with (the context budget shapes prompts).
     """
-    events = store.read(run)
-    if not events:
-        raise NotFound(f"no run {run!r} in {store.url}; `agentledger runs` lists the runs")
+    recording = _Recording.of(run_events(store, run))
     report = VerifyReport(run)
-    # Each agent's reaction to an event: its events (and the policy's assessments within them)
-    # caused by that event.
-    reactions: dict[tuple[str, uuid.UUID], list[Event]] = defaultdict(list)
-    principals: dict[str, str] = {}
-    owner: dict[uuid.UUID, str] = {}
-    for e in events:
-        if e.causation_id is None:
-            continue
-        if e.actor.startswith("agent:"):
-            role = e.actor.split(":", 1)[1].split("/", 1)[0]
-            principals.setdefault(role, e.actor)
-            owner.setdefault(e.causation_id, role)
-        if e.actor.startswith("agent:") or e.actor == "system:policy":
-            reactor = owner.get(e.causation_id)
-            if reactor is not None:
-                reactions[(reactor, e.causation_id)].append(e)
     with tempfile.TemporaryDirectory(prefix="agentledger-verify-") as scratch:
+        shared = _Shared(context_tokens, record_prompts, approval_ttl, policy or RiskPolicy())
         for role in Role:
-            principal = principals.get(role.value, f"agent:{role.value}/1")
+            principal = recording.principals.get(role.value, f"agent:{role.value}/1")
             divergence = _verify_role(
-                store,
-                events,
-                reactions,
-                role,
-                principal,
-                Path(scratch),
-                report,
-                context_tokens=context_tokens,
-                approval_ttl=approval_ttl,
-                record_prompts=record_prompts,
-                policy=policy or RiskPolicy(),
+                store, recording, role, principal, Path(scratch), shared, report
             )
             if divergence is not None and (
                 report.divergence is None
@@ -217,53 +246,43 @@ def verify_run(
 
 def _verify_role(
     store: EventStore,
-    events: list[Event],
-    reactions: dict[tuple[str, uuid.UUID], list[Event]],
+    recording: _Recording,
     role: Role,
     principal: str,
     scratch: Path,
+    shared: _Shared,
     report: VerifyReport,
-    **settings: Any,
 ) -> Divergence | None:
     from .runtime import _RunCache  # the same view the live worker builds
 
+    events, reactions = recording.events, recording.reactions
     replay = _Replay()
     long_term = None
     if role is Role.RESEARCH:
         long_term = LongTermMemory(scratch / "memory")
         long_term.catch_up(store)
-    agent_id = principal.split("/", 1)[1]
     provider = _ReplayProvider(replay, "recorded")
 
     def models(role_: Role, run: RunView) -> ModelChoice:
-        upcoming = next((e for e in replay.models), None)
-        requested = _requested.get(upcoming.payload.request_id) if upcoming else None  # type: ignore[union-attr]
-        provider.name = requested.payload.provider if requested else "recorded"
-        model = requested.payload.model if requested else "recorded"
-        return ModelChoice(provider, model)
+        # The provider and model the recorded request names (the next answer's request).
+        upcoming = replay.models[0] if replay.models else None
+        request_id = str(getattr(upcoming.payload, "request_id", "")) if upcoming else ""
+        requested = recording.requests.get(request_id)
+        payload = requested.payload if requested is not None else None
+        provider.name = str(getattr(payload, "provider", "recorded"))
+        return ModelChoice(provider, str(getattr(payload, "model", "recorded")))
 
-    _requested = {e.payload.request_id: e for e in events if e.type == "model.requested"}
-    agent: Agent = ROLE_CLASSES[role](
-        agent_id,
-        AgentSettings(
-            models=models,
-            tools=_ReplayTools(
-                default_registry(),
-                replay,
-                {
-                    str(getattr(e.payload, "action_id", ""))
-                    for e in events
-                    if e.type == "action.outcome_unknown"
-                },
-            ),
-            memory=MemoryManager(long_term),
-            workspace_root=scratch / "workspaces",
-            context_tokens=settings["context_tokens"],
-            record_prompts=settings["record_prompts"],
-            approval_ttl=settings["approval_ttl"],
-            policy=settings["policy"],
-        ),
+    settings = AgentSettings(
+        models=models,
+        tools=_ReplayTools(default_registry(), replay, recording.interrupted),
+        memory=MemoryManager(long_term),
+        workspace_root=scratch / "workspaces",
+        context_tokens=shared.context_tokens,
+        record_prompts=shared.record_prompts,
+        approval_ttl=shared.approval_ttl,
+        policy=shared.policy,
     )
+    agent: Agent = ROLE_CLASSES[role](principal.split("/", 1)[1], settings)
     types = agent.handled_types()
     cache = _RunCache(events[0].stream)
     for index, event in enumerate(events):

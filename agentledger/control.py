@@ -32,6 +32,7 @@ from agentledger.events import (
 )
 from agentledger.projections import ActionStatus, RunState, RunStateProjection, RunStatus
 from agentledger.projections.run_state import IllegalTransition, advance
+from agentledger.projections.runner import run_events
 
 TOKEN_ENV = "AGENTLEDGER_APPROVER_TOKEN"
 APPROVER_ROLE = "approver"
@@ -104,9 +105,7 @@ def authenticate(name: str | None, approvers: dict[str, Approver]) -> Human:
 
 def run_state(store: EventStore, run: str) -> tuple[RunState, list[Event]]:
     """The run's state from its whole stream (``NotFound`` if there is no such run)."""
-    events = store.read(run)
-    if not events:
-        raise NotFound(f"no run {run!r} in {store.url}; `agentledger runs` lists the runs")
+    events = run_events(store, run)
     return RunStateProjection().fold(events), events
 
 

@@ -22,9 +22,9 @@ from agentledger.events import (
     AgentLedgerError,
     Event,
     EventStore,
-    NotFound,
     RunForked,
 )
+from agentledger.projections.runner import run_events
 
 
 def fork_run(
@@ -37,9 +37,7 @@ def fork_run(
     note: str = "",
 ) -> tuple[str, list[Event]]:
     """Create the fork of ``parent`` at global ``position``; return its stream and events."""
-    events = store.read(parent)
-    if not events:
-        raise NotFound(f"no run {parent!r} in {store.url}; `agentledger runs` lists the runs")
+    events = run_events(store, parent)
     first, last = events[0].position or 0, events[-1].position or 0
     if not first <= position <= last:
         raise AgentLedgerError(

@@ -163,6 +163,14 @@ def as_of(
     return projection.fold(events, state)
 
 
+def run_events(store: EventStore, run: str) -> list[Event]:
+    """Every event of ``run``, or ``NotFound`` saying how to find the runs there are."""
+    events = store.read(run)
+    if not events:
+        raise NotFound(f"no run {run!r} in {store.url}; `agentledger runs` lists the runs")
+    return events
+
+
 def stream_as_of(store: EventStore, stream: str, position: int | None = None) -> list[Event]:
     """The events of ``stream`` up to global ``position`` (default: all), checked.
 

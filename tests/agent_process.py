@@ -14,8 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from agentledger.actors.runtime import AgentWorker, RuntimeConfig, agent_for
-from agentledger.events import EventStore, Role
+from agentledger.actors.runtime import RuntimeConfig, workers_for
 
 
 def spawn(url: str, root: Path) -> subprocess.Popen[str]:
@@ -45,7 +44,7 @@ def main() -> None:
         store_url=url, workspace_root=str(root / "workspaces"), memory_dir=str(root / "memory")
     )
     stop = threading.Event()
-    workers = [AgentWorker(agent_for(role, "1", config), EventStore.open(url)) for role in Role]
+    workers = workers_for(config)
     threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in workers]
     for thread in threads:
         thread.start()

@@ -179,8 +179,7 @@ class ThreadedAgents:
         import threading
         from pathlib import Path
 
-        from agentledger.actors.runtime import AgentWorker, RuntimeConfig, agent_for
-        from agentledger.events import Role
+        from agentledger.actors.runtime import RuntimeConfig, workers_for
 
         root = Path(str(root))
         self.config = RuntimeConfig(
@@ -190,14 +189,11 @@ class ThreadedAgents:
             **config,  # type: ignore[arg-type]
         )
         self.stop = threading.Event()
-        self.workers = []
-        self.threads = []
-        for role in Role:
-            agent = agent_for(role, "1", self.config, providers)  # type: ignore[arg-type]
-            worker = AgentWorker(agent, EventStore.open(url))
-            thread = threading.Thread(target=worker.run, args=(self.stop,), daemon=True)
-            self.workers.append(worker)
-            self.threads.append(thread)
+        self.workers = workers_for(self.config, providers)  # type: ignore[arg-type]
+        self.threads = [
+            threading.Thread(target=worker.run, args=(self.stop,), daemon=True)
+            for worker in self.workers
+        ]
 
     def __enter__(self) -> ThreadedAgents:
         for thread in self.threads:
