@@ -14,7 +14,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agentledger import __version__
-from agentledger.config import cache_dir
 from agentledger.console import (
     blackboard_table,
     context_view,
@@ -380,6 +379,8 @@ def context_command(
     from agentledger.projections.runner import stream_as_of
 
     def body() -> None:
+        from agentledger.config import cache_dir
+
         with _store(store_url) as store:
             events = stream_as_of(store, run, at)
             sub_goal = goal
@@ -418,6 +419,8 @@ def memory_search_command(
     from agentledger.projections.memory import LongTermMemory, embedder_from_env
 
     def body() -> None:
+        from agentledger.config import cache_dir
+
         if mode not in ("hybrid", "vector", "text"):
             raise InvalidEvent(f"unknown mode {mode!r}; use hybrid, vector or text")
         with _store(store_url) as store:
@@ -463,6 +466,8 @@ def rebuild_command(
     choices = [*folds, "memory"]
 
     def body() -> None:
+        from agentledger.config import cache_dir
+
         if projection != "all" and projection not in choices:
             raise InvalidEvent(
                 f"unknown projection {projection!r}; choose from {', '.join(choices)} or all"
@@ -1178,15 +1183,11 @@ def diff_command(
     differ.
     """
     from agentledger.projections.diff import first_divergence
+    from agentledger.projections.runner import run_events
 
     def body() -> None:
         with _store(store_url) as store:
-            runs = {}
-            for run in (left, right):
-                runs[run] = store.read(run)
-                if not runs[run]:
-                    raise NotFound(f"no run {run!r} in {store.url}; `agentledger runs` lists them")
-        a, b = runs[left], runs[right]
+            a, b = run_events(store, left), run_events(store, right)
         found = first_divergence(a, b)
         if as_json:
             doc: dict[str, Any] = {"same": found is None}
@@ -1345,12 +1346,11 @@ def audit_report_command(
     """A run as Markdown for a reviewer: the plan, each action and its approval, the outcome."""
     from agentledger.events.audit import write_text
     from agentledger.projections.audit import audit_report
+    from agentledger.projections.runner import run_events
 
     def body() -> None:
         with _store(store_url) as store:
-            events = store.read(run)
-            if not events:
-                raise NotFound(f"run {run!r} has no events in {store.url}; see `agentledger runs`")
+            events = run_events(store, run)
         text = audit_report(events)
         if out_file is None:
             sys.stdout.write(text)
