@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from agent_process import kill, spawn  # the four workers in one process, as the tests use them
-from hop import DEFAULT_PG_URL, PG_URL_ENV, Backend, pct, row
+from hop import DEFAULT_PG_URL, PG_URL_ENV, backend_for, pct, row
 
 HARNESS = Path(__file__).resolve().parents[1] / "tests" / "agent_process.py"
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| backend | measure | ours | baseline | ratio | target | |")
     print("|---|---|---|---|---|---|---|")
     for name in backends:
-        backend = Backend(name, args.pg_url)
+        backend = backend_for(name, args.pg_url)
         root = Path(tempfile.mkdtemp(prefix="agentledger-approval-"))
         try:
             lat = approve_to_executed(backend.url("approve"), root / "a", samples)

@@ -44,8 +44,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-PG_URL_ENV = "AGENTLEDGER_BENCH_PG"
+from store import (
+    DEFAULT_PG_URL,
+    PG_URL_ENV,
+    BackendUnderTest,
+    PostgresUnderTest,
+    SQLiteUnderTest,
+)
+
 TARGET_HOP_MS = {"sqlite": 10.0, "postgres": 5.0}
 TARGET_STEP_OVERHEAD_MS = 3.0
 
@@ -115,35 +121,9 @@ class RunResult:
         return self.stored_bytes / self.steps
 
 
-class Backend:
-    """A fresh store per measurement: a SQLite file or a PostgreSQL schema."""
-
-    def __init__(self, name: str, pg_url: str) -> None:
-        self.name = name
-        self.pg_url = pg_url.split("?", 1)[0]
-        self.dir = Path(tempfile.mkdtemp(prefix="agentledger-hop-"))
-        self.schemas: list[str] = []
-        self.run_id = f"hop_{os.getpid()}_{secrets.token_hex(3)}"
-
-    def url(self, label: str) -> str:
-        if self.name == "sqlite":
-            return f"sqlite:///{self.dir / label}.db"
-        import psycopg
-
-        schema = f"{self.run_id}_{label}"[:63]
-        with psycopg.connect(self.pg_url, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        self.schemas.append(schema)
-        return f"{self.pg_url}?schema={schema}"
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-        if self.schemas:
-            import psycopg
-
-            with psycopg.connect(self.pg_url, autocommit=True) as conn:
-                for schema in self.schemas:
-                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+def backend_for(name: str, pg_url: str) -> BackendUnderTest:
+    """Fresh stores on one backend (bench/store.py's), cleaned up afterwards."""
+    return SQLiteUnderTest() if name == "sqlite" else PostgresUnderTest(pg_url)
 
 
 def bare_hops(url: str, n: int) -> list[float]:
@@ -264,14 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     print("| backend | measure | agents | baseline | ratio | target | |")
     print("|---|---|---|---|---|---|---|")
     for name in backends:
-        backend = Backend(name, args.pg_url)
+        backend = backend_for(name, args.pg_url)
+        scratch = Path(tempfile.mkdtemp(prefix="agentledger-hop-"))
         try:
             bare = bare_hops(backend.url("bare"), 300)
-            small = one_run(backend.url("short"), short, backend.dir / "short")
-            hashed = one_run(backend.url("hashed"), short, backend.dir / "hashed", "hash")
-            large = one_run(backend.url("long"), steps, backend.dir / "long")
+            small = one_run(backend.url("short"), short, scratch / "short")
+            hashed = one_run(backend.url("hashed"), short, scratch / "hashed", "hash")
+            large = one_run(backend.url("long"), steps, scratch / "long")
         finally:
             backend.cleanup()
+            shutil.rmtree(scratch, ignore_errors=True)
         hops = large.hops_ms
         p50, p99 = pct(hops, 0.5), pct(hops, 0.99)
         b50, b99 = pct(bare, 0.5), pct(bare, 0.99)

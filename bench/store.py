@@ -229,9 +229,19 @@ class BackendUnderTest:
     """Creates fresh stores (ours) and fresh recorders (raw) on one backend, and cleans up."""
 
     name = ""
+    _opened: list[Any]  # stores and datastores to close at cleanup
+
+    def url(self, label: str) -> str:
+        """The URL of a fresh, empty store (not opened)."""
+        raise NotImplementedError
 
     def ours(self, label: str) -> tuple[Any, str]:
-        raise NotImplementedError
+        from agentledger.events import EventStore
+
+        url = self.url(label)
+        store = EventStore.open(url)
+        self._opened.append(store)
+        return store, url
 
     def raw(self, label: str) -> Any:
         raise NotImplementedError
@@ -253,13 +263,8 @@ class SQLiteUnderTest(BackendUnderTest):
     def path(self, label: str) -> Path:
         return self.dir / f"{label}-{secrets.token_hex(3)}.db"
 
-    def ours(self, label: str) -> tuple[Any, str]:
-        from agentledger.events import EventStore
-
-        url = f"sqlite:///{self.path(label)}"
-        store = EventStore.open(url)
-        self._opened.append(store)
-        return store, url
+    def url(self, label: str) -> str:
+        return f"sqlite:///{self.path(label)}"
 
     def raw(self, label: str) -> Any:
         from eventsourcing.sqlite import SQLiteDatastore, SQLiteProcessRecorder
@@ -330,14 +335,8 @@ class PostgresUnderTest(BackendUnderTest):
             conn.execute(f'CREATE SCHEMA "{schema}"')
         return schema
 
-    def ours(self, label: str) -> tuple[Any, str]:
-        from agentledger.events import EventStore
-
-        schema = self.new_schema(label)
-        url = f"{self.base_url}?schema={schema}"
-        store = EventStore.open(url)
-        self._opened.append(store)
-        return store, url
+    def url(self, label: str) -> str:
+        return f"{self.base_url}?schema={self.new_schema(label)}"
 
     def raw(self, label: str, **datastore_options: Any) -> Any:
         from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder

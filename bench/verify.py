@@ -34,7 +34,7 @@ from hop import ChainBrain, row
 def produce(url: str, root: Path, steps: int) -> str:
     """A run of ``steps`` research steps, by the four agents' workers in this process."""
     from agentledger.actors.providers import ScriptedProvider
-    from agentledger.actors.runtime import AgentWorker, RuntimeConfig, agent_for, start_run
+    from agentledger.actors.runtime import RuntimeConfig, start_run, workers_for
     from agentledger.events import EventStore, Role
 
     config = RuntimeConfig(
@@ -42,7 +42,7 @@ def produce(url: str, root: Path, steps: int) -> str:
     )
     providers = {"scripted": ScriptedProvider(ChainBrain(steps))}
     store = EventStore.open(url)
-    workers = [AgentWorker(agent_for(role, "1", config, providers), store) for role in Role]
+    workers = workers_for(config, providers)
     run = start_run(store, "a chain", models={r.value: "scripted:c" for r in Role}).stream
     position = 0
     while True:  # deliver every event to every worker, in log order, until nothing is new
@@ -54,6 +54,8 @@ def produce(url: str, root: Path, steps: int) -> str:
                 worker.deliver(event)
             position = event.position or position
     store.close()
+    for worker in workers:
+        worker.store.close()
     return run
 
 
