@@ -46,8 +46,9 @@ from agentledger.events import (
     TaskCompleted,
 )
 from agentledger.events.handlers import collect_handlers
-from agentledger.projections import RunState, RunStatus, TaskInfo
+from agentledger.projections import RunState, TaskInfo
 from agentledger.projections.memory import Scratchpad
+from agentledger.projections.run_state import ACTIVE
 
 from .decisions import ANSWER_FORMAT, DECISIONS, Prompt, answer_schema, answer_schema_text
 from .memory_manager import Context, ExtractiveSummarizer, MemoryManager
@@ -66,7 +67,6 @@ APPROVAL_TTL = timedelta(hours=24)
 POLICY_PRINCIPAL = "system:policy"
 """Who assesses risk: the policy decides, not the agent (a low-risk call is auto-approved by it)."""
 """How long an approval request stays open before it may expire."""
-_ACTIVE = frozenset({RunStatus.PLANNING, RunStatus.RUNNING, RunStatus.WAITING_FOR_APPROVAL})
 
 
 class DecisionFailed(Exception):
@@ -118,7 +118,7 @@ class RunView:
     @property
     def active(self) -> bool:
         """True while the run is started and not paused or ended."""
-        return self.state.status in _ACTIVE
+        return self.state.status in ACTIVE
 
     def board(self) -> Board:
         """The run's blackboard."""

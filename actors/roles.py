@@ -339,7 +339,7 @@ class _Worker(Agent):
     def wants(self, event: Event, run: RunView) -> bool:
         if isinstance(event, TaskAssigned):
             return event.payload.role == self.role and run.active
-        return run.active or run.state.status.value == "waiting_for_approval"
+        return run.active
 
     def _stalled(self, turn: Turn) -> list[TaskInfo]:
         # Assigned to this role but not started: the assignment arrived while the run was

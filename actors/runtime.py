@@ -48,6 +48,7 @@ from agentledger.events import (
 )
 from agentledger.projections import RunState, RunStateProjection, RunStatus
 from agentledger.projections.memory import LongTermMemory, Scratchpad, ScratchpadProjection
+from agentledger.projections.run_state import TERMINAL
 from agentledger.projections.runner import run_events
 
 from .agent import Agent, AgentSettings, ModelChoice, RunView
@@ -984,7 +985,7 @@ def start_run(
 
 
 WAITING = frozenset({RunStatus.WAITING_FOR_APPROVAL})
-ENDED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+ENDED = TERMINAL
 
 
 def follow_run(

@@ -31,7 +31,7 @@ from agentledger.events import (
     RunResumed,
 )
 from agentledger.projections import ActionStatus, RunState, RunStateProjection, RunStatus
-from agentledger.projections.run_state import IllegalTransition, advance
+from agentledger.projections.run_state import TERMINAL, IllegalTransition, advance
 from agentledger.projections.runner import run_events
 
 TOKEN_ENV = "AGENTLEDGER_APPROVER_TOKEN"
@@ -128,7 +128,7 @@ def decide(
     if not grant and not note.strip():
         raise AgentLedgerError("a denial needs a reason (--reason), so the agents can replan")
     state, events = run_state(store, run)
-    if state.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
+    if state.status in TERMINAL:
         raise AgentLedgerError(
             f"run {run} is {state.status.value}; nothing in it will run, so there is nothing "
             "to decide"

@@ -60,7 +60,8 @@ class RunStatus(StrEnum):
 
 
 TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
-_ACTIVE = (RunStatus.PLANNING, RunStatus.RUNNING, RunStatus.WAITING_FOR_APPROVAL)
+ACTIVE = (RunStatus.PLANNING, RunStatus.RUNNING, RunStatus.WAITING_FOR_APPROVAL)
+"""Statuses in which agents work on a run (started, not paused, not ended)."""
 
 # (status, event type) -> status after it. Anything missing here is illegal. "approval.*"
 # decisions and "run.resumed" resolve to a computed status (see _resolve); they are marked None.
@@ -72,7 +73,7 @@ TRANSITIONS: dict[tuple[RunStatus, str], RunStatus | None] = {
     (RunStatus.PAUSED, "run.resumed"): None,
     **{(s, "task.planned"): s for s in (RunStatus.RUNNING, RunStatus.WAITING_FOR_APPROVAL)},
     **{(s, "task.assigned"): s for s in (RunStatus.RUNNING, RunStatus.WAITING_FOR_APPROVAL)},
-    **{(s, "approval.requested"): RunStatus.WAITING_FOR_APPROVAL for s in _ACTIVE},
+    **{(s, "approval.requested"): RunStatus.WAITING_FOR_APPROVAL for s in ACTIVE},
     # An agent mid-step when the run was paused may still ask; the run stays paused.
     (RunStatus.PAUSED, "approval.requested"): RunStatus.PAUSED,
     **{
@@ -80,13 +81,13 @@ TRANSITIONS: dict[tuple[RunStatus, str], RunStatus | None] = {
         for s in (RunStatus.WAITING_FOR_APPROVAL, RunStatus.PAUSED)
         for t in ("approval.granted", "approval.denied", "approval.expired")
     },
-    **{(s, "run.paused"): RunStatus.PAUSED for s in _ACTIVE},
+    **{(s, "run.paused"): RunStatus.PAUSED for s in ACTIVE},
     **{(s, "run.completed"): RunStatus.COMPLETED for s in (RunStatus.PLANNING, RunStatus.RUNNING)},
-    **{(s, "run.failed"): RunStatus.FAILED for s in (*_ACTIVE, RunStatus.PAUSED)},
-    **{(s, "run.cancelled"): RunStatus.CANCELLED for s in (*_ACTIVE, RunStatus.PAUSED)},
+    **{(s, "run.failed"): RunStatus.FAILED for s in (*ACTIVE, RunStatus.PAUSED)},
+    **{(s, "run.cancelled"): RunStatus.CANCELLED for s in (*ACTIVE, RunStatus.PAUSED)},
 }
 # Events that change no status: legal while the run is started and not ended.
-_ACTIVITY_ALLOWED = frozenset({*_ACTIVE, RunStatus.PAUSED})
+_ACTIVITY_ALLOWED = frozenset({*ACTIVE, RunStatus.PAUSED})
 _STEERING = frozenset({"task.planned", "task.assigned"})
 
 
