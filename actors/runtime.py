@@ -41,6 +41,7 @@ from agentledger.events import (
     RiskLevel,
     Role,
     RunFailed,
+    RunForked,
     RunStarted,
     StoreUnavailable,
     Subscription,
@@ -322,6 +323,10 @@ class AgentWorker:
         if not event.stream.startswith(RUN_PREFIX):
             self._skip(position)
             return
+        if isinstance(event, RunForked) and event.inherits and self._mine(event.stream):
+            self._take_up(event)
+            self._skip(position)
+            return
         handles = event.type in self._types and self._mine(event.stream) and self.agent.cares(event)
         cache = self._runs.get(event.stream)
         if cache is None and not handles:
@@ -334,6 +339,43 @@ class AgentWorker:
         if not handles or event.id in cache.reacted or self._halted_ahead(event):
             self._skip(position)
             return
+        self._react(event, cache, track=True)
+
+    def _take_up(self, forked: RunForked) -> None:
+        """A fork by reference: react, in order, to the events it inherits that agents of this
+        role did not react to in it (the subscription never delivers them: they are the
+        parent's). Untracked: if the process dies half-way, ``run.forked`` is delivered again
+        and what was done is found in the log."""
+        events = self.store.read(forked.stream)
+        inherits = forked.inherits
+        role = f"agent:{self.agent.role.value}/"
+        cache = _RunCache(forked.stream)
+        later: dict[uuid.UUID, list[Event]] = {}
+        for index, e in enumerate(events[1:], start=1):
+            if e.actor.startswith(role) and e.causation_id is not None:
+                cache.reacted.add(e.causation_id)
+                if index > inherits:  # the fork's own: in the view once their cause is
+                    later.setdefault(e.causation_id, []).append(e)
+        self._runs[forked.stream] = cache
+        while len(self._runs) > _CACHED_RUNS:
+            self._runs.popitem(last=False)
+        cache.deliver(forked)
+        for event in events[1 : inherits + 1]:
+            cache.deliver(event)
+            # Our reactions to it (made before a restart) count in the view from here on.
+            cache.pending.extend(later.get(event.id, ()))
+            if (
+                event.type in self._types
+                and self.agent.cares(event)
+                and event.id not in cache.reacted
+                and not self._halted_ahead(event)
+            ):
+                self._react(event, cache, track=False)
+
+    def _react(self, event: Event, cache: _RunCache, *, track: bool) -> None:
+        """Handle ``event`` with the run's view and append the reaction (with the event's
+        position when ``track``)."""
+        position = event.position or 0
         started = time.time()
         hop_ms = (started - event.at.timestamp()) * 1000
         view = cache.view()
@@ -346,9 +388,9 @@ class AgentWorker:
             # stops the handler here, before the side effect.
             nonlocal tracked
             recorded = self._append(
-                event, events, view, track=not tracked, after=flushed, duplicate="raise"
+                event, events, view, track=track and not tracked, after=flushed, duplicate="raise"
             )
-            tracked = True
+            tracked = track
             flushed.extend(recorded)
 
         try:
@@ -367,13 +409,17 @@ class AgentWorker:
             )
             emitted = self._failure(event, view, f"{type(exc).__name__}: {exc}")
         if not emitted and not tracked:
-            self._skip(position)
+            if track:
+                self._skip(position)
             return
         appending = time.time()
-        recorded = flushed + self._append(event, emitted, view, track=not tracked, after=flushed)
+        recorded = flushed + self._append(
+            event, emitted, view, track=track and not tracked, after=flushed
+        )
         done = time.time()
         self.handled += 1
-        self._untracked = 0
+        if track:
+            self._untracked = 0
         cache.pending.extend(e for e in recorded if (e.position or 0) > position)
         self.hops.append(
             Hop(
@@ -604,14 +650,18 @@ class ExpiryWatcher:
 
     def run(self, stop: threading.Event) -> None:
         """Watch until ``stop`` is set."""
-        with self.store.subscribe(0, list(_APPROVAL_TYPES)) as subscription:
+        with self.store.subscribe(0, [*_APPROVAL_TYPES, "run.forked"]) as subscription:
             while not stop.is_set():
                 due = min((v[0] for v in self._open.values()), default=None)
                 wait = 1.0
                 if due is not None:
                     wait = max(0.0, min(wait, (due - datetime.now(UTC)).total_seconds()))
                 for event in subscription.poll(wait):
-                    self._note(event)
+                    for e in self.store.inherited(event):  # a fork's open requests are its own
+                        if e.type in _APPROVAL_TYPES:
+                            self._note(e)
+                    if event.type != "run.forked":
+                        self._note(event)
                     self.position = event.position or self.position
                 self._expire_due()
 

@@ -791,8 +791,9 @@ def fork_command(
 ) -> None:
     """Fork a run at a position and let the agents go on from there, e.g. with another model.
 
-    The fork starts with run.forked and the parent's events up to --at; the agents react to
-    what has no reaction in it yet. Exit codes as for run (0 completed, 1 failed, 3 waiting).
+    The fork is one run.forked event that references the parent's events up to --at (read
+    through the parent, never copied: instant at any length); the agents react to what has no
+    reaction in it yet. Exit codes as for run (0 completed, 1 failed, 3 waiting).
     """
     _run(
         lambda: _execute_run(

@@ -1,30 +1,24 @@
 """Fork a run at a position of its log: a new run that starts as the parent was, then goes on.
 
-The fork's stream begins with ``run.forked`` (parent, position, model overrides, note) followed
-by the parent's events up to that position, copied in one atomic append: new ids (causation and
-correlation links and context references rewritten to them), the fork's own hash chain, the
-original principals and timestamps kept as history. The parent is never touched. The agents
-then see a run whose last reactions are missing and take it up from there: they react to the
-copied events that have no reaction in the copy (with a different model, if overridden, or
-after a different human decision).
+The fork's stream is one event, ``run.forked`` (parent, position, model overrides, note, and
+how many of the parent's events it inherits with the hash of the last), whatever the length of
+the prefix: the store reads the inherited events through the parent (``EventStore.read``), and
+the fork's own events chain on from the parent's hash, so ``verify-log`` checks the fork and
+its parent as one history. The parent is never touched. The agents then see a run whose last
+reactions are missing and take it up from there: they react to the inherited events that have
+no reaction in the fork (with a different model, if overridden, or after a different human
+decision).
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
-from agentledger.events import (
-    EVENT_ADAPTER,
-    AgentLedgerError,
-    Event,
-    EventStore,
-    RunForked,
-)
-from agentledger.projections.runner import run_events
+from agentledger.events import AgentLedgerError, Event, EventStore, NotFound, RunForked
+
+_LOOK_AHEAD = 50  # events read at a time past the fork point, to find where a reaction ends
 
 
 def fork_run(
@@ -35,24 +29,30 @@ def fork_run(
     by: str,
     models: Mapping[str, str] | None = None,
     note: str = "",
-) -> tuple[str, list[Event]]:
-    """Create the fork of ``parent`` at global ``position``; return its stream and events."""
-    events = run_events(store, parent)
-    first, last = events[0].position or 0, events[-1].position or 0
-    if not first <= position <= last:
+) -> tuple[str, Event]:
+    """Create the fork of ``parent`` at global ``position``; return its stream and its
+    ``run.forked`` event. Reads a few of the parent's events, whatever its length."""
+    version = store.version_at(parent, position)
+    if version == 0:
+        first = store.read(parent, 1, 1)
+        if not first:
+            raise NotFound(f"no run {parent!r} in {store.url}; `agentledger runs` lists the runs")
         raise AgentLedgerError(
-            f"run {parent} spans positions {first}..{last}; --at {position} is outside it"
+            f"run {parent} starts at position {first[0].position}; --at {position} is before it"
         )
-    prefix = [e for e in events if (e.position or 0) <= position]
-    after = events[len(prefix)] if len(prefix) < len(events) else None
-    if after is not None and _same_reaction(prefix[-1], after):
-        boundary = _boundary(events, len(prefix))
+    near = store.read(parent, version, version + _LOOK_AHEAD)
+    if len(near) == 1 and position > (near[0].position or 0):
+        first = store.read(parent, 1, 1)[0]
+        raise AgentLedgerError(
+            f"run {parent} spans positions {first.position}..{near[0].position}; --at "
+            f"{position} is outside it"
+        )
+    if len(near) > 1 and _same_reaction(near[0], near[1]):
+        boundary = _boundary(store, parent, near)
         raise AgentLedgerError(
             f"position {position} is inside one agent's reaction (it continues at position "
-            f"{after.position}); fork before it or after it, e.g. --at {boundary}"
+            f"{near[1].position}); fork before it or after it, e.g. --at {boundary}"
         )
-    ids: dict[uuid.UUID, uuid.UUID] = {}
-    copies: list[Any] = []
     forked = RunForked(
         actor=by,
         payload={
@@ -60,24 +60,12 @@ def fork_run(
             "parent_position": position,
             "note": note,
             "model_overrides": dict(models or {}),
+            "prefix_version": version,
+            "parent_hash": near[0].hash,
         },
     )
-    for event in prefix:
-        ids[event.id] = uuid.uuid4()
-    for event in prefix:
-        doc = event.model_dump(mode="json", exclude={"stream", "version", "prev_hash", "hash"})
-        doc["id"] = str(ids[event.id])
-        for link in ("causation_id", "correlation_id"):
-            if doc.get(link):
-                doc[link] = str(ids.get(uuid.UUID(doc[link]), uuid.UUID(doc[link])))
-        refs = doc["payload"].get("context_event_ids")
-        if isinstance(refs, list):
-            doc["payload"]["context_event_ids"] = [
-                str(ids.get(uuid.UUID(r), uuid.UUID(r))) for r in refs
-            ]
-        copies.append(EVENT_ADAPTER.validate_python(doc))
     stream = f"run-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
-    recorded = store.append(stream, [forked, *copies], expected_version=0)
+    (recorded,) = store.append(stream, [forked], expected_version=0)
     return stream, recorded
 
 
@@ -94,9 +82,16 @@ def _same_reaction(a: Event, b: Event) -> bool:
     )
 
 
-def _boundary(events: list[Event], index: int) -> int:
-    """The position at which the reaction containing ``events[index - 1]`` ends."""
-    end = index
-    while end < len(events) and _same_reaction(events[end - 1], events[end]):
-        end += 1
-    return events[end - 1].position or 0
+def _boundary(store: EventStore, run: str, near: list[Event]) -> int:
+    """The position at which the reaction containing ``near[0]`` ends."""
+    events = list(near)
+    end = 1
+    while True:
+        while end < len(events) and _same_reaction(events[end - 1], events[end]):
+            end += 1
+        if end < len(events):
+            return events[end - 1].position or 0
+        more = store.read(run, events[-1].version + 1, events[-1].version + _LOOK_AHEAD)
+        if not more:
+            return events[-1].position or 0
+        events.extend(more)

@@ -10,7 +10,9 @@ SQLite), then:
 
 - **replay**: `agentledger replay`'s work — the run's events read and folded into its state,
   blackboard and scratchpad as of its last position; baseline: reading the same events alone.
-- **fork**: `agentledger fork`'s work at the end of a synthetic 100,000-event run (target ≤ 1 s).
+- **fork**: `agentledger fork`'s work on a synthetic 100,000-event run, near its start, in its
+  middle and at its end, on SQLite and PostgreSQL (target ≤ 1 s at any position); and reading
+  the fork back (its inherited events come through the parent) against reading the parent.
 - **verify**: `agentledger verify`'s work — every agent reaction re-executed against the log
   with the recorded answers and compared; baseline: replay.
 
@@ -20,6 +22,7 @@ Rates are events of the run per second. The exit status is 0 whatever the number
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -29,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hop import ChainBrain, row
+from store import DEFAULT_PG_URL, PG_URL_ENV, PostgresUnderTest, SQLiteUnderTest
 
 
 def produce(url: str, root: Path, steps: int) -> str:
@@ -63,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--fork-events", type=int, default=100_000)
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "all"), default="all")
+    parser.add_argument("--pg-url", default=os.environ.get(PG_URL_ENV, DEFAULT_PG_URL))
     args = parser.parse_args(argv)
     from agentledger.actors.verify import verify_run
     from agentledger.blackboard import BlackboardProjection
@@ -107,28 +113,26 @@ def main(argv: list[str] | None = None) -> int:
             "",
             report.ok,
         )
-        fork_s, fork_n = fork_time(root, args.fork_events)
-        row(
-            "sqlite",
-            f"fork at the end of a {fork_n:,}-event run (s)",
-            f"{fork_s:.2f}",
-            "",
-            "",
-            "≤ 1",
-            fork_s <= 1.0,
-        )
+        names = ("sqlite", "postgres") if args.backend == "all" else (args.backend,)
+        for name in names:
+            backend = SQLiteUnderTest() if name == "sqlite" else PostgresUnderTest(args.pg_url)
+            try:
+                fork_rows(name, backend.url("fork"), args.fork_events)
+            finally:
+                backend.cleanup()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
-def fork_time(root: Path, n: int) -> tuple[float, int]:
-    """Seconds to fork a run of ``n`` events at its last position (the prefix is copied)."""
+def fork_rows(backend: str, url: str, n: int) -> None:
+    """Fork a run of ``n`` events near its start, in its middle and at its end; then read the
+    fork made at the end back, against reading the parent."""
     from agentledger.actors.runtime import start_run
     from agentledger.events import EventStore, ScratchpadUpdated
     from agentledger.fork import fork_run
 
-    with EventStore.open(f"sqlite:///{root / 'fork.db'}") as store:
+    with EventStore.open(url) as store:
         run = start_run(store, "a long run").stream
         batch = [
             ScratchpadUpdated(
@@ -138,10 +142,39 @@ def fork_time(root: Path, n: int) -> tuple[float, int]:
         ]
         while store.stream_version(run) < n:
             store.append(run, batch)
-        head = store.read(run)[-1].position or 0
+        n = store.stream_version(run)
+        first, middle, last = (store.read(run, v, v)[0] for v in (2, n // 2, n))
+        times: dict[str, float] = {}
+        fork = ""
+        for label, event in (("start", first), ("middle", middle), ("end", last)):
+            started = time.perf_counter()
+            fork, _ = fork_run(store, run, event.position or 0, by="human:bench")
+            times[label] = time.perf_counter() - started
+        worst = max(times.values())
+        detail = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in times.items())
+        row(
+            backend,
+            f"fork of a {n:,}-event run, worst of start/middle/end (s) ({detail})",
+            f"{worst:.3f}",
+            "",
+            "",
+            "≤ 1",
+            worst <= 1.0,
+        )
         started = time.perf_counter()
-        fork_run(store, run, head, by="human:bench")
-        return time.perf_counter() - started, store.stream_version(run)
+        parent_events = store.read(run)
+        parent_s = time.perf_counter() - started
+        started = time.perf_counter()
+        fork_events = store.read(fork)
+        fork_s = time.perf_counter() - started
+        assert len(fork_events) == len(parent_events) + 1
+        row(
+            backend,
+            "read the fork made at the end (events/s)",
+            f"{len(fork_events) / fork_s:,.0f}",
+            f"{len(parent_events) / parent_s:,.0f}",
+            f"{parent_s / fork_s:.2f}",
+        )
 
 
 if __name__ == "__main__":

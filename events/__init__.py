@@ -54,7 +54,14 @@ from .errors import (
     UnknownEventType,
     UnsupportedSchemaVersion,
 )
-from .store import STORE_ENV, ConsumerPosition, EventStore, Subscription, default_store_url
+from .store import (
+    STORE_ENV,
+    ConsumerPosition,
+    EventStore,
+    Link,
+    Subscription,
+    default_store_url,
+)
 from .verify import Finding, Problem, Report
 
 __all__ = [
@@ -84,6 +91,7 @@ __all__ = [
     "EventStore",
     "Finding",
     "InvalidEvent",
+    "Link",
     "MemoryStored",
     "ModelFailed",
     "ModelRequested",

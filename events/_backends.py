@@ -98,6 +98,11 @@ class Backend(ABC):
     def select_stream(self, stream: str, gt: int, lte: int | None) -> list[Notification]:
         """The rows of one stream with their global positions (the recorders omit positions)."""
 
+    def version_at(self, stream: str, position: int) -> int:
+        """The newest version of ``stream`` stored at or before global ``position`` (0: none)."""
+        rows = [n for n in self.select_stream(stream, 0, None) if n.id <= position]
+        return rows[-1].originator_version if rows else 0
+
     def notify_local(self) -> None:  # noqa: B027 - optional hook
         """Wake this process's waiters after a local append (a latency shortcut, not a need)."""
 
@@ -290,6 +295,17 @@ class SQLiteBackend(Backend):
         with self.read_datastore.transaction(commit=False) as cursor:
             cursor.execute(statement, (stream, gt, _MAX_VERSION if lte is None else lte))
             return [Notification(r[1], r[2], r[3], r[4], r[0]) for r in cursor.fetchall()]
+
+    def version_at(self, stream: str, position: int) -> int:
+        # Versions and positions grow together in a stream: walk its index from the newest.
+        statement = (
+            "SELECT originator_version FROM stored_events WHERE originator_id = ? AND rowid <= ? "
+            "ORDER BY originator_version DESC LIMIT 1"
+        )
+        with self.read_datastore.transaction(commit=False) as cursor:
+            cursor.execute(statement, (stream, position))
+            row = cursor.fetchone()
+            return int(row[0]) if row else 0
 
     def read_page(
         self, after: int, limit: int, topics: Sequence[str], stop: int | None
@@ -633,6 +649,20 @@ class PostgresBackend(Backend):
                 )
                 for r in cursor.fetchall()
             ]
+
+    def version_at(self, stream: str, position: int) -> int:
+        from psycopg import sql
+
+        statement = sql.SQL(
+            "SELECT originator_version FROM {}.{} WHERE originator_id = %s "
+            "AND notification_id <= %s ORDER BY originator_version DESC LIMIT 1"
+        ).format(
+            sql.Identifier(self.settings.schema), sql.Identifier(self.recorder.events_table_name)
+        )
+        with self.datastore.transaction(commit=False) as cursor:
+            cursor.execute(statement, (stream, position))
+            row = cursor.fetchone()
+            return int(row["originator_version"]) if row else 0
 
     def stream_summaries(self, prefix: str = "") -> list[StreamSummary]:
         from psycopg import sql

@@ -44,7 +44,7 @@ from pydantic_core import from_json
 from ._codec import split_state
 from .errors import AgentLedgerError, ConfigurationError, NotFound
 from .store import EventStore
-from .verify import Problem, verify_rows
+from .verify import Problem, Report, verify_rows
 
 FORMAT = 1
 _PAGE = 1000
@@ -272,14 +272,28 @@ def export_run(
     return result
 
 
-def _run_rows(store: EventStore, run: str) -> Iterator[Notification]:
+def _run_rows(store: EventStore, run: str, to_version: int | None = None) -> Iterator[Notification]:
+    """The stored rows of ``run`` (up to ``to_version``) in position order; for a fork by
+    reference, first the rows of its ancestors that it inherits, so that the export holds
+    the whole history and its chain can be checked without the store."""
+    link = store.link(run)
+    if link is not None:
+        inherited = link.inherits if to_version is None else min(link.inherits, to_version - 1)
+        if inherited > 0:
+            yield from _run_rows(store, link.parent, inherited)
     after = 0
     while True:
-        page = store.backend.select_stream(run, after, after + _PAGE)
-        yield from page
-        if not page:
+        top = after + _PAGE if to_version is None else min(after + _PAGE, to_version)
+        if top <= after:
             return
-        after = page[-1].originator_version
+        page = store.backend.select_stream(run, after, top)
+        yield from page
+        if link is not None and after == 0:
+            after = max(top, link.inherits + 1)  # its versions 2..N + 1 are the parent's rows
+        elif len(page) < top - after:
+            return
+        else:
+            after = top
 
 
 def write_text(path: Path, text: str) -> None:
@@ -370,7 +384,7 @@ def _check(data: bytes, key: Ed25519PublicKey | None) -> tuple[int, Manifest]:
         positions.append(doc["position"])
         # The row's id is the line number, so verify_rows' findings point at lines.
         rows.append(Notification(doc["stream"], doc["version"], doc["topic"], state, number))
-    chain = _check_events(rows, single_run=len({r.originator_id for r in rows}) == 1)
+    chain, links = _check_events(rows)
     if chain is not None:
         found.append(chain)
     if found:
@@ -382,7 +396,7 @@ def _check(data: bytes, key: Ed25519PublicKey | None) -> tuple[int, Manifest]:
             "or its last line removed",
         )
     manifest = _manifest(len(lines), manifest_doc)
-    _check_manifest(len(lines), manifest, rows, positions, digest.hexdigest(), key)
+    _check_manifest(len(lines), manifest, rows, positions, digest.hexdigest(), key, links)
     return len(rows), manifest
 
 
@@ -420,9 +434,26 @@ def _parse(number: int, raw: bytes, *, ends_file: bool) -> tuple[dict[str, Any],
     return doc, raw[at + len(_STATE_KEY) : -1]
 
 
-def _check_events(rows: list[Notification], *, single_run: bool) -> _Failed | None:
-    """The first problem of the events' hashes and chains (``verify.verify_rows``), or None."""
-    report = verify_rows(rows, lambda row: row.state)
+def _check_events(rows: list[Notification]) -> tuple[_Failed | None, dict[str, tuple[str, int]]]:
+    """The first problem of the events' hashes and chains (``verify.verify_rows``), or None;
+    and the forks by reference in the file (fork -> (parent, events inherited))."""
+    hashes: dict[tuple[str, int], str | None] = {}
+
+    def hash_at(stream: str, version: int) -> str | None:
+        if not hashes:
+            for row in rows:
+                split = split_state(row.state)
+                key = (str(row.originator_id), row.originator_version)
+                hashes[key] = split[1] if split else None
+        return hashes.get((stream, version))
+
+    report = verify_rows(rows, lambda row: row.state, hash_at=hash_at)
+    ancestors = {parent for parent, _ in report.links.values()}
+    single_run = len({r.originator_id for r in rows} - ancestors) == 1
+    return _first_problem(rows, report, single_run=single_run), report.links
+
+
+def _first_problem(rows: list[Notification], report: Report, *, single_run: bool) -> _Failed | None:
     for finding in report.findings:  # sorted by position, which here is the line number
         # In one run's export, a cause in another stream is expected to be absent.
         if finding.problem is Problem.DANGLING_CAUSE and single_run:
@@ -469,6 +500,7 @@ def _check_manifest(
     positions: list[int],
     digest: str,
     key: Ed25519PublicKey | None,
+    links: dict[str, tuple[str, int]],
 ) -> None:
     expected: list[tuple[str, object, object]] = [("count", manifest.count, len(rows))]
     if rows:
@@ -480,8 +512,14 @@ def _check_manifest(
             ("last_position", manifest.last_position, positions[-1]),
             ("head_hash", manifest.head_hash, last_hash[1] if last_hash else None),
         ]
-        if manifest.run is not None and any(r.originator_id != manifest.run for r in rows):
-            stray = next(r for r in rows if r.originator_id != manifest.run)
+        # A run's export holds the run, and the ancestors a fork by reference inherits from.
+        allowed = {manifest.run}
+        run = manifest.run
+        while run in links:
+            run = links[run][0]
+            allowed.add(run)
+        if manifest.run is not None and any(r.originator_id not in allowed for r in rows):
+            stray = next(r for r in rows if r.originator_id not in allowed)
             raise _Failed(
                 stray.id,
                 f"an event of stream {stray.originator_id!r} in the export of {manifest.run!r}",

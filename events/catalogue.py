@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import uuid
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import Field, JsonValue, TypeAdapter
+from pydantic import Field, JsonValue, TypeAdapter, model_validator
 
 from .envelope import Envelope, Payload, PrincipalKind, UTCDateTime
 
@@ -139,15 +139,37 @@ class RunForkedPayload(Payload):
     parent_position: Annotated[int, Field(ge=0)]
     note: Text = ""
     model_overrides: dict[str, str] = Field(default_factory=dict)
+    # The fork inherits the parent's first ``prefix_version`` events by reference (0: they
+    # were copied after this event, as forks made before schema version 2 did).
+    prefix_version: Annotated[int, Field(ge=0)] = 0
+    # The hash of the parent's event at ``prefix_version``: the fork's chain goes on from it.
+    parent_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    @model_validator(mode="after")
+    def _linked(self) -> Self:
+        if (self.prefix_version > 0) != (self.parent_hash is not None):
+            raise ValueError("prefix_version and parent_hash go together (a fork by reference)")
+        return self
 
 
 class RunForked(Envelope):
-    """This run is a fork of another run, taken at a position of the parent's log."""
+    """This run is a fork of another run, taken at a position of the parent's log.
+
+    A fork by reference (``prefix_version`` > 0) is its stream's version 1; the parent's first
+    ``prefix_version`` events are its versions 2.. ``prefix_version + 1`` (read through the
+    parent, never copied) and its own events follow, their chain going on from ``parent_hash``.
+    """
 
     event_type: ClassVar[str] = "run.forked"
+    current_schema_version: ClassVar[int] = 2
     type: Literal["run.forked"] = "run.forked"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     payload: RunForkedPayload
+
+    @property
+    def inherits(self) -> int:
+        """How many of the parent's events this fork inherits by reference (0: none)."""
+        return self.payload.prefix_version
 
 
 # ---------------------------------------------------------------- tasks

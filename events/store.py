@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 from types import TracebackType
 from typing import Self, cast
@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from ._backends import DEFAULT_SQLITE_PATH, Backend, StreamSummary, open_backend
 from ._codec import EnvelopeMapper, seal, split_state, topics_for
-from .catalogue import EVENT_TYPES, Event
+from .catalogue import EVENT_TYPES, Event, RunForked
 from .envelope import Envelope, principal_kind
 from .errors import (
     AgentLedgerError,
@@ -61,6 +61,19 @@ def default_store_url() -> str:
 
 
 @dataclass(frozen=True)
+class Link:
+    """A stream that inherits another's first events by reference (a fork, see ``RunForked``):
+    its version 1 is the ``run.forked`` event at ``position``; its versions 2..``inherits`` + 1
+    are the parent's versions 1..``inherits``, read through the parent; its own events follow,
+    their chain going on from ``parent_hash``."""
+
+    parent: str
+    inherits: int
+    position: int
+    parent_hash: str
+
+
+@dataclass(frozen=True)
 class ConsumerPosition:
     """A consumer's position to record atomically with the events it appends."""
 
@@ -81,6 +94,9 @@ class EventStore:
         # never a wrong chain: the insert still fails on a version clash.
         self._heads: dict[str, tuple[int, str | None]] = {}
         self._heads_lock = threading.Lock()
+        # stream -> its link (None: not a fork by reference). A stream's version 1 never
+        # changes, so an entry is never stale; streams with no events are not cached.
+        self._links: dict[str, Link | None] = {}
 
     @classmethod
     def open(cls, url: str | None = None) -> EventStore:
@@ -131,6 +147,9 @@ class EventStore:
             self._check_event(stream, index, event)
         if tracking is not None and tracking.position < 1:
             raise InvalidEvent(f"tracking position must be ≥ 1, got {tracking.position}")
+        for index, event in enumerate(events):
+            if isinstance(event, RunForked) and event.inherits:
+                self._check_link(stream, events, index, event, expected_version)
         if expected_version is not None:
             return self._append_once(stream, events, expected_version, tracking)
         # "At the end, whatever the version": under contention another writer may take the
@@ -187,7 +206,11 @@ class EventStore:
                 actual,
             ) from None
         if events:
+            first = sealed[0]
             with self._heads_lock:
+                if isinstance(first, RunForked) and first.inherits:
+                    # The fork's own events go on after the inherited ones.
+                    version, prev_hash = first.inherits + 1, first.payload.parent_hash
                 self._heads[stream] = (version, prev_hash)
         self._backend.notify_local()
         positions: list[int | None] = list(ids) if ids else [None] * len(sealed)
@@ -218,6 +241,33 @@ class EventStore:
                     raise
                 raise StoreUnavailable(f"the store {self.url} failed the append: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_link(
+        self,
+        stream: str,
+        events: Sequence[Envelope],
+        index: int,
+        event: RunForked,
+        expected_version: int | None,
+    ) -> None:
+        # A fork by reference starts its stream, alone, and names an existing prefix exactly.
+        p = event.payload
+        where = f"event #{index} (run.forked) for stream {stream!r}"
+        if len(events) != 1 or expected_version != 0:
+            raise InvalidEvent(
+                f"{where} inherits {p.prefix_version} events of {p.parent_run!r}: it must be the "
+                "new stream's first event, appended alone with expected_version=0; nothing was "
+                "written"
+            )
+        if p.parent_run == stream:
+            raise InvalidEvent(f"{where} names its own stream as parent; nothing was written")
+        found = self.read(p.parent_run, p.prefix_version, p.prefix_version)
+        if not found or found[0].hash != p.parent_hash:
+            actual = f"hash {found[0].hash}" if found else "no such event"
+            raise InvalidEvent(
+                f"{where}: the parent {p.parent_run!r} at version {p.prefix_version} has "
+                f"{actual}, not parent_hash {p.parent_hash}; nothing was written"
+            )
 
     def _check_stream(self, stream: str) -> None:
         if not isinstance(stream, str) or not _STREAM_NAME.fullmatch(stream):
@@ -272,6 +322,8 @@ class EventStore:
         rows = self._reader.select_events(stream, desc=True, limit=1)
         if not rows:
             return 0, None
+        if rows[0].originator_version == 1 and (link := self.link(stream)) is not None:
+            return link.inherits + 1, link.parent_hash
         split = split_state(self._mapper.plain_state(rows[0]))
         return rows[0].originator_version, split[1] if split else None
 
@@ -292,9 +344,63 @@ class EventStore:
     def read(
         self, stream: str, from_version: int = 1, to_version: int | None = None
     ) -> list[Event]:
-        """The events of ``stream`` from ``from_version`` to ``to_version`` (inclusive)."""
+        """The events of ``stream`` from ``from_version`` to ``to_version`` (inclusive).
+
+        A fork by reference reads as a whole stream: the events it inherits come from its
+        parent, as this stream's versions 2..N + 1, at the position of its ``run.forked``
+        (they entered this run when it was forked); their ids and hashes are the parent's.
+        """
         rows = self._backend.select_stream(stream, max(from_version, 1) - 1, to_version)
-        return [self._mapper.decode(row) for row in rows]
+        events = [self._mapper.decode(row) for row in rows]
+        link = self.link(stream)
+        if link is None:
+            return events
+        last = link.inherits + 1
+        lo, hi = max(from_version, 2), last if to_version is None else min(to_version, last)
+        if lo > hi:
+            return events
+        update = {"stream": stream, "position": link.position}
+        inherited = [
+            e.model_copy(update={**update, "version": e.version + 1})
+            for e in self.read(link.parent, lo - 1, hi - 1)
+        ]
+        return [
+            *(e for e in events if e.version < lo),
+            *inherited,
+            *(e for e in events if e.version > hi),
+        ]
+
+    def link(self, stream: str) -> Link | None:
+        """How ``stream`` inherits its parent's first events, if it is a fork by reference."""
+        try:
+            return self._links[stream]
+        except KeyError:
+            pass
+        rows = self._backend.select_stream(stream, 0, 1)
+        if not rows:
+            return None
+        link = None
+        if rows[0].topic.startswith("run.forked@"):
+            first = self._mapper.decode(rows[0])
+            if isinstance(first, RunForked) and first.inherits:
+                p = first.payload
+                link = Link(p.parent_run, first.inherits, rows[0].id, p.parent_hash or "")
+        self._links[stream] = link
+        return link
+
+    def version_at(self, stream: str, position: int) -> int:
+        """How many events ``stream`` had at global ``position`` (its version then; 0: none)."""
+        version = self._backend.version_at(stream, position)
+        link = self.link(stream) if version == 1 else None
+        return link.inherits + 1 if link is not None else version
+
+    def inherited(self, event: Event) -> list[Event]:
+        """The events ``event`` brings into its run by reference: for a fork's ``run.forked``,
+        the parent's events it inherits (as ``read`` gives them); for any other event none.
+        Global readers (projections over ``read_all``) fold them right after it."""
+        if isinstance(event, RunForked) and event.inherits and event.version == 1:
+            return self.read(event.stream, 2, event.inherits + 1)
+        return []
 
     def stream_version(self, stream: str) -> int:
         """The current version of ``stream`` (0 if it has no events)."""
@@ -377,7 +483,14 @@ class EventStore:
 
     def streams(self, prefix: str = "") -> list[StreamSummary]:
         """Every stream, in order of first appearance (optionally only those with ``prefix``)."""
-        return self._backend.stream_summaries(prefix)
+        summaries = self._backend.stream_summaries(prefix)
+        # A fork by reference with no event of its own yet: its version counts what it inherits.
+        return [
+            replace(s, version=self.stream_version(s.stream))
+            if s.version == 1 and self.link(s.stream) is not None
+            else s
+            for s in summaries
+        ]
 
     # ------------------------------------------------------------ consumers
 
@@ -398,7 +511,13 @@ class EventStore:
 
     def verify(self, progress: Callable[[int], None] | None = None) -> Report:
         """Check every event's hash and every stream's chain (see ``agentledger.events.verify``)."""
-        return verify_rows(self.read_stored(), self._mapper.plain_state, progress)
+
+        def hash_at(stream: str, version: int) -> str | None:
+            rows = self._backend.select_stream(stream, version - 1, version)
+            split = split_state(self._mapper.plain_state(rows[0])) if rows else None
+            return split[1] if split else None
+
+        return verify_rows(self.read_stored(), self._mapper.plain_state, progress, hash_at)
 
     @property
     def backend(self) -> Backend:

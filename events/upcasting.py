@@ -93,6 +93,15 @@ def _run_started_v2(document: Document) -> Document:
     return {**document, "payload": payload}
 
 
+@upcaster("run.forked", 1)
+def _run_forked_v1(document: Document) -> Document:
+    # v1 forks copied the parent's prefix into their own stream; v2 may reference it.
+    payload = dict(document["payload"])
+    payload.setdefault("prefix_version", 0)
+    payload.setdefault("parent_hash", None)
+    return {**document, "payload": payload}
+
+
 @upcaster("model.responded", 1)
 def _model_responded_v1(document: Document) -> Document:
     # v1 stored the reply as ``text`` and one ``tokens`` count (the completion tokens).

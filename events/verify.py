@@ -62,6 +62,8 @@ class Report:
     events: int = 0
     streams: int = 0
     findings: list[Finding] = field(default_factory=list)
+    links: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Forks by reference seen: fork -> (parent, events inherited)."""
 
     @property
     def ok(self) -> bool:
@@ -78,12 +80,21 @@ def verify_rows(
     rows: Iterable[Notification],
     plain_state: Callable[[Notification], bytes],
     progress: Callable[[int], None] | None = None,
+    hash_at: Callable[[str, int], str | None] | None = None,
 ) -> Report:
-    """Check the hash chain over ``rows`` (the whole log, in position order)."""
+    """Check the hash chain over ``rows`` (the whole log, in position order).
+
+    A fork by reference (``run.forked`` with ``prefix_version`` N) goes on from its parent's
+    chain: its next event must follow version N + 1 and point at ``parent_hash``, which must be
+    the hash of the parent's event at version N — looked up with ``hash_at(stream, version)``
+    (the stored hash of one row) after the walk.
+    """
     report = Report()
     heads: dict[str, tuple[int, str | None, int]] = {}  # stream -> (version, hash, position)
     seen_ids: set[str] = set()
     causes: list[tuple[Notification, str]] = []
+    links = report.links  # fork -> (parent, versions inherited)
+    anchors: list[tuple[Notification, str, int, str]] = []
 
     def found(row: Notification, problem: Problem, detail: str) -> None:
         report.findings.append(
@@ -136,12 +147,35 @@ def verify_rows(
                 f"(version {prev_version}): it was edited, removed or replaced",
             )
         heads[stream] = (max(version, prev_version), recorded_hash, row.id)
+        if version == 1 and doc.get("type") == "run.forked":
+            payload = doc.get("payload")
+            inherits = payload.get("prefix_version") if isinstance(payload, dict) else None
+            if isinstance(payload, dict) and isinstance(inherits, int) and inherits > 0:
+                parent, anchor = payload.get("parent_run"), payload.get("parent_hash")
+                links[stream] = (str(parent), inherits)
+                heads[stream] = (inherits + 1, anchor, row.id)
+                anchors.append((row, str(parent), inherits, str(anchor)))
         event_id = doc.get("id")
         if isinstance(event_id, str):
             seen_ids.add(event_id)
         cause = doc.get("causation_id")
         if isinstance(cause, str):
             causes.append((row, cause))
+    for row, parent, version, anchor in anchors:
+        # The parent's version N may itself be inherited: find the row that holds it.
+        where, at = parent, version
+        while where in links and 2 <= at <= links[where][1] + 1:
+            where, at = links[where][0], at - 1
+        actual = hash_at(where, at) if hash_at is not None else None
+        if actual != anchor:
+            found(
+                row,
+                Problem.CHAIN_BROKEN,
+                f"the fork inherits {version} events of {parent!r}, but the parent's event at "
+                f"version {version} "
+                + ("is not in the log" if actual is None else f"has hash {actual[:12]}…")
+                + f", not parent_hash {anchor[:12]}…",
+            )
     for row, cause in causes:
         if cause not in seen_ids:
             found(row, Problem.DANGLING_CAUSE, f"its cause {cause} is not in the log (removed?)")

@@ -39,6 +39,10 @@ class Projection(ABC, Generic[S]):
     state_type: ClassVar[type[BaseModel]]
     event_types: ClassVar[tuple[str, ...]] = ()
     reads_all_events: ClassVar[bool] = False
+    # A per-run fold over the whole log: a fork by reference's ``run.forked`` must be followed
+    # by the events it inherits (``EventStore.inherited``), which the global order holds only
+    # under the parent's name. Runners read ``run.forked`` for it and fold them right after.
+    folds_inherited: ClassVar[bool] = False
     _handlers: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -88,6 +92,8 @@ class PerStream(Projection[BaseModel]):
     ``PerStream(RunStateProjection())`` is the state of every run; only streams whose names
     start with ``prefix`` (default ``run-``) are folded.
     """
+
+    folds_inherited = True
 
     def __init__(self, inner: Projection[Any], prefix: str = "run-") -> None:
         self.inner = inner

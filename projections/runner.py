@@ -91,11 +91,12 @@ class ProjectionRunner(Generic[S]):
         # Fix the end first: events of other types up to it count as folded (they change
         # nothing), and an event appended after this read is left for the next catch-up.
         head = self.store.head_position()
-        events = self.store.read_all(
-            self.position, types=self.projection.event_types, to_position=head
-        )
+        events = self.store.read_all(self.position, types=_types(self.projection), to_position=head)
+        inherits = self.projection.folds_inherited
         for event in events:
             state = apply(state, event)
+            if inherits and event.type == "run.forked":
+                state = self.projection.fold(self.store.inherited(event), state)
             self.position = event.position or self.position
             since_commit += 1
             # The clock is read every 1,000 events only: this loop is the rebuild's hot path.
@@ -117,11 +118,14 @@ class ProjectionRunner(Generic[S]):
     def follow(self, stop: threading.Event, on_change: Callable[[S], None] | None = None) -> None:
         """Fold new events as they are appended until ``stop`` is set (then commit)."""
         since_commit = 0
-        with self.store.subscribe(self.position, self.projection.event_types) as subscription:
+        inherits = self.projection.folds_inherited
+        with self.store.subscribe(self.position, _types(self.projection)) as subscription:
             while not stop.is_set():
                 batch = subscription.poll(timeout=0.25)
                 for event in batch:
                     self.state = self.projection.apply(self.state, event)
+                    if inherits and event.type == "run.forked":
+                        self.state = self.projection.fold(self.store.inherited(event), self.state)
                     self.position = event.position or self.position
                 since_commit += len(batch)
                 if since_commit and self._commit_due(since_commit):
@@ -159,8 +163,24 @@ def as_of(
         snapshot = checkpoints.snapshot_at_or_before(projection.name, projection.version, position)
         if snapshot is not None:
             state, start = projection.load(snapshot.state), snapshot.position
-    events = store.read_all(start, types=projection.event_types, to_position=position)
-    return projection.fold(events, state)
+    events = store.read_all(start, types=_types(projection), to_position=position)
+    if not projection.folds_inherited:
+        return projection.fold(events, state)
+    current = projection.initial() if state is None else state
+    for event in events:
+        current = projection.apply(current, event)
+        if event.type == "run.forked":
+            current = projection.fold(store.inherited(event), current)
+    return current
+
+
+def _types(projection: Projection[S]) -> tuple[str, ...]:
+    """The event types a runner reads for ``projection`` (a fork's ``run.forked`` too, when it
+    folds what forks inherit; empty: all types)."""
+    types = projection.event_types
+    if types and projection.folds_inherited and "run.forked" not in types:
+        return (*types, "run.forked")
+    return types
 
 
 def run_events(store: EventStore, run: str) -> list[Event]:

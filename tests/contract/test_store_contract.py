@@ -50,6 +50,7 @@ from agentledger.events import (
     NotFound,
     Problem,
     RunCompleted,
+    RunForked,
     RunPaused,
     RunStarted,
     ScratchpadUpdated,
@@ -986,6 +987,130 @@ class StoreContract(ABC):
             assert "not modified" in str(caught.value)
         assert list(store.read_all(limit=1)) == [good]
         assert rows(store) == before
+
+    # ------------------------------------------------------------ forks by reference
+
+    @staticmethod
+    def _link(store: EventStore, parent: str, version: int) -> dict[str, Any]:
+        """The payload of a fork of ``parent`` inheriting its first ``version`` events."""
+        at = store.read(parent, version, version)[0]
+        return {
+            "parent_run": parent,
+            "parent_position": at.position,
+            "prefix_version": version,
+            "parent_hash": at.hash,
+        }
+
+    def _fork(self, store: EventStore, parent: str, version: int, stream: str) -> Event:
+        payload = self._link(store, parent, version)
+        [forked] = store.append(
+            stream, [RunForked(actor="human:ada", payload=payload)], expected_version=0
+        )
+        return forked
+
+    def test_a_fork_by_reference_reads_as_one_stream_and_stores_one_event(
+        self, store: EventStore, store_url: str
+    ) -> None:
+        parent = store.append("run-p", [started(), assigned(), paused("1"), paused("2")])
+        forked = self._fork(store, "run-p", 3, "run-f")
+        assert [r.originator_version for r in store.backend.select_stream("run-f", 0, None)] == [1]
+        inherited = store.read("run-f", 2, 4)
+        # The parent's first 3 events, as the fork's versions 2..4, at the fork's position.
+        assert [(e.id, e.hash, e.payload) for e in inherited] == [
+            (e.id, e.hash, e.payload) for e in parent[:3]
+        ]
+        assert [(e.stream, e.version, e.position) for e in inherited] == [
+            ("run-f", v, forked.position) for v in (2, 3, 4)
+        ]
+        assert store.inherited(forked) == inherited
+        assert store.stream_version("run-f") == 4
+        assert {s.stream: s.version for s in store.streams()} == {"run-p": 4, "run-f": 4}
+        # Its own events go on from the inherited ones, chained to the parent's hash.
+        [own] = store.append("run-f", [paused("own")], expected_version=4)
+        assert (own.version, own.prev_hash) == (5, parent[2].hash)
+        assert store.read("run-f") == [forked, *inherited, own]
+        assert [e.version for e in store.read("run-f", 3, 5)] == [3, 4, 5]
+        assert [e.version for e in store.read("run-f", 5)] == [5]
+        assert [e.version for e in store.read("run-f", to_version=1)] == [1]
+        assert store.version_at("run-f", forked.position - 1) == 0
+        assert store.version_at("run-f", forked.position) == 4
+        assert store.version_at("run-f", own.position) == 5
+        assert store.version_at("run-p", parent[1].position) == 2
+        # The parent is untouched and another store instance reads the same.
+        assert store.read("run-p") == parent
+        if self.multiprocess:
+            with EventStore.open(store_url) as other:
+                assert other.read("run-f") == store.read("run-f")
+                assert other.stream_version("run-f") == 5
+        assert store.verify().ok
+
+    def test_a_fork_of_a_fork_resolves_through_both_parents(self, store: EventStore) -> None:
+        parent = store.append("run-p", [started(), assigned(), paused("1")])
+        self._fork(store, "run-p", 2, "run-f")
+        [own] = store.append("run-f", [paused("f")], expected_version=3)
+        # Fork the fork after its own event (version 4), and after its inherited ones only.
+        second = self._fork(store, "run-f", 4, "run-g")
+        third = self._fork(store, "run-f", 3, "run-h")
+        g = store.read("run-g")
+        assert g[0] == second and [e.id for e in g[1:]] == [e.id for e in store.read("run-f")]
+        assert [e.id for e in g[2:4]] == [parent[0].id, parent[1].id] and g[4].id == own.id
+        assert [e.version for e in g] == [1, 2, 3, 4, 5]
+        h = store.read("run-h")
+        assert h[0] == third and [e.id for e in h[1:]] == [e.id for e in store.read("run-f")[:3]]
+        [g_own] = store.append("run-g", [paused("g")], expected_version=5)
+        [h_own] = store.append("run-h", [paused("h")], expected_version=4)
+        assert g_own.prev_hash == own.hash and h_own.prev_hash == parent[1].hash
+        report = store.verify()
+        assert report.ok, [str(f) for f in report.findings]
+        assert report.links == {"run-f": ("run-p", 2), "run-g": ("run-f", 4), "run-h": ("run-f", 3)}
+
+    @pytest.mark.parametrize(
+        ("change", "message"),
+        [
+            ({"parent_hash": HASH_A}, "not parent_hash"),
+            ({"prefix_version": 9}, "no such event"),
+            ({"parent_run": "run-nope"}, "no such event"),
+            ({"parent_run": "run-f"}, "its own stream"),
+        ],
+    )
+    def test_a_fork_that_does_not_name_its_prefix_exactly_is_refused(
+        self, store: EventStore, change: dict[str, Any], message: str
+    ) -> None:
+        store.append("run-p", [started(), assigned()])
+        payload = {**self._link(store, "run-p", 2), **change}
+        with pytest.raises(InvalidEvent, match=message):
+            store.append("run-f", [RunForked(actor="human:ada", payload=payload)], 0)
+        assert store.read("run-f") == [] and len(rows(store)) == 2
+
+    def test_a_fork_by_reference_must_start_its_stream_alone(self, store: EventStore) -> None:
+        store.append("run-p", [started(), assigned()])
+        payload = self._link(store, "run-p", 2)
+        forked = RunForked(actor="human:ada", payload=payload)
+        for events, expected in (([forked, paused("x")], 0), ([forked], None)):
+            with pytest.raises(InvalidEvent, match="first event, appended alone"):
+                store.append("run-f", events, expected)
+        store.append("run-x", [started()])
+        with pytest.raises(InvalidEvent, match="first event, appended alone"):
+            store.append("run-x", [forked], 1)
+        assert len(rows(store)) == 3
+        with pytest.raises(Exception, match="prefix_version and parent_hash go together"):
+            RunForked(actor="human:ada", payload={**payload, "parent_hash": None})
+
+    def test_a_changed_parent_breaks_its_forks_link(self, store: EventStore, raw: RawLog) -> None:
+        parent = store.append("run-p", [started(), assigned(), paused("1")])
+        forked = self._fork(store, "run-p", 2, "run-f")
+        store.append("run-f", [paused("own")], expected_version=3)
+        assert store.verify().ok
+        # The parent's event at the fork point edited and rehashed: the parent's own chain
+        # breaks at its next event, and the fork's link no longer holds.
+        edited = parent[1].model_copy(
+            update={"payload": parent[1].payload.model_copy(update={"task_id": "t9"})}
+        )
+        state, _ = seal(edited)
+        raw.set_state(parent[1].position, state)
+        problems = {(f.position, f.problem) for f in store.verify().findings}
+        assert (parent[2].position, Problem.CHAIN_BROKEN) in problems
+        assert (forked.position, Problem.CHAIN_BROKEN) in problems
 
     # ------------------------------------------------------------ tamper evidence
 

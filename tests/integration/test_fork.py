@@ -50,7 +50,7 @@ def test_a_fork_with_another_model_goes_its_own_way_and_the_parent_is_untouched(
         assert follow_run(store, parent, until=ENDED, timeout=60).status is RunStatus.COMPLETED
         before = [e.model_dump_json() for e in store.read(parent)]
         assigned = next(e for e in store.read(parent) if e.type == "task.assigned")
-        fork, copied = fork_run(
+        fork, forked = fork_run(
             store,
             parent,
             assigned.position or 0,
@@ -64,13 +64,22 @@ def test_a_fork_with_another_model_goes_its_own_way_and_the_parent_is_untouched(
         # The parent's log is exactly as it was.
         assert [e.model_dump_json() for e in store.read(parent)] == before
         fork_events = store.read(fork)
-        assert fork_events[0].type == "run.forked" and len(copied) == 1 + len(
-            [e for e in store.read(parent) if (e.position or 0) <= (assigned.position or 0)]
-        )
+        prefix = [e for e in store.read(parent) if (e.position or 0) <= (assigned.position or 0)]
+        # The fork references the parent's prefix: it stored one event for it, and reads it
+        # back as its versions 2.. with the parent's ids and hashes, at the fork's position.
+        assert fork_events[0] == forked and forked.payload.prefix_version == len(prefix)
+        inherited = fork_events[1 : len(prefix) + 1]
+        assert [(e.id, e.hash) for e in inherited] == [(e.id, e.hash) for e in prefix]
+        assert [e.version for e in inherited] == list(range(2, len(prefix) + 2))
+        assert {e.stream for e in inherited} == {fork}
+        assert {e.position for e in inherited} == {forked.position}
+        assert [r.originator_version for r in store.backend.select_stream(fork, 0, 1)] == [1]
+        own = fork_events[len(prefix) + 1 :]
+        assert own[0].version == len(prefix) + 2 and own[0].prev_hash == prefix[-1].hash
         found = first_divergence(store.read(parent), fork_events[1:])
         assert found is not None and found.right is not None
         # They agree up to the fork point, then the executor asks another model.
-        assert found.index == len(copied) - 1
+        assert found.index == len(prefix)
         assert found.right.type == "model.requested" and found.right_view is not None
         assert found.right_view["payload"]["model"] == "m2"  # the override
         # Fork of a fork: at the fork's own completion it simply ends where its parent did.
@@ -125,3 +134,87 @@ def test_refusals_write_nothing(tmp_path: Path, threaded_agents: Any) -> None:
         with pytest.raises(AgentLedgerError, match="inside one agent's reaction"):
             fork_run(store, parent, inside.position or 0, by="human:ada")
         assert store.head_position() == head
+
+
+def test_an_agent_that_dies_taking_up_a_fork_neither_repeats_nor_loses_a_reaction(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    from collections import Counter
+
+    from agentledger.actors.runtime import RuntimeConfig, workers_for
+    from agentledger.actors.verify import verify_run
+    from agentledger.events import Role
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    providers = {"scripted": ScriptedProvider(brain("a.txt"))}
+    models = {r: "scripted:m" for r in ("coordinator", "research", "execution", "review")}
+    with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
+        parent = start_run(store, "write it", models=models).stream
+        assert follow_run(store, parent, until=ENDED, timeout=60).status is RunStatus.COMPLETED
+    with EventStore.open(url) as store:
+        assigned = next(e for e in store.read(parent) if e.type == "task.assigned")
+        fork, forked = fork_run(store, parent, assigned.position or 0, by="human:ada")
+        config = RuntimeConfig(
+            store_url=url,
+            workspace_root=str(tmp_path / "workspaces"),
+            memory_dir=str(tmp_path / "memory"),
+        )
+
+        def executor() -> Any:
+            (worker,) = (
+                w for w in workers_for(config, providers) if w.agent.role is Role.EXECUTION
+            )
+            return worker
+
+        first = executor()
+        first.deliver(forked)  # reacts to the inherited task.assigned; then "dies" untracked
+        reacted = store.read(fork)[forked.payload.prefix_version + 1 :]
+        assert reacted and {e.causation_id for e in reacted} == {assigned.id}
+        assert store.position_of(first.consumer) < (forked.position or 0)
+        again = executor()  # a new process: run.forked is delivered again
+        again.deliver(forked)
+        assert store.read(fork)[forked.payload.prefix_version + 1 :] == reacted
+    with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
+        state = follow_run(store, fork, until=ENDED, timeout=60)
+        assert state.status is RunStatus.COMPLETED, state.outcome
+        executed = Counter(
+            e.payload.action_id for e in store.read(fork) if e.type == "action.executed"
+        )
+        assert executed and set(executed.values()) == {1}
+        assert verify_run(store, fork).ok
+        assert store.verify().ok
+
+
+def test_a_request_a_fork_inherits_expires_in_the_fork_too(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    import threading
+    import time
+
+    from agentledger.actors.runtime import ExpiryWatcher
+    from agentledger.demo import DEMO_GOAL, prepare_demo
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    docs, workspace = prepare_demo(tmp_path)
+    with threaded_agents(url, tmp_path, approval_ttl_s=2.0), EventStore.open(url) as store:
+        parent = start_run(store, DEMO_GOAL, docs=docs, workspace=workspace).stream
+        (pending,) = follow_run(store, parent, timeout=60).pending_approvals.values()
+    with EventStore.open(url) as store:
+        fork, _ = fork_run(store, parent, pending.position or 0, by="human:ada")
+        stop = threading.Event()
+        watcher = ExpiryWatcher(EventStore.open(url))
+        thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while watcher.expired < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+        for run in (parent, fork):
+            (expired,) = [e for e in store.read(run) if e.type == "approval.expired"]
+            assert expired.payload.action_id == pending.action_id
+            assert expired.actor == "system:expiry"
+        assert _state(store, fork).pending_approvals == {}
+        assert store.verify().ok

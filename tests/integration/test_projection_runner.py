@@ -316,3 +316,31 @@ def test_a_checkpoints_file_with_damaged_pages_says_to_delete_it(
     path.write_bytes(bytes(data))
     with pytest.raises(StoreUnavailable, match="deletes and rebuilds it"):
         ProjectionRunner(memory_store, runs_projection(), CheckpointStore(path))
+
+
+def test_per_run_folds_see_a_fork_by_reference_as_the_run_it_reads_as(
+    sqlite_store: EventStore, tmp_path: Path
+) -> None:
+    from agentledger.blackboard import BlackboardProjection
+    from agentledger.fork import fork_run
+
+    run, _ = write_sample_run(sqlite_store)
+    middle = sqlite_store.read(run)[10]  # the end of a reaction
+    fork, forked = fork_run(sqlite_store, run, middle.position or 0, by="human:ann")
+    sqlite_store.append(fork, [RunPaused(actor="human:ann", payload={"reason": "look"})])
+    checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
+    for projection in (RunStateProjection(), BlackboardProjection()):
+        # What a runner, a live follower and as_of fold for the fork from the global order
+        # equals the fold of the fork read as one stream (its inherited events included).
+        expected = projection.dump(projection.fold(sqlite_store.read(fork)))
+        runner = ProjectionRunner(sqlite_store, PerStream(projection), checkpoints)
+        state = runner.rebuild()
+        assert projection.dump(state.streams[fork]) == expected  # type: ignore[attr-defined]
+        head = sqlite_store.head_position()
+        past = as_of(sqlite_store, PerStream(projection), head)
+        assert projection.dump(past.streams[fork]) == expected  # type: ignore[attr-defined]
+    runner = ProjectionRunner(sqlite_store, runs_projection(), checkpoints)
+    fork_state = runner.rebuild().streams[fork]  # type: ignore[attr-defined]
+    assert fork_state.status is RunStatus.PAUSED and fork_state.parent_run == run
+    assert forked.payload.prefix_version == 11
+    assert fork_state.events == 11 + 2  # the inherited, run.forked, and its own pause

@@ -364,3 +364,43 @@ def test_manifest_round_trips() -> None:
     manifest = Manifest("run-x", 1, 1, 1, 1, 1, "h" * 64, "d" * 64, "human:a", "2026-01-01")
     assert Manifest(**manifest.to_json()) == manifest
     assert b"signature" not in manifest.signed_bytes()
+
+
+def test_the_export_of_a_fork_holds_the_history_it_inherits(
+    store: EventStore, tmp_path: Path
+) -> None:
+    from agentledger.events import ScratchpadUpdated
+    from agentledger.fork import fork_run
+
+    run, _ = write_sample_run(store)
+    parent = store.read(run)
+    fork, _ = fork_run(store, run, parent[-1].position or 0, by="human:ada")
+    store.append(
+        fork, [ScratchpadUpdated(actor="agent:research/r1", payload={"key": "k", "value": "f"})]
+    )
+    second, _ = fork_run(store, fork, store.read(fork)[-1].position or 0, by="human:ada")
+    store.append(
+        second, [ScratchpadUpdated(actor="agent:research/r1", payload={"key": "k", "value": "g"})]
+    )
+    out = tmp_path / "fork.jsonl"
+    manifest = export_run(store, second, out, exporter="human:auditor")
+    lines = out.read_bytes().splitlines()[:-1]
+    streams = [json.loads(line)["stream"] for line in lines]
+    # The events inherited from the first parent, the first fork's own two, the second's own.
+    n = len(parent)
+    assert streams == [run] * n + [fork] * 2 + [second] * 2
+    assert manifest.count == n + 4 and manifest.run == second
+    report = verify_export(out)
+    assert report.ok, str(report)
+    # An edited inherited event is found in the export of the fork, with its line.
+    header, body = _state_doc(lines[2])
+    body["actor"] = "human:mallory"
+    edited = header + json.dumps(body, separators=(",", ":")).encode() + b"}"
+    forged = tmp_path / "forged.jsonl"
+    forged.write_bytes(b"".join(x + b"\n" for x in [*lines[:2], edited, *lines[3:]]))
+    assert verify_export(forged).line == 3
+    # Without its ancestors' lines, the fork's chain has nothing to go on from.
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(b"".join(x + b"\n" for x in lines[n:]))
+    report = verify_export(cut)
+    assert not report.ok and "inherits" in (report.problem or ""), str(report)

@@ -20,6 +20,7 @@ from agentledger.events import (
     EVENT_TYPES,
     CorruptEvent,
     ModelResponded,
+    RunForked,
     RunPaused,
     RunStarted,
     UnknownEventType,
@@ -174,10 +175,26 @@ def test_a_v2_run_started_gains_workspace_and_docs() -> None:
     assert (event.payload.workspace, event.payload.docs) == (None, None)
 
 
+def test_a_v1_run_forked_reads_as_a_fork_that_copied_its_prefix() -> None:
+    document = {
+        "id": str(uuid.uuid4()),
+        "stream": "run-f",
+        "version": 1,
+        "type": "run.forked",
+        "schema_version": 1,
+        "at": "2026-11-29T09:00:00+00:00",
+        "actor": "human:ann",
+        "payload": {"parent_run": "run-p", "parent_position": 7, "note": "", "model_overrides": {}},
+    }
+    event = EnvelopeMapper().decode(stored(document, "run.forked@1", 9))
+    assert isinstance(event, RunForked) and event.schema_version == 2
+    assert (event.inherits, event.payload.parent_hash) == (0, None)
+
+
 def test_every_schema_step_has_an_upcaster() -> None:
     assert missing_upcasters() == []
     versioned = {n for n, c in EVENT_TYPES.items() if c.current_schema_version > 1}
-    assert versioned == {"run.started", "model.responded"}
+    assert versioned == {"run.started", "model.responded", "run.forked"}
 
 
 def test_a_current_document_passes_through_unchanged() -> None:
