@@ -43,6 +43,20 @@ def check_webhook(url: str) -> str:
     return url
 
 
+def open_requests(events: list[Event]) -> list[Event]:
+    """The approval requests among ``events`` that none of them decides."""
+    decided = {
+        getattr(e.payload, "action_id", None)
+        for e in events
+        if e.type in ("approval.granted", "approval.denied", "approval.expired")
+    }
+    return [
+        e
+        for e in events
+        if e.type == "approval.requested" and getattr(e.payload, "action_id", None) not in decided
+    ]
+
+
 def notice(event: Event) -> dict[str, Any]:
     """The JSON a human-facing channel receives for ``event``."""
     payload = event.payload.model_dump(mode="json")
@@ -81,11 +95,15 @@ class Notifier:
     def run(self, stop: threading.Event) -> None:
         """Deliver notices until ``stop`` is set, from where it left off (or from now)."""
         start = self.store.position_of(CONSUMER) or self.store.head_position()
-        with self.store.subscribe(start, list(NOTICE_TYPES)) as subscription:
+        with self.store.subscribe(start, [*NOTICE_TYPES, "run.forked"]) as subscription:
             while not stop.is_set():
                 batch = subscription.poll(1.0)
                 for event in batch:
-                    self.deliver(event)
+                    if event.type == "run.forked":
+                        for request in open_requests(self.store.inherited(event)):
+                            self.deliver(request)  # the fork waits for its own decision
+                    else:
+                        self.deliver(event)
                 if batch:
                     self.store.record_position(CONSUMER, batch[-1].position or start)
 

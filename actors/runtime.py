@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -211,6 +211,12 @@ def workers_for(
 # ---------------------------------------------------------------------------- the worker
 
 
+def take_up_consumer(consumer: str, fork: str) -> str:
+    """The name under which ``consumer`` tracks its take-up of the events ``fork`` inherits
+    (by their versions in the fork; see ``AgentWorker._take_up``)."""
+    return f"{consumer}@{fork}"
+
+
 class _RunCache:
     """What an agent knows of one run: its delivered events (in log order) and their state,
     plus the agent's own reactions that the subscription has not delivered yet."""
@@ -226,8 +232,8 @@ class _RunCache:
         self._pad = ScratchpadProjection()
 
     def deliver(self, event: Event) -> None:
-        if self.pending:
-            self.pending = [e for e in self.pending if (e.position or 0) > (event.position or 0)]
+        if self.pending:  # by version: a fork's inherited events all share one position
+            self.pending = [e for e in self.pending if e.version > event.version]
         self.events.append(event)
         self.state = self._fold.apply(self.state, event)
         if event.type == "scratchpad.updated":
@@ -339,43 +345,49 @@ class AgentWorker:
         if not handles or event.id in cache.reacted or self._halted_ahead(event):
             self._skip(position)
             return
-        self._react(event, cache, track=True)
+        self._react(event, cache, ConsumerPosition(self.consumer, position))
 
     def _take_up(self, forked: RunForked) -> None:
         """A fork by reference: react, in order, to the events it inherits that agents of this
         role did not react to in it (the subscription never delivers them: they are the
-        parent's). Untracked: if the process dies half-way, ``run.forked`` is delivered again
-        and what was done is found in the log."""
+        parent's). Each reaction is tracked under a consumer of its own for this fork, by the
+        inherited event's version: exactly once, and an empty flush before a side effect
+        leaves the same mark as on the live path. ``run.forked`` itself is tracked only when
+        the walk is done, so a process that dies half-way walks again and skips what it did."""
         events = self.store.read(forked.stream)
         inherits = forked.inherits
+        consumer = take_up_consumer(self.consumer, forked.stream)
+        done = self.store.position_of(consumer)
         role = f"agent:{self.agent.role.value}/"
         cache = _RunCache(forked.stream)
-        later: dict[uuid.UUID, list[Event]] = {}
-        for index, e in enumerate(events[1:], start=1):
+        mine: dict[uuid.UUID, list[Event]] = {}
+        for e in events[1:]:
             if e.actor.startswith(role) and e.causation_id is not None:
                 cache.reacted.add(e.causation_id)
-                if index > inherits:  # the fork's own: in the view once their cause is
-                    later.setdefault(e.causation_id, []).append(e)
+                mine.setdefault(e.causation_id, []).append(e)
         self._runs[forked.stream] = cache
         while len(self._runs) > _CACHED_RUNS:
             self._runs.popitem(last=False)
         cache.deliver(forked)
         for event in events[1 : inherits + 1]:
             cache.deliver(event)
-            # Our reactions to it (made before a restart) count in the view from here on.
-            cache.pending.extend(later.get(event.id, ()))
+            # Our reactions to it count in the view from here on, though other events sit
+            # between them in the log (as for a live worker's own reactions).
+            cache.pending.extend(mine.get(event.id, ()))
             if (
-                event.type in self._types
-                and self.agent.cares(event)
+                event.version > done
                 and event.id not in cache.reacted
+                and event.type in self._types
+                and self.agent.cares(event)
                 and not self._halted_ahead(event)
             ):
-                self._react(event, cache, track=False)
+                self._react(event, cache, ConsumerPosition(consumer, event.version))
 
-    def _react(self, event: Event, cache: _RunCache, *, track: bool) -> None:
-        """Handle ``event`` with the run's view and append the reaction (with the event's
-        position when ``track``)."""
+    def _react(self, event: Event, cache: _RunCache, mark: ConsumerPosition) -> None:
+        """Handle ``event`` with the run's view and append the reaction, tracked by ``mark``
+        (this worker's position, or a fork take-up's)."""
         position = event.position or 0
+        live = mark.consumer == self.consumer
         started = time.time()
         hop_ms = (started - event.at.timestamp()) * 1000
         view = cache.view()
@@ -388,9 +400,9 @@ class AgentWorker:
             # stops the handler here, before the side effect.
             nonlocal tracked
             recorded = self._append(
-                event, events, view, track=track and not tracked, after=flushed, duplicate="raise"
+                event, events, view, None if tracked else mark, after=flushed, duplicate="raise"
             )
-            tracked = track
+            tracked = True
             flushed.extend(recorded)
 
         try:
@@ -409,18 +421,18 @@ class AgentWorker:
             )
             emitted = self._failure(event, view, f"{type(exc).__name__}: {exc}")
         if not emitted and not tracked:
-            if track:
+            if live:
                 self._skip(position)
             return
         appending = time.time()
         recorded = flushed + self._append(
-            event, emitted, view, track=track and not tracked, after=flushed
+            event, emitted, view, None if tracked else mark, after=flushed
         )
         done = time.time()
         self.handled += 1
-        if track:
+        if live:
             self._untracked = 0
-        cache.pending.extend(e for e in recorded if (e.position or 0) > position)
+        cache.pending.extend(e for e in recorded if e.version > event.version)
         self.hops.append(
             Hop(
                 position=position,
@@ -441,16 +453,15 @@ class AgentWorker:
         event: Event,
         emitted: list[Envelope],
         view: RunView,
+        tracking: ConsumerPosition | None,
         *,
-        track: bool = True,
         after: Sequence[Event] = (),
         duplicate: Literal["skip", "raise"] = "skip",
     ) -> list[Event]:
-        """Append a reaction (with the handled event's position when ``track``); ``after``:
+        """Append a reaction (with ``tracking`` in the same transaction, if given); ``after``:
         what this reaction already appended (its newest version is the stream's head)."""
-        if not emitted and not track:
+        if not emitted and tracking is None:
             return []
-        tracking = ConsumerPosition(self.consumer, event.position or 0) if track else None
         # The stream's newest version we know of: usually still the head (the other agents
         # wait for this reaction), and then the append needs no read of the head first.
         newest = after[-1] if after else (view.events[-1] if view.events else None)
@@ -474,8 +485,8 @@ class AgentWorker:
                 self.last_error = str(exc)
                 emitted = self._failure(event, view, f"invalid event from the agent: {exc}")
                 if not emitted:
-                    if track:
-                        self.store.record_position(self.consumer, event.position or 0)
+                    if tracking is not None:
+                        self.store.record_position(tracking.consumer, tracking.position)
                     return []
             except StoreUnavailable as exc:
                 # Never skip an event because the store blinked: wait and try again.
@@ -491,7 +502,8 @@ class AgentWorker:
         role = f"agent:{self.agent.role.value}/"
         mine: set[tuple[str, str]] = set()
         last: dict[tuple[str, str], Event] = {}
-        for e in self.store.read_all(types=_ACTION_TYPES):
+        inherited: set[uuid.UUID] = set()  # of forks by reference: tracked by take-up
+        for e in self._action_events(inherited):
             key = (e.stream, getattr(e.payload, "action_id", ""))
             if e.type == "action.proposed":
                 if e.actor.startswith(role):
@@ -502,7 +514,7 @@ class AgentWorker:
         for key in sorted(mine & set(last)):
             e = last[key]
             began = (e.type == "action.risk_assessed" and e.payload.risk is not RiskLevel.HIGH) or (
-                e.type == "approval.granted" and (e.position or 0) <= self.position
+                e.type == "approval.granted" and self._handled(e, e.id in inherited)
             )
             if began and self._mine(e.stream):
                 orphans.append(e)
@@ -526,14 +538,34 @@ class AgentWorker:
             self._recover_one(cause, view)
         return len(orphans)
 
+    def _action_events(self, inherited: set[uuid.UUID]) -> Iterator[Event]:
+        """Every action event of the log in order, forks' inherited ones included (their ids
+        are added to ``inherited``)."""
+        for e in self.store.read_all(types=(*_ACTION_TYPES, "run.forked")):
+            if e.type != "run.forked":
+                yield e
+                continue
+            for x in self.store.inherited(e):
+                if x.type in _ACTION_TYPES:
+                    inherited.add(x.id)
+                    yield x
+
+    def _handled(self, event: Event, inherited: bool) -> bool:
+        """Whether this agent's tracking says it handled ``event`` (for a fork's inherited
+        event: its take-up of the fork did)."""
+        if inherited:
+            consumer = take_up_consumer(self.consumer, event.stream)
+            return self.store.position_of(consumer) >= event.version
+        return (event.position or 0) <= self.position
+
     def _recover_one(self, cause: Event, view: RunView) -> None:
         flushed: list[Event] = []
 
         def flush(events: list[Envelope]) -> None:
-            flushed.extend(self._append(cause, events, view, track=False, after=flushed))
+            flushed.extend(self._append(cause, events, view, None, after=flushed))
 
         emitted = self.agent.recover(cause, view, flush)
-        self._append(cause, emitted, view, track=False, after=flushed)
+        self._append(cause, emitted, view, None, after=flushed)
 
     def _halted_ahead(self, event: Event) -> bool:
         # A pause or cancel already in the log behind this event: honour it now rather than

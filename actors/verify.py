@@ -295,7 +295,7 @@ def _verify_role(
                 f"position {recorded[0].position}: recovery of an action interrupted by a crash "
                 "(recorded, not re-executed)"
             )
-            cache.pending.extend(e for e in recorded if (e.position or 0) > (event.position or 0))
+            cache.pending.extend(e for e in recorded if e.version > event.version)
             continue
         if event.type not in types or not agent.cares(event):
             if recorded:
@@ -347,7 +347,7 @@ def _verify_role(
         if recorded:
             report.reactions += 1
             report.events += len(recorded)
-            cache.pending.extend(e for e in recorded if (e.position or 0) > (event.position or 0))
+            cache.pending.extend(e for e in recorded if e.version > event.version)
     return None
 
 

@@ -1047,14 +1047,19 @@ def replay_command(
             everything = stream_as_of(store, run)
             position = to
             if to_event is not None:
-                match = [e for e in everything if str(e.id) == to_event.strip().lower()]
-                if not match:
+                # By place in the run, not position: a fork's inherited events share one.
+                index = next(
+                    (i for i, e in enumerate(everything) if str(e.id) == to_event.strip().lower()),
+                    None,
+                )
+                if index is None:
                     raise NotFound(
                         f"run {run} has no event {to_event!r}; `agentledger log {run}` "
                         "shows the ids (--json)"
                     )
-                position = match[0].position
-            events = stream_as_of(store, run, position)
+                events = everything[: index + 1]
+            else:
+                events = stream_as_of(store, run, position)
         if not events:
             first = everything[0].position
             raise AgentLedgerError(

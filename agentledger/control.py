@@ -166,7 +166,11 @@ def decide(
             f"{human.name} proposed action {action_id}; someone else must decide it"
         )
     payload = {"action_id": action_id, "action_hash": pending.action_hash}
-    cause = next(e for e in reversed(events) if e.position == pending.position)
+    cause = next(
+        e
+        for e in reversed(events)
+        if e.type == "approval.requested" and getattr(e.payload, "action_id", None) == action_id
+    )
     link = cause.caused_by(cause)
     if grant:
         event = ApprovalGranted(actor=human.principal, payload=payload | {"comment": note}, **link)

@@ -70,7 +70,12 @@ from agentledger.events import catalogue as cat
 from agentledger.events._codec import seal
 from agentledger.projections import PerStream, Projection, RunStateProjection
 from agentledger.projections.checkpoints import CheckpointStore
-from agentledger.projections.memory import HashingEmbedder, LongTermMemory
+from agentledger.projections.memory import (
+    ANN_EF,
+    ANN_REFINE_FACTOR,
+    HashingEmbedder,
+    LongTermMemory,
+)
 from agentledger.projections.runner import ProjectionRunner, as_of, stream_as_of
 
 GEN_VERSION = 1  # bump when the generated log changes shape (invalidates the cache)
@@ -1674,15 +1679,15 @@ def bench_memory(
                 section,
                 f"vector search, exact (bypass index) [{fmt_n(n)}]",
                 lat(exact_ms),
-                f"≤ {SEARCH_TARGET_MS:.0f} ms p50",
-                verdict(statistics.median(exact_ms), SEARCH_TARGET_MS, False),
-                f"{len(exact_ms)} searches, recall 1.0 by definition",
+                note=f"{len(exact_ms)} searches, recall 1.0 by definition (the baseline of "
+                "recall; the latency target is for search at recall ≥ 0.95)",
             )
         )
         res.add(
             Row(
                 section,
-                f"vector search, ANN IVF_HNSW_SQ (defaults) [{fmt_n(n)}]",
+                f"vector search, ANN IVF_HNSW_SQ via LongTermMemory.search (ef={ANN_EF}, "
+                f"refine_factor={ANN_REFINE_FACTOR}) [{fmt_n(n)}]",
                 lat(ann_ms),
                 f"≤ {SEARCH_TARGET_MS:.0f} ms p50",
                 verdict(ann_p50, SEARCH_TARGET_MS, False),
@@ -1732,12 +1737,13 @@ def bench_memory(
         table = mem._table
         exact_ids = [[h.memory_id for h in hits] for hits in exact_hits]
         combos: list[tuple[str, dict[str, Any]]] = [
-            ("defaults, all columns (what search() fetches)", {"all_columns": True}),
+            ("defaults, all columns", {"all_columns": True}),
             ("defaults", {}),
             ("nprobes=50", {"nprobes": 50}),
             ("ef=100", {"ef": 100}),
             ("nprobes=50 ef=200", {"nprobes": 50, "ef": 200}),
             ("refine_factor=5", {"refine_factor": 5}),
+            ("ef=100 refine_factor=2 (what search() uses)", {"ef": 100, "refine_factor": 2}),
             ("nprobes=50 refine_factor=5", {"nprobes": 50, "refine_factor": 5}),
             ("nprobes=50 ef=200 refine_factor=5", {"nprobes": 50, "ef": 200, "refine_factor": 5}),
             (
@@ -1784,16 +1790,15 @@ def bench_memory(
         every, needed = sweep_p50.get(combos[0][0]), sweep_p50.get("defaults")
         if every is not None and needed is not None:
             res.findings.append(
-                "Memory search: the same ANN query fetching every column (as "
-                "LongTermMemory.search does, the 256-float vector included) has p50 "
-                f"{fmt_ms(every)} vs {fmt_ms(needed)} fetching only the columns a Memory needs."
+                "Memory search: the same ANN query fetching every column (the 256-float "
+                f"vector included) has p50 {fmt_ms(every)} vs {fmt_ms(needed)} fetching only the "
+                "columns a Memory needs (what LongTermMemory.search fetches)."
             )
         if best:
             res.findings.append(
                 f"Memory search: on the LanceDB table directly, `{best}` meets p50 ≤ "
                 f"{SEARCH_TARGET_MS:.0f} ms at recall@10 ≥ {RECALL_TARGET} (only the needed "
-                "columns fetched); LongTermMemory.search exposes neither the column list nor "
-                "nprobes / ef / refine_factor."
+                "columns fetched)."
             )
         else:
             res.findings.append(

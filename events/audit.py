@@ -278,9 +278,8 @@ def _run_rows(store: EventStore, run: str, to_version: int | None = None) -> Ite
     the whole history and its chain can be checked without the store."""
     link = store.link(run)
     if link is not None:
-        inherited = link.inherits if to_version is None else min(link.inherits, to_version - 1)
-        if inherited > 0:
-            yield from _run_rows(store, link.parent, inherited)
+        # All it inherits, even where only part is needed: its run.forked names the last.
+        yield from _run_rows(store, link.parent, link.inherits)
     after = 0
     while True:
         top = after + _PAGE if to_version is None else min(after + _PAGE, to_version)

@@ -175,6 +175,10 @@ class EventStore:
         version, prev_hash = self._head(stream, expected_version)
         if expected_version is not None and version != expected_version:
             raise ConcurrencyConflict(stream, expected_version, version)
+        first = events[0] if events else None
+        if isinstance(first, RunForked) and first.inherits:
+            # A fork by reference chains on from the parent's event it inherits last.
+            prev_hash = first.payload.parent_hash
         sealed: list[Envelope] = []
         stored: list[StoredEvent] = []
         for index, event in enumerate(events):
@@ -206,11 +210,9 @@ class EventStore:
                 actual,
             ) from None
         if events:
-            first = sealed[0]
+            if isinstance(first, RunForked) and first.inherits:
+                version = first.inherits + 1  # its own events go on after the inherited ones
             with self._heads_lock:
-                if isinstance(first, RunForked) and first.inherits:
-                    # The fork's own events go on after the inherited ones.
-                    version, prev_hash = first.inherits + 1, first.payload.parent_hash
                 self._heads[stream] = (version, prev_hash)
         self._backend.notify_local()
         positions: list[int | None] = list(ids) if ids else [None] * len(sealed)
@@ -322,18 +324,22 @@ class EventStore:
         rows = self._reader.select_events(stream, desc=True, limit=1)
         if not rows:
             return 0, None
-        if rows[0].originator_version == 1 and (link := self.link(stream)) is not None:
-            return link.inherits + 1, link.parent_hash
+        version = rows[0].originator_version
+        if version == 1 and (link := self.link(stream)) is not None:
+            version = link.inherits + 1  # a fork with no event of its own yet
         split = split_state(self._mapper.plain_state(rows[0]))
-        return rows[0].originator_version, split[1] if split else None
+        return version, split[1] if split else None
 
     def _note_head(self, event: Event) -> None:
         # A subscription saw this event: remember it as the stream's head (if it is the newest
         # we know), so an append that expects this version needs no read of the head first.
+        version = event.version
+        if isinstance(event, RunForked) and event.inherits and version == 1:
+            version = event.inherits + 1  # a fork's own events go on after the inherited ones
         with self._heads_lock:
             cached = self._heads.get(event.stream)
-            if cached is None or cached[0] < event.version:
-                self._heads[event.stream] = (event.version, event.hash)
+            if cached is None or cached[0] < version:
+                self._heads[event.stream] = (version, event.hash)
 
     def _forget(self, stream: str) -> None:
         with self._heads_lock:

@@ -139,7 +139,7 @@ def verify_rows(
             found(
                 row, Problem.VERSION_GAP, f"versions {prev_version + 1}..{version - 1} are missing"
             )
-        elif doc.get("prev_hash") != prev_hash:
+        elif doc.get("prev_hash") != (_anchor(doc) if version == 1 else prev_hash):
             found(
                 row,
                 Problem.CHAIN_BROKEN,
@@ -147,14 +147,11 @@ def verify_rows(
                 f"(version {prev_version}): it was edited, removed or replaced",
             )
         heads[stream] = (max(version, prev_version), recorded_hash, row.id)
-        if version == 1 and doc.get("type") == "run.forked":
-            payload = doc.get("payload")
-            inherits = payload.get("prefix_version") if isinstance(payload, dict) else None
-            if isinstance(payload, dict) and isinstance(inherits, int) and inherits > 0:
-                parent, anchor = payload.get("parent_run"), payload.get("parent_hash")
-                links[stream] = (str(parent), inherits)
-                heads[stream] = (inherits + 1, anchor, row.id)
-                anchors.append((row, str(parent), inherits, str(anchor)))
+        if version == 1 and (link := _link(doc)) is not None:
+            parent, inherits, anchor = link
+            links[stream] = (parent, inherits)
+            heads[stream] = (inherits + 1, recorded_hash, row.id)
+            anchors.append((row, parent, inherits, anchor))
         event_id = doc.get("id")
         if isinstance(event_id, str):
             seen_ids.add(event_id)
@@ -182,3 +179,21 @@ def verify_rows(
     report.streams = len(heads)
     report.findings.sort(key=lambda f: (f.position, f.problem.value))
     return report
+
+
+def _link(doc: dict[str, object]) -> tuple[str, int, str] | None:
+    """(parent, events inherited, parent_hash) of a fork by reference's ``run.forked`` body."""
+    payload = doc.get("payload")
+    if doc.get("type") != "run.forked" or not isinstance(payload, dict):
+        return None
+    inherits = payload.get("prefix_version")
+    if not isinstance(inherits, int) or inherits < 1:
+        return None
+    return str(payload.get("parent_run")), inherits, str(payload.get("parent_hash"))
+
+
+def _anchor(doc: dict[str, object]) -> str | None:
+    """What a stream's first event must point at: nothing, or for a fork by reference the
+    parent's event it inherits last."""
+    link = _link(doc)
+    return link[2] if link is not None else None

@@ -270,6 +270,11 @@ class Memory:
 
 
 _TABLE = "memories"
+_HIT_COLUMNS = ("memory_id", "text", "tags", "user", "position", "stream")
+ANN_EF = 100
+"""HNSW candidates examined per ANN search (LanceDB's default is 1.5 x k)."""
+ANN_REFINE_FACTOR = 2
+"""ANN candidates re-ranked by their exact distance: ``ANN_REFINE_FACTOR`` x k."""
 MAX_QUERY_CHARS = 2_000
 SearchMode = Literal["hybrid", "vector", "text"]
 
@@ -425,11 +430,10 @@ class LongTermMemory:
             self._table.create_index("text", config=FTS(), replace=True)
             self._fts_rows = rows
         if rows >= ann_threshold:
+            from lancedb.index import IvfHnswSq
+
             self._table.create_index(
-                metric="cosine",
-                vector_column_name="vector",
-                index_type="IVF_HNSW_SQ",
-                replace=True,
+                "vector", config=IvfHnswSq(distance_type="cosine"), replace=True
             )
 
     def search(
@@ -470,6 +474,10 @@ class LongTermMemory:
             builder = self._table.search(vector, vector_column_name="vector").metric("cosine")
             if exact:
                 builder = builder.bypass_vector_index()
+            else:
+                # With the ANN index: a wider HNSW search, re-ranked on the full vectors
+                # (bench/projections.py: recall@10 from ~0.9 to ~0.99 for ~0.3 ms).
+                builder = builder.ef(ANN_EF).refine_factor(ANN_REFINE_FACTOR)
         else:
             self.ensure_indexes(ann_threshold=10**12)
             if mode == "text":
@@ -486,7 +494,8 @@ class LongTermMemory:
         if where:
             builder = builder.where(where, prefilter=True)
         try:
-            rows = builder.limit(k).to_list()
+            # Only what a Memory holds: fetching the vectors too costs more than the search.
+            rows = builder.select(list(_HIT_COLUMNS)).limit(k).to_list()
         except (OSError, RuntimeError) as exc:
             raise self._damaged(exc) from exc
         hits = [

@@ -228,7 +228,7 @@ class RunStateProjection(Projection[RunState]):
     """Folds one run's events into its ``RunState`` (feed it the run's stream)."""
 
     name = "run_state"
-    version = 2
+    version = 3
     state_type = RunState
     reads_all_events = True  # every event counts, and activity after the end is an anomaly
 
@@ -258,8 +258,9 @@ class RunStateProjection(Projection[RunState]):
 
     @on(RunForked)
     def _forked(self, state: RunState, event: RunForked) -> None:
-        state.parent_run = event.payload.parent_run
-        state.parent_position = event.payload.parent_position
+        if state.parent_run is None:  # a fork of a fork reads its parent's run.forked too
+            state.parent_run = event.payload.parent_run
+            state.parent_position = event.payload.parent_position
 
     @on(RunStarted)
     def _started(self, state: RunState, event: RunStarted) -> None:

@@ -1027,7 +1027,10 @@ class StoreContract(ABC):
         assert {s.stream: s.version for s in store.streams()} == {"run-p": 4, "run-f": 4}
         # Its own events go on from the inherited ones, chained to the parent's hash.
         [own] = store.append("run-f", [paused("own")], expected_version=4)
-        assert (own.version, own.prev_hash) == (5, parent[2].hash)
+        assert forked.prev_hash == parent[2].hash and (own.version, own.prev_hash) == (
+            5,
+            forked.hash,
+        )
         assert store.read("run-f") == [forked, *inherited, own]
         assert [e.version for e in store.read("run-f", 3, 5)] == [3, 4, 5]
         assert [e.version for e in store.read("run-f", 5)] == [5]
@@ -1059,7 +1062,8 @@ class StoreContract(ABC):
         assert h[0] == third and [e.id for e in h[1:]] == [e.id for e in store.read("run-f")[:3]]
         [g_own] = store.append("run-g", [paused("g")], expected_version=5)
         [h_own] = store.append("run-h", [paused("h")], expected_version=4)
-        assert g_own.prev_hash == own.hash and h_own.prev_hash == parent[1].hash
+        assert (second.prev_hash, g_own.prev_hash) == (own.hash, second.hash)
+        assert (third.prev_hash, h_own.prev_hash) == (parent[1].hash, third.hash)
         report = store.verify()
         assert report.ok, [str(f) for f in report.findings]
         assert report.links == {"run-f": ("run-p", 2), "run-g": ("run-f", 4), "run-h": ("run-f", 3)}
@@ -1095,6 +1099,29 @@ class StoreContract(ABC):
         assert len(rows(store)) == 3
         with pytest.raises(Exception, match="prefix_version and parent_hash go together"):
             RunForked(actor="human:ada", payload={**payload, "parent_hash": None})
+
+    def test_an_edited_fork_event_is_found(self, store: EventStore, raw: RawLog) -> None:
+        store.append("run-p", [started(), assigned()])
+        forked = self._fork(store, "run-p", 2, "run-f")
+        [own] = store.append("run-f", [paused("own")], expected_version=3)
+        # Another model written into the fork after the fact, and the event rehashed.
+        payload = forked.payload.model_copy(update={"model_overrides": {"research": "x:y"}})
+        state, _ = seal(forked.model_copy(update={"payload": payload}))
+        raw.set_state(forked.position, state)
+        assert self._first(store) == (own.position, Problem.CHAIN_BROKEN)
+
+    def test_a_head_learnt_from_a_subscription_knows_what_a_fork_inherits(
+        self, store: EventStore
+    ) -> None:
+        store.append("run-p", [started(), assigned()])
+        forked = self._fork(store, "run-p", 2, "run-f")
+        with store.subscribe(forked.position - 1) as subscription:
+            assert collect(subscription, 1) == [forked]
+        # No append may land among the inherited versions, where no reader would see it.
+        with pytest.raises(ConcurrencyConflict):
+            store.append("run-f", [paused("hidden")], expected_version=1)
+        [own] = store.append("run-f", [paused("own")])
+        assert own.version == 4 and store.read("run-f")[-1] == own
 
     def test_a_changed_parent_breaks_its_forks_link(self, store: EventStore, raw: RawLog) -> None:
         parent = store.append("run-p", [started(), assigned(), paused("1")])

@@ -12,7 +12,7 @@ import pytest
 from agentledger.actors.providers import ScriptedProvider
 from agentledger.actors.runtime import ENDED, follow_run, start_run
 from agentledger.control import Human, decide
-from agentledger.events import AgentLedgerError, EventStore, NotFound
+from agentledger.events import AgentLedgerError, EventStore, NotFound, Role
 from agentledger.fork import fork_run
 from agentledger.projections import RunStateProjection, RunStatus
 from agentledger.projections.diff import first_divergence
@@ -75,7 +75,8 @@ def test_a_fork_with_another_model_goes_its_own_way_and_the_parent_is_untouched(
         assert {e.position for e in inherited} == {forked.position}
         assert [r.originator_version for r in store.backend.select_stream(fork, 0, 1)] == [1]
         own = fork_events[len(prefix) + 1 :]
-        assert own[0].version == len(prefix) + 2 and own[0].prev_hash == prefix[-1].hash
+        assert forked.prev_hash == prefix[-1].hash  # the chain goes on from the parent's
+        assert own[0].version == len(prefix) + 2 and own[0].prev_hash == forked.hash
         found = first_divergence(store.read(parent), fork_events[1:])
         assert found is not None and found.right is not None
         # They agree up to the fork point, then the executor asks another model.
@@ -218,3 +219,95 @@ def test_a_request_a_fork_inherits_expires_in_the_fork_too(
             assert expired.actor == "system:expiry"
         assert _state(store, fork).pending_approvals == {}
         assert store.verify().ok
+
+
+class _Died(BaseException):
+    """The process died while the tool ran."""
+
+
+class _Executor:
+    """A minimal execution agent: on a grant it marks the action begun (an empty flush, as
+    ExecutionAgent does before a high-risk tool) and then, if told to, dies."""
+
+    role = Role.EXECUTION
+    principal = "agent:execution/e1"
+
+    class settings:
+        tools: dict[str, Any] = {}
+
+    def __init__(self, *, dies: bool) -> None:
+        self.dies, self.handled, self.recovered = dies, [], []  # type: ignore[var-annotated]
+
+    def handled_types(self) -> frozenset[str]:
+        return frozenset({"approval.granted"})
+
+    def cares(self, event: Any) -> bool:
+        return True
+
+    def handle(self, event: Any, view: Any, flush: Any) -> list[Any]:
+        self.handled.append(event.id)
+        flush([])
+        if self.dies:
+            raise _Died
+        return []
+
+    def recover(self, cause: Any, view: Any, flush: Any) -> list[Any]:
+        self.recovered.append((cause.stream, cause.type))
+        return []
+
+
+def test_an_approved_action_begun_in_a_fork_is_recovered_after_a_crash_not_repeated(
+    tmp_path: Path,
+) -> None:
+    from agentledger.actors.runtime import AgentWorker, take_up_consumer
+    from agentledger.events import (
+        ActionProposed,
+        ApprovalGranted,
+        ApprovalRequested,
+        RunStarted,
+        TaskAssigned,
+    )
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    digest = "b" * 64
+    with EventStore.open(url) as store:
+        started = RunStarted(actor="human:ada", payload={"goal": "g"})
+        assigned = TaskAssigned(
+            actor="agent:coordinator/c1", payload={"task_id": "t1", "role": "execution"}
+        )
+        _, assigned = store.append("run-p", [started, assigned])
+        action = {"action_id": "a1", "tool": "shell"}
+        proposed = ActionProposed(
+            actor="agent:execution/e1",
+            payload={**action, "task_id": "t1", "arguments": {}, "idempotency_key": "k1"},
+            **assigned.caused_by(assigned),
+        )
+        request = ApprovalRequested(
+            actor="agent:execution/e1",
+            payload={**action, "action_hash": digest, "risk": "high"},
+            **assigned.caused_by(assigned),
+        )
+        _, request = store.append("run-p", [proposed, request])
+        [grant] = store.append(
+            "run-p",
+            [
+                ApprovalGranted(
+                    actor="human:ada",
+                    payload={"action_id": "a1", "action_hash": digest},
+                    **request.caused_by(request),
+                )
+            ],
+        )
+        fork, forked = fork_run(store, "run-p", grant.position or 0, by="human:ada")
+        store.record_position("agent:execution/e1", (forked.position or 0) - 1)
+        dying = _Executor(dies=True)
+        with pytest.raises(_Died):
+            AgentWorker(dying, EventStore.open(url)).deliver(forked)  # type: ignore[arg-type]
+        # The mark that the action began, under the take-up's own consumer.
+        assert store.position_of(take_up_consumer("agent:execution/e1", fork)) == 6
+        restarted = _Executor(dies=False)
+        worker = AgentWorker(restarted, EventStore.open(url))  # type: ignore[arg-type]
+        worker.position = store.position_of(worker.consumer)
+        assert worker.recover() == 1 and restarted.recovered == [(fork, "approval.granted")]
+        worker.deliver(forked)  # delivered again: the grant is not handled a second time
+        assert restarted.handled == [] and dying.handled == [grant.id]

@@ -214,3 +214,41 @@ def test_an_empty_table_answers_nothing(tmp_path: Path) -> None:
     assert memory.search("anything") == []
     shutil.rmtree(tmp_path / "lancedb")
     assert LongTermMemory(tmp_path / "lancedb").rebuild_notice == ""
+
+
+def test_ann_search_with_the_index_finds_what_exact_search_finds(
+    memory_store: EventStore, tmp_path: Path
+) -> None:
+    rng = random.Random(3)
+    vocabulary = [f"{rng.choice(WORDS)}{n}" for n in range(400)]
+    for start in range(0, 3000, 500):
+        memory_store.append(
+            f"run-{start}",
+            [
+                MemoryStored(
+                    actor="agent:research/r1",
+                    payload={
+                        "memory_id": f"mem{i}",
+                        "text": " ".join(rng.choice(vocabulary) for _ in range(10)),
+                        "tags": [],
+                        "user": USERS[i % 3],
+                    },
+                )
+                for i in range(start, start + 500)
+            ],
+        )
+    memory = LongTermMemory(tmp_path / "lancedb")
+    memory.catch_up(memory_store)
+    memory.ensure_indexes(ann_threshold=1000)
+    assert any(i.index_type == "IvfHnswSq" for i in memory._table.list_indices())
+    recalls = []
+    for _ in range(30):
+        query = " ".join(rng.choice(vocabulary) for _ in range(4))
+        exact = {m.memory_id for m in memory.search(query, k=10, mode="vector", exact=True)}
+        ann = memory.search(query, k=10, mode="vector")
+        assert len(ann) == 10
+        recalls.append(len(exact & {m.memory_id for m in ann}) / 10)
+    assert sum(recalls) / len(recalls) >= 0.9, recalls
+    # Filters still apply with the index.
+    hits = memory.search("customer", k=50, user="bob", mode="vector")
+    assert hits and {m.user for m in hits} == {"bob"}
