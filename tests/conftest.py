@@ -7,8 +7,10 @@ the command that starts it (CI starts it in .ci/run before the tests).
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -216,3 +218,30 @@ def scenario_brain() -> type[ScenarioBrain]:
 @pytest.fixture
 def threaded_agents() -> type[ThreadedAgents]:
     return ThreadedAgents
+
+
+class Background:
+    """Runs a follower's ``run(stop)`` in a thread until a condition holds (or a timeout)."""
+
+    def __init__(self, target: Callable[[threading.Event], None]) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=target, args=(self.stop,), daemon=True)
+
+    def __enter__(self) -> Background:
+        self.thread.start()
+        return self
+
+    def until(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Wait until ``condition()`` is true, at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def background() -> type[Background]:
+    return Background

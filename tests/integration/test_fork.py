@@ -187,11 +187,8 @@ def test_an_agent_that_dies_taking_up_a_fork_neither_repeats_nor_loses_a_reactio
 
 
 def test_a_request_a_fork_inherits_expires_in_the_fork_too(
-    tmp_path: Path, threaded_agents: Any
+    tmp_path: Path, threaded_agents: Any, background: Any
 ) -> None:
-    import threading
-    import time
-
     from agentledger.actors.runtime import ExpiryWatcher
     from agentledger.demo import DEMO_GOAL, prepare_demo
 
@@ -202,17 +199,9 @@ def test_a_request_a_fork_inherits_expires_in_the_fork_too(
         (pending,) = follow_run(store, parent, timeout=60).pending_approvals.values()
     with EventStore.open(url) as store:
         fork, _ = fork_run(store, parent, pending.position or 0, by="human:ada")
-        stop = threading.Event()
         watcher = ExpiryWatcher(EventStore.open(url))
-        thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 30
-            while watcher.expired < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
-        finally:
-            stop.set()
-            thread.join(timeout=10)
+        with background(watcher.run) as running:
+            running.until(lambda: watcher.expired >= 2)
         for run in (parent, fork):
             (expired,) = [e for e in store.read(run) if e.type == "approval.expired"]
             assert expired.payload.action_id == pending.action_id

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
-import time
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
@@ -37,7 +36,9 @@ def test_a_decision_in_a_fork_is_caused_by_the_request_it_inherits(tmp_path: Pat
         assert RunStateProjection().fold(store.read(run)).pending_approvals  # still waits
 
 
-def test_the_notifier_announces_the_requests_a_fork_inherits_open(tmp_path: Path) -> None:
+def test_the_notifier_announces_the_requests_a_fork_inherits_open(
+    tmp_path: Path, background: Any
+) -> None:
     sink = tmp_path / "notices.jsonl"
     script = tmp_path / "sink.py"
     script.write_text(f"import sys\nopen({str(sink)!r}, 'a').write(sys.stdin.read() + '\\n')\n")
@@ -46,17 +47,9 @@ def test_the_notifier_announces_the_requests_a_fork_inherits_open(tmp_path: Path
         run, events = write_sample_run(store)
         store.record_position(CONSUMER, store.head_position())  # the parent's was announced
         notifier = Notifier(EventStore.open(url), command=f"{sys.executable} {script}")
-        stop = threading.Event()
-        thread = threading.Thread(target=notifier.run, args=(stop,), daemon=True)
-        thread.start()
-        try:
+        with background(notifier.run) as running:
             fork, _ = fork_run(store, run, events[-1].position or 0, by="human:ada")
-            deadline = time.monotonic() + 15
-            while notifier.delivered < 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
-        finally:
-            stop.set()
-            thread.join(timeout=10)
+            running.until(lambda: notifier.delivered >= 1)
     notices = [json.loads(line) for line in sink.read_text().splitlines() if line]
     assert [(n["run"], n["type"]) for n in notices] == [(fork, "approval.requested")]
     assert notices[0]["action_id"] == events[-1].payload.action_id  # type: ignore[attr-defined]
