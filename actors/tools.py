@@ -171,13 +171,6 @@ class ToolRegistry:
         """The registered tool names, sorted."""
         return sorted(self._tools)
 
-    def risk_of(self, name: str) -> tuple[RiskLevel, str]:
-        """The tool's risk level and the rule that set it; an unknown tool is high."""
-        tool = self._tools.get(name)
-        if tool is None:
-            return RiskLevel.HIGH, "unknown tool: high"
-        return tool.risk, f"declared by tool {name}"
-
     def validate(self, name: str, arguments: Mapping[str, Any]) -> BaseModel:
         """The tool's argument model built from arguments, or InvalidToolArguments."""
         tool = self.get(name)

@@ -554,20 +554,22 @@ ModelOption = Annotated[
 EXIT_WAITING = 3
 
 
-def _models(specs: list[str], settings: Any) -> dict[str, str]:
-    """Role -> provider:model from --model options, checked now (not when an agent needs it)."""
+def _models(specs: list[str], settings: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """Role -> provider:model: configured and given by --model options merged, and those given
+    alone (a fork's overrides); checked now (not when an agent needs it)."""
     from agentledger.actors.models import ModelSpec, parse_model_spec
     from agentledger.actors.providers import provider_for
 
-    chosen = dict(settings.models)
+    given = {}
     for text in specs:
         spec = parse_model_spec(text)
-        chosen[spec.role.value] = f"{spec.provider}:{spec.model}"
+        given[spec.role.value] = f"{spec.provider}:{spec.model}"
+    chosen = {**settings.models, **given}
     for role, text in chosen.items():
         provider, _, model = text.partition(":")
         if provider == "openai":  # fails now, with the fix, if the key or URL is missing
             provider_for(ModelSpec(role=role, provider=provider, model=model), settings.openai)
-    return chosen
+    return chosen, given
 
 
 def _agents(settings: Any, url: str, models: dict[str, str], address: str | None) -> Any:
@@ -599,7 +601,6 @@ def _execute_run(
 ) -> None:
     """Start a run (or, with ``fork`` = (parent, position, note), a fork of one), make sure
     agents serve it, follow it live, and say how it ended and what to do next."""
-    from agentledger.actors.models import parse_model_spec
     from agentledger.actors.runtime import follow_run, start_run, validate_goal
     from agentledger.config import load_settings
     from agentledger.console import progress_line
@@ -611,17 +612,13 @@ def _execute_run(
         validate_goal(goal)  # before anything slow starts
     if docs is not None and not docs.is_dir():
         raise NotFound(f"--docs {docs}: no such directory")
-    chosen = _models(models or [], settings)
+    chosen, given = _models(models or [], settings)
     url = store_url or settings.store or default_store_url()
     with _store(url) as store:
         if fork is not None:  # checked (run, position, reaction boundary) before agents start
-            overrides = {
-                spec.role.value: f"{spec.provider}:{spec.model}"
-                for spec in map(parse_model_spec, models or [])
-            }
             parent, position, note = fork
             stream, _ = fork_run(
-                store, parent, position, by=f"human:{user}", models=overrides, note=note
+                store, parent, position, by=f"human:{user}", models=given, note=note
             )
             err.print(f"fork [bold]{stream}[/] of {parent} at position {position} created")
         runtime, owned = _agents(settings, url, chosen, address)
@@ -1252,7 +1249,7 @@ def serve_command(
 
     def body() -> None:
         settings = load_settings(config)
-        chosen = _models(model or [], settings)
+        chosen, _ = _models(model or [], settings)
         url = store_url or settings.store or default_store_url()
         with _store(url):
             pass  # fail now, clearly, if the store cannot be opened

@@ -217,10 +217,10 @@ def test_a_waiting_run_holds_no_process_and_continues_after_approval(tmp_path: P
 def test_a_run_killed_with_its_ray_continues_under_new_agents(tmp_path: Path) -> None:
     """kill -9 of the CLI (and the local Ray it started) mid-run; `serve` later finishes it."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    goal = (
-        "write one to one.txt. Then write two to two.txt. Then write three to three.txt. "
-        "Then write four to four.txt"
-    )
+    # Ten sequential steps, killed when the first is reviewed: nine are left to do, so the kill
+    # lands mid-run however fast the agents are.
+    names = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+    goal = ". Then ".join(f"write {n} to {n}.txt" for n in names)
     cli = subprocess.Popen(
         [*CLI, "run", goal, "--store", url],
         cwd=tmp_path,
@@ -231,17 +231,20 @@ def test_a_run_killed_with_its_ray_continues_under_new_agents(tmp_path: Path) ->
     )
     try:
         deadline = time.monotonic() + 300
-        while True:  # until the agents are mid-run
-            assert time.monotonic() < deadline, "the run never got going"
-            if cli.poll() is not None:
-                break
-            with EventStore.open(url) as store:
+        while not (tmp_path / "ledger.db").exists():
+            assert time.monotonic() < deadline and cli.poll() is None, "the run never started"
+            time.sleep(0.05)
+        with EventStore.open(url) as store:
+            while True:  # until the agents are mid-run
+                assert time.monotonic() < deadline, "the run never got going"
+                if cli.poll() is not None:
+                    break
                 streams = store.streams("run-")
                 if streams and any(
                     e.type == "task.reviewed" for e in store.read(streams[0].stream)
                 ):
                     break
-            time.sleep(0.05)
+                time.sleep(0.02)
     finally:
         os.killpg(cli.pid, signal.SIGKILL)
         cli.wait(timeout=30)
@@ -254,14 +257,9 @@ def test_a_run_killed_with_its_ray_continues_under_new_agents(tmp_path: Path) ->
     outcomes = [
         (e.type, e.payload.task_id) for e in events if e.type in ("task.completed", "task.reviewed")
     ]
-    assert len(outcomes) == len(set(outcomes)) == 8  # four tasks, each done and reviewed once
+    assert len(outcomes) == len(set(outcomes)) == 20  # ten tasks, each done and reviewed once
     [workspace] = (tmp_path / ".agentledger" / "workspaces").iterdir()
-    assert sorted(p.name for p in workspace.glob("*.txt")) == [
-        "four.txt",
-        "one.txt",
-        "three.txt",
-        "two.txt",
-    ]
+    assert sorted(p.name for p in workspace.glob("*.txt")) == sorted(f"{n}.txt" for n in names)
 
 
 def test_a_policy_file_with_a_mistake_is_named_with_its_line(

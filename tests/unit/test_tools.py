@@ -141,9 +141,9 @@ def test_timeout_is_bounded(registry: ToolRegistry) -> None:
         registry.validate("run_shell", {"command": "true", "timeout_s": 601})
 
 
-def test_unknown_tool_is_high_risk_and_lists_known_names(registry: ToolRegistry) -> None:
-    assert registry.risk_of("format_disk") == (RiskLevel.HIGH, "unknown tool: high")
-    assert registry.risk_of("write_file") == (RiskLevel.MEDIUM, "declared by tool write_file")
+def test_an_unknown_tool_is_named_with_the_known_ones(registry: ToolRegistry) -> None:
+    # (Its risk: high, by the policy; tests/unit/test_policy.py.)
+    assert registry.get("write_file").risk is RiskLevel.MEDIUM
     assert "format_disk" not in registry
     with pytest.raises(UnknownTool, match=r"format_disk.*known tools: delete_file, git_commit"):
         registry.get("format_disk")
