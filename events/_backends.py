@@ -225,6 +225,47 @@ class _SQLiteWaiter(Waiter):
             self._conn.close()
 
 
+def _batch_recorder(datastore: Any) -> Any:
+    """eventsourcing's SQLite process recorder, inserting a batch with one ``executemany``.
+
+    The recorder executes its insert once per event to learn each row id; SQLite gives the rows
+    of one write transaction consecutive ids (one more than the largest, the single writer
+    holding the lock), so the batch's ids follow from the last one, checked against the first
+    row's. Same statement, same transaction (tracking row included), about 2 µs less per event.
+    """
+    from eventsourcing.sqlite import SQLiteProcessRecorder
+
+    class BatchInsertRecorder(SQLiteProcessRecorder):
+        def _insert_events(
+            self, c: Any, stored_events: Sequence[Any], **kwargs: Any
+        ) -> Sequence[int] | None:
+            if len(stored_events) < 2:
+                return super()._insert_events(c, stored_events, **kwargs)
+            c.executemany(
+                self.insert_events_statement,
+                [(s.originator_id, s.originator_version, s.topic, s.state) for s in stored_events],
+            )
+            c.execute("SELECT last_insert_rowid()")
+            last = int(c.fetchone()[0])
+            first = stored_events[0]
+            c.execute(
+                f"SELECT rowid FROM {self.events_table_name} "
+                "WHERE originator_id = ? AND originator_version = ?",
+                (first.originator_id, first.originator_version),
+            )
+            start = int(c.fetchone()[0])
+            if last - start + 1 != len(stored_events):  # pragma: no cover - SQLite's rule held
+                raise AssertionError(
+                    f"SQLite gave the batch rows {start}..{last} for {len(stored_events)} events"
+                )
+            tracking = kwargs.get("tracking")
+            if tracking is not None:  # as the process recorder does after its inserts
+                self._insert_tracking(c, tracking)
+            return list(range(start, last + 1))
+
+    return BatchInsertRecorder(datastore)
+
+
 class SQLiteBackend(Backend):
     """A SQLite file in WAL mode: the embedded default, no server needed."""
 
@@ -255,7 +296,7 @@ class SQLiteBackend(Backend):
 
         try:
             self.datastore = datastore()
-            self.recorder: SQLiteProcessRecorder = SQLiteProcessRecorder(self.datastore)
+            self.recorder: SQLiteProcessRecorder = _batch_recorder(self.datastore)
             self._create_tables()
             # Reads get their own pool: eventsourcing's pool queues every request behind a
             # writer that waits for the file lock, and in WAL mode reads need not wait at all.

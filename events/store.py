@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from ._backends import DEFAULT_SQLITE_PATH, Backend, StreamSummary, open_backend
 from ._codec import EnvelopeMapper, seal, split_state, topics_for
 from .catalogue import EVENT_TYPES, Event, RunForked
-from .envelope import Envelope, principal_kind
+from .envelope import Envelope, is_checked, principal_kind, restamped
 from .errors import (
     AgentLedgerError,
     AlreadyProcessed,
@@ -184,12 +184,16 @@ class EventStore:
         for index, event in enumerate(events):
             version += 1
             at = event.at if event.at.tzinfo is UTC else event.at.astimezone(UTC)
-            draft = event.model_copy(
-                update={"stream": stream, "version": version, "prev_hash": prev_hash, "at": at}
-            )
+            draft = restamped(event, stream=stream, version=version, prev_hash=prev_hash, at=at)
             state, prev_hash = seal(draft)
-            # Parsed back from the sealed bytes: it carries the hash, exactly as readers see it.
-            checked = self._validated(stream, index, draft, state)
+            if is_checked(event):
+                # Validated when it was made, and what we changed is ours: the sealed bytes
+                # read back as this very event, with its hash.
+                object.__setattr__(draft, "hash", prev_hash)
+                checked = self._authorized(draft)
+            else:
+                # Parsed back from the sealed bytes: it carries the hash, as readers see it.
+                checked = self._validated(stream, index, draft, state)
             sealed.append(checked)
             stored.append(self._mapper.stored(checked, state))
         kwargs = {}
@@ -305,13 +309,18 @@ class EventStore:
                 f"event #{index} ({draft.type}) for stream {stream!r} is invalid: field "
                 f"{field}: {first['msg']}; nothing was written"
             ) from None
-        if principal_kind(checked.actor) not in cls.allowed_principals:
+        return EventStore._authorized(checked)
+
+    @staticmethod
+    def _authorized(event: Envelope) -> Envelope:
+        cls = type(event)
+        if principal_kind(event.actor) not in cls.allowed_principals:
             allowed = ", ".join(sorted(k.value for k in cls.allowed_principals))
             raise NotAuthorized(
-                f"{checked.actor} may not append {checked.type}: only a {allowed} principal "
+                f"{event.actor} may not append {event.type}: only a {allowed} principal "
                 "may. Nothing was written."
             )
-        return checked
+        return event
 
     def _head(self, stream: str, expected_version: int | None) -> tuple[int, str | None]:
         with self._heads_lock:
@@ -365,9 +374,8 @@ class EventStore:
         lo, hi = max(from_version, 2), last if to_version is None else min(to_version, last)
         if lo > hi:
             return events
-        update = {"stream": stream, "position": link.position}
         inherited = [
-            e.model_copy(update={**update, "version": e.version + 1})
+            restamped(e, stream=stream, version=e.version + 1, position=link.position)
             for e in self.read(link.parent, lo - 1, hi - 1)
         ]
         return [

@@ -18,7 +18,9 @@ from agentledger.actors.verify import verify_run
 from agentledger.events import ApprovalGranted, EventStore
 from agentledger.projections import RunStateProjection, RunStatus
 
-STEPS = 30
+# Long enough that twenty kills land before the end however fast the agents get (each restart
+# lets one or two steps through; at 30 steps a faster store let the run finish after 18).
+STEPS = 60
 WORDS = [f"s{i}" for i in range(1, STEPS + 1)]
 # Every third step writes a file (idempotent); the others append to a log (not idempotent).
 GOAL = ". Then ".join(
