@@ -226,42 +226,39 @@ class _SQLiteWaiter(Waiter):
 
 
 def _batch_recorder(datastore: Any) -> Any:
-    """eventsourcing's SQLite process recorder, inserting a batch with one ``executemany``.
-
-    The recorder executes its insert once per event to learn each row id; SQLite gives the rows
-    of one write transaction consecutive ids (one more than the largest, the single writer
-    holding the lock), so the batch's ids follow from the last one, checked against the first
-    row's. Same statement, same transaction (tracking row included), about 2 µs less per event.
-    """
+    """eventsourcing's SQLite process recorder, inserting a batch of one stream's consecutive
+    versions with one ``executemany`` (the recorder executes its insert once per event to learn
+    each row id): same statement, same transaction, tracking row included; the rows' ids are
+    then read back by version in one indexed query. About 2 µs less per event."""
     from eventsourcing.sqlite import SQLiteProcessRecorder
 
     class BatchInsertRecorder(SQLiteProcessRecorder):
         def _insert_events(
             self, c: Any, stored_events: Sequence[Any], **kwargs: Any
         ) -> Sequence[int] | None:
-            if len(stored_events) < 2:
+            first, last = (stored_events[0], stored_events[-1]) if stored_events else (None, None)
+            if (
+                first is None
+                or last is None
+                or len(stored_events) < 2
+                or any(s.originator_id != first.originator_id for s in stored_events)
+                or last.originator_version - first.originator_version != len(stored_events) - 1
+            ):
                 return super()._insert_events(c, stored_events, **kwargs)
             c.executemany(
                 self.insert_events_statement,
                 [(s.originator_id, s.originator_version, s.topic, s.state) for s in stored_events],
             )
-            c.execute("SELECT last_insert_rowid()")
-            last = int(c.fetchone()[0])
-            first = stored_events[0]
             c.execute(
-                f"SELECT rowid FROM {self.events_table_name} "
-                "WHERE originator_id = ? AND originator_version = ?",
-                (first.originator_id, first.originator_version),
+                f"SELECT rowid FROM {self.events_table_name} WHERE originator_id = ? "
+                "AND originator_version BETWEEN ? AND ? ORDER BY originator_version",
+                (first.originator_id, first.originator_version, last.originator_version),
             )
-            start = int(c.fetchone()[0])
-            if last - start + 1 != len(stored_events):  # pragma: no cover - SQLite's rule held
-                raise AssertionError(
-                    f"SQLite gave the batch rows {start}..{last} for {len(stored_events)} events"
-                )
+            ids = [int(row[0]) for row in c.fetchall()]
             tracking = kwargs.get("tracking")
             if tracking is not None:  # as the process recorder does after its inserts
                 self._insert_tracking(c, tracking)
-            return list(range(start, last + 1))
+            return ids
 
     return BatchInsertRecorder(datastore)
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Self, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -54,47 +53,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-_UNCHECKED = "(not validated)"  # a name no field has
-
-
-class _Checked(BaseModel):
-    """A model that knows whether it was validated: ``model_construct`` and ``model_copy``
-    with changes skip validation, so what they make is marked (``is_checked``). The store
-    re-validates only marked events before writing them (bench/store.py: ~3 µs an event).
-
-    The mark is a name in the model's fields-set, which equality, hashing and serialization
-    ignore, and which copies and pickles carry along.
-    """
-
-    @classmethod
-    def model_construct(cls, _fields_set: set[str] | None = None, **values: Any) -> Self:  # type: ignore[override]
-        made = super().model_construct(_fields_set, **values)
-        made.__pydantic_fields_set__.add(_UNCHECKED)
-        return made
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        copied = super().model_copy(update=update, deep=deep)
-        if update:
-            copied.__pydantic_fields_set__.add(_UNCHECKED)
-        return copied
-
-
-def is_checked(model: BaseModel) -> bool:
-    """False for a model made without validation (``model_construct``, ``model_copy`` with
-    changes) or holding such a payload; True for one made by validating its fields."""
-    payload = getattr(model, "payload", None)
-    return _UNCHECKED not in model.__pydantic_fields_set__ and (
-        not isinstance(payload, BaseModel) or _UNCHECKED not in payload.__pydantic_fields_set__
-    )
-
-
 M = TypeVar("M", bound=BaseModel)
 
 
 def restamped(model: M, **changes: Any) -> M:
     """A copy of ``model`` with fields the store assigns (stream, version, hashes, position)
-    set to ``changes``, unvalidated and unmarked: for the store's own, well-typed values only
-    (a third of ``model_copy``'s cost, on the append and fork-read paths)."""
+    set to ``changes``, unvalidated: for the store's own, well-typed values only (a third of
+    ``model_copy``'s cost, on the append and fork-read paths)."""
     copied = type(model).__new__(type(model))
     object.__setattr__(copied, "__dict__", {**model.__dict__, **changes})
     object.__setattr__(
@@ -105,13 +70,13 @@ def restamped(model: M, **changes: Any) -> M:
     return copied
 
 
-class Payload(_Checked):
+class Payload(BaseModel):
     """Base of every typed payload: frozen, and strict about unknown fields."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Envelope(_Checked):
+class Envelope(BaseModel):
     """Fields every event carries; subclasses fix ``type`` and the payload model.
 
     ``id`` and ``at`` are recorded once, when the event is created, and never recomputed.

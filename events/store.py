@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from ._backends import DEFAULT_SQLITE_PATH, Backend, StreamSummary, open_backend
 from ._codec import EnvelopeMapper, seal, split_state, topics_for
 from .catalogue import EVENT_TYPES, Event, RunForked
-from .envelope import Envelope, is_checked, principal_kind, restamped
+from .envelope import Envelope, principal_kind, restamped
 from .errors import (
     AgentLedgerError,
     AlreadyProcessed,
@@ -186,14 +186,8 @@ class EventStore:
             at = event.at if event.at.tzinfo is UTC else event.at.astimezone(UTC)
             draft = restamped(event, stream=stream, version=version, prev_hash=prev_hash, at=at)
             state, prev_hash = seal(draft)
-            if is_checked(event):
-                # Validated when it was made, and what we changed is ours: the sealed bytes
-                # read back as this very event, with its hash.
-                object.__setattr__(draft, "hash", prev_hash)
-                checked = self._authorized(draft)
-            else:
-                # Parsed back from the sealed bytes: it carries the hash, as readers see it.
-                checked = self._validated(stream, index, draft, state)
+            # Parsed back from the sealed bytes: it carries the hash, exactly as readers see it.
+            checked = self._validated(stream, index, draft, state)
             sealed.append(checked)
             stored.append(self._mapper.stored(checked, state))
         kwargs = {}

@@ -9,14 +9,17 @@ from __future__ import annotations
 import copy
 import pickle
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from agentledger.events import (
     EventStore,
     InvalidEvent,
+    ModelResponded,
     RunPaused,
     RunStarted,
+    TaskPlanned,
 )
 from agentledger.events.catalogue import RunStartedPayload
 
@@ -27,7 +30,7 @@ def test_a_stream_name_with_a_trailing_newline_is_rejected(memory_store: EventSt
     assert memory_store.head_position() == 0
 
 
-UNVALIDATED: dict[str, Callable[[], RunPaused | RunStarted]] = {
+UNVALIDATED: dict[str, Callable[[], Any]] = {
     # pydantic's documented ways to build or change a model without validation.
     "construct-empty-goal": lambda: RunStarted.model_construct(
         actor="human:ada", payload=RunStartedPayload.model_construct(goal="")
@@ -45,6 +48,12 @@ UNVALIDATED: dict[str, Callable[[], RunPaused | RunStarted]] = {
         actor="human:ada",
         payload=RunStartedPayload(goal="g").model_copy(update={"goal": ""}),
     ),
+    # Valid when made, unreadable once written (the store checks the bytes it writes).
+    "list-changed-after-validation": lambda: _changed_after_validation(),
+    "infinite-float": lambda: ModelResponded(
+        actor="agent:research/r1",
+        payload={"request_id": "q", "model": "m", "content": "c", "latency_ms": float("inf")},
+    ),
     # Copies and pickles of an unvalidated event stay unvalidated.
     "copy-of-constructed": lambda: copy.copy(RunPaused.model_construct(actor="nobody")),
     "pickle-of-changed": lambda: pickle.loads(
@@ -53,27 +62,18 @@ UNVALIDATED: dict[str, Callable[[], RunPaused | RunStarted]] = {
 }
 
 
+def _changed_after_validation() -> TaskPlanned:
+    planned = TaskPlanned(
+        actor="agent:coordinator/c1", payload={"task_id": "t1", "goal": "g", "role": "research"}
+    )
+    planned.payload.depends_on.append(None)  # type: ignore[arg-type]  # frozen, not its lists
+    return planned
+
+
 @pytest.mark.parametrize("make", UNVALIDATED.values(), ids=UNVALIDATED.keys())
 def test_an_event_that_skipped_validation_is_rejected(
-    memory_store: EventStore, make: Callable[[], RunPaused | RunStarted]
+    memory_store: EventStore, make: Callable[[], Any]
 ) -> None:
     with pytest.raises(InvalidEvent):
         memory_store.append("run-1", [make()])
     assert memory_store.head_position() == 0
-
-
-def test_validation_is_skipped_only_for_events_made_by_validating_them(
-    memory_store: EventStore,
-) -> None:
-    from agentledger.events.envelope import is_checked
-
-    made = RunStarted(actor="human:ada", payload={"goal": "g"})
-    assert is_checked(made) and is_checked(pickle.loads(pickle.dumps(made)))
-    assert not is_checked(made.model_copy(update={"actor": "human:bob"}))
-    assert not is_checked(RunStarted.model_construct(actor="human:ada", payload=made.payload))
-    assert is_checked(made.model_copy())  # an unchanged copy is as valid as its original
-    # The mark changes nothing else: equality, serialization, and what the store returns.
-    changed = made.model_copy(update={"actor": "human:bob"})
-    assert changed == RunStarted.model_validate_json(changed.model_dump_json())
-    [recorded] = memory_store.append("run-1", [made])
-    assert is_checked(recorded) and memory_store.read("run-1") == [recorded]
