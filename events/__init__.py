@@ -57,6 +57,7 @@ from .errors import (
 from .store import (
     STORE_ENV,
     ConsumerPosition,
+    EventHeader,
     EventStore,
     Link,
     Subscription,
@@ -88,6 +89,7 @@ __all__ = [
     "EntryKind",
     "Envelope",
     "Event",
+    "EventHeader",
     "EventStore",
     "Finding",
     "InvalidEvent",

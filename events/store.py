@@ -60,6 +60,17 @@ def default_store_url() -> str:
     return os.environ.get(STORE_ENV, "").strip() or DEFAULT_STORE_URL
 
 
+@dataclass(frozen=True, slots=True)
+class EventHeader:
+    """Where an event is and what type it is, without its body: what ``read_headers`` gives for
+    the events a reader did not ask to decode (decoding is most of the cost of reading)."""
+
+    position: int
+    stream: str
+    version: int
+    type: str
+
+
 @dataclass(frozen=True)
 class Link:
     """A stream that inherits another's first events by reference (a fork, see ``RunForked``):
@@ -434,6 +445,31 @@ class EventStore:
             if remaining is not None:
                 remaining -= len(rows)
             if len(rows) < page:
+                return
+            start = rows[-1][0]
+
+    def read_headers(
+        self,
+        after_position: int = 0,
+        *,
+        decode: Sequence[str],
+        to_position: int | None = None,
+    ) -> Iterator[Event | EventHeader]:
+        """Every event in global order after ``after_position``: those of the types in
+        ``decode`` as typed events, the others as ``EventHeader`` (their bodies unread)."""
+        wanted = frozenset(self._topics(decode))
+        # A topic this version does not know is decoded, to fail as ``read_all`` does.
+        known = frozenset(self._topics(list(EVENT_TYPES)))
+        decode_row = self.decode_row
+        start = max(after_position, 0)
+        while True:
+            rows = self._backend.read_page(start, _PAGE, (), to_position)
+            for position, stream, version, topic, state in rows:
+                if topic in wanted or topic not in known:
+                    yield decode_row(position, stream, version, topic, state)
+                else:
+                    yield EventHeader(position, stream, version, topic.partition("@")[0])
+            if len(rows) < _PAGE:
                 return
             start = rows[-1][0]
 

@@ -43,6 +43,9 @@ class Projection(ABC, Generic[S]):
     # by the events it inherits (``EventStore.inherited``), which the global order holds only
     # under the parent's name. Runners read ``run.forked`` for it and fold them right after.
     folds_inherited: ClassVar[bool] = False
+    # For event types it has no handler for, ``apply`` reads only the envelope's position,
+    # stream, version and type: a runner may pass an ``EventHeader`` (bodies left unread).
+    reads_headers: ClassVar[bool] = False
     _handlers: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -51,6 +54,11 @@ class Projection(ABC, Generic[S]):
         # Read only the types the fold handles (the store filters in its query), unless the
         # projection looks at every event (an empty tuple means "all types").
         cls.event_types = () if cls.reads_all_events else tuple(sorted(cls._handlers))
+
+    @property
+    def handled_types(self) -> tuple[str, ...]:
+        """The event types with a handler (the ones whose bodies the fold reads)."""
+        return tuple(sorted(self._handlers))
 
     def initial(self) -> S:
         """The state before any event."""
@@ -101,20 +109,26 @@ class PerStream(Projection[BaseModel]):
         self.name = f"{inner.name}_by_stream"  # type: ignore[misc]
         self.version = inner.version  # type: ignore[misc]
         self.event_types = inner.event_types  # type: ignore[misc]
+        self.reads_headers = inner.reads_headers  # type: ignore[misc]
         self.state_type = create_model(  # type: ignore[misc]
             f"{type(inner.initial()).__name__}ByStream",
             streams=(dict[str, inner.state_type], Field(default_factory=dict)),  # type: ignore[name-defined]
         )
 
+    @property
+    def handled_types(self) -> tuple[str, ...]:
+        return self.inner.handled_types
+
     def apply(self, state: BaseModel, event: Event) -> BaseModel:
-        if not event.stream.startswith(self.prefix) or (
+        stream = event.stream
+        if not stream.startswith(self.prefix) or (
             self.event_types and event.type not in self.event_types
         ):
             # Only what the inner fold reads: a full fold must equal a type-filtered one.
             return state
-        streams: dict[str, Any] = state.streams  # type: ignore[attr-defined]
-        inner = streams.get(event.stream)
+        streams: dict[str, Any] = state.__dict__["streams"]
+        inner = streams.get(stream)
         if inner is None:
-            inner = streams[event.stream] = self.inner.initial()
-        streams[event.stream] = self.inner.apply(inner, event)
+            inner = self.inner.initial()
+        streams[stream] = self.inner.apply(inner, event)
         return state

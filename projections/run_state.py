@@ -231,6 +231,7 @@ class RunStateProjection(Projection[RunState]):
     version = 3
     state_type = RunState
     reads_all_events = True  # every event counts, and activity after the end is an anomaly
+    reads_headers = True  # ... by its type and place alone, for types without a handler
 
     def apply(self, state: RunState, event: Event) -> RunState:
         """Check the transition, then fold; an illegal event is recorded, not applied."""
@@ -248,10 +249,16 @@ class RunStateProjection(Projection[RunState]):
                 )
             )
             return state
-        state.events += 1
-        state.last_position = event.position
-        super().apply(state, event)
-        state.status = target
+        # The rebuild's hot path: the three fields every event sets are written straight into
+        # the model (pydantic's __setattr__ costs more than the rest of this fold; these
+        # fields are not validated on assignment anyway).
+        fields = state.__dict__
+        fields["events"] += 1
+        fields["last_position"] = event.position
+        name = self._handlers.get(event.type)
+        if name is not None:
+            getattr(self, name)(state, event)
+        fields["status"] = target
         return state
 
     # ---------------------------------------------------------------- run

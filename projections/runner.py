@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Generic
+from collections.abc import Callable, Iterator
+from typing import Generic, cast
 
 from agentledger.events import Event, EventStore, NotFound
 
@@ -91,23 +91,31 @@ class ProjectionRunner(Generic[S]):
         # Fix the end first: events of other types up to it count as folded (they change
         # nothing), and an event appended after this read is left for the next catch-up.
         head = self.store.head_position()
-        events = self.store.read_all(self.position, types=_types(self.projection), to_position=head)
+        events = _read(self.store, self.projection, self.position, head)
         inherits = self.projection.folds_inherited
+        # This loop is the rebuild's hot path: what decides a commit is checked in full only
+        # when a count or a position limit is reached, and the clock every 1,000 events.
+        every = self.commit_every or 1000
+        snapshot_at = self._last_snapshot + self.snapshot_every
+        position = self.position
         for event in events:
             state = apply(state, event)
             if inherits and event.type == "run.forked":
                 state = self.projection.fold(self.store.inherited(event), state)
-            self.position = event.position or self.position
+            position = event.position or position
             since_commit += 1
-            # The clock is read every 1,000 events only: this loop is the rebuild's hot path.
-            if self._commit_due(since_commit, check_clock=since_commit % 1000 == 0):
-                self.state = state
-                self._commit()
-                since_commit = 0
-                if progress is not None:
+            if since_commit % every == 0 or since_commit % 1000 == 0 or position >= snapshot_at:
+                self.position = position
+                if self._commit_due(since_commit, check_clock=since_commit % 1000 == 0):
+                    self.state = state
+                    self._commit()
+                    since_commit = 0
+                    snapshot_at = self._last_snapshot + self.snapshot_every
+                    if progress is not None:
+                        progress(self.position)
+                elif progress is not None and since_commit % 10_000 == 0:
                     progress(self.position)
-            elif progress is not None and since_commit % 10_000 == 0:
-                progress(self.position)
+        self.position = position
         self.state = state
         self.position = max(self.position, head)
         self._commit()
@@ -163,7 +171,7 @@ def as_of(
         snapshot = checkpoints.snapshot_at_or_before(projection.name, projection.version, position)
         if snapshot is not None:
             state, start = projection.load(snapshot.state), snapshot.position
-    events = store.read_all(start, types=_types(projection), to_position=position)
+    events = _read(store, projection, start, position)
     if not projection.folds_inherited:
         return projection.fold(events, state)
     current = projection.initial() if state is None else state
@@ -172,6 +180,18 @@ def as_of(
         if event.type == "run.forked":
             current = projection.fold(store.inherited(event), current)
     return current
+
+
+def _read(store: EventStore, projection: Projection[S], after: int, to: int) -> Iterator[Event]:
+    """The events ``projection`` folds after position ``after`` up to ``to``: only its types,
+    or, for a fold of every event that needs only headers of the types it does not handle,
+    every event with only the handled ones decoded (decoding is most of a rebuild's cost)."""
+    types = _types(projection)
+    if types or not projection.reads_headers:
+        return store.read_all(after, types=types, to_position=to)
+    decode = (*projection.handled_types, "run.forked")
+    # Headers reach only ``apply``'s envelope reads (``reads_headers``), typed as events here.
+    return cast(Iterator[Event], store.read_headers(after, decode=decode, to_position=to))
 
 
 def _types(projection: Projection[S]) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ from agentledger.events import (
     CorruptEvent,
     Envelope,
     Event,
+    EventHeader,
     EventStore,
     InvalidEvent,
     ModelResponded,
@@ -465,6 +466,17 @@ class StoreContract(ABC):
         assert list(store.read_all(to_position=b1.position)) == [a1, a2, b1]
         with pytest.raises(NotFound, match=r"no\.such"):
             list(store.read_all(types=["no.such"]))
+
+    def test_read_headers_decodes_only_the_types_asked_for(self, store: EventStore) -> None:
+        a1, a2 = store.append("run-a", [started("a"), paused("a")])
+        [b1] = store.append("run-b", [started("b")])
+        read = list(store.read_headers(decode=["run.started"]))
+        assert read == [a1, EventHeader(a2.position, "run-a", 2, "run.paused"), b1]
+        assert list(store.read_headers(a1.position, decode=[], to_position=a2.position)) == [
+            EventHeader(a2.position, "run-a", 2, "run.paused")
+        ]
+        with pytest.raises(NotFound, match=r"no\.such"):
+            list(store.read_headers(decode=["no.such"]))
 
     def test_read_all_pages_through_a_long_log(self, store: EventStore) -> None:
         store.append("run-long", [paused(str(i)) for i in range(1105)])
@@ -979,7 +991,11 @@ class StoreContract(ABC):
         before = rows(store)
         position = before[-1][0]
 
-        for read in (lambda: store.read("run-new"), lambda: list(store.read_all())):
+        for read in (
+            lambda: store.read("run-new"),
+            lambda: list(store.read_all()),
+            lambda: list(store.read_headers(decode=[])),  # a body it cannot read is decoded
+        ):
             with pytest.raises(error) as caught:
                 read()
             assert f"position {position}" in str(caught.value)
