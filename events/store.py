@@ -456,7 +456,10 @@ class EventStore:
         to_position: int | None = None,
     ) -> Iterator[Event | EventHeader]:
         """Every event in global order after ``after_position``: those of the types in
-        ``decode`` as typed events, the others as ``EventHeader`` (their bodies unread)."""
+        ``decode`` as typed events, the others as ``EventHeader``. Their bodies are not read,
+        so not checked either: a damaged one passes here (``verify`` finds it); a body of a
+        type or schema version this version does not know is decoded, to fail as in
+        ``read_all``."""
         wanted = frozenset(self._topics(decode))
         # A topic this version does not know is decoded, to fail as ``read_all`` does.
         known = frozenset(self._topics(list(EVENT_TYPES)))

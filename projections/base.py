@@ -44,7 +44,9 @@ class Projection(ABC, Generic[S]):
     # under the parent's name. Runners read ``run.forked`` for it and fold them right after.
     folds_inherited: ClassVar[bool] = False
     # For event types it has no handler for, ``apply`` reads only the envelope's position,
-    # stream, version and type: a runner may pass an ``EventHeader`` (bodies left unread).
+    # stream, version and type: a runner may pass an ``EventHeader`` (bodies left unread, and
+    # so not checked: a damaged body of such a type is for ``verify-log`` to find). Inherited
+    # by subclasses: one that reads more of those events in ``apply`` must set it False.
     reads_headers: ClassVar[bool] = False
     _handlers: ClassVar[dict[str, str]] = {}
 

@@ -95,16 +95,18 @@ class ProjectionRunner(Generic[S]):
         inherits = self.projection.folds_inherited
         # This loop is the rebuild's hot path: what decides a commit is checked in full only
         # when a count or a position limit is reached, and the clock every 1,000 events.
-        every = self.commit_every or 1000
+        every = 1000 if self.commit_every is None else max(1, self.commit_every)
         snapshot_at = self._last_snapshot + self.snapshot_every
         position = self.position
-        for event in events:
-            state = apply(state, event)
-            if inherits and event.type == "run.forked":
-                state = self.projection.fold(self.store.inherited(event), state)
-            position = event.position or position
-            since_commit += 1
-            if since_commit % every == 0 or since_commit % 1000 == 0 or position >= snapshot_at:
+        try:
+            for event in events:
+                state = apply(state, event)
+                if inherits and event.type == "run.forked":
+                    state = self.projection.fold(self.store.inherited(event), state)
+                position = event.position or position
+                since_commit += 1
+                if since_commit % every and since_commit % 1000 and position < snapshot_at:
+                    continue
                 self.position = position
                 if self._commit_due(since_commit, check_clock=since_commit % 1000 == 0):
                     self.state = state
@@ -115,8 +117,10 @@ class ProjectionRunner(Generic[S]):
                         progress(self.position)
                 elif progress is not None and since_commit % 10_000 == 0:
                     progress(self.position)
-        self.position = position
-        self.state = state
+        finally:
+            # The state folded and the position it is at stay together, even when a read or
+            # a fold fails part-way (folds mutate the state in place).
+            self.state, self.position = state, position
         self.position = max(self.position, head)
         self._commit()
         if progress is not None:

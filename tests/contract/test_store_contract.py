@@ -478,6 +478,20 @@ class StoreContract(ABC):
         with pytest.raises(NotFound, match=r"no\.such"):
             list(store.read_headers(decode=["no.such"]))
 
+    def test_read_headers_leaves_bodies_it_does_not_decode_unchecked(
+        self, store: EventStore, raw: RawLog
+    ) -> None:
+        a1, a2 = store.append("run-a", [started("a"), note("k", "v")])
+        raw.set_state(a2.position, b'{"damaged": true}')
+        # A header does not read the body; reading it, and verifying the log, find the damage.
+        assert list(store.read_headers(decode=["run.started"])) == [
+            a1,
+            EventHeader(a2.position, "run-a", 2, "scratchpad.updated"),
+        ]
+        with pytest.raises(CorruptEvent, match=f"position {a2.position}"):
+            list(store.read_all())
+        assert not store.verify().ok
+
     def test_read_all_pages_through_a_long_log(self, store: EventStore) -> None:
         store.append("run-long", [paused(str(i)) for i in range(1105)])
         events = list(store.read_all())

@@ -344,3 +344,41 @@ def test_per_run_folds_see_a_fork_by_reference_as_the_run_it_reads_as(
     assert fork_state.status is RunStatus.PAUSED and fork_state.parent_run == run
     assert forked.payload.prefix_version == 11
     assert fork_state.events == 11 + 2  # the inherited, run.forked, and its own pause
+
+
+class FailingRunState(RunStateProjection):
+    """A run-state fold that fails on the 30th event it sees (a bug, or a damaged body)."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def apply(self, state: RunState, event: Any) -> RunState:
+        self.seen += 1
+        if self.seen == 30:
+            raise RuntimeError("fold failed")
+        return super().apply(state, event)
+
+
+def test_a_catch_up_that_fails_part_way_keeps_state_and_position_together(
+    sqlite_store: EventStore, tmp_path: Path
+) -> None:
+    write_sample_run(sqlite_store)
+    write_sample_run(sqlite_store)
+    checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
+    runner = ProjectionRunner(sqlite_store, PerStream(FailingRunState()), checkpoints)
+    with pytest.raises(RuntimeError, match="fold failed"):
+        runner.catch_up()
+    folded = sum(s.events for s in runner.state.streams.values())  # type: ignore[attr-defined]
+    assert folded == 29 and runner.position == 29  # the 29 events before the failure, no more
+    assert checkpoints.load(runner.projection.name, runner.projection.version) is None
+
+
+def test_commit_every_below_one_commits_after_every_event(
+    sqlite_store: EventStore, tmp_path: Path
+) -> None:
+    write_sample_run(sqlite_store)
+    checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
+    runner = ProjectionRunner(sqlite_store, runs_projection(), checkpoints, commit_every=0)
+    seen: list[int] = []
+    runner.catch_up(progress=seen.append)
+    assert seen[:3] == [1, 2, 3] and runner.position == 18
