@@ -10,6 +10,8 @@ SQLite), then:
 
 - **replay**: `agentledger replay`'s work — the run's events read and folded into its state,
   blackboard and scratchpad as of its last position; baseline: reading the same events alone.
+  Also on the synthetic 100,000-event run (one run of agents cannot reach that size here: a
+  plan is one model answer, at most 100,000 characters, about 1,500 steps).
 - **fork**: `agentledger fork`'s work on a synthetic 100,000-event run, near its start, in its
   middle and at its end, on SQLite and PostgreSQL (target ≤ 1 s at any position); and reading
   the fork back (its inherited events come through the parent) against reading the parent.
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -71,10 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-url", default=os.environ.get(PG_URL_ENV, DEFAULT_PG_URL))
     args = parser.parse_args(argv)
     from agentledger.actors.verify import verify_run
-    from agentledger.blackboard import BlackboardProjection
     from agentledger.events import EventStore
-    from agentledger.projections import RunStateProjection
-    from agentledger.projections.memory import ScratchpadProjection
 
     root = Path(tempfile.mkdtemp(prefix="agentledger-verify-bench-"))
     try:
@@ -85,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             events = store.read(run)
             read_s = time.perf_counter() - started
             started = time.perf_counter()
-            events = store.read(run)
-            RunStateProjection().fold(events)
-            BlackboardProjection().fold(events)
-            ScratchpadProjection().fold(events)
+            events = replay(store.read(run))
             replay_s = time.perf_counter() - started
             started = time.perf_counter()
             report = verify_run(store, run)
@@ -123,6 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def replay(events: list[Any]) -> list[Any]:
+    """`agentledger replay`'s work on a run's events: its state, blackboard and scratchpad."""
+    from agentledger.blackboard import BlackboardProjection
+    from agentledger.projections import RunStateProjection
+    from agentledger.projections.memory import ScratchpadProjection
+
+    RunStateProjection().fold(events)
+    BlackboardProjection().fold(events)
+    ScratchpadProjection().fold(events)
+    return events
 
 
 def fork_rows(backend: str, url: str, n: int) -> None:
@@ -164,6 +173,14 @@ def fork_rows(backend: str, url: str, n: int) -> None:
         started = time.perf_counter()
         parent_events = store.read(run)
         parent_s = time.perf_counter() - started
+        started = time.perf_counter()
+        replay(store.read(run))
+        row(
+            backend,
+            f"replay a {n:,}-event run to its end (events/s)",
+            f"{n / (time.perf_counter() - started):,.0f}",
+            f"{n / parent_s:,.0f}",
+        )
         started = time.perf_counter()
         fork_events = store.read(fork)
         fork_s = time.perf_counter() - started
