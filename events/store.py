@@ -76,12 +76,11 @@ class Link:
     """A stream that inherits another's first events by reference (a fork, see ``RunForked``):
     its version 1 is the ``run.forked`` event at ``position``; its versions 2..``inherits`` + 1
     are the parent's versions 1..``inherits``, read through the parent; its own events follow,
-    their chain going on from ``parent_hash``."""
+    chained to its ``run.forked``, which is chained to the parent's event ``inherits``."""
 
     parent: str
     inherits: int
     position: int
-    parent_hash: str
 
 
 @dataclass(frozen=True)
@@ -314,18 +313,13 @@ class EventStore:
                 f"event #{index} ({draft.type}) for stream {stream!r} is invalid: field "
                 f"{field}: {first['msg']}; nothing was written"
             ) from None
-        return EventStore._authorized(checked)
-
-    @staticmethod
-    def _authorized(event: Envelope) -> Envelope:
-        cls = type(event)
-        if principal_kind(event.actor) not in cls.allowed_principals:
+        if principal_kind(checked.actor) not in cls.allowed_principals:
             allowed = ", ".join(sorted(k.value for k in cls.allowed_principals))
             raise NotAuthorized(
-                f"{event.actor} may not append {event.type}: only a {allowed} principal "
+                f"{checked.actor} may not append {checked.type}: only a {allowed} principal "
                 "may. Nothing was written."
             )
-        return event
+        return checked
 
     def _head(self, stream: str, expected_version: int | None) -> tuple[int, str | None]:
         with self._heads_lock:
@@ -403,7 +397,7 @@ class EventStore:
             first = self._mapper.decode(rows[0])
             if isinstance(first, RunForked) and first.inherits:
                 p = first.payload
-                link = Link(p.parent_run, first.inherits, rows[0].id, p.parent_hash or "")
+                link = Link(p.parent_run, first.inherits, rows[0].id)
         self._links[stream] = link
         return link
 

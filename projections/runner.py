@@ -100,9 +100,10 @@ class ProjectionRunner(Generic[S]):
         position = self.position
         try:
             for event in events:
-                state = apply(state, event)
                 if inherits and event.type == "run.forked":
-                    state = self.projection.fold(self.store.inherited(event), state)
+                    state = self.projection.fold(_with_inherited(self.store, event), state)
+                else:
+                    state = apply(state, event)
                 position = event.position or position
                 since_commit += 1
                 if since_commit % every and since_commit % 1000 and position < snapshot_at:
@@ -135,9 +136,11 @@ class ProjectionRunner(Generic[S]):
             while not stop.is_set():
                 batch = subscription.poll(timeout=0.25)
                 for event in batch:
-                    self.state = self.projection.apply(self.state, event)
                     if inherits and event.type == "run.forked":
-                        self.state = self.projection.fold(self.store.inherited(event), self.state)
+                        folded = _with_inherited(self.store, event)
+                    else:
+                        folded = [event]
+                    self.state = self.projection.fold(folded, self.state)
                     self.position = event.position or self.position
                 since_commit += len(batch)
                 if since_commit and self._commit_due(since_commit):
@@ -180,10 +183,17 @@ def as_of(
         return projection.fold(events, state)
     current = projection.initial() if state is None else state
     for event in events:
-        current = projection.apply(current, event)
         if event.type == "run.forked":
-            current = projection.fold(store.inherited(event), current)
+            current = projection.fold(_with_inherited(store, event), current)
+        else:
+            current = projection.apply(current, event)
     return current
+
+
+def _with_inherited(store: EventStore, forked: Event) -> list[Event]:
+    """A fork's ``run.forked`` and the events it inherits, read before any is folded: a read
+    that fails leaves the state as it was."""
+    return [forked, *store.inherited(forked)]
 
 
 def _read(store: EventStore, projection: Projection[S], after: int, to: int) -> Iterator[Event]:

@@ -382,3 +382,34 @@ def test_commit_every_below_one_commits_after_every_event(
     seen: list[int] = []
     runner.catch_up(progress=seen.append)
     assert seen[:3] == [1, 2, 3] and runner.position == 18
+
+
+def test_a_fork_whose_inherited_events_cannot_be_read_is_folded_once_on_the_retry(
+    sqlite_store: EventStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentledger.fork import fork_run
+
+    run, events = write_sample_run(sqlite_store)
+    fork, _ = fork_run(sqlite_store, run, events[-1].position or 0, by="human:ann")
+    sqlite_store.append(fork, [RunPaused(actor="human:ann", payload={"reason": "look"})])
+    runner = ProjectionRunner(
+        sqlite_store, runs_projection(), CheckpointStore(tmp_path / "checkpoints.db")
+    )
+    reads = sqlite_store.inherited
+
+    def unavailable(event: Any) -> Any:  # the store blinks while the fork's prefix is read
+        raise StoreUnavailable("the store blinked")
+
+    monkeypatch.setattr(sqlite_store, "inherited", unavailable)
+    with pytest.raises(StoreUnavailable):
+        runner.catch_up()
+    monkeypatch.setattr(sqlite_store, "inherited", reads)
+    state = runner.catch_up()
+    # As if nothing had failed: the fork folded once, as it reads.
+    undisturbed = ProjectionRunner(
+        sqlite_store, runs_projection(), CheckpointStore(tmp_path / "other.db")
+    ).rebuild()
+    assert runner.projection.dump(state) == runner.projection.dump(undisturbed)
+    fork_state = state.streams[fork]  # type: ignore[attr-defined]
+    assert fork_state == RunStateProjection().fold(sqlite_store.read(fork))
+    assert fork_state.anomalies == [] and fork_state.status is RunStatus.PAUSED
