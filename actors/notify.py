@@ -43,13 +43,13 @@ def check_webhook(url: str) -> str:
     return url
 
 
+DECISION_TYPES = ("approval.granted", "approval.denied", "approval.expired")
+"""What ends an approval request: a human's decision or its expiry."""
+
+
 def open_requests(events: list[Event]) -> list[Event]:
     """The approval requests among ``events`` that none of them decides."""
-    decided = {
-        getattr(e.payload, "action_id", None)
-        for e in events
-        if e.type in ("approval.granted", "approval.denied", "approval.expired")
-    }
+    decided = {getattr(e.payload, "action_id", None) for e in events if e.type in DECISION_TYPES}
     return [
         e
         for e in events

@@ -55,7 +55,7 @@ from agentledger.projections.runner import run_events
 from .agent import Agent, AgentSettings, ModelChoice, RunView
 from .memory_manager import MemoryManager
 from .models import ModelProvider, ModelSpec
-from .notify import Notifier
+from .notify import DECISION_TYPES, Notifier, open_requests
 from .offline import OfflineProvider
 from .policy import RiskPolicy
 from .providers import ProviderSettings, provider_for
@@ -689,9 +689,8 @@ class ExpiryWatcher:
                 if due is not None:
                     wait = max(0.0, min(wait, (due - datetime.now(UTC)).total_seconds()))
                 for event in subscription.poll(wait):
-                    for e in self.store.inherited(event):  # a fork's open requests are its own
-                        if e.type in _APPROVAL_TYPES:
-                            self._note(e)
+                    for e in open_requests(self.store.inherited(event)):
+                        self._note(e)  # a fork's open requests are its own
                     if event.type != "run.forked":
                         self._note(event)
                     self.position = event.position or self.position
@@ -731,8 +730,8 @@ class ExpiryWatcher:
             self._open.pop(key, None)
 
 
-_APPROVAL_TYPES = ("approval.requested", "approval.granted", "approval.denied", "approval.expired")
-_DECISIONS = frozenset(_APPROVAL_TYPES[1:])
+_APPROVAL_TYPES = ("approval.requested", *DECISION_TYPES)
+_DECISIONS = frozenset(DECISION_TYPES)
 
 
 # ---------------------------------------------------------------------------- Ray

@@ -171,6 +171,12 @@ class RunForked(Envelope):
         """How many of the parent's events this fork inherits by reference (0: none)."""
         return self.payload.prefix_version
 
+    @property
+    def head_version(self) -> int:
+        """The stream's version once this event is its newest: for a fork by reference, the
+        last inherited one (its own events follow it), else this event's own."""
+        return self.inherits + 1 if self.inherits else self.version
+
 
 # ---------------------------------------------------------------- tasks
 

@@ -82,6 +82,11 @@ class Link:
     inherits: int
     position: int
 
+    @property
+    def head_version(self) -> int:
+        """The version of the last inherited event: the fork's head before its own events."""
+        return self.inherits + 1
+
 
 @dataclass(frozen=True)
 class ConsumerPosition:
@@ -219,7 +224,7 @@ class EventStore:
             ) from None
         if events:
             if isinstance(first, RunForked) and first.inherits:
-                version = first.inherits + 1  # its own events go on after the inherited ones
+                version = first.head_version  # its own events go on after the inherited ones
             with self._heads_lock:
                 self._heads[stream] = (version, prev_hash)
         self._backend.notify_local()
@@ -334,16 +339,14 @@ class EventStore:
             return 0, None
         version = rows[0].originator_version
         if version == 1 and (link := self.link(stream)) is not None:
-            version = link.inherits + 1  # a fork with no event of its own yet
+            version = link.head_version  # a fork with no event of its own yet
         split = split_state(self._mapper.plain_state(rows[0]))
         return version, split[1] if split else None
 
     def _note_head(self, event: Event) -> None:
         # A subscription saw this event: remember it as the stream's head (if it is the newest
         # we know), so an append that expects this version needs no read of the head first.
-        version = event.version
-        if isinstance(event, RunForked) and event.inherits and version == 1:
-            version = event.inherits + 1  # a fork's own events go on after the inherited ones
+        version = event.head_version if isinstance(event, RunForked) else event.version
         with self._heads_lock:
             cached = self._heads.get(event.stream)
             if cached is None or cached[0] < version:
@@ -369,7 +372,7 @@ class EventStore:
         link = self.link(stream)
         if link is None:
             return events
-        last = link.inherits + 1
+        last = link.head_version
         lo, hi = max(from_version, 2), last if to_version is None else min(to_version, last)
         if lo > hi:
             return events
@@ -405,14 +408,14 @@ class EventStore:
         """How many events ``stream`` had at global ``position`` (its version then; 0: none)."""
         version = self._backend.version_at(stream, position)
         link = self.link(stream) if version == 1 else None
-        return link.inherits + 1 if link is not None else version
+        return link.head_version if link is not None else version
 
     def inherited(self, event: Event) -> list[Event]:
         """The events ``event`` brings into its run by reference: for a fork's ``run.forked``,
         the parent's events it inherits (as ``read`` gives them); for any other event none.
         Global readers (projections over ``read_all``) fold them right after it."""
         if isinstance(event, RunForked) and event.inherits and event.version == 1:
-            return self.read(event.stream, 2, event.inherits + 1)
+            return self.read(event.stream, 2, event.head_version)
         return []
 
     def stream_version(self, stream: str) -> int:
