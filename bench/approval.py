@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from agent_process import kill, spawn  # the four workers in one process, as the tests use them
 from hop import DEFAULT_PG_URL, PG_URL_ENV, backend_for, pct, row
+from store import grow
 
 HARNESS = Path(__file__).resolve().parents[1] / "tests" / "agent_process.py"
 
@@ -82,7 +83,7 @@ def recovery(url: str, root: Path, filler: int) -> float:
     """Seconds from a fresh agents' process start to the next step of a run of ``filler``
     events being done, after kill -9 of the previous process."""
     from agentledger.actors.runtime import follow_run, start_run
-    from agentledger.events import EventStore, ScratchpadUpdated, TaskAssigned, TaskPlanned
+    from agentledger.events import EventStore, TaskAssigned, TaskPlanned
 
     with EventStore.open(url) as store:
         (root / "ws").mkdir(parents=True)
@@ -92,14 +93,7 @@ def recovery(url: str, root: Path, filler: int) -> float:
         follow_run(store, run, timeout=60)  # the run now waits for an approval
         # Grow the run to ``filler`` events (research notes) while the agents follow it, as in
         # a long run; then kill -9 them once they have read it all.
-        batch = [
-            ScratchpadUpdated(
-                actor="agent:research/1", payload={"key": f"k{i % 50}", "value": "v" * 100}
-            )
-            for i in range(500)
-        ]
-        while store.stream_version(run) < filler:
-            store.append(run, batch)
+        grow(store, run, filler, batch=500)
         head = store.head_position()
         consumers = [f"agent:{r}/1" for r in ("coordinator", "research", "execution", "review")]
         deadline = time.perf_counter() + 120

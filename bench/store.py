@@ -191,6 +191,22 @@ def make_events(n: int) -> list[Any]:
     ]
 
 
+def grow(store: Any, run: str, n: int, batch: int = 1000) -> int:
+    """Append research notes to ``run`` until it has at least ``n`` events (a long run);
+    return its version."""
+    from agentledger.events import ScratchpadUpdated
+
+    notes = [
+        ScratchpadUpdated(
+            actor="agent:research/1", payload={"key": f"k{i % 50}", "value": "v" * 100}
+        )
+        for i in range(batch)
+    ]
+    while store.stream_version(run) < n:
+        store.append(run, notes)
+    return int(store.stream_version(run))
+
+
 def make_templates(n: int) -> list[dict[str, Any]]:
     """Plain dicts with the same members as our envelope, for the raw side (built before timing)."""
     now = datetime.now(UTC)

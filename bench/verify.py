@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hop import ChainBrain, row
-from store import DEFAULT_PG_URL, PG_URL_ENV, PostgresUnderTest, SQLiteUnderTest
+from store import DEFAULT_PG_URL, PG_URL_ENV, PostgresUnderTest, SQLiteUnderTest, grow
 
 
 def produce(url: str, root: Path, steps: int) -> str:
@@ -138,20 +138,12 @@ def fork_rows(backend: str, url: str, n: int) -> None:
     """Fork a run of ``n`` events near its start, in its middle and at its end; then read the
     fork made at the end back, against reading the parent."""
     from agentledger.actors.runtime import start_run
-    from agentledger.events import EventStore, ScratchpadUpdated
+    from agentledger.events import EventStore
     from agentledger.fork import fork_run
 
     with EventStore.open(url) as store:
         run = start_run(store, "a long run").stream
-        batch = [
-            ScratchpadUpdated(
-                actor="agent:research/1", payload={"key": f"k{i % 50}", "value": "v" * 100}
-            )
-            for i in range(1000)
-        ]
-        while store.stream_version(run) < n:
-            store.append(run, batch)
-        n = store.stream_version(run)
+        n = grow(store, run, n)
         first, middle, last = (store.read(run, v, v)[0] for v in (2, n // 2, n))
         times: dict[str, float] = {}
         fork = ""
