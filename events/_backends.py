@@ -229,7 +229,8 @@ def _batch_recorder(datastore: Any) -> Any:
     """eventsourcing's SQLite process recorder, inserting a batch of one stream's consecutive
     versions with one ``executemany`` (the recorder executes its insert once per event to learn
     each row id): same statement, same transaction, tracking row included; the rows' ids are
-    then read back by version in one indexed query. About 2 µs less per event."""
+    then known from the last one's (consecutive under the write lock, checked on the first).
+    About 2 µs less per event."""
     from eventsourcing.sqlite import SQLiteProcessRecorder
 
     class BatchInsertRecorder(SQLiteProcessRecorder):
@@ -249,12 +250,24 @@ def _batch_recorder(datastore: Any) -> Any:
                 self.insert_events_statement,
                 [(s.originator_id, s.originator_version, s.topic, s.state) for s in stored_events],
             )
+            # The transaction holds the write lock, so SQLite gave the rows consecutive rowids
+            # (one more than the largest each time); checked on the first row, else read back.
             c.execute(
-                f"SELECT rowid FROM {self.events_table_name} WHERE originator_id = ? "
-                "AND originator_version BETWEEN ? AND ? ORDER BY originator_version",
-                (first.originator_id, first.originator_version, last.originator_version),
+                f"SELECT rowid FROM {self.events_table_name} WHERE rowid = "
+                "last_insert_rowid() - ? AND originator_id = ? AND originator_version = ?",
+                (len(stored_events) - 1, first.originator_id, first.originator_version),
             )
-            ids = [int(row[0]) for row in c.fetchall()]
+            found = c.fetchone()
+            if found is not None:
+                start = int(found[0])
+                ids = list(range(start, start + len(stored_events)))
+            else:  # pragma: no cover - only if SQLite chose rowids another way
+                c.execute(
+                    f"SELECT rowid FROM {self.events_table_name} WHERE originator_id = ? "
+                    "AND originator_version BETWEEN ? AND ? ORDER BY originator_version",
+                    (first.originator_id, first.originator_version, last.originator_version),
+                )
+                ids = [int(row[0]) for row in c.fetchall()]
             tracking = kwargs.get("tracking")
             if tracking is not None:  # as the process recorder does after its inserts
                 self._insert_tracking(c, tracking)

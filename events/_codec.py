@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any, cast
 
 from eventsourcing.persistence import Mapper, Notification, StoredEvent, Transcoder
 from pydantic import ValidationError
 
-from .catalogue import EVENT_ADAPTER, EVENT_TYPES, Event
-from .envelope import Envelope
+from .catalogue import EVENT_ADAPTER, EVENT_LIST_ADAPTER, EVENT_TYPES, Event
+from .envelope import Envelope, restamped
 from .errors import CorruptEvent, UnknownEventType, UnsupportedSchemaVersion
 from .upcasting import upcast
 
@@ -51,6 +52,45 @@ def seal(event: Envelope) -> tuple[bytes, str]:
     body = type(event).__pydantic_serializer__.to_json(event, exclude=_NOT_HASHED)
     digest = hashlib.sha256(body).hexdigest()
     return b"".join((body[:-1], _HASH_PREFIX, digest.encode(), b'"}')), digest
+
+
+_PLACED = {"hash", "position", "stream", "version", "prev_hash"}
+_ID_END = len(b'{"id":"') + 36 + len(b'",')  # the id member: a UUID's 36 characters
+
+
+def seal_as(event: Envelope, stream: str, version: int, prev_hash: str | None) -> tuple[bytes, str]:
+    """``seal`` of ``event`` placed at ``stream``/``version`` after ``prev_hash``, without
+    copying it: the same bytes as ``seal(restamped(event, stream=…, version=…, prev_hash=…))``.
+
+    ``stream`` must be a valid stream name (no character JSON escapes) and ``event.at`` in UTC.
+    The members the store assigns are spliced into the serialised event at the places the
+    model's field order gives them (after ``id``; ``prev_hash`` last): the append path's
+    per-event copy costs more than the rest of the encoding.
+    """
+    rest = type(event).__pydantic_serializer__.to_json(event, exclude=_PLACED)
+    if rest[_ID_END - 2 : _ID_END] != b'",' or not rest.startswith(b'{"id":"'):
+        return seal(restamped(event, stream=stream, version=version, prev_hash=prev_hash))
+    last = b"null" if prev_hash is None else b'"%s"' % prev_hash.encode()
+    body = b'%s"stream":"%s","version":%d,%s,"prev_hash":%s}' % (
+        rest[:_ID_END],
+        stream.encode(),
+        version,
+        rest[_ID_END:-1],
+        last,
+    )
+    digest = hashlib.sha256(body).hexdigest()
+    return b'%s,"hash":"%s"}' % (body[:-1], digest.encode()), digest
+
+
+def stored_row(stream: str, version: int, topic: str, state: bytes) -> StoredEvent:
+    """``StoredEvent(stream, version, topic, state)``, made without the frozen dataclass's
+    four ``object.__setattr__`` calls (a tenth of the append path's own cost per event)."""
+    row = _new_stored(StoredEvent)
+    row.__dict__.update(originator_id=stream, originator_version=version, topic=topic, state=state)
+    return row
+
+
+_new_stored = object.__new__
 
 
 def split_state(state: bytes) -> tuple[bytes, str] | None:
@@ -98,16 +138,15 @@ class EnvelopeMapper(Mapper[str]):
 
     def stored(self, event: Envelope, state: bytes) -> StoredEvent:
         """The stored row for ``event`` whose sealed body is ``state``."""
+        return self.stored_state(event.stream, event.version, CURRENT_TOPICS[event.type], state)
+
+    def stored_state(self, stream: str, version: int, topic: str, state: bytes) -> StoredEvent:
+        """The stored row for a sealed body, compressed and encrypted if configured."""
         if self.compressor:
             state = self.compressor.compress(state)
         if self.cipher:
             state = self.cipher.encrypt(state)
-        return StoredEvent(
-            originator_id=event.stream,
-            originator_version=event.version,
-            topic=CURRENT_TOPICS[event.type],
-            state=state,
-        )
+        return stored_row(stream, version, topic, state)
 
     def plain_state(self, stored: StoredEvent) -> bytes:
         """The stored state with the cipher and compressor undone."""
@@ -131,6 +170,34 @@ class EnvelopeMapper(Mapper[str]):
             stored.topic,
             stored.state,
         )
+
+    def decode_rows(self, rows: Sequence[tuple[int | None, str, int, str, bytes]]) -> list[Event]:
+        """``decode_row`` of each row (position, stream, version, topic, state) of a page.
+
+        Rows of current topics are parsed and validated in one call, which allocates and
+        calls less than a call per row (~1 µs an event of ~8); if any row is not current or
+        does not pass, the page is decoded row by row, so the error names its row. Like
+        ``decode_row`` this checks each body's type, stream and version against its row, not
+        its hash (``verify`` does).
+        """
+        if rows and self.cipher is None and self.compressor is None:
+            current = _CURRENT_CLASSES
+            if all(row[3] in current for row in rows):
+                try:
+                    events = EVENT_LIST_ADAPTER.validate_json(
+                        b"".join((b"[", b",".join([row[4] for row in rows]), b"]"))
+                    )
+                except ValidationError:
+                    events = []
+                if len(events) == len(rows) and all(
+                    type(e) is current[topic] and e.version == version and e.stream == stream
+                    for e, (_, stream, version, topic, _) in zip(events, rows, strict=True)
+                ):
+                    for e, row in zip(events, rows, strict=True):
+                        if row[0] is not None:
+                            object.__setattr__(e, "position", row[0])
+                    return events
+        return [self.decode_row(*row) for row in rows]
 
     def decode_row(
         self, position: int | None, stream: str, version: int, topic: str, state: bytes

@@ -638,6 +638,8 @@ Event = Annotated[
 """Any agentledger event: the discriminated union of the whole catalogue."""
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+EVENT_LIST_ADAPTER: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
+"""Validates a JSON array of events in one call (the store's append and page reads)."""
 
 
 def _check_catalogue() -> None:

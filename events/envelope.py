@@ -26,14 +26,21 @@ class PrincipalKind(StrEnum):
 
 
 def _check_principal(value: str) -> str:
+    # Every event read or written passes here; a log names few principals, so the valid ones
+    # are remembered (bounded) rather than matched again.
+    if value in _VALID_PRINCIPALS:
+        return value
     if not PRINCIPAL_PATTERN.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a principal; use 'agent:<role>/<id>' "
             "(role: coordinator, research, execution, review), 'human:<name>' or 'system[:<name>]'"
         )
+    if len(_VALID_PRINCIPALS) < 10_000:
+        _VALID_PRINCIPALS.add(value)
     return value
 
 
+_VALID_PRINCIPALS: set[str] = set()
 Principal = Annotated[str, AfterValidator(_check_principal)]
 _KINDS = {kind.value: kind for kind in PrincipalKind}
 """Who appended an event: ``agent:<role>/<id>``, ``human:<name>`` or ``system[:<name>]``."""

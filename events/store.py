@@ -33,9 +33,16 @@ from eventsourcing.persistence import (
 from pydantic import ValidationError
 
 from ._backends import DEFAULT_SQLITE_PATH, Backend, StreamSummary, open_backend
-from ._codec import EnvelopeMapper, seal, split_state, topics_for
-from .catalogue import EVENT_TYPES, Event, RunForked
-from .envelope import Envelope, principal_kind, restamped
+from ._codec import (
+    CURRENT_TOPICS,
+    EnvelopeMapper,
+    seal_as,
+    split_state,
+    stored_row,
+    topics_for,
+)
+from .catalogue import EVENT_LIST_ADAPTER, EVENT_TYPES, Event, RunForked
+from .envelope import Envelope, PrincipalKind, principal_kind, restamped
 from .errors import (
     AgentLedgerError,
     AlreadyProcessed,
@@ -53,6 +60,10 @@ STORE_ENV = "AGENTLEDGER_STORE"
 DEFAULT_STORE_URL = f"sqlite:///{DEFAULT_SQLITE_PATH}"
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,199}$")
 _PAGE = 1000
+# Event types that only some kinds of principal may append (approvals, expiry).
+_RESTRICTED = frozenset(
+    cls for cls in EVENT_TYPES.values() if cls.allowed_principals != frozenset(PrincipalKind)
+)
 
 
 def default_store_url() -> str:
@@ -194,17 +205,25 @@ class EventStore:
         if isinstance(first, RunForked) and first.inherits:
             # A fork by reference chains on from the parent's event it inherits last.
             prev_hash = first.payload.parent_hash
-        sealed: list[Envelope] = []
+        states: list[bytes] = []
         stored: list[StoredEvent] = []
-        for index, event in enumerate(events):
+        mapper = self._mapper
+        plain = not (mapper.compressor or mapper.cipher)
+        for event in events:
             version += 1
-            at = event.at if event.at.tzinfo is UTC else event.at.astimezone(UTC)
-            draft = restamped(event, stream=stream, version=version, prev_hash=prev_hash, at=at)
-            state, prev_hash = seal(draft)
-            # Parsed back from the sealed bytes: it carries the hash, exactly as readers see it.
-            checked = self._validated(stream, index, draft, state)
-            sealed.append(checked)
-            stored.append(self._mapper.stored(checked, state))
+            if event.at.tzinfo is not UTC:
+                event = restamped(event, at=event.at.astimezone(UTC))
+            state, prev_hash = seal_as(event, stream, version, prev_hash)
+            states.append(state)
+            topic = CURRENT_TOPICS[event.type]
+            stored.append(
+                stored_row(stream, version, topic, state)
+                if plain
+                else mapper.stored_state(stream, version, topic, state)
+            )
+        # Parsed back from the sealed bytes, all in one call: what is returned carries the
+        # hash, exactly as readers will see it.
+        sealed = self._validated(stream, events, states)
         kwargs = {}
         if tracking is not None:
             kwargs["tracking"] = Tracking(tracking.consumer, tracking.position)
@@ -305,25 +324,29 @@ class EventStore:
             )
 
     @staticmethod
-    def _validated(stream: str, index: int, draft: Envelope, state: bytes) -> Envelope:
+    def _validated(stream: str, events: Sequence[Envelope], states: list[bytes]) -> list[Event]:
         # Validate exactly the bytes readers will decode: an event made without validation
-        # (model_construct, model_copy(update=...)) must not put an unreadable row in the log.
-        cls = type(draft)
+        # (model_construct, model_copy(update=...)), or whose lists were changed after it was
+        # made, must not put an unreadable row in the log.
         try:
-            checked = cls.model_validate_json(state)
+            checked = EVENT_LIST_ADAPTER.validate_json(b"".join((b"[", b",".join(states), b"]")))
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "(event)"
+            index = int(first["loc"][0])
+            # loc is (index, type tag, field, ...): the tag is the union's branch.
+            field = ".".join(str(p) for p in first["loc"][2:]) or "(event)"
             raise InvalidEvent(
-                f"event #{index} ({draft.type}) for stream {stream!r} is invalid: field "
+                f"event #{index} ({events[index].type}) for stream {stream!r} is invalid: field "
                 f"{field}: {first['msg']}; nothing was written"
             ) from None
-        if principal_kind(checked.actor) not in cls.allowed_principals:
-            allowed = ", ".join(sorted(k.value for k in cls.allowed_principals))
-            raise NotAuthorized(
-                f"{checked.actor} may not append {checked.type}: only a {allowed} principal "
-                "may. Nothing was written."
-            )
+        for event in checked:
+            cls = type(event)
+            if cls in _RESTRICTED and principal_kind(event.actor) not in cls.allowed_principals:
+                allowed = ", ".join(sorted(k.value for k in cls.allowed_principals))
+                raise NotAuthorized(
+                    f"{event.actor} may not append {event.type}: only a {allowed} principal "
+                    "may. Nothing was written."
+                )
         return checked
 
     def _head(self, stream: str, expected_version: int | None) -> tuple[int, str | None]:
@@ -368,7 +391,9 @@ class EventStore:
         (they entered this run when it was forked); their ids and hashes are the parent's.
         """
         rows = self._backend.select_stream(stream, max(from_version, 1) - 1, to_version)
-        events = [self._mapper.decode(row) for row in rows]
+        events = self._mapper.decode_rows(
+            [(r.id, str(r.originator_id), r.originator_version, r.topic, r.state) for r in rows]
+        )
         link = self.link(stream)
         if link is None:
             return events
@@ -431,14 +456,13 @@ class EventStore:
     ) -> Iterator[Event]:
         """Events in global order after ``after_position`` (optionally only of ``types``)."""
         topics = self._topics(types)
-        decode = self.decode_row
+        decode_rows = self._mapper.decode_rows
         remaining = limit
         start = max(after_position, 0)
         while remaining is None or remaining > 0:
             page = _PAGE if remaining is None else min(_PAGE, remaining)
             rows = self._backend.read_page(start, page, topics, to_position)
-            for row in rows:
-                yield decode(*row)
+            yield from decode_rows(rows)
             if remaining is not None:
                 remaining -= len(rows)
             if len(rows) < page:
@@ -460,13 +484,14 @@ class EventStore:
         wanted = frozenset(self._topics(decode))
         # A topic this version does not know is decoded, to fail as ``read_all`` does.
         known = frozenset(self._topics(list(EVENT_TYPES)))
-        decode_row = self.decode_row
+        decode_rows = self._mapper.decode_rows
         start = max(after_position, 0)
         while True:
             rows = self._backend.read_page(start, _PAGE, (), to_position)
-            for position, stream, version, topic, state in rows:
+            decoded = iter(decode_rows([r for r in rows if r[3] in wanted or r[3] not in known]))
+            for position, stream, version, topic, _ in rows:
                 if topic in wanted or topic not in known:
-                    yield decode_row(position, stream, version, topic, state)
+                    yield next(decoded)
                 else:
                     yield EventHeader(position, stream, version, topic.partition("@")[0])
             if len(rows) < _PAGE:

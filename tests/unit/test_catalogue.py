@@ -51,6 +51,8 @@ from agentledger.events import (
     TaskReviewed,
     principal_kind,
 )
+from agentledger.events._codec import seal, seal_as
+from agentledger.events.envelope import restamped
 from agentledger.events.schema import event_schema, union_schema, write_schemas
 
 HASH = "0123456789abcdef" * 4
@@ -267,6 +269,19 @@ def test_every_event_type_round_trips_through_json(event_type: str) -> None:
     assert back.model_dump_json() == text
     assert EVENT_TYPES[event_type].model_validate_json(text) == event
     assert EVENT_ADAPTER.validate_python(document) == event
+
+
+@pytest.mark.parametrize("event_type", ALL_TYPES)
+@pytest.mark.parametrize("prev_hash", [None, HASH])
+def test_sealing_in_place_writes_the_bytes_of_sealing_a_copy(
+    event_type: str, prev_hash: str | None
+) -> None:
+    # The store splices stream, version and prev_hash into the serialised event instead of
+    # copying it; the stored bytes (and so every hash) must be what sealing a copy gives.
+    event = SAMPLES[event_type]()
+    for stream, version in [("run-1", 1), ("user-ada@example.com", 123_456)]:
+        placed = restamped(event, stream=stream, version=version, prev_hash=prev_hash)
+        assert seal_as(event, stream, version, prev_hash) == seal(placed)
 
 
 @pytest.mark.parametrize("event_type", ALL_TYPES)

@@ -77,3 +77,12 @@ def test_an_event_that_skipped_validation_is_rejected(
     with pytest.raises(InvalidEvent):
         memory_store.append("run-1", [make()])
     assert memory_store.head_position() == 0
+
+
+def test_an_invalid_event_inside_a_batch_is_named_by_index_and_field(
+    memory_store: EventStore,
+) -> None:
+    batch = [RunPaused(actor="system"), RunPaused(actor="system"), UNVALIDATED["copy-empty-goal"]()]
+    with pytest.raises(InvalidEvent, match=r"event #2 \(run\.started\).*field payload\.goal"):
+        memory_store.append("run-1", batch)
+    assert memory_store.head_position() == 0
