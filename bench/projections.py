@@ -1116,6 +1116,25 @@ class TimedCheckpoints(CheckpointStore):
         self.bytes_saved += len(state)
         self.last_bytes = len(state)
 
+    def save_keyed(
+        self,
+        name: str,
+        version: int,
+        *,
+        after: int,
+        position: int,
+        changed: list[Any],
+        epoch: int,
+    ) -> None:
+        started = time.perf_counter()
+        super().save_keyed(
+            name, version, after=after, position=position, changed=changed, epoch=epoch
+        )
+        self.save_s += time.perf_counter() - started
+        self.saves += 1
+        self.last_bytes = sum(len(k.state) for k in changed)
+        self.bytes_saved += self.last_bytes
+
 
 def instrument_dump(projection: Projection[Any]) -> dict[str, float]:
     """Time the projection's ``dump`` (state -> JSON) on this instance; returns the counters."""
@@ -1130,6 +1149,16 @@ def instrument_dump(projection: Projection[Any]) -> dict[str, float]:
         return data
 
     projection.dump = dump  # type: ignore[method-assign]
+    if projection.keyed:  # a keyed projection's commits dump the keys that changed
+        original_key = projection.dump_key
+
+        def dump_key(state: Any, key: str) -> bytes:
+            started = time.perf_counter()
+            data = original_key(state, key)
+            counters["dump_s"] += time.perf_counter() - started
+            return data
+
+        projection.dump_key = dump_key  # type: ignore[method-assign]
     return counters
 
 
@@ -1376,18 +1405,15 @@ def bench_as_of(
             )
         )
         rows = ck._db.execute(
-            "SELECT position, length(state) FROM snapshots WHERE name = ? AND version = ? "
-            "ORDER BY position",
-            (proj.name, proj.version),
-        ).fetchall()
-        snap_sizes = dict(rows)
-        total_snap = sum(snap_sizes.values())
-        last_pos, last_size = rows[-1] if rows else (0, 0)
+            "SELECT COUNT(*), COALESCE(SUM(length(state)), 0), COUNT(DISTINCT key) FROM keyed "
+            "WHERE name = ?",
+            (proj.name,),
+        ).fetchone()
         ck_file = os.path.getsize(ck_path)
         res.note(
-            f"{len(rows)} snapshots of {proj.name} (every {every:,} events): "
-            f"{fmt_bytes(total_snap)} in total, the last (position {last_pos:,}) "
-            f"{fmt_bytes(last_size)}; checkpoint file {fmt_bytes(ck_file)}"
+            f"{proj.name} stored a run per row (keyed checkpoints): {rows[0]:,} rows of "
+            f"{rows[2]:,} runs (each run's newest state per epoch of {every:,} positions), "
+            f"{fmt_bytes(rows[1])} in total; checkpoint file {fmt_bytes(ck_file)}"
         )
 
         def sample(fn: Callable[[int], Any], positions: Sequence[int]) -> list[float]:
@@ -1410,80 +1436,53 @@ def bench_as_of(
                 )
             )
 
+        streams = store.streams("run-")
         end = [head] * st.asof_samples
         anywhere = [rng.randint(1, head) for _ in range(st.asof_samples)]
-        # Global projection, with snapshots.
-        warm = sample(lambda pos: as_of(store, proj, pos, ck), [head])  # noqa: F841 - warm-up
-        ms_end = sample(lambda pos: as_of(store, proj, pos, ck), end)
+
+        def present_at(pos: int) -> str:
+            """A run that has events at or before ``pos`` (picked at random)."""
+            while True:
+                s = streams[rng.randrange(len(streams))]
+                if s.first_position <= pos:
+                    return str(s.stream)
+
+        def view_one(pos: int) -> Any:
+            # The global state as of pos, then one run of it (what `state RUN --at` needs).
+            runs = as_of(store, proj, pos, ck).streams  # type: ignore[attr-defined]
+            return runs[present_at(pos)]
+
+        def view_listed(pos: int) -> Any:
+            # The global state as of pos, every run listed, one read.
+            runs = as_of(store, proj, pos, ck).streams  # type: ignore[attr-defined]
+            listed = list(runs)
+            return len(listed), runs[listed[rng.randrange(len(listed))]]
+
+        # Global projection, with snapshots (the run states stored by the runner above).
+        sample(view_one, [head])  # warm-up
         lat_row(
-            f"global as_of(head) with snapshots [{fmt_n(n)} log]",
-            ms_end,
+            f"global as_of(head) with snapshots, one run read [{fmt_n(n)} log]",
+            sample(view_one, end),
             True,
-            "loads the newest snapshot",
+            "as_of + the run's newest stored state + its later events",
         )
-        ms_any = sample(lambda pos: as_of(store, proj, pos, ck), anywhere)
         lat_row(
-            f"global as_of(random) with snapshots [{fmt_n(n)} log]",
-            ms_any,
+            f"global as_of(random) with snapshots, one run read [{fmt_n(n)} log]",
+            sample(view_one, anywhere),
             True,
-            f"snapshot + ≤ {every:,} events",
         )
-
-        # Split the snapshot path: load (JSON -> pydantic) vs the fold of the tail.
-        load_ms, json_ms, sizes = [], [], []
-        for pos in sorted({*anywhere, head})[-6:]:
-            snap = ck.snapshot_at_or_before(proj.name, proj.version, pos)
-            if snap is None:
-                continue
-            seconds, _ = timed(lambda snap=snap: proj.load(snap.state))
-            load_ms.append(seconds * 1000)
-            seconds, _ = timed(lambda snap=snap: json.loads(snap.state))
-            json_ms.append(seconds * 1000)
-            sizes.append(len(snap.state))
-
-        def per_mb(ms: list[float]) -> float:
-            pairs = zip(ms, sizes, strict=True)
-            return statistics.median(m / (b / 1e6) for m, b in pairs) if sizes else math.nan
-
-        ms_per_mb, json_per_mb = per_mb(load_ms), per_mb(json_ms)
-        res.add(
-            Row(
-                section,
-                "snapshot load (model_validate_json) per MB",
-                fmt_ms(ms_per_mb),
-                note=f"largest sampled {fmt_bytes(max(sizes) if sizes else 0)} loads in "
-                f"{fmt_ms(max(load_ms) if load_ms else float('nan'))}; "
-                f"json.loads alone {fmt_ms(json_per_mb)}/MB",
-            )
+        lat_row(
+            f"global as_of(random) with snapshots, all runs listed + one read [{fmt_n(n)} log]",
+            sample(view_listed, anywhere),
+            True,
+            "listing: keys that entered the state by then, from the checkpoint's index",
         )
-        tail_rate = info.rates.get("fold_run_state", float("nan"))
-        # Budget: load(snapshot) + fold(interval) ≤ target, worst case right before the next one.
-        load_end_ms = ms_per_mb * last_size / 1e6 if last_size else 0.0
-        bytes_per_event = last_size / last_pos if last_pos else 0.0
-        reach = (AS_OF_TARGET_MS / ms_per_mb * 1e6 / bytes_per_event) if bytes_per_event else 0
-        if load_end_ms >= AS_OF_TARGET_MS:
-            interval_text = "none"
-            interval_note = (
-                f"loading the snapshot at {fmt_n(last_pos)} alone takes "
-                f"~{fmt_ms(load_end_ms)} (state grows ~{bytes_per_event:,.0f} B per "
-                f"log event): no interval meets {AS_OF_TARGET_MS:.0f} ms beyond "
-                f"position ~{reach:,.0f}"
-            )
-        else:
-            interval = int((AS_OF_TARGET_MS - load_end_ms) / 1000 * tail_rate)
-            disk = (n / max(interval, 1)) * last_size / 2
-            interval_text = f"≤ {interval:,} events"
-            interval_note = (
-                f"load ~{fmt_ms(load_end_ms)} + fold at {tail_rate:,.0f} ev/s; "
-                f"~{n // max(interval, 1):,} snapshots ≈ {fmt_bytes(disk)} on disk"
-            )
-        res.add(
-            Row(
-                section,
-                "snapshot interval that would meet the target (global)",
-                interval_text,
-                note=interval_note,
-            )
+        few = anywhere[: max(1, st.asof_cold_samples)]
+        lat_row(
+            f"global as_of(random) with snapshots, every run read [{fmt_n(n)} log]",
+            sample(lambda pos: proj.dump(as_of(store, proj, pos, ck)), few),
+            False,
+            "reads and dumps the whole state (all runs); for reference",
         )
 
         # Global projection, without snapshots (folds from position 0).
@@ -1502,7 +1501,6 @@ def bench_as_of(
         )
 
         # Single-run view: stream_as_of + RunStateProjection().fold (no snapshots used).
-        streams = store.streams("run-")
         picks = [streams[rng.randrange(len(streams))] for _ in range(st.run_samples)]
         inner = RunStateProjection()
 
@@ -1889,8 +1887,8 @@ def findings(res: Results, infos: list[RebuildInfo]) -> None:
                 f"ProjectionRunner.rebuild (run_state, {fmt_n(n)}): {big.saves} commit(s) cost "
                 f"{big.dump_s:.1f} s of dump + {big.commit_s:.1f} s of SQLite save out of "
                 f"{big.runner_s:.1f} s ({(big.dump_s + big.commit_s) / big.runner_s:.0%}); each "
-                f"commit serialises and writes the whole state ({fmt_bytes(big.state_bytes)} at "
-                "the end), whose size grows with the number of runs in the log."
+                "commit writes the runs that changed since the previous one (keyed checkpoints; "
+                f"the last wrote {fmt_bytes(big.state_bytes)})."
             ),
         )
     if len(infos) > 1:

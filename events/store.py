@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC
 from types import TracebackType
-from typing import Self, cast
+from typing import Self
 
 from eventsourcing.persistence import (
     IntegrityError,
@@ -251,7 +251,7 @@ class EventStore:
         for draft, position in zip(sealed, positions, strict=True):
             # Positions come from the store after the insert; the drafts are ours alone.
             object.__setattr__(draft, "position", position)
-        return cast(list[Event], sealed)
+        return sealed
 
     def _insert(self, stored: list[StoredEvent], **kwargs: object) -> list[int] | None:
         delay = 0.05

@@ -11,7 +11,7 @@ the projection is rebuilt from the log.
 from __future__ import annotations
 
 from abc import ABC
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, Field, create_model
@@ -48,6 +48,9 @@ class Projection(ABC, Generic[S]):
     # so not checked: a damaged body of such a type is for ``verify-log`` to find). Inherited
     # by subclasses: one that reads more of those events in ``apply`` must set it False.
     reads_headers: ClassVar[bool] = False
+    # One state per key (``PerStream``): runners store a key per row and commit the keys that
+    # changed; ``as_of`` with checkpoints reads the keys it is asked for (``key_of`` etc.).
+    keyed: ClassVar[bool] = False
     _handlers: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -95,6 +98,28 @@ class Projection(ABC, Generic[S]):
         """An independent copy of ``state`` (folds mutate in place)."""
         return state.model_copy(deep=True)
 
+    # Keyed projections (``keyed = True``) give these; see ``PerStream``.
+
+    def key_of(self, event: Event) -> str | None:
+        """The key whose state ``event`` is folded into (None: no key's)."""
+        raise TypeError(f"{self.name} is not a keyed projection")
+
+    def fold_key(self, inner: BaseModel | None, events: Iterable[Event]) -> BaseModel | None:
+        """Fold the events of one key into its state (None: the key has none yet)."""
+        raise TypeError(f"{self.name} is not a keyed projection")
+
+    def dump_key(self, state: S, key: str) -> bytes:
+        """One key's state as JSON bytes."""
+        raise TypeError(f"{self.name} is not a keyed projection")
+
+    def load_key(self, data: bytes) -> BaseModel:
+        """One key's state from ``dump_key`` output."""
+        raise TypeError(f"{self.name} is not a keyed projection")
+
+    def from_keys(self, states: Mapping[str, BaseModel]) -> S:
+        """The state holding ``states`` by key (a dict, or a lazy mapping)."""
+        raise TypeError(f"{self.name} is not a keyed projection")
+
 
 class PerStream(Projection[BaseModel]):
     """Fold a per-run projection over the whole log: one state per stream, keyed by stream.
@@ -112,21 +137,30 @@ class PerStream(Projection[BaseModel]):
         self.version = inner.version  # type: ignore[misc]
         self.event_types = inner.event_types  # type: ignore[misc]
         self.reads_headers = inner.reads_headers  # type: ignore[misc]
+        self._types = frozenset(inner.event_types) if inner.event_types else None
         self.state_type = create_model(  # type: ignore[misc]
             f"{type(inner.initial()).__name__}ByStream",
             streams=(dict[str, inner.state_type], Field(default_factory=dict)),  # type: ignore[name-defined]
         )
 
+    keyed = True
+
     @property
     def handled_types(self) -> tuple[str, ...]:
         return self.inner.handled_types
 
-    def apply(self, state: BaseModel, event: Event) -> BaseModel:
+    def key_of(self, event: Event) -> str | None:
         stream = event.stream
         if not stream.startswith(self.prefix) or (
-            self.event_types and event.type not in self.event_types
+            self._types is not None and event.type not in self._types
         ):
             # Only what the inner fold reads: a full fold must equal a type-filtered one.
+            return None
+        return stream
+
+    def apply(self, state: BaseModel, event: Event) -> BaseModel:
+        stream = self.key_of(event)
+        if stream is None:
             return state
         streams: dict[str, Any] = state.__dict__["streams"]
         inner = streams.get(stream)
@@ -134,3 +168,25 @@ class PerStream(Projection[BaseModel]):
             inner = self.inner.initial()
         streams[stream] = self.inner.apply(inner, event)
         return state
+
+    def fold_key(self, inner: BaseModel | None, events: Iterable[Event]) -> BaseModel | None:
+        for event in events:
+            if self.key_of(event) is not None:
+                inner = self.inner.apply(self.inner.initial() if inner is None else inner, event)
+        return inner
+
+    def dump_key(self, state: BaseModel, key: str) -> bytes:
+        return self.inner.dump(state.__dict__["streams"][key])
+
+    def load_key(self, data: bytes) -> BaseModel:
+        loaded: BaseModel = self.inner.load(data)
+        return loaded
+
+    def from_keys(self, states: Mapping[str, BaseModel]) -> BaseModel:
+        return self.state_type.model_construct(streams=states)
+
+    def dump(self, state: BaseModel) -> bytes:
+        streams = state.__dict__["streams"]
+        if not isinstance(streams, dict):  # a lazy view (``as_of``): every key is read
+            state = self.from_keys(dict(streams.items()))
+        return super().dump(state)

@@ -4,6 +4,11 @@ A checkpoint row holds a projection's state *and* the log position it reflects, 
 transaction, so a runner killed at any point resumes from a consistent pair: an event is never
 skipped or folded twice. Snapshots are older checkpoints kept for ``as_of`` (time travel).
 
+A keyed projection (one state per run, ``PerStream``) is stored a key per row instead: a commit
+writes the keys that changed since the last one, not the whole state (which grows with the
+number of runs in the log), and each key keeps one row per snapshot epoch, so the state of one
+key at any position is its newest row at or before it plus the key's later events.
+
 The file is a cache: delete it and the projections are rebuilt from the log.
 """
 
@@ -24,6 +29,15 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS snapshots (name TEXT NOT NULL, version INTEGER NOT NULL, "
     "position INTEGER NOT NULL, state BLOB NOT NULL, PRIMARY KEY (name, version, position)) "
     "WITHOUT ROWID",
+    # A keyed projection's states: a key's newest row of each epoch (position // snapshot
+    # interval); ``position`` is the commit's, ``stream_version`` the key's last folded version.
+    "CREATE TABLE IF NOT EXISTS keyed (name TEXT NOT NULL, key TEXT NOT NULL, "
+    "epoch INTEGER NOT NULL, position INTEGER NOT NULL, stream_version INTEGER NOT NULL, "
+    "state BLOB NOT NULL, PRIMARY KEY (name, key, epoch)) WITHOUT ROWID",
+    # When each key entered the state (its order there), for listing the keys as of a position.
+    "CREATE TABLE IF NOT EXISTS keyed_keys (name TEXT NOT NULL, key TEXT NOT NULL, "
+    "first_position INTEGER NOT NULL, PRIMARY KEY (name, key)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS keyed_keys_by_position ON keyed_keys (name, first_position)",
 )
 
 
@@ -33,6 +47,19 @@ class Checkpoint:
 
     position: int
     state: bytes
+
+
+@dataclass(frozen=True)
+class KeyedState:
+    """One key's state in a keyed projection, as of ``position``."""
+
+    key: str
+    position: int
+    stream_version: int
+    """The version of the key's stream last folded into ``state``."""
+    state: bytes
+    first_position: int
+    """Where the key entered the projection's state."""
 
 
 class CheckpointStore:
@@ -88,6 +115,42 @@ class CheckpointStore:
 
         Fails with ``CheckpointConflict`` if another runner moved the checkpoint meanwhile.
         """
+        with self._transaction(name, version, after, position, state):
+            if snapshot:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?)",
+                    (name, version, position, state),
+                )
+
+    def save_keyed(
+        self,
+        name: str,
+        version: int,
+        *,
+        after: int,
+        position: int,
+        changed: list[KeyedState],
+        epoch: int,
+    ) -> None:
+        """Move a keyed projection's checkpoint from ``after`` to ``position`` with the keys
+        that changed, atomically (each replaces its row of ``epoch``); ``CheckpointConflict``
+        if another runner moved it meanwhile."""
+        with self._transaction(name, version, after, position, b""):
+            self._db.executemany(
+                "INSERT OR REPLACE INTO keyed VALUES (?, ?, ?, ?, ?, ?)",
+                [(name, k.key, epoch, k.position, k.stream_version, k.state) for k in changed],
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO keyed_keys VALUES (?, ?, ?)",
+                [(name, k.key, k.first_position) for k in changed],
+            )
+
+    @contextmanager
+    def _transaction(
+        self, name: str, version: int, after: int, position: int, state: bytes
+    ) -> Iterator[None]:
+        # Check that the checkpoint is still where this runner left it, move it, and let the
+        # caller write the rest, all in one transaction.
         with self._guard():
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -107,15 +170,64 @@ class CheckpointStore:
                     "state = excluded.state",
                     (name, version, position, state),
                 )
-                if snapshot:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?)",
-                        (name, version, position, state),
-                    )
+                yield
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def load_keyed(self, name: str, version: int) -> tuple[int, list[KeyedState]] | None:
+        """A keyed projection's checkpoint: its position and each key's newest state, in the
+        order the keys entered the state (None if there is none, or of another version)."""
+        checkpoint = self.load(name, version)
+        if checkpoint is None:
+            return None
+        with self._guard():
+            rows = self._db.execute(
+                "SELECT k.key, s.epoch, s.position, s.stream_version, s.state, k.first_position "
+                "FROM keyed_keys k JOIN keyed s ON s.name = k.name AND s.key = k.key "
+                "WHERE k.name = ? ORDER BY k.first_position, k.key, s.epoch",
+                (name,),
+            ).fetchall()
+        newest: dict[str, KeyedState] = {}
+        for key, _, position, stream_version, state, first in rows:
+            newest[key] = KeyedState(key, position, stream_version, bytes(state), first)
+        return checkpoint.position, list(newest.values())
+
+    def keyed_at_or_before(
+        self, name: str, version: int, key: str, position: int
+    ) -> KeyedState | None:
+        """The newest stored state of ``key`` taken at or before ``position``."""
+        with self._guard():
+            if not self._is_version(name, version):
+                return None
+            row = self._db.execute(
+                "SELECT s.position, s.stream_version, s.state, k.first_position FROM keyed s "
+                "JOIN keyed_keys k ON k.name = s.name AND k.key = s.key "
+                "WHERE s.name = ? AND s.key = ? AND s.position <= ? ORDER BY s.epoch DESC LIMIT 1",
+                (name, key, position),
+            ).fetchone()
+        return KeyedState(key, row[0], row[1], bytes(row[2]), row[3]) if row else None
+
+    def keyed_keys(self, name: str, version: int, position: int) -> tuple[int, list[str]]:
+        """The checkpoint's position and the keys that entered the state at or before
+        ``position`` (no later than the checkpoint), in that order."""
+        with self._guard():
+            if not self._is_version(name, version):
+                return 0, []
+            head = self._db.execute(
+                "SELECT position FROM checkpoints WHERE name = ?", (name,)
+            ).fetchone()
+            rows = self._db.execute(
+                "SELECT key FROM keyed_keys WHERE name = ? AND first_position <= ? "
+                "ORDER BY first_position, key",
+                (name, position),
+            ).fetchall()
+        return head[0], [r[0] for r in rows]
+
+    def _is_version(self, name: str, version: int) -> bool:
+        row = self._db.execute("SELECT version FROM checkpoints WHERE name = ?", (name,)).fetchone()
+        return row is not None and row[0] == version
 
     def snapshot_at_or_before(self, name: str, version: int, position: int) -> Checkpoint | None:
         """The newest snapshot of ``name`` taken at or before ``position``."""
@@ -128,12 +240,17 @@ class CheckpointStore:
         return Checkpoint(row[0], bytes(row[1])) if row else None
 
     def snapshot_positions(self, name: str, version: int) -> list[int]:
-        """Positions of the snapshots kept for ``name``."""
+        """Positions of the snapshots kept for ``name`` (for a keyed projection, the positions
+        of the key states kept)."""
         with self._guard():
             rows = self._db.execute(
                 "SELECT position FROM snapshots WHERE name = ? AND version = ? ORDER BY position",
                 (name, version),
             ).fetchall()
+            if not rows and self._is_version(name, version):
+                rows = self._db.execute(
+                    "SELECT DISTINCT position FROM keyed WHERE name = ? ORDER BY position", (name,)
+                ).fetchall()
         return [r[0] for r in rows]
 
     def reset(self, name: str) -> None:
@@ -142,8 +259,8 @@ class CheckpointStore:
             self._reset(name)
 
     def _reset(self, name: str) -> None:
-        self._db.execute("DELETE FROM checkpoints WHERE name = ?", (name,))
-        self._db.execute("DELETE FROM snapshots WHERE name = ?", (name,))
+        for table in ("checkpoints", "snapshots", "keyed", "keyed_keys"):
+            self._db.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
 
     def close(self) -> None:
         """Close the file."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, cast
+
+from pydantic import BaseModel
 
 from agentledger.events import Event, EventStore, NotFound
 
 from .base import Projection, S
-from .checkpoints import CheckpointStore, PositionOutOfRange
+from .checkpoints import CheckpointStore, KeyedState, PositionOutOfRange
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,22 @@ class ProjectionRunner(Generic[S]):
         self._committed = 0
         self._last_snapshot = 0
         self.state: S = projection.initial()
+        # A keyed projection's changes since the last commit: key -> its last folded stream
+        # version, and the position where each key first changed in that span.
+        self._touched: dict[str, int] = {}
+        self._first_touch: dict[str, int] = {}
         self._load()
 
     def _load(self) -> None:
         p = self.projection
+        if p.keyed:
+            keyed = self.checkpoints.load_keyed(p.name, p.version)
+            if keyed is not None:
+                position, rows = keyed
+                self.state = p.from_keys({k.key: p.load_key(k.state) for k in rows})
+                self.position = self._committed = position
+                self._last_snapshot = position - position % self.snapshot_every
+            return
         checkpoint = self.checkpoints.load(p.name, p.version)
         if checkpoint is not None:
             self.state = p.load(checkpoint.state)
@@ -64,18 +78,48 @@ class ProjectionRunner(Generic[S]):
             return
         p = self.projection
         snapshot = self.position - self._last_snapshot >= self.snapshot_every
-        self.checkpoints.save(
-            p.name,
-            p.version,
-            after=self._committed,
-            position=self.position,
-            state=p.dump(self.state),
-            snapshot=snapshot,
-        )
+        if p.keyed:
+            # Only the keys that changed; each key keeps its newest row per snapshot epoch.
+            streams = self.state.__dict__["streams"]
+            changed = [
+                KeyedState(key, self.position, version, p.dump_key(self.state, key), first)
+                for key, version in self._touched.items()
+                if key in streams
+                for first in (self._first_touch[key],)
+            ]
+            self.checkpoints.save_keyed(
+                p.name,
+                p.version,
+                after=self._committed,
+                position=self.position,
+                changed=changed,
+                epoch=self.position // self.snapshot_every,
+            )
+            self._touched.clear()
+            self._first_touch.clear()
+        else:
+            self.checkpoints.save(
+                p.name,
+                p.version,
+                after=self._committed,
+                position=self.position,
+                state=p.dump(self.state),
+                snapshot=snapshot,
+            )
         self._committed = self.position
         self._last_commit_at = time.monotonic()
         if snapshot:
-            self._last_snapshot = self.position
+            self._last_snapshot = self.position - self.position % self.snapshot_every
+
+    def _touch(self, events: list[Event]) -> None:
+        # Note the keys these events change (keyed projections only).
+        key_of, touched = self.projection.key_of, self._touched
+        for event in events:
+            key = key_of(event)
+            if key is not None:
+                if key not in touched:
+                    self._first_touch[key] = event.position or self.position
+                touched[key] = event.version
 
     def _commit_due(self, since_commit: int, *, check_clock: bool = True) -> bool:
         return (
@@ -98,12 +142,23 @@ class ProjectionRunner(Generic[S]):
         every = 1000 if self.commit_every is None else max(1, self.commit_every)
         snapshot_at = self._last_snapshot + self.snapshot_every
         position = self.position
+        keyed = self.projection.keyed
+        key_of, touched, first_touch = self.projection.key_of, self._touched, self._first_touch
         try:
             for event in events:
                 if inherits and event.type == "run.forked":
-                    state = self.projection.fold(_with_inherited(self.store, event), state)
+                    folded = _with_inherited(self.store, event)
+                    state = self.projection.fold(folded, state)
+                    if keyed:
+                        self._touch(folded)
                 else:
                     state = apply(state, event)
+                    if keyed:
+                        key = key_of(event)
+                        if key is not None:
+                            if key not in touched:
+                                first_touch[key] = event.position or position
+                            touched[key] = event.version
                 position = event.position or position
                 since_commit += 1
                 if since_commit % every and since_commit % 1000 and position < snapshot_at:
@@ -141,6 +196,8 @@ class ProjectionRunner(Generic[S]):
                     else:
                         folded = [event]
                     self.state = self.projection.fold(folded, self.state)
+                    if self.projection.keyed:
+                        self._touch(folded)
                     self.position = event.position or self.position
                 since_commit += len(batch)
                 if since_commit and self._commit_due(since_commit):
@@ -155,6 +212,8 @@ class ProjectionRunner(Generic[S]):
         p = self.projection
         self.checkpoints.reset(p.name)
         self.state, self.position, self._committed, self._last_snapshot = p.initial(), 0, 0, 0
+        self._touched.clear()
+        self._first_touch.clear()
         return self.catch_up(progress)
 
 
@@ -166,13 +225,18 @@ def as_of(
 ) -> S:
     """The projection's state after the event at ``position`` (0: before any event).
 
-    Starts from the newest snapshot at or before ``position`` when there is one.
+    Starts from the newest snapshot at or before ``position`` when there is one. For a keyed
+    projection with checkpoints, the state's keys are read when they are asked for
+    (``KeysAsOf``): a run's state as of any position costs a row and its later events, however
+    many runs the log holds.
     """
     head = store.head_position()
     if position < 0 or position > head:
         raise PositionOutOfRange(
             f"position {position} is outside the log, which runs from 0 to {head}"
         )
+    if checkpoints is not None and projection.keyed:
+        return projection.from_keys(KeysAsOf(store, projection, checkpoints, position))
     state, start = None, 0
     if checkpoints is not None:
         snapshot = checkpoints.snapshot_at_or_before(projection.name, projection.version, position)
@@ -244,3 +308,62 @@ def stream_as_of(store: EventStore, stream: str, position: int | None = None) ->
     if position is None:
         return events
     return [e for e in events if (e.position or 0) <= position]
+
+
+class KeysAsOf(Mapping[str, BaseModel]):
+    """A keyed projection's states as of ``position``, each read when it is first asked for:
+    its newest stored row at or before ``position``, then its stream's later events up to it.
+    The keys (in the order they entered the state) are listed on first use of ``len``, ``in``
+    or iteration."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        projection: Projection[S],
+        checkpoints: CheckpointStore,
+        position: int,
+    ) -> None:
+        self._store, self._projection, self._checkpoints = store, projection, checkpoints
+        self.position = position
+        self._keys: dict[str, None] | None = None
+        self._states: dict[str, BaseModel] = {}
+
+    def __getitem__(self, key: str) -> BaseModel:
+        state = self._states.get(key)
+        if state is None:
+            state = self._read(key)
+            if state is None:
+                raise KeyError(key)
+            self._states[key] = state
+        return state
+
+    def _read(self, key: str) -> BaseModel | None:
+        p, position = self._projection, self.position
+        row = self._checkpoints.keyed_at_or_before(p.name, p.version, key, position)
+        start = p.load_key(row.state) if row is not None else None
+        last = self._store.version_at(key, position)
+        first = row.stream_version + 1 if row is not None else 1
+        events = self._store.read(key, first, last) if last >= first else []
+        return p.fold_key(start, events)
+
+    def _listed(self) -> dict[str, None]:
+        if self._keys is None:
+            p = self._projection
+            committed, keys = self._checkpoints.keyed_keys(p.name, p.version, self.position)
+            listed = dict.fromkeys(keys)
+            if self.position > committed:  # keys that entered after the last commit
+                for event in _read(self._store, p, committed, self.position):
+                    key = p.key_of(event)
+                    if key is not None and key not in listed:
+                        listed[key] = None
+            self._keys = listed
+        return self._keys
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._listed()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._listed())
+
+    def __len__(self) -> int:
+        return len(self._listed())

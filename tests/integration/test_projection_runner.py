@@ -40,6 +40,15 @@ def runs_projection() -> PerStream:
     return PerStream(RunStateProjection())
 
 
+def stored_state(checkpoints: CheckpointStore, projection: Any = None) -> tuple[int, bytes]:
+    """The position and state (dumped) a keyed projection's checkpoint holds."""
+    p = projection or runs_projection()
+    keyed = checkpoints.load_keyed(p.name, p.version)
+    assert keyed is not None
+    position, rows = keyed
+    return position, p.dump(p.from_keys({k.key: p.load_key(k.state) for k in rows}))
+
+
 def fresh_fold_bytes(store: EventStore, projection: Any = None) -> bytes:
     p = projection or runs_projection()
     return p.dump(p.fold(store.read_all()))  # type: ignore[no-any-return]
@@ -140,7 +149,10 @@ def test_a_runner_killed_mid_catch_up_resumes_exactly_once(sqlite_url: str, tmp_
         checkpoints = CheckpointStore(checkpoints_path)
         runner = ProjectionRunner(store, runs_projection(), checkpoints, commit_every=100)
         assert runner.position == killed_at  # resumes from the checkpoint, not from 0
-        assert checkpoints.snapshot_positions(NAME, VERSION)[0] == 2_000
+        # Runs keep a stored state from before the first snapshot boundary and from the last
+        # commit (a keyed projection stores each run's state, not the whole state).
+        kept = checkpoints.snapshot_positions(NAME, VERSION)
+        assert kept[0] < 2_000 and kept[-1] == killed_at
         state = runner.catch_up()
         checkpoints.close()
 
@@ -169,9 +181,7 @@ def test_a_restarted_runner_folds_only_new_events(sqlite_store: EventStore, tmp_
     assert state.streams[run].events == 19  # type: ignore[attr-defined]
     assert state.streams[run].status is RunStatus.PAUSED  # type: ignore[attr-defined]
     assert second.projection.dump(state) == fresh_fold_bytes(sqlite_store)
-    stored = checkpoints.load(NAME, VERSION)
-    assert stored is not None and stored.position == 19
-    assert stored.state == second.projection.dump(state)
+    assert stored_state(checkpoints) == (19, second.projection.dump(state))
 
 
 def test_follow_picks_up_events_appended_after_catch_up(
@@ -206,8 +216,8 @@ def test_follow_picks_up_events_appended_after_catch_up(
     assert runs[first_run].status is RunStatus.PAUSED
     assert runs[second_run].status is RunStatus.WAITING_FOR_APPROVAL
     assert runner.projection.dump(runner.state) == fresh_fold_bytes(sqlite_store)
-    stored = checkpoints.load(NAME, VERSION)
-    assert stored is not None and stored.position == head  # follow commits what it folds
+    # follow commits what it folds
+    assert stored_state(checkpoints) == (head, runner.projection.dump(runner.state))
 
 
 class ShoutingRunState(RunStateProjection):
@@ -229,7 +239,8 @@ def test_a_version_bump_discards_the_old_checkpoint_and_rebuilds(
     ProjectionRunner(
         sqlite_store, runs_projection(), checkpoints, commit_every=5, snapshot_every=5
     ).catch_up()
-    assert checkpoints.snapshot_positions(NAME, VERSION) == [5, 10, 15]
+    # Each run keeps its newest state of each snapshot epoch (positions 5-9, 10-14, 15-19).
+    assert checkpoints.snapshot_positions(NAME, VERSION) == [5, 10, 18]
 
     v2 = PerStream(ShoutingRunState())
     assert (v2.name, v2.version) == (NAME, VERSION + 1)
@@ -239,8 +250,7 @@ def test_a_version_bump_discards_the_old_checkpoint_and_rebuilds(
     state = runner.catch_up()
     assert state.streams[run].goal.isupper()  # type: ignore[attr-defined]
     assert v2.dump(state) == fresh_fold_bytes(sqlite_store, v2)
-    stored = checkpoints.load(NAME, VERSION + 1)
-    assert stored is not None and stored.position == 18
+    assert stored_state(checkpoints, v2) == (18, v2.dump(state))
     assert v2.dump(as_of(sqlite_store, v2, 12, checkpoints)) == v2.dump(
         v2.fold(list(sqlite_store.read_all())[:12])
     )
@@ -266,14 +276,13 @@ def test_a_stale_checkpoint_save_is_refused(sqlite_store: EventStore, tmp_path: 
     first.catch_up()
     with pytest.raises(CheckpointConflict, match="advanced to position 18"):
         second.catch_up()
-    stored = checkpoints.load(NAME, VERSION)
-    assert stored is not None and stored.state == first.projection.dump(first.state)
+    assert stored_state(checkpoints) == (18, first.projection.dump(first.state))
 
     with pytest.raises(CheckpointConflict, match=f"projection '{NAME}'"):
         checkpoints.save(NAME, VERSION, after=5, position=20, state=b"{}", snapshot=True)
     stored = checkpoints.load(NAME, VERSION)
     assert stored is not None and stored.position == 18
-    assert checkpoints.snapshot_positions(NAME, VERSION) == []
+    assert checkpoints.snapshot_positions(NAME, VERSION) == [18]  # the runs' states, unchanged
     checkpoints.save(NAME, VERSION, after=18, position=20, state=b"{}", snapshot=True)
     assert checkpoints.snapshot_positions(NAME, VERSION) == [20]
 
