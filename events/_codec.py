@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -33,6 +34,7 @@ from .upcasting import upcast
 _HASH_PREFIX = b',"hash":"'
 _NOT_HASHED = {"hash", "position"}
 _HASH_SUFFIX_LEN = len(_HASH_PREFIX) + 64 + 2  # prefix, 64 hex digits, '"}'
+_HASH_TAIL = 64 + 2  # the recorded hash's digits and the closing '"}'
 CURRENT_TOPICS: dict[str, str] = {
     name: f"{name}@{cls.current_schema_version}" for name, cls in EVENT_TYPES.items()
 }
@@ -67,9 +69,11 @@ def seal_as(event: Envelope, stream: str, version: int, prev_hash: str | None) -
     model's field order gives them (after ``id``; ``prev_hash`` last): the append path's
     per-event copy costs more than the rest of the encoding.
     """
-    rest = type(event).__pydantic_serializer__.to_json(event, exclude=_PLACED)
-    if rest[_ID_END - 2 : _ID_END] != b'",' or not rest.startswith(b'{"id":"'):
+    if type(event.id) is not uuid.UUID:
+        # Only a UUID id has the fixed length the splice relies on (an event made without
+        # validation may hold anything): seal a copy, and let validation say what is wrong.
         return seal(restamped(event, stream=stream, version=version, prev_hash=prev_hash))
+    rest = type(event).__pydantic_serializer__.to_json(event, exclude=_PLACED)
     last = b"null" if prev_hash is None else b'"%s"' % prev_hash.encode()
     body = b'%s"stream":"%s","version":%d,%s,"prev_hash":%s}' % (
         rest[:_ID_END],
@@ -178,11 +182,18 @@ class EnvelopeMapper(Mapper[str]):
         calls less than a call per row (~1 µs an event of ~8); if any row is not current or
         does not pass, the page is decoded row by row, so the error names its row. Like
         ``decode_row`` this checks each body's type, stream and version against its row, not
-        its hash (``verify`` does).
+        that its hash is right (``verify`` does): a row made to run into the next on purpose
+        can pass here, as any edited row passes a read.
         """
         if rows and self.cipher is None and self.compressor is None:
             current = _CURRENT_CLASSES
-            if all(row[3] in current for row in rows):
+            # Each row must hold one sealed body: it starts with the id, ends with its hash,
+            # and the event parsed from it carries that hash (a body that ran into the next
+            # row's, as a damaged pair might, fails one of these and is located row by row).
+            if all(
+                row[3] in current and row[4][:7] == b'{"id":"' and row[4][-2:] == b'"}'
+                for row in rows
+            ):
                 try:
                     events = EVENT_LIST_ADAPTER.validate_json(
                         b"".join((b"[", b",".join([row[4] for row in rows]), b"]"))
@@ -190,8 +201,12 @@ class EnvelopeMapper(Mapper[str]):
                 except ValidationError:
                     events = []
                 if len(events) == len(rows) and all(
-                    type(e) is current[topic] and e.version == version and e.stream == stream
-                    for e, (_, stream, version, topic, _) in zip(events, rows, strict=True)
+                    type(e) is current[topic]
+                    and e.version == version
+                    and e.stream == stream
+                    and e.hash is not None
+                    and state[-_HASH_TAIL:-2] == e.hash.encode()
+                    for e, (_, stream, version, topic, state) in zip(events, rows, strict=True)
                 ):
                     for e, row in zip(events, rows, strict=True):
                         if row[0] is not None:

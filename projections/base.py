@@ -104,6 +104,10 @@ class Projection(ABC, Generic[S]):
         """The key whose state ``event`` is folded into (None: no key's)."""
         raise TypeError(f"{self.name} is not a keyed projection")
 
+    def apply_keyed(self, state: S, event: Event) -> str | None:
+        """``apply`` (in place), returning the key whose state ``event`` was folded into."""
+        raise TypeError(f"{self.name} is not a keyed projection")
+
     def fold_key(self, inner: BaseModel | None, events: Iterable[Event]) -> BaseModel | None:
         """Fold the events of one key into its state (None: the key has none yet)."""
         raise TypeError(f"{self.name} is not a keyed projection")
@@ -159,15 +163,19 @@ class PerStream(Projection[BaseModel]):
         return stream
 
     def apply(self, state: BaseModel, event: Event) -> BaseModel:
+        self.apply_keyed(state, event)
+        return state
+
+    def apply_keyed(self, state: BaseModel, event: Event) -> str | None:
         stream = self.key_of(event)
         if stream is None:
-            return state
+            return None
         streams: dict[str, Any] = state.__dict__["streams"]
         inner = streams.get(stream)
         if inner is None:
             inner = self.inner.initial()
         streams[stream] = self.inner.apply(inner, event)
-        return state
+        return stream
 
     def fold_key(self, inner: BaseModel | None, events: Iterable[Event]) -> BaseModel | None:
         for event in events:

@@ -182,15 +182,20 @@ class CheckpointStore:
         checkpoint = self.load(name, version)
         if checkpoint is None:
             return None
+        if checkpoint.state:
+            # A whole-state checkpoint (written before keyed checkpoints, or by a non-keyed
+            # projection of this name): not this format; the projection is rebuilt.
+            self.reset(name)
+            return None
         with self._guard():
             rows = self._db.execute(
-                "SELECT k.key, s.epoch, s.position, s.stream_version, s.state, k.first_position "
+                "SELECT k.key, s.position, s.stream_version, s.state, k.first_position "
                 "FROM keyed_keys k JOIN keyed s ON s.name = k.name AND s.key = k.key "
-                "WHERE k.name = ? ORDER BY k.first_position, k.key, s.epoch",
+                "WHERE k.name = ? ORDER BY k.first_position, k.key, s.position",
                 (name,),
             ).fetchall()
         newest: dict[str, KeyedState] = {}
-        for key, _, position, stream_version, state, first in rows:
+        for key, position, stream_version, state, first in rows:
             newest[key] = KeyedState(key, position, stream_version, bytes(state), first)
         return checkpoint.position, list(newest.values())
 
@@ -199,12 +204,13 @@ class CheckpointStore:
     ) -> KeyedState | None:
         """The newest stored state of ``key`` taken at or before ``position``."""
         with self._guard():
-            if not self._is_version(name, version):
+            if not self._is_keyed(name, version):
                 return None
             row = self._db.execute(
                 "SELECT s.position, s.stream_version, s.state, k.first_position FROM keyed s "
                 "JOIN keyed_keys k ON k.name = s.name AND k.key = s.key "
-                "WHERE s.name = ? AND s.key = ? AND s.position <= ? ORDER BY s.epoch DESC LIMIT 1",
+                "WHERE s.name = ? AND s.key = ? AND s.position <= ? "
+                "ORDER BY s.position DESC LIMIT 1",
                 (name, key, position),
             ).fetchone()
         return KeyedState(key, row[0], row[1], bytes(row[2]), row[3]) if row else None
@@ -213,7 +219,7 @@ class CheckpointStore:
         """The checkpoint's position and the keys that entered the state at or before
         ``position`` (no later than the checkpoint), in that order."""
         with self._guard():
-            if not self._is_version(name, version):
+            if not self._is_keyed(name, version):
                 return 0, []
             head = self._db.execute(
                 "SELECT position FROM checkpoints WHERE name = ?", (name,)
@@ -225,9 +231,12 @@ class CheckpointStore:
             ).fetchall()
         return head[0], [r[0] for r in rows]
 
-    def _is_version(self, name: str, version: int) -> bool:
-        row = self._db.execute("SELECT version FROM checkpoints WHERE name = ?", (name,)).fetchone()
-        return row is not None and row[0] == version
+    def _is_keyed(self, name: str, version: int) -> bool:
+        # A keyed checkpoint of this version (its row holds a position, not a state).
+        row = self._db.execute(
+            "SELECT version, length(state) FROM checkpoints WHERE name = ?", (name,)
+        ).fetchone()
+        return row is not None and row[0] == version and row[1] == 0
 
     def snapshot_at_or_before(self, name: str, version: int, position: int) -> Checkpoint | None:
         """The newest snapshot of ``name`` taken at or before ``position``."""
@@ -247,7 +256,7 @@ class CheckpointStore:
                 "SELECT position FROM snapshots WHERE name = ? AND version = ? ORDER BY position",
                 (name, version),
             ).fetchall()
-            if not rows and self._is_version(name, version):
+            if not rows and self._is_keyed(name, version):
                 rows = self._db.execute(
                     "SELECT DISTINCT position FROM keyed WHERE name = ? ORDER BY position", (name,)
                 ).fetchall()

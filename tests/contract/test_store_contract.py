@@ -1261,6 +1261,20 @@ class StoreContract(ABC):
             assert f"position {a2.position}" in str(caught.value)
         assert self._first(store) == (a2.position, Problem.UNREADABLE)
 
+    def test_a_body_run_into_the_next_rows_is_located_not_read(
+        self, store: EventStore, raw: RawLog, chain: list[Event]
+    ) -> None:
+        # Pages are decoded as one JSON array: two rows whose bytes were cut in the wrong
+        # place must not read back as the two events they were.
+        a4, a5 = chain[5], chain[6]  # neighbours in one stream
+        first, second = raw.state_at(a4.position), raw.state_at(a5.position)
+        cut = second.index(b',"version"')
+        raw.set_state(a4.position, first + b"," + second[:cut])
+        raw.set_state(a5.position, second[cut + 1 :])
+        # Joined with a comma, the two rows are the two events again; each alone is not one.
+        with pytest.raises(CorruptEvent, match=f"position {a4.position}"):
+            list(store.read_all())
+
     # ------------------------------------------------------------ bad input
 
     @pytest.mark.parametrize(

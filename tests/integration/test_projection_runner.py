@@ -261,9 +261,10 @@ def test_rebuild_replaces_a_stored_state(sqlite_store: EventStore, tmp_path: Pat
     checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
     projection = runs_projection()
     wrong = projection.dump(projection.initial())
-    checkpoints.save(NAME, VERSION, after=0, position=18, state=wrong, snapshot=False)
+    # A checkpoint at the end of the log that holds no runs.
+    checkpoints.save_keyed(NAME, VERSION, after=0, position=18, changed=[], epoch=0)
     runner = ProjectionRunner(sqlite_store, projection, checkpoints)
-    assert runner.catch_up() == projection.initial()  # trusts its checkpoint
+    assert projection.dump(runner.catch_up()) == wrong  # trusts its checkpoint
     state = runner.rebuild()
     assert projection.dump(state) == fresh_fold_bytes(sqlite_store) != wrong
 
@@ -422,3 +423,63 @@ def test_a_fork_whose_inherited_events_cannot_be_read_is_folded_once_on_the_retr
     fork_state = state.streams[fork]  # type: ignore[attr-defined]
     assert fork_state == RunStateProjection().fold(sqlite_store.read(fork))
     assert fork_state.anomalies == [] and fork_state.status is RunStatus.PAUSED
+
+
+@pytest.mark.parametrize("inner", ["runs", "blackboards"])
+def test_as_of_with_keyed_checkpoints_equals_the_fold_at_every_position(
+    memory_store: EventStore, tmp_path: Path, inner: str
+) -> None:
+    from agentledger.blackboard import BlackboardProjection
+    from agentledger.fork import fork_run
+
+    projection = PerStream(RunStateProjection() if inner == "runs" else BlackboardProjection())
+    runs = [write_sample_run(memory_store)[0] for _ in range(2)]
+    checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
+    ProjectionRunner(
+        memory_store, projection, checkpoints, commit_every=7, snapshot_every=10
+    ).catch_up()
+    # After the last commit: a fork with no events of its own (the blackboard fold has no
+    # handler for run.forked: the fork enters its state through the posts it inherits).
+    middle = memory_store.read(runs[1])[-1]
+    fork_run(memory_store, runs[1], middle.position or 0, by="human:ann")
+    write_sample_run(memory_store)
+    events = list(memory_store.read_all())
+    for n in range(memory_store.head_position() + 1):
+        lazy = as_of(memory_store, projection, n, checkpoints)
+        assert projection.dump(lazy) == projection.dump(as_of(memory_store, projection, n)), n
+    assert len(events) == memory_store.head_position()
+
+
+def test_runners_with_another_snapshot_interval_resume_from_the_newest_run_state(
+    memory_store: EventStore, tmp_path: Path
+) -> None:
+    run, _ = write_sample_run(memory_store)
+    checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
+    projection = runs_projection()
+    ProjectionRunner(
+        memory_store, projection, checkpoints, commit_every=1, snapshot_every=5
+    ).catch_up()
+    for _ in range(4):
+        memory_store.append(run, [RunPaused(actor="system")])
+    ProjectionRunner(
+        memory_store, projection, checkpoints, commit_every=1, snapshot_every=1000
+    ).catch_up()
+    resumed = ProjectionRunner(memory_store, projection, checkpoints)
+    assert resumed.position == memory_store.head_position() == 22
+    assert projection.dump(resumed.state) == fresh_fold_bytes(memory_store)
+
+
+def test_a_whole_state_checkpoint_of_an_earlier_version_is_rebuilt(
+    memory_store: EventStore, tmp_path: Path
+) -> None:
+    write_sample_run(memory_store)
+    checkpoints = CheckpointStore(tmp_path / "checkpoints.db")
+    projection = runs_projection()
+    head = memory_store.head_position()
+    whole = projection.dump(projection.fold(memory_store.read_all()))
+    # What agentledger wrote before per-run (keyed) checkpoints: the whole state in one row.
+    checkpoints.save(NAME, VERSION, after=0, position=head, state=whole, snapshot=True)
+    assert len(as_of(memory_store, projection, head, checkpoints).streams) == 1  # type: ignore[attr-defined]
+    runner = ProjectionRunner(memory_store, projection, checkpoints)
+    assert runner.position == 0  # not trusted: folded again
+    assert projection.dump(runner.catch_up()) == whole

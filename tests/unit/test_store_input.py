@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from agentledger.events import (
+    ActionProposed,
     EventStore,
     InvalidEvent,
     ModelResponded,
@@ -54,6 +55,8 @@ UNVALIDATED: dict[str, Callable[[], Any]] = {
         actor="agent:research/r1",
         payload={"request_id": "q", "model": "m", "content": "c", "latency_ms": float("inf")},
     ),
+    # An id that is not a UUID (the store splices its fields in after the id's 36 characters).
+    "construct-bad-id": lambda: RunPaused.model_construct(actor="system", id="a" * 35 + '",'),
     # Copies and pickles of an unvalidated event stay unvalidated.
     "copy-of-constructed": lambda: copy.copy(RunPaused.model_construct(actor="nobody")),
     "pickle-of-changed": lambda: pickle.loads(
@@ -70,6 +73,7 @@ def _changed_after_validation() -> TaskPlanned:
     return planned
 
 
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")  # made unvalidated, on purpose
 @pytest.mark.parametrize("make", UNVALIDATED.values(), ids=UNVALIDATED.keys())
 def test_an_event_that_skipped_validation_is_rejected(
     memory_store: EventStore, make: Callable[[], Any]
@@ -86,3 +90,49 @@ def test_an_invalid_event_inside_a_batch_is_named_by_index_and_field(
     with pytest.raises(InvalidEvent, match=r"event #2 \(run\.started\).*field payload\.goal"):
         memory_store.append("run-1", batch)
     assert memory_store.head_position() == 0
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_an_event_nested_as_deep_as_one_may_be_is_appended_and_one_deeper_is_refused(
+    memory_store: EventStore,
+) -> None:
+    # Appends validate a batch as one JSON array, one level deeper than each event: an event
+    # at the parser's nesting limit must still pass, and one past it fail with its index.
+    def proposed(depth: int) -> ActionProposed:
+        return ActionProposed(
+            actor="agent:execution/e1",
+            payload={
+                "action_id": "a",
+                "tool": "t",
+                "idempotency_key": "k",
+                "arguments": {"x": _nested(depth)},
+            },
+        )
+
+    limit = next(
+        d
+        for d in range(150, 300)
+        if _parses(ActionProposed, d + 1, proposed) is False
+        and _parses(ActionProposed, d, proposed)
+    )
+    memory_store.append("run-1", [proposed(limit)])
+    with pytest.raises(InvalidEvent, match=r"event #1 \(action\.proposed\).*recursion limit"):
+        memory_store.append("run-1", [RunPaused(actor="system"), proposed(limit + 1)])
+    assert memory_store.head_position() == 1
+
+
+def _parses(cls: Any, depth: int, make: Callable[[int], Any]) -> bool:
+    from agentledger.events._codec import seal_as
+
+    state, _ = seal_as(make(depth), "run-1", 1, None)
+    try:
+        cls.model_validate_json(state)
+    except Exception:
+        return False
+    return True
