@@ -186,32 +186,14 @@ class EnvelopeMapper(Mapper[str]):
         can pass here, as any edited row passes a read.
         """
         if rows and self.cipher is None and self.compressor is None:
-            current = _CURRENT_CLASSES
-            # Each row must hold one sealed body: it starts with the id, ends with its hash,
-            # and the event parsed from it carries that hash (a body that ran into the next
-            # row's, as a damaged pair might, fails one of these and is located row by row).
-            if all(
-                row[3] in current and row[4][:7] == b'{"id":"' and row[4][-2:] == b'"}'
-                for row in rows
-            ):
-                try:
-                    events = EVENT_LIST_ADAPTER.validate_json(
-                        b"".join((b"[", b",".join([row[4] for row in rows]), b"]"))
-                    )
-                except ValidationError:
-                    events = []
-                if len(events) == len(rows) and all(
-                    type(e) is current[topic]
-                    and e.version == version
-                    and e.stream == stream
-                    and e.hash is not None
-                    and state[-_HASH_TAIL:-2] == e.hash.encode()
-                    for e, (_, stream, version, topic, state) in zip(events, rows, strict=True)
-                ):
-                    for e, row in zip(events, rows, strict=True):
-                        if row[0] is not None:
-                            object.__setattr__(e, "position", row[0])
-                    return events
+            try:
+                events = EVENT_LIST_ADAPTER.validate_json(
+                    b"".join((b"[", b",".join([row[4] for row in rows]), b"]"))
+                )
+            except ValidationError:
+                events = []
+            if len(events) == len(rows) and _one_body_each(events, rows):
+                return events
         return [self.decode_row(*row) for row in rows]
 
     def decode_row(
@@ -255,6 +237,31 @@ class EnvelopeMapper(Mapper[str]):
             # without a second validation pass.
             object.__setattr__(event, "position", position)
         return cast(Event, event)
+
+
+def _one_body_each(
+    events: list[Event], rows: Sequence[tuple[int | None, str, int, str, bytes]]
+) -> bool:
+    """Whether each row held exactly the event parsed for it (then positioned from it).
+
+    Each row must hold one sealed body of its row's current topic, stream and version: it
+    starts with the id and ends with the hash the event carries (a body that ran into the
+    next row's, as a damaged pair might, fails this, and the rows are decoded one by one).
+    """
+    current, setattr_ = _CURRENT_CLASSES, object.__setattr__
+    for event, (position, stream, version, topic, state) in zip(events, rows, strict=True):
+        if (
+            type(event) is not current.get(topic)
+            or event.version != version
+            or event.stream != stream
+            or state[:7] != b'{"id":"'
+            or event.hash is None
+            or state[-_HASH_TAIL:] != b'%s"}' % event.hash.encode()
+        ):
+            return False
+        if position is not None:
+            setattr_(event, "position", position)
+    return True
 
 
 def _where(position: int | None, stream: str, version: int) -> str:

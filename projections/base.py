@@ -88,7 +88,7 @@ class Projection(ABC, Generic[S]):
 
     def dump(self, state: S) -> bytes:
         """The state as canonical JSON bytes (for checkpoints and snapshots)."""
-        return state.model_dump_json().encode()
+        return type(state).__pydantic_serializer__.to_json(state)  # model_dump_json's bytes
 
     def load(self, data: bytes) -> S:
         """A state from ``dump`` output."""

@@ -73,6 +73,9 @@ class CheckpointStore:
                 str(self.path), timeout=30, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
+            # A crash may lose the newest commits, never tear one: a runner then resumes from
+            # an older checkpoint, state and position still together (the file is a cache).
+            self._db.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA:
                 self._db.execute(statement)
         except sqlite3.DatabaseError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field, JsonValue
 
@@ -224,6 +225,12 @@ class RunState(BaseModel):
     anomalies: list[Anomaly] = Field(default_factory=list)
 
 
+def _set(model: BaseModel, **values: Any) -> None:
+    """Assign fields of a fold state straight into the model: pydantic's ``__setattr__`` costs
+    more than the rest of a fold step, and these models do not validate assignments anyway."""
+    model.__dict__.update(values)
+
+
 class RunStateProjection(Projection[RunState]):
     """Folds one run's events into its ``RunState`` (feed it the run's stream)."""
 
@@ -271,23 +278,23 @@ class RunStateProjection(Projection[RunState]):
 
     @on(RunStarted)
     def _started(self, state: RunState, event: RunStarted) -> None:
-        state.goal, state.user, state.started_at = event.payload.goal, event.payload.user, event.at
+        _set(state, goal=event.payload.goal, user=event.payload.user, started_at=event.at)
 
     @on(RunPaused)
     def _paused(self, state: RunState, event: RunPaused) -> None:
-        state.resume_to = state.status
+        _set(state, resume_to=state.status)
 
     @on(RunResumed)
     def _resumed(self, state: RunState, event: RunResumed) -> None:
-        state.resume_to = None
+        _set(state, resume_to=None)
 
     @on(RunCompleted)
     def _completed(self, state: RunState, event: RunCompleted) -> None:
-        state.ended_at, state.outcome = event.at, event.payload.summary
+        _set(state, ended_at=event.at, outcome=event.payload.summary)
 
     @on(RunFailed, RunCancelled)
     def _ended(self, state: RunState, event: RunFailed | RunCancelled) -> None:
-        state.ended_at, state.outcome = event.at, event.payload.reason
+        _set(state, ended_at=event.at, outcome=event.payload.reason)
 
     # ---------------------------------------------------------------- tasks
 
@@ -306,28 +313,35 @@ class RunStateProjection(Projection[RunState]):
     def _task_assigned(self, state: RunState, event: TaskAssigned) -> None:
         task = state.tasks.get(event.payload.task_id)
         if task is not None:
-            task.status = TaskStatus.ASSIGNED
-            task.attempts += 1
+            _set(task, status=TaskStatus.ASSIGNED, attempts=task.attempts + 1)
 
     @on(TaskCompleted)
     def _task_completed(self, state: RunState, event: TaskCompleted) -> None:
         task = state.tasks.get(event.payload.task_id)
         if task is not None:
-            task.status, task.result = TaskStatus.COMPLETED, event.payload.result
-            task.completed_by = event.actor
+            _set(
+                task,
+                status=TaskStatus.COMPLETED,
+                result=event.payload.result,
+                completed_by=event.actor,
+            )
 
     @on(TaskReviewed)
     def _task_reviewed(self, state: RunState, event: TaskReviewed) -> None:
         task = state.tasks.get(event.payload.task_id)
         if task is not None:
-            task.status = TaskStatus.ACCEPTED if event.payload.accepted else TaskStatus.REJECTED
-            task.review = event.payload.reasons
+            accepted = event.payload.accepted
+            _set(
+                task,
+                status=TaskStatus.ACCEPTED if accepted else TaskStatus.REJECTED,
+                review=event.payload.reasons,
+            )
 
     @on(TaskFailed)
     def _task_failed(self, state: RunState, event: TaskFailed) -> None:
         task = state.tasks.get(event.payload.task_id)
         if task is not None:
-            task.status, task.result = TaskStatus.FAILED, event.payload.reason
+            _set(task, status=TaskStatus.FAILED, result=event.payload.reason)
 
     # ---------------------------------------------------------------- actions and approvals
 
@@ -347,8 +361,12 @@ class RunStateProjection(Projection[RunState]):
     def _risk_assessed(self, state: RunState, event: ActionRiskAssessed) -> None:
         action = state.actions.get(event.payload.action_id)
         if action is not None:
-            action.risk, action.action_hash = event.payload.risk, event.payload.action_hash
-            action.status = ActionStatus.ASSESSED
+            _set(
+                action,
+                risk=event.payload.risk,
+                action_hash=event.payload.action_hash,
+                status=ActionStatus.ASSESSED,
+            )
 
     @on(ApprovalRequested)
     def _approval_requested(self, state: RunState, event: ApprovalRequested) -> None:
@@ -367,7 +385,7 @@ class RunStateProjection(Projection[RunState]):
         )
         action = state.actions.get(p.action_id)
         if action is not None:
-            action.status = ActionStatus.WAITING_FOR_APPROVAL
+            _set(action, status=ActionStatus.WAITING_FOR_APPROVAL)
 
     @on(ApprovalGranted, ApprovalDenied, ApprovalExpired)
     def _approval_decided(
@@ -377,28 +395,28 @@ class RunStateProjection(Projection[RunState]):
         action = state.actions.get(event.payload.action_id)
         if action is None:
             return
-        action.decided_by = event.actor
         if isinstance(event, ApprovalGranted):
-            action.status, action.decision_note = ActionStatus.APPROVED, event.payload.comment
+            status, note = ActionStatus.APPROVED, event.payload.comment
         elif isinstance(event, ApprovalDenied):
-            action.status, action.decision_note = ActionStatus.DENIED, event.payload.reason
+            status, note = ActionStatus.DENIED, event.payload.reason
         else:
-            action.status = ActionStatus.EXPIRED
+            status, note = ActionStatus.EXPIRED, action.decision_note
+        _set(action, decided_by=event.actor, status=status, decision_note=note)
 
     @on(ActionExecuted)
     def _action_executed(self, state: RunState, event: ActionExecuted) -> None:
         action = state.actions.get(event.payload.action_id)
         if action is not None:
-            action.status, action.result = ActionStatus.EXECUTED, event.payload.result
+            _set(action, status=ActionStatus.EXECUTED, result=event.payload.result)
 
     @on(ActionFailed)
     def _action_failed(self, state: RunState, event: ActionFailed) -> None:
         action = state.actions.get(event.payload.action_id)
         if action is not None:
-            action.status, action.result = ActionStatus.FAILED, event.payload.error
+            _set(action, status=ActionStatus.FAILED, result=event.payload.error)
 
     @on(ActionOutcomeUnknown)
     def _action_unknown(self, state: RunState, event: ActionOutcomeUnknown) -> None:
         action = state.actions.get(event.payload.action_id)
         if action is not None:
-            action.status = ActionStatus.OUTCOME_UNKNOWN
+            _set(action, status=ActionStatus.OUTCOME_UNKNOWN)
