@@ -248,19 +248,19 @@ def _one_body_each(
     starts with the id and ends with the hash the event carries (a body that ran into the
     next row's, as a damaged pair might, fails this, and the rows are decoded one by one).
     """
-    current, setattr_ = _CURRENT_CLASSES, object.__setattr__
+    current = _CURRENT_CLASSES
     for event, (position, stream, version, topic, state) in zip(events, rows, strict=True):
+        fields = event.__dict__
         if (
-            type(event) is not current.get(topic)
-            or event.version != version
-            or event.stream != stream
-            or state[:7] != b'{"id":"'
-            or event.hash is None
-            or state[-_HASH_TAIL:] != b'%s"}' % event.hash.encode()
+            event.__class__ is not current.get(topic)
+            or fields["version"] != version
+            or fields["stream"] != stream
+            or not state.startswith(b'{"id":"')
+            or not state.endswith(b'"}')
+            or state[-_HASH_TAIL:-2] != (fields["hash"] or "").encode()
         ):
             return False
-        if position is not None:
-            setattr_(event, "position", position)
+        fields["position"] = position  # the store's, known only on read (frozen otherwise)
     return True
 
 
