@@ -33,7 +33,7 @@ _SCHEMA = (
     # interval); ``position`` is the commit's, ``stream_version`` the key's last folded version.
     "CREATE TABLE IF NOT EXISTS keyed (name TEXT NOT NULL, key TEXT NOT NULL, "
     "epoch INTEGER NOT NULL, position INTEGER NOT NULL, stream_version INTEGER NOT NULL, "
-    "state BLOB NOT NULL, PRIMARY KEY (name, key, epoch)) WITHOUT ROWID",
+    "state BLOB NOT NULL, PRIMARY KEY (name, key, epoch))",  # rows of KBs: not WITHOUT ROWID
     # When each key entered the state (its order there), for listing the keys as of a position.
     "CREATE TABLE IF NOT EXISTS keyed_keys (name TEXT NOT NULL, key TEXT NOT NULL, "
     "first_position INTEGER NOT NULL, PRIMARY KEY (name, key)) WITHOUT ROWID",
