@@ -7,8 +7,10 @@ memory), and a summary of streams (which the recorders do not offer).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -277,6 +279,28 @@ def _batch_recorder(datastore: Any) -> Any:
     return BatchInsertRecorder(datastore)
 
 
+def _ensure_wal(path: Path, timeout: float) -> None:
+    """Put the database file in WAL mode (it stays so) before eventsourcing's pool opens it.
+
+    The pool switches the mode on its first connection; on a new file, processes or threads
+    doing that at once fail with "database is locked" without waiting, since SQLite does not
+    wait for the lock this needs. Here the switch is retried until it holds.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            with contextlib.closing(sqlite3.connect(str(path), timeout=timeout)) as conn:
+                mode = str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            if mode.lower() == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.2)
+
+
 class SQLiteBackend(Backend):
     """A SQLite file in WAL mode: the embedded default, no server needed."""
 
@@ -306,6 +330,7 @@ class SQLiteBackend(Backend):
             )
 
         try:
+            _ensure_wal(path, self.LOCK_TIMEOUT_S)
             self.datastore = datastore()
             self.recorder: SQLiteProcessRecorder = _batch_recorder(self.datastore)
             self._create_tables()
