@@ -284,16 +284,20 @@ def _ensure_wal(path: Path, timeout: float) -> None:
 
     The pool switches the mode on its first connection; on a new file, processes or threads
     doing that at once fail with "database is locked" without waiting, since SQLite does not
-    wait for the lock this needs. Here the switch is retried until it holds.
+    wait for the lock this needs. Here the switch is retried while the file is locked; any
+    other answer (an in-memory name keeps its mode) is left to the pool, as before.
     """
+    name = str(path)
+    if ":memory:" in name or "mode=memory" in name:
+        return
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
         try:
-            with contextlib.closing(sqlite3.connect(str(path), timeout=timeout)) as conn:
-                mode = str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
-            if mode.lower() == "wal":
-                return
+            wait = max(deadline - time.monotonic(), 0.0)
+            with contextlib.closing(sqlite3.connect(name, timeout=wait, uri=True)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise

@@ -260,7 +260,8 @@ def _one_body_each(
             or state[-_HASH_TAIL:-2] != (fields["hash"] or "").encode()
         ):
             return False
-        fields["position"] = position  # the store's, known only on read (frozen otherwise)
+        if position is not None:
+            fields["position"] = position  # the store's, known only on read (frozen otherwise)
     return True
 
 
