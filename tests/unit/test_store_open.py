@@ -96,6 +96,23 @@ def test_a_path_that_is_not_a_file_is_store_unavailable(tmp_path: Path) -> None:
         EventStore.open(f"sqlite:///{tmp_path}")
 
 
+def test_a_new_file_is_put_in_wal_mode_and_an_in_memory_name_opens_at_once(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+    import threading
+
+    with EventStore.open(f"sqlite:///{tmp_path}/ledger.db"):
+        pass
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # SQLite keeps an in-memory database's mode: opening must not wait for WAL forever.
+    opened = threading.Thread(target=lambda: EventStore.open("sqlite:///:memory:").close())
+    opened.start()
+    opened.join(timeout=20)
+    assert not opened.is_alive()
+
+
 def test_default_store_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(STORE_ENV, raising=False)
     assert default_store_url() == "sqlite:///.agentledger/ledger.db"
