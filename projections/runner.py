@@ -7,19 +7,17 @@ Every ``snapshot_every`` positions it also keeps a snapshot, which ``as_of`` sta
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import Generic, cast
 
 from pydantic import BaseModel
 
 from agentledger.events import Event, EventStore, NotFound
 
-from .base import Projection, S
+from .base import Projection, S, collector_paused
 from .checkpoints import CheckpointStore, KeyedState, PositionOutOfRange
 
 log = logging.getLogger(__name__)
@@ -153,7 +151,7 @@ class ProjectionRunner(Generic[S]):
             self._touched,
             self._first_touch,
         )
-        with _collector_paused():
+        with collector_paused():
             try:
                 for event in events:
                     if inherits and event.type == "run.forked":
@@ -225,36 +223,6 @@ class ProjectionRunner(Generic[S]):
         self._touched.clear()
         self._first_touch.clear()
         return self.catch_up(progress)
-
-
-_pause_lock = threading.Lock()
-_pauses = 0
-_was_enabled = False
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a catch-up folds.
-
-    A catch-up allocates a decoded event per log event and keeps a state that grows with the
-    log; the collector's passes over that state cost a quarter of a rebuild (bench/projections.py)
-    and find nothing: events and fold states hold no reference cycles (reference counting frees
-    them). Pauses nest across threads; the collector runs again when the last one ends, if it
-    was running when the first began.
-    """
-    global _pauses, _was_enabled
-    with _pause_lock:
-        if _pauses == 0:
-            _was_enabled = gc.isenabled()
-            gc.disable()
-        _pauses += 1
-    try:
-        yield
-    finally:
-        with _pause_lock:
-            _pauses -= 1
-            if _pauses == 0 and _was_enabled:
-                gc.enable()
 
 
 def as_of(
