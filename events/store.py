@@ -38,7 +38,6 @@ from ._codec import (
     EnvelopeMapper,
     seal_as,
     split_state,
-    stored_row,
     topics_for,
 )
 from .catalogue import EVENT_LIST_ADAPTER, EVENT_TYPES, Event, RunForked
@@ -211,20 +210,14 @@ class EventStore:
             prev_hash = first.payload.parent_hash
         states: list[bytes] = []
         stored: list[StoredEvent] = []
-        mapper = self._mapper
-        plain = not (mapper.compressor or mapper.cipher)
+        stored_state = self._mapper.stored_state
         for event in events:
             version += 1
             if event.at.tzinfo is not UTC:
                 event = restamped(event, at=event.at.astimezone(UTC))
             state, prev_hash = seal_as(event, stream, version, prev_hash)
             states.append(state)
-            topic = CURRENT_TOPICS[event.type]
-            stored.append(
-                stored_row(stream, version, topic, state)
-                if plain
-                else mapper.stored_state(stream, version, topic, state)
-            )
+            stored.append(stored_state(stream, version, CURRENT_TOPICS[event.type], state))
         # Parsed back from the sealed bytes, all in one call: what is returned carries the
         # hash, exactly as readers will see it.
         sealed = self._validated(stream, events, states)

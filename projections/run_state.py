@@ -7,10 +7,9 @@ damaged or hand-edited log is reported, never silently "fixed".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from datetime import datetime
 from enum import StrEnum
-from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, Field, JsonValue
@@ -240,11 +239,6 @@ class RunStateProjection(Projection[RunState]):
     state_type = RunState
     reads_all_events = True  # every event counts, and activity after the end is an anomaly
     reads_headers = True  # ... by its type and place alone, for types without a handler
-
-    @cached_property
-    def _bound(self) -> dict[str, Callable[[RunState, Any], None]]:
-        # The handlers bound once (a getattr per event is a tenth of this fold's own cost).
-        return {kind: getattr(self, name) for kind, name in self._handlers.items()}
 
     def apply(self, state: RunState, event: Event) -> RunState:
         """Check the transition, then fold; an illegal event is recorded, not applied."""

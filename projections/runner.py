@@ -155,7 +155,7 @@ class ProjectionRunner(Generic[S]):
             try:
                 for event in events:
                     if inherits and event.type == "run.forked":
-                        folded = _with_inherited(self.store, event)
+                        folded = _folded(self.store, self.projection, event)
                         state = self.projection.fold(folded, state)
                         if keyed:
                             self._touch(folded)
@@ -194,15 +194,11 @@ class ProjectionRunner(Generic[S]):
     def follow(self, stop: threading.Event, on_change: Callable[[S], None] | None = None) -> None:
         """Fold new events as they are appended until ``stop`` is set (then commit)."""
         since_commit = 0
-        inherits = self.projection.folds_inherited
         with self.store.subscribe(self.position, _types(self.projection)) as subscription:
             while not stop.is_set():
                 batch = subscription.poll(timeout=0.25)
                 for event in batch:
-                    if inherits and event.type == "run.forked":
-                        folded = _with_inherited(self.store, event)
-                    else:
-                        folded = [event]
+                    folded = _folded(self.store, self.projection, event)
                     self.state = self.projection.fold(folded, self.state)
                     if self.projection.keyed:
                         self._touch(folded)
@@ -256,16 +252,19 @@ def as_of(
     current = projection.initial() if state is None else state
     for event in events:
         if event.type == "run.forked":
-            current = projection.fold(_with_inherited(store, event), current)
+            current = projection.fold(_folded(store, projection, event), current)
         else:
             current = projection.apply(current, event)
     return current
 
 
-def _with_inherited(store: EventStore, forked: Event) -> list[Event]:
-    """A fork's ``run.forked`` and the events it inherits, read before any is folded: a read
-    that fails leaves the state as it was."""
-    return [forked, *store.inherited(forked)]
+def _folded(store: EventStore, projection: Projection[S], event: Event) -> list[Event]:
+    """What folding ``event`` folds: for a projection that folds what forks inherit, a fork's
+    ``run.forked`` and the events it inherits, read before any is folded (a read that fails
+    leaves the state as it was); otherwise the event alone."""
+    if projection.folds_inherited and event.type == "run.forked":
+        return [event, *store.inherited(event)]
+    return [event]
 
 
 def _read(store: EventStore, projection: Projection[S], after: int, to: int) -> Iterator[Event]:
@@ -361,12 +360,7 @@ class KeysAsOf(Mapping[str, BaseModel]):
             listed = dict.fromkeys(keys)
             if self.position > committed:  # keys that entered after the last commit
                 for event in _read(self._store, p, committed, self.position):
-                    folded = (
-                        _with_inherited(self._store, event)
-                        if p.folds_inherited and event.type == "run.forked"
-                        else (event,)
-                    )
-                    for e in folded:
+                    for e in _folded(self._store, p, event):
                         key = p.key_of(e)
                         if key is not None and key not in listed:
                             listed[key] = None
