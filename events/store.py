@@ -612,6 +612,9 @@ class EventStore:
         return self._backend
 
 
+_SUBSCRIPTION_PAGE = 500
+
+
 class Subscription(Iterator[Event]):
     """Events in global order, first those already stored, then live ones; never skips one.
 
@@ -625,13 +628,31 @@ class Subscription(Iterator[Event]):
         self._store = store
         self._topics = topics
         self.position = after_position
+        # Where the next fetch reads from: past the last row fetched, or, for a subscription
+        # to some types, past the newest position the last fetch looked through.
+        self.scanned = after_position
         self._buffer: deque[tuple[int, str, int, str, bytes]] = deque()
         self._stopped = threading.Event()
         self._waiter = store.backend.waiter()
 
     def _fetch(self) -> bool:
         self._waiter.arm()
-        rows = self._store.backend.read_page(self.position, 500, self._topics, None)
+        backend = self._store.backend
+        if not self._topics:
+            rows = backend.read_page(self.scanned, _SUBSCRIPTION_PAGE, (), None)
+            if rows:
+                self.scanned = rows[-1][0]
+        else:
+            # Only some types: a page may hold none of them, so the next fetch starts after
+            # the head as it was before this one (every position up to it was committed:
+            # commit order is position order), not after the last matching row — else each
+            # wake-up would look again through every other event since that row.
+            head = self._store.head_position()
+            rows = backend.read_page(self.scanned, _SUBSCRIPTION_PAGE, self._topics, head)
+            if len(rows) == _SUBSCRIPTION_PAGE:
+                self.scanned = rows[-1][0]
+            else:
+                self.scanned = max(self.scanned, head)
         self._buffer.extend(rows)
         return bool(rows)
 

@@ -773,6 +773,49 @@ class StoreContract(ABC):
         with pytest.raises(NotFound):
             store.subscribe(types=["no.such"])
 
+    def test_a_subscription_to_some_types_looks_through_other_events_once(
+        self, store: EventStore
+    ) -> None:
+        # A watcher of rare types (approvals) must not re-read every other event since the
+        # last match on each wake-up: its scan mark follows the head, not the last match.
+        store.append("run-1", [started()])
+        store.append("run-1", [note(f"k{i}", "v") for i in range(620)])  # over one page
+        with store.subscribe(types=["run.paused"]) as sub:
+            assert sub.poll(timeout=0.1) == []
+            assert sub.scanned == store.head_position()
+            assert sub.position == 0  # nothing delivered yet
+            [match] = store.append("run-1", [paused("p"), note("after", "v")])[:1]
+            assert sub.poll(timeout=5) == [match]
+            assert sub.position == match.position
+            assert sub.scanned == store.head_position()
+        # More matches than a page: each page continues after the last row it returned.
+        many = store.append("run-2", [started(), *[paused(str(i)) for i in range(520)]])[1:]
+        with store.subscribe(after_position=match.position, types=["run.paused"]) as sub:
+            assert collect(sub, len(many)) == many
+
+    def test_a_subscription_to_some_types_misses_none_while_others_write(
+        self, store: EventStore
+    ) -> None:
+        rounds = 60
+
+        def writer(stream: str) -> None:
+            store.append(stream, [started()])
+            for i in range(rounds):
+                store.append(
+                    stream, [*(note(f"k{i}.{j}", "v") for j in range(i % 3)), paused(f"{i}")]
+                )
+
+        with store.subscribe(types=["run.paused"]) as sub:
+            with ThreadPoolExecutor(3) as pool:
+                done = [pool.submit(writer, f"run-{w}") for w in range(3)]
+                got = collect(sub, 3 * rounds, timeout=60)
+                for future in done:
+                    future.result(timeout=60)
+            assert sub.poll(timeout=0.2) == []
+        log = list(store.read_all(types=["run.paused"]))
+        assert len(log) == 3 * rounds
+        assert [e.id for e in got] == [e.id for e in log]
+
     def test_closing_a_subscription_ends_iteration(self, store: EventStore) -> None:
         store.append("run-1", [started()])
         sub = store.subscribe()
