@@ -10,50 +10,18 @@ the projection is rebuilt from the log.
 
 from __future__ import annotations
 
-import gc
-import threading
 from abc import ABC
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, Field, create_model
 
 from agentledger.events import Event
+from agentledger.events.gcpause import collector_paused
 from agentledger.events.handlers import collect_handlers
 
 S = TypeVar("S", bound=BaseModel)
-
-
-_pause_lock = threading.Lock()
-_pauses = 0
-_was_enabled = False
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a fold runs (``fold``, a runner's catch-up).
-
-    A fold over the log allocates a decoded event per log event and keeps a state that grows
-    with the log; the collector's passes over that state cost a quarter of a rebuild
-    (bench/projections.py) and find nothing: events and fold states hold no reference cycles
-    (reference counting frees them). Pauses nest across threads; the collector runs again when
-    the last one ends, if it was running when the first began.
-    """
-    global _pauses, _was_enabled
-    with _pause_lock:
-        if _pauses == 0:
-            _was_enabled = gc.isenabled()
-            gc.disable()
-        _pauses += 1
-    try:
-        yield
-    finally:
-        with _pause_lock:
-            _pauses -= 1
-            if _pauses == 0 and _was_enabled:
-                gc.enable()
 
 
 class Anomaly(BaseModel):

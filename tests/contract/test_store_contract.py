@@ -1303,6 +1303,11 @@ class StoreContract(ABC):
                 read()
             assert f"position {a2.position}" in str(caught.value)
         assert self._first(store) == (a2.position, Problem.UNREADABLE)
+        # A page is decoded whole, but what comes before the bad row is still read.
+        got: list[Event] = []
+        with pytest.raises(CorruptEvent):
+            got.extend(store.read_all())
+        assert [e.position for e in got] == [e.position for e in chain if e.position < a2.position]
 
     def test_a_body_run_into_the_next_rows_is_located_not_read(
         self, store: EventStore, raw: RawLog, chain: list[Event]
