@@ -16,8 +16,9 @@ from typing import Generic, cast
 from pydantic import BaseModel
 
 from agentledger.events import Event, EventStore, NotFound
+from agentledger.events.gcpause import collector_paused
 
-from .base import Projection, S, collector_paused
+from .base import Projection, S
 from .checkpoints import CheckpointStore, KeyedState, PositionOutOfRange
 
 log = logging.getLogger(__name__)
