@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -181,7 +181,9 @@ class MemoryManager:
         add("sub-goal", goal_text, remaining)
 
         pad = scratchpad if scratchpad is not None else ScratchpadProjection().fold(run_events)
-        pad_lines = [f"{k}: {v.value}" for k, v in sorted(pad.values.items())]
+        values = pad.values
+        # Lines made only as far as the budget goes (a long run's scratchpad has many keys).
+        pad_lines = (f"{k}: {values[k].value}" for k in sorted(values))
         pad_text, pad_cost = _fit_lines(pad_lines, int(budget * self.shares.scratchpad), self.count)
         add("scratchpad", pad_text, remaining, pad_cost)
 
@@ -307,7 +309,7 @@ def _fit(text: str, limit: int, count: TokenCounter) -> str:
     return text[:low] + "…" if low else ""
 
 
-def _fit_lines(lines: Sequence[str], limit: int, count: TokenCounter) -> tuple[str, int]:
+def _fit_lines(lines: Iterable[str], limit: int, count: TokenCounter) -> tuple[str, int]:
     """The first ``lines`` that fit in ``limit`` tokens, joined, and their token count."""
     kept, used = [], 0
     for line in lines:

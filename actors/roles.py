@@ -253,11 +253,14 @@ class Coordinator(Agent):
     def _advance(self, turn: Turn) -> None:
         tasks = turn.run.state.tasks
         done = _done_tasks(tasks)
-        if all(t in done for t in tasks if _REPLAN not in t):
+        # One pass over the tasks not done (a long plan has many), set operations in C.
+        pending = [t for t in tasks if t not in done]
+        if all(_REPLAN in t for t in pending):
             self._complete(turn)
             return
-        for task in tasks.values():
-            if task.status is TaskStatus.PLANNED and all(d in done for d in task.depends_on):
+        for task_id in pending:
+            task = tasks[task_id]
+            if task.status is TaskStatus.PLANNED and done.issuperset(task.depends_on):
                 turn.emit(
                     TaskAssigned,
                     task_id=task.task_id,
