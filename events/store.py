@@ -690,14 +690,7 @@ class Subscription(Iterator[Event]):
         it are returned, and the next call raises the row's error (and keeps raising it until
         the reader is upgraded); nothing after it is skipped to.
         """
-        deadline = time.monotonic() + timeout
-        while not self._buffer and not self._stopped.is_set():
-            if self._fetch():
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._waiter.wait(min(remaining, 0.25))
+        self._wait_for_rows(timeout)
         out: list[Event] = []
         while self._buffer:
             try:
@@ -708,6 +701,33 @@ class Subscription(Iterator[Event]):
                 raise
         return out
 
+    def poll_rows(self, timeout: float = 0.0) -> list[tuple[int, str, int, str, bytes]]:
+        """Like ``poll``, but the rows undecoded, as (position, stream, version, topic, state):
+        for a consumer that passes over most events by their stream and type, and decodes
+        (``decode``) only the rest. The subscription moves past every row returned."""
+        self._wait_for_rows(timeout)
+        rows = list(self._buffer)
+        self._buffer.clear()
+        if rows:
+            self.position = rows[-1][0]
+        return rows
+
+    def decode(self, row: tuple[int, str, int, str, bytes]) -> Event:
+        """The typed event of a row from ``poll_rows`` (raises as ``poll`` would on it)."""
+        event = self._store.decode_row(*row)
+        self._store._note_head(event)
+        return event
+
+    def _wait_for_rows(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._buffer and not self._stopped.is_set():
+            if self._fetch():
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._waiter.wait(min(remaining, 0.25))
+
     def buffered(self) -> list[tuple[str, str]]:
         """(stream, topic) of the rows fetched but not yet taken: a look ahead, e.g. for a
         pause that is already in the log behind the event being handled."""
@@ -716,10 +736,9 @@ class Subscription(Iterator[Event]):
     def _take(self) -> Event:
         # Decode before consuming, so a failure leaves the row (and the position) in place.
         row = self._buffer[0]
-        event = self._store.decode_row(*row)
+        event = self.decode(row)
         self._buffer.popleft()
         self.position = row[0]
-        self._store._note_head(event)
         return event
 
     def __next__(self) -> Event:

@@ -793,6 +793,21 @@ class StoreContract(ABC):
         with store.subscribe(after_position=match.position, types=["run.paused"]) as sub:
             assert collect(sub, len(many)) == many
 
+    def test_rows_polled_undecoded_decode_to_the_events_and_the_subscription_moves_on(
+        self, store: EventStore
+    ) -> None:
+        events = store.append("run-1", [started(), paused("1"), assigned()])
+        with store.subscribe() as sub:
+            rows = sub.poll_rows(timeout=5)
+            assert [r[0] for r in rows] == positions(events)
+            assert [(r[1], r[2], r[3].partition("@")[0]) for r in rows] == [
+                (e.stream, e.version, e.type) for e in events
+            ]
+            assert sub.position == events[-1].position
+            assert [sub.decode(r) for r in rows] == events
+            [later] = store.append("run-1", [paused("2")])
+            assert sub.poll(timeout=5) == [later]
+
     def test_a_subscription_to_some_types_misses_none_while_others_write(
         self, store: EventStore
     ) -> None:
