@@ -1125,9 +1125,10 @@ def follow_run(
                     return state
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run {run} is still {state.status.value}")
-            for event in subscription.poll(0.1):
-                if event.stream != run:
-                    continue
+            for row in subscription.poll_rows(0.1):
+                if row[1] != run:
+                    continue  # another run's: not even decoded
+                event = subscription.decode(row)
                 quiet_since = None
                 state = fold.apply(state, event)
                 if on_event is not None:

@@ -158,9 +158,23 @@ def bare_hops(url: str, n: int) -> list[float]:
     return [(received[i] - sent[i]) * 1000 for i in range(1, n + 1)]
 
 
+def wait_for_end(store: Any, run: str, timeout: float) -> Any:
+    """The run's state once it ended, waited for through a subscription to the end events
+    alone: the bench's own process must not decode and fold the run beside the agents it
+    measures (``follow_run`` would, to show progress), competing with them for the CPUs."""
+    from agentledger.projections import RunStateProjection
+
+    deadline = time.monotonic() + timeout
+    with store.subscribe(0, types=["run.completed", "run.failed", "run.cancelled"]) as ends:
+        while not any(e.stream == run for e in ends.poll(1.0)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run} did not end in {timeout:.0f} s")
+    return RunStateProjection().fold(store.read(run))
+
+
 def one_run(url: str, steps: int, root: Path, record_prompts: str = "full") -> RunResult:
     from agentledger.actors.providers import ScriptedProvider
-    from agentledger.actors.runtime import ENDED, Runtime, RuntimeConfig, follow_run, start_run
+    from agentledger.actors.runtime import Runtime, RuntimeConfig, start_run
     from agentledger.events import EventStore
 
     config = RuntimeConfig(
@@ -176,7 +190,7 @@ def one_run(url: str, steps: int, root: Path, record_prompts: str = "full") -> R
         models = {r: "scripted:chain" for r in ("coordinator", "research", "execution", "review")}
         with EventStore.open(url) as store:
             started = start_run(store, f"a chain of {steps} steps", models=models)
-            state = follow_run(store, started.stream, until=ENDED, timeout=3600)
+            state = wait_for_end(store, started.stream, timeout=3600)
             if state.status.value != "completed":
                 raise RuntimeError(f"the bench run ended {state.status.value}: {state.outcome}")
             events = store.read(started.stream)
