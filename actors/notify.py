@@ -95,7 +95,8 @@ class Notifier:
     def run(self, stop: threading.Event) -> None:
         """Deliver notices until ``stop`` is set, from where it left off (or from now)."""
         start = self.store.position_of(CONSUMER) or self.store.head_position()
-        with self.store.subscribe(start, [*NOTICE_TYPES, "run.forked"]) as subscription:
+        # A quarter of a second is soon enough for a person: not woken by every append.
+        with self.store.subscribe(start, [*NOTICE_TYPES, "run.forked"], wake=False) as subscription:
             while not stop.is_set():
                 batch = subscription.poll(1.0)
                 for event in batch:

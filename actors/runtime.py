@@ -702,7 +702,9 @@ class ExpiryWatcher:
 
     def run(self, stop: threading.Event) -> None:
         """Watch until ``stop`` is set."""
-        with self.store.subscribe(0, [*_APPROVAL_TYPES, "run.forked"]) as subscription:
+        # Expiries are due in minutes or days: looking a few times a second is soon enough,
+        # and this subscriber then takes no part in each append (not woken by it).
+        with self.store.subscribe(0, [*_APPROVAL_TYPES, "run.forked"], wake=False) as subscription:
             while not stop.is_set():
                 due = min((v[0] for v in self._open.values()), default=None)
                 wait = 1.0

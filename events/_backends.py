@@ -67,6 +67,18 @@ class Waiter(ABC):
         """Release what the waiter holds."""
 
 
+class ClockWaiter(Waiter):
+    """Wakes only when its timeout passes: for a subscriber to which a fraction of a second
+    does not matter, so that it takes no part in each append (no LISTEN connection to notify,
+    no SQLite polling)."""
+
+    def arm(self) -> None:
+        pass
+
+    def wait(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+
 class Backend(ABC):
     """A storage backend: a process recorder plus what the recorder does not offer."""
 

@@ -32,7 +32,7 @@ from eventsourcing.persistence import (
 )
 from pydantic import ValidationError
 
-from ._backends import DEFAULT_SQLITE_PATH, Backend, StreamSummary, open_backend
+from ._backends import DEFAULT_SQLITE_PATH, Backend, ClockWaiter, StreamSummary, open_backend
 from ._codec import (
     CURRENT_TOPICS,
     EnvelopeMapper,
@@ -608,9 +608,16 @@ class EventStore:
 
     # ------------------------------------------------------------ consumers
 
-    def subscribe(self, after_position: int = 0, types: Sequence[str] = ()) -> Subscription:
-        """Every event after ``after_position`` in global order: catch-up, then live."""
-        return Subscription(self, after_position, self._topics(types))
+    def subscribe(
+        self, after_position: int = 0, types: Sequence[str] = (), *, wake: bool = True
+    ) -> Subscription:
+        """Every event after ``after_position`` in global order: catch-up, then live.
+
+        ``wake=False``: look for new events a few times a second instead of being woken by
+        each append, for a consumer to which that delay does not matter (an approval's expiry):
+        it then costs the appends nothing (no LISTEN connection, no SQLite polling).
+        """
+        return Subscription(self, after_position, self._topics(types), wake=wake)
 
     def record_position(self, consumer: str, position: int) -> None:
         """Record that ``consumer`` processed everything up to ``position`` (nothing to append)."""
@@ -651,7 +658,9 @@ class Subscription(Iterator[Event]):
     pass over an event that commits later with a smaller position.
     """
 
-    def __init__(self, store: EventStore, after_position: int, topics: list[str]) -> None:
+    def __init__(
+        self, store: EventStore, after_position: int, topics: list[str], *, wake: bool = True
+    ) -> None:
         self._store = store
         self._topics = topics
         self.position = after_position
@@ -660,7 +669,7 @@ class Subscription(Iterator[Event]):
         self.scanned = after_position
         self._buffer: deque[tuple[int, str, int, str, bytes]] = deque()
         self._stopped = threading.Event()
-        self._waiter = store.backend.waiter()
+        self._waiter = store.backend.waiter() if wake else ClockWaiter()
 
     def _fetch(self) -> bool:
         self._waiter.arm()

@@ -808,6 +808,17 @@ class StoreContract(ABC):
             [later] = store.append("run-1", [paused("2")])
             assert sub.poll(timeout=5) == [later]
 
+    def test_a_subscription_not_woken_by_appends_still_sees_them_soon(
+        self, store: EventStore
+    ) -> None:
+        store.append("run-1", [started()])
+        with store.subscribe(types=["run.paused"], wake=False) as sub:
+            assert sub.poll(timeout=0) == []
+            [later] = store.append("run-1", [paused("now")])
+            began = time.monotonic()
+            assert sub.poll(timeout=5) == [later]
+            assert time.monotonic() - began < 2  # it looks a few times a second
+
     def test_a_subscription_to_some_types_misses_none_while_others_write(
         self, store: EventStore
     ) -> None:
