@@ -18,7 +18,9 @@ the agents' views of the run, the Memory Manager, the recorded edges and the app
   run on the same store: the bare EventStore hop (append in one thread, a subscription in
   another, no agents).
 - **per step**: wall time of the run / N; and the handlers' own time per step (the three
-  handlers' durations, appends included), which is the runtime's overhead per step.
+  handlers' durations, appends included), which is the runtime's overhead per step; beside
+  it, the CPU time of the handlers' threads in that time (the rest is waiting: for a core,
+  with five agent processes on the machine's cores, and for the disk).
 - **bytes per step**: the stored rows of the run (JSON bodies with hashes) / N, for a short and
   a long run: equal numbers mean storage grows linearly with the steps.
 
@@ -108,6 +110,7 @@ class RunResult:
     commit_hops_ms: list[float]
     handler_ms_per_step: float
     append_ms_per_step: float
+    cpu_ms_per_step: float  # the handler threads' CPU time in handlers and appends
     stored_bytes: int
     step_bytes: list[int]
     events: int
@@ -223,9 +226,66 @@ def one_run(url: str, steps: int, root: Path, record_prompts: str = "full") -> R
         ],
         handler_ms_per_step=sum(h.handle_ms for h in hops) / steps,
         append_ms_per_step=sum(h.append_ms for h in hops) / steps,
+        cpu_ms_per_step=sum(h.handle_cpu_ms + h.append_cpu_ms for h in hops) / steps,
         stored_bytes=stored,
         step_bytes=step_bytes,
         events=len(events),
+    )
+
+
+def in_process(url: str, steps: int, root: Path, gc_threshold: tuple[int, int, int]) -> str:
+    """The same chain with the four agents' workers in this one process and thread, each event
+    handed to each worker in log order: the runtime's own CPU per step, without Ray's process
+    boundary and without five processes sharing the cores; and the collector's share of it."""
+    import gc
+
+    from agentledger.actors.providers import ScriptedProvider
+    from agentledger.actors.runtime import RuntimeConfig, start_run, workers_for
+    from agentledger.events import EventStore
+
+    config = RuntimeConfig(
+        store_url=url,
+        namespace="bench-in-process",
+        workspace_root=str(root / "workspaces"),
+        memory_dir=str(root / "memory"),
+    )
+    workers = workers_for(config, {"scripted": ScriptedProvider(ChainBrain(steps))})
+    models = {r: "scripted:chain" for r in ("coordinator", "research", "execution", "review")}
+    collecting = [0.0, 0.0]  # seconds in collections, and when the current one began
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting[1] = time.perf_counter()
+        else:
+            collecting[0] += time.perf_counter() - collecting[1]
+
+    before = gc.get_threshold()
+    gc.set_threshold(*gc_threshold)
+    gc.callbacks.append(timed)
+    try:
+        with EventStore.open(url) as store:
+            run = start_run(store, f"a chain of {steps} steps", models=models).stream
+            position, cpu = 0, time.process_time()
+            while batch := list(store.read_all(after_position=position)):
+                for event in batch:
+                    for worker in workers:
+                        worker.store._note_head(event)  # as its subscription would
+                        worker.deliver(event)
+                    position = event.position or position
+            cpu = time.process_time() - cpu
+            if store.read(run)[-1].type != "run.completed":
+                raise RuntimeError("the in-process bench run did not complete")
+    finally:
+        gc.callbacks.remove(timed)
+        gc.set_threshold(*before)
+        for worker in workers:
+            worker.store.close()
+    hops = [h for w in workers for h in w.hops]
+    wall = sum(h.handle_ms + h.append_ms for h in hops) / steps
+    own = sum(h.handle_cpu_ms + h.append_cpu_ms for h in hops) / steps
+    return (
+        f"{cpu * 1000 / steps:.2f} ms CPU a step in all; handlers + appends {wall:.2f} ms "
+        f"({own:.2f} ms CPU); collector {collecting[0] * 1000 / steps:.2f} ms a step"
     )
 
 
@@ -234,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="100 steps, SQLite only")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="also run the chain with the four agents in this process, no Ray (the runtime's "
+        "own CPU per step), with Python's default collector threshold and the agents' one",
+    )
     parser.add_argument("--pg-url", default=os.environ.get(PG_URL_ENV, DEFAULT_PG_URL))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -257,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| backend | measure | agents | baseline | ratio | target | |")
     print("|---|---|---|---|---|---|---|")
+    notes: list[str] = []
     for name in backends:
         backend = backend_for(name, args.pg_url)
         scratch = Path(tempfile.mkdtemp(prefix="agentledger-hop-"))
@@ -265,6 +332,20 @@ def main(argv: list[str] | None = None) -> int:
             small = one_run(backend.url("short"), short, scratch / "short")
             hashed = one_run(backend.url("hashed"), short, scratch / "hashed", "hash")
             large = one_run(backend.url("long"), steps, scratch / "long")
+            if args.in_process:
+                from agentledger.actors.runtime import _AGENT_GC_THRESHOLD
+
+                for label, threshold in (
+                    ("Python's default", (700, 10, 10)),
+                    ("the agents'", _AGENT_GC_THRESHOLD),
+                ):
+                    report = in_process(
+                        backend.url(f"inproc{threshold[0]}"),
+                        steps,
+                        scratch / f"inproc{threshold[0]}",
+                        threshold,
+                    )
+                    notes.append(f"{name}, in one process, collector threshold {label}: {report}")
         finally:
             backend.cleanup()
             shutil.rmtree(scratch, ignore_errors=True)
@@ -295,6 +376,11 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"≤ {TARGET_STEP_OVERHEAD_MS:g}",
             over <= TARGET_STEP_OVERHEAD_MS,
+        )
+        row(
+            name,
+            "per step: handlers + appends, CPU time of their threads (ms)",
+            f"{large.cpu_ms_per_step:.2f}",
         )
         row(name, "per step: handlers alone (ms)", f"{large.handler_ms_per_step:.2f}")
         row(name, "per step: appends alone (ms)", f"{large.append_ms_per_step:.2f}")
@@ -332,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         row(name, f"hop p50, {short} steps, record_prompts=hash (ms)", f"{hh50:.2f}")
         row(name, "events per step", f"{large.events / steps:.1f}")
         sys.stdout.flush()
+    if notes:
+        print()
+        for note in notes:
+            print(f"- {note}")
     return 0
 
 
