@@ -222,7 +222,7 @@ class EnvelopeMapper(Mapper[str]):
                 )
         except (UnknownEventType, UnsupportedSchemaVersion):
             raise
-        except (ValidationError, ValueError, KeyError, TypeError) as exc:
+        except (ValidationError, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise CorruptEvent(
                 f"{_where(position, stream, version)}: stored event of topic {topic!r} is "
                 f"damaged: {_short(exc)}. The log was not modified; run `agentledger verify-log`."

@@ -475,13 +475,13 @@ class EventStore:
             # cycles, and the collector's passes over them (and over what the caller keeps)
             # found nothing and cost a fifth of a read (bench/store.py).
             events: list[Event] = []
-            failure: AgentLedgerError | None = None
+            failure: Exception | None = None
             with collector_paused():
                 for i in range(0, len(rows), _DECODE_CHUNK):
                     chunk = rows[i : i + _DECODE_CHUNK]
                     try:
                         events.extend(decode_rows(chunk))
-                    except AgentLedgerError as exc:
+                    except Exception as exc:
                         failure = exc  # the events before the bad row are still read
                         events.extend(self._readable_prefix(chunk))
                         break
@@ -500,7 +500,7 @@ class EventStore:
         for row in rows:
             try:
                 events.append(self._mapper.decode_row(*row))
-            except AgentLedgerError:
+            except Exception:
                 break
         return events
 

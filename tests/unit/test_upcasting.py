@@ -254,3 +254,24 @@ def test_a_damaged_old_row_is_a_corrupt_event_naming_its_position(payload: Any) 
     }
     with pytest.raises(CorruptEvent, match="position 41"):
         EnvelopeMapper().decode(stored(document, "model.responded@1", 41))
+
+
+def test_an_old_row_nested_too_deep_is_a_corrupt_event_after_the_rows_before_it() -> None:
+    # A damaged body of an old schema version goes through json.loads, whose RecursionError
+    # must read as damage at its position, after the events the page holds before it.
+    from eventsourcing.persistence import StoredEvent
+
+    from agentledger.events import EventStore, ScratchpadUpdated
+
+    store = EventStore.open("memory://")
+    notes = [
+        ScratchpadUpdated(actor="human:ada", payload={"key": f"k{i}", "value": "v"})
+        for i in range(40)
+    ]
+    store.append("notes-1", notes)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    store.backend.recorder.insert_events([StoredEvent("notes-1", 41, "model.responded@1", deep)])
+    got: list[Any] = []
+    with pytest.raises(CorruptEvent, match="position 41"):
+        got.extend(store.read_all())
+    assert [e.version for e in got] == list(range(1, 41))
