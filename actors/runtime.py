@@ -830,6 +830,7 @@ class WatcherActor:
         self._watcher = ExpiryWatcher(self._store)
         self._thread = _exit_on_crash(lambda: self._watcher.run(self._stop), "the expiry watcher")
         self._notifier: Notifier | None = None
+        self._notifying: threading.Thread | None = None
         if config.notify_command or config.notify_webhook:
             self._notifier = Notifier(
                 EventStore.open(config.store_url),
@@ -837,7 +838,7 @@ class WatcherActor:
                 webhook=config.notify_webhook,
             )
             notifier = self._notifier
-            _exit_on_crash(lambda: notifier.run(self._stop), "the notifier")
+            self._notifying = _exit_on_crash(lambda: notifier.run(self._stop), "the notifier")
 
     def ready(self) -> str:
         """Its principal, once up."""
@@ -865,6 +866,8 @@ class WatcherActor:
         self._thread.join(timeout=10)
         self._store.close()
         if self._notifier is not None:
+            if self._notifying is not None:
+                self._notifying.join(timeout=10)  # its last delivery, before its store closes
             self._notifier.store.close()
 
 
