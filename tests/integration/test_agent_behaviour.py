@@ -8,6 +8,8 @@ offline model are real, and the HTTP provider talks to a closed local port.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,14 @@ import pytest
 from agentledger.actors.decisions import SUB_GOAL, sections
 from agentledger.actors.models import ModelRequest
 from agentledger.actors.providers import ProviderSettings, ScriptedProvider
-from agentledger.actors.runtime import ENDED, follow_run, start_run
+from agentledger.actors.runtime import (
+    ENDED,
+    AgentWorker,
+    RuntimeConfig,
+    agent_for,
+    follow_run,
+    start_run,
+)
 from agentledger.demo import DEMO_GOAL, prepare_demo
 from agentledger.events import (
     ApprovalGranted,
@@ -25,6 +34,8 @@ from agentledger.events import (
     EventStore,
     InvalidEvent,
     NotFound,
+    Role,
+    ScratchpadUpdated,
 )
 from agentledger.projections import RunStatus
 
@@ -348,3 +359,77 @@ def test_diff_finds_where_two_runs_decided_differently(tmp_path: Path, run_with:
     assert result.exit_code == 1 and f"position {found.left.position}" in result.output
     result = runner.invoke(app, ["diff", first[0].stream, "run-nope", "--store", url])
     assert result.exit_code == 1 and "no run 'run-nope'" in result.output
+
+
+# ---------------------------------------------------------------- what a worker decodes
+
+_NOTE_PLAN = {"reasoning": "one", "steps": [{"task_id": "t1", "goal": "note", "role": "research"}]}
+
+
+def _note_it(request: Any) -> str:
+    if request.purpose == "plan":
+        return json.dumps(_NOTE_PLAN)
+    if request.purpose == "research":
+        return json.dumps({"reasoning": "r", "answer": "noted", "sources": ["here"]})
+    return json.dumps({"accepted": True, "reasons": "ok"})
+
+
+def _follow(worker: AgentWorker, until: int) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop, 0.05), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while worker.position < until and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    thread.join(timeout=10)
+    assert worker.position == until
+
+
+def test_a_worker_decodes_only_what_it_may_act_on(
+    run_with: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status, events, _ = run_with(_note_it)
+    assert status is RunStatus.COMPLETED
+    run = events[0].stream
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    notes = [
+        ScratchpadUpdated(actor="human:ada", payload={"key": f"k{i}", "value": "v"})
+        for i in range(50)
+    ]
+    with EventStore.open(url) as store:
+        store.append("notes-1", notes)  # not a run: nobody's business
+        head = store.head_position()
+        log = list(store.read_all())
+
+    decoded: list[int] = []
+    decode_row = EventStore.decode_row
+
+    def counting(self: EventStore, position: int | None, *row: Any) -> Any:
+        decoded.append(position or 0)
+        return decode_row(self, position, *row)
+
+    monkeypatch.setattr(EventStore, "decode_row", counting)
+    config = RuntimeConfig(store_url=url, workspace_root=str(tmp_path / "ws"))
+    providers = {"scripted": ScriptedProvider(_note_it)}
+
+    # The execution agent has no part in the run: of it, only the events of the types it
+    # handles are decoded (to see whom a task is for); nothing of the stream that is no run's.
+    execution = AgentWorker(agent_for(Role.EXECUTION, "2", config, providers), EventStore.open(url))
+    _follow(execution, head)
+    handled = execution.agent.handled_types()
+    assert decoded == [e.position for e in log if e.type in handled]
+    assert execution.handled == 0 and execution.status()["runs_cached"] == 0
+    assert 0 < len(decoded) < len(log) - len(notes)
+
+    # A reviewer has a part in it: once it first acts there, it reads the run whole (its view
+    # is built from the log), and it reacts to nothing twice (the first reviewer did).
+    decoded.clear()
+    review = AgentWorker(agent_for(Role.REVIEW, "2", config, providers), EventStore.open(url))
+    _follow(review, head)
+    assert review.status()["runs_cached"] == 1
+    assert review.handled == 0
+    first_handled = next(e.position for e in log if e.type in review.agent.handled_types())
+    seen = set(decoded)
+    assert all(e.position in seen for e in log if e.stream == run and e.position >= first_handled)
+    assert not seen & {e.position for e in log if e.stream == "notes-1"}
