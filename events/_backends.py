@@ -599,7 +599,9 @@ def _append_recorder_class() -> type[PostgresProcessRecorder]:
                     channel=Identifier(self.channel_name),
                 )
             )
-            self._call = SQL("SELECT * FROM {schema}.{fn}(%s, %s, %s)").format(
+            # The events go in binary (%b): as text, psycopg escapes each composite row with
+            # a regex over its bytea's hex, 0.3 ms of CPU for a 20 KB event (a recorded prompt).
+            self._call = SQL("SELECT * FROM {schema}.{fn}(%b, %s, %s)").format(
                 schema=schema, fn=Identifier(self._function)
             )
 
