@@ -168,7 +168,9 @@ def wait_for_end(store: Any, run: str, timeout: float) -> Any:
     from agentledger.projections import RunStateProjection
 
     deadline = time.monotonic() + timeout
-    with store.subscribe(0, types=["run.completed", "run.failed", "run.cancelled"]) as ends:
+    # Not woken by appends either (the run's time comes from its events' timestamps).
+    ends_of_runs = ["run.completed", "run.failed", "run.cancelled"]
+    with store.subscribe(0, types=ends_of_runs, wake=False) as ends:
         while not any(e.stream == run for e in ends.poll(1.0)):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run} did not end in {timeout:.0f} s")
