@@ -310,13 +310,34 @@ class AgentWorker:
         self.position = self.store.position_of(self.consumer)
         _log.info("%s starts after position %d", self.consumer, self.position)
         self.recover()
-        subscription = self.store.subscribe(self.position)
+        try:
+            while not stop.is_set():
+                self._follow(stop, poll_timeout)
+        finally:
+            self._track_skipped()
+
+    def _follow(self, stop: threading.Event, poll_timeout: float) -> None:
+        """Follow the log from ``self.position`` until ``stop``, or until what to follow changes.
+
+        While it takes part in no run in progress, an agent follows only the types it handles
+        (with run control and forks): the appends of runs it has no part in then cost it no
+        read. When it first acts in a run it follows every event again, from that event on
+        (its view of the run needs them all), until its runs have ended.
+        """
+        narrow = self._narrow()
+        types = sorted(self._types | _CONTROL_TYPES | {"run.forked"}) if narrow else []
+        subscription = self.store.subscribe(self.position, types)
         self._subscription = subscription
         try:
             while not stop.is_set():
                 rows = subscription.poll_rows(poll_timeout)
                 if not rows:
+                    if narrow and subscription.scanned > self.position:
+                        # Everything up to the scan mark was looked at: nothing there for us.
+                        self.position = self._untracked = subscription.scanned
                     self._track_skipped()
+                    if not narrow and self._narrow():
+                        return
                     continue
                 # The last pause/resume/cancel of each run in this batch, found once per batch
                 # (the look-ahead of _halted_ahead, without rescanning the batch per event).
@@ -331,12 +352,19 @@ class AgentWorker:
                     if self._passes_over(row[1], row[3]):
                         self.position = row[0]
                         self._skip(row[0])
-                    else:
-                        self.deliver(subscription.decode(row))
-                self._controls = {}
+                        continue
+                    self.deliver(subscription.decode(row))
+                    if narrow and self._runs:
+                        return  # a part in a run: every event from here on
         finally:
+            self._controls = {}
             subscription.close()
-            self._track_skipped()
+
+    def _narrow(self) -> bool:
+        """Whether this agent takes part in no run in progress (views of ended runs go)."""
+        for run in [run for run, cache in self._runs.items() if cache.state.status in TERMINAL]:
+            del self._runs[run]
+        return not self._runs
 
     def _passes_over(self, stream: str, topic: str) -> bool:
         """Whether ``deliver`` would certainly skip the event of this stream and topic, so it
