@@ -310,13 +310,18 @@ class AgentWorker:
         self.position = self.store.position_of(self.consumer)
         _log.info("%s starts after position %d", self.consumer, self.position)
         self.recover()
+        subscription = self.store.subscribe(self.position)
+        self._subscription = subscription
         try:
             while not stop.is_set():
-                self._follow(stop, poll_timeout)
+                self._follow(subscription, stop, poll_timeout)
         finally:
+            subscription.close()
             self._track_skipped()
 
-    def _follow(self, stop: threading.Event, poll_timeout: float) -> None:
+    def _follow(
+        self, subscription: Subscription, stop: threading.Event, poll_timeout: float
+    ) -> None:
         """Follow the log from ``self.position`` until ``stop``, or until what to follow changes.
 
         While it takes part in no run in progress, an agent follows only the types it handles
@@ -326,8 +331,7 @@ class AgentWorker:
         """
         narrow = self._narrow()
         types = sorted(self._types | _CONTROL_TYPES | {"run.forked"}) if narrow else []
-        subscription = self.store.subscribe(self.position, types)
-        self._subscription = subscription
+        subscription.restart(self.position, types)
         try:
             while not stop.is_set():
                 rows = subscription.poll_rows(poll_timeout)
@@ -358,7 +362,6 @@ class AgentWorker:
                         return  # a part in a run: every event from here on
         finally:
             self._controls = {}
-            subscription.close()
 
     def _narrow(self) -> bool:
         """Whether this agent takes part in no run in progress (views of ended runs go)."""

@@ -710,6 +710,14 @@ class Subscription(Iterator[Event]):
                 raise
         return out
 
+    def restart(self, after_position: int, types: Sequence[str] = ()) -> None:
+        """Follow from ``after_position`` again, now only events of ``types`` (all if empty),
+        keeping what wakes this subscription (on PostgreSQL a listening connection): for a
+        consumer whose interest changes as it goes, cheaper than a new subscription."""
+        self._topics = self._store._topics(types)
+        self._buffer.clear()
+        self.position = self.scanned = after_position
+
     def poll_rows(self, timeout: float = 0.0) -> list[tuple[int, str, int, str, bytes]]:
         """Like ``poll``, but the rows undecoded, as (position, stream, version, topic, state):
         for a consumer that passes over most events by their stream and type, and decodes

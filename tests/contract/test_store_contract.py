@@ -819,6 +819,19 @@ class StoreContract(ABC):
             assert sub.poll(timeout=5) == [later]
             assert time.monotonic() - began < 2  # it looks a few times a second
 
+    def test_a_subscription_restarts_from_a_position_with_other_types(
+        self, store: EventStore
+    ) -> None:
+        events = store.append("run-1", [started(), paused("1"), assigned(), paused("2")])
+        with store.subscribe() as sub:
+            assert collect(sub, 4) == events
+            sub.restart(events[0].position, ["run.paused"])
+            assert sub.poll(timeout=5) == [events[1], events[3]]
+            [later] = store.append("run-1", [paused("3"), assigned("t2")])[:1]
+            assert sub.poll(timeout=5) == [later]
+            sub.restart(later.position)  # every type again, from there
+            assert [e.type for e in sub.poll(timeout=5)] == ["task.assigned"]
+
     def test_a_subscription_to_some_types_misses_none_while_others_write(
         self, store: EventStore
     ) -> None:
