@@ -84,6 +84,7 @@ _ACTION_TYPES = (
 )
 _CONTROL_TYPES = frozenset({"run.paused", "run.cancelled", "run.resumed"})
 _CONTROL_TOPICS = tuple(f"{t}@" for t in sorted(_CONTROL_TYPES))
+_END_TOPICS = tuple(f"{t}@" for t in ("run.cancelled", "run.completed", "run.failed"))
 # An agent's process keeps each run's events decoded (its views) and allocates a lot per turn:
 # with the default first threshold (700), the four agents of a 1,000-step run in one process
 # spent 0.6 ms a step in the collector, mostly full passes over every kept event (which make
@@ -350,6 +351,7 @@ class AgentWorker:
                     for position, stream, _, topic, _ in rows
                     if topic.startswith(_CONTROL_TOPICS)
                 }
+                ended = False
                 for row in rows:
                     if stop.is_set():
                         return
@@ -360,6 +362,11 @@ class AgentWorker:
                     self.deliver(subscription.decode(row))
                     if narrow and self._runs:
                         return  # a part in a run: every event from here on
+                    ended = ended or row[3].startswith(_END_TOPICS)
+                # A run of ours ended in this batch: narrow now, not only when the log is
+                # quiet (a busy log of other runs never is).
+                if ended and not narrow and self._narrow():
+                    return
         finally:
             self._controls = {}
 

@@ -79,6 +79,9 @@ class ClockWaiter(Waiter):
         time.sleep(timeout)
 
 
+_FILTER_PAGE = 1000  # rows looked through per query when a backend filters in Python
+
+
 class Backend(ABC):
     """A storage backend: a process recorder plus what the recorder does not offer."""
 
@@ -97,17 +100,32 @@ class Backend(ABC):
         """Every stream (optionally those starting with ``prefix``), in order of first position."""
 
     def read_page(
-        self, after: int, limit: int, topics: Sequence[str], stop: int | None
+        self, after: int, limit: int, kinds: Sequence[str], stop: int | None
     ) -> list[tuple[int, str, int, str, bytes]]:
         """Rows after ``after`` in position order, as (position, stream, version, topic, state).
 
-        The read path's page query: backends may answer it with plain tuples, cheaper than the
-        recorder's ``Notification`` objects.
+        ``kinds``: only rows of these event types, at *any* schema version (a topic is
+        ``type@version``): a row a newer writer stored at a version this reader does not know
+        must reach the decoder and fail there, never be passed over unseen. The read path's
+        page query: backends may answer it with plain tuples, cheaper than the recorder's
+        ``Notification`` objects.
         """
-        rows = self.reader.select_notifications(
-            after, limit, stop=stop, topics=topics, inclusive_of_start=False
-        )
-        return [(n.id, str(n.originator_id), n.originator_version, n.topic, n.state) for n in rows]
+        wanted = frozenset(kinds)
+        out: list[tuple[int, str, int, str, bytes]] = []
+        start = after
+        while len(out) < limit:
+            rows = self.reader.select_notifications(
+                start, _FILTER_PAGE, stop=stop, inclusive_of_start=False
+            )
+            for n in rows:
+                if not wanted or n.topic.partition("@")[0] in wanted:
+                    out.append((n.id, str(n.originator_id), n.originator_version, n.topic, n.state))
+                    if len(out) == limit:
+                        break
+            if len(rows) < _FILTER_PAGE:
+                break
+            start = rows[-1].id
+        return out
 
     @abstractmethod
     def select_stream(self, stream: str, gt: int, lte: int | None) -> list[Notification]:
@@ -401,7 +419,7 @@ class SQLiteBackend(Backend):
             return int(row[0]) if row else 0
 
     def read_page(
-        self, after: int, limit: int, topics: Sequence[str], stop: int | None
+        self, after: int, limit: int, kinds: Sequence[str], stop: int | None
     ) -> list[tuple[int, str, int, str, bytes]]:
         # Plain tuples straight from sqlite3: building sqlite3.Row and Notification objects
         # cost more per row than the query itself (bench/store.py).
@@ -413,9 +431,11 @@ class SQLiteBackend(Backend):
         if stop is not None:
             statement += " AND rowid <= ?"
             params.append(stop)
-        if topics:
-            statement += f" AND topic IN ({','.join('?' * len(topics))})"
-            params.extend(topics)
+        if kinds:  # the type before '@', whatever the schema version (see Backend.read_page)
+            statement += (
+                f" AND substr(topic, 1, instr(topic, '@') - 1) IN ({','.join('?' * len(kinds))})"
+            )
+            params.extend(kinds)
         statement += " ORDER BY rowid LIMIT ?"
         params.append(limit)
         with self.read_datastore.transaction(commit=False) as cursor:
@@ -748,14 +768,14 @@ class PostgresBackend(Backend):
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def read_page(
-        self, after: int, limit: int, topics: Sequence[str], stop: int | None
+        self, after: int, limit: int, kinds: Sequence[str], stop: int | None
     ) -> list[tuple[int, str, int, str, bytes]]:
         # The recorder's select_notifications with plain tuple rows: psycopg's dict rows and
         # the Notification objects built from them cost more per row than the decoding.
         from psycopg import sql
         from psycopg.rows import tuple_row
 
-        key = (bool(topics), stop is not None)
+        key = (bool(kinds), stop is not None)
         statement = self._page_statements.get(key)
         if statement is None:
             text = (
@@ -764,8 +784,8 @@ class PostgresBackend(Backend):
             )
             if stop is not None:
                 text += " AND notification_id <= %s"
-            if topics:
-                text += " AND topic = ANY(%s)"
+            if kinds:  # the type before '@', whatever the schema version
+                text += " AND split_part(topic, '@', 1) = ANY(%s)"
             text += " ORDER BY notification_id LIMIT %s"
             statement = sql.SQL(text).format(
                 sql.Identifier(self.settings.schema),
@@ -775,8 +795,8 @@ class PostgresBackend(Backend):
         params: list[Any] = [after]
         if stop is not None:
             params.append(stop)
-        if topics:
-            params.append(list(topics))
+        if kinds:
+            params.append(list(kinds))
         params.append(limit)
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(statement, params, prepare=True)

@@ -463,14 +463,15 @@ class EventStore:
         types: Sequence[str] = (),
         to_position: int | None = None,
     ) -> Iterator[Event]:
-        """Events in global order after ``after_position`` (optionally only of ``types``)."""
-        topics = self._topics(types)
+        """Events in global order after ``after_position`` (optionally only of ``types``, at
+        any schema version: one this version does not know fails to decode, unskipped)."""
+        kinds = self._kinds(types)
         decode_rows = self._mapper.decode_rows
         remaining = limit
         start = max(after_position, 0)
         while remaining is None or remaining > 0:
             page = _PAGE if remaining is None else min(_PAGE, remaining)
-            rows = self._backend.read_page(start, page, topics, to_position)
+            rows = self._backend.read_page(start, page, kinds, to_position)
             # A page is decoded whole with the cyclic collector paused: its events make no
             # cycles, and the collector's passes over them (and over what the caller keeps)
             # found nothing and cost a fifth of a read (bench/store.py).
@@ -581,6 +582,16 @@ class EventStore:
         return self._mapper.plain_state(row)
 
     @staticmethod
+    def _kinds(types: Sequence[str]) -> list[str]:
+        """``types`` checked: the read path filters rows by type, at any schema version."""
+        for name in types:
+            if name not in EVENT_TYPES:
+                raise NotFound(
+                    f"unknown event type {name!r}; known types: {', '.join(sorted(EVENT_TYPES))}"
+                )
+        return list(types)
+
+    @staticmethod
     def _topics(types: Sequence[str]) -> list[str]:
         topics: list[str] = []
         for name in types:
@@ -617,7 +628,7 @@ class EventStore:
         each append, for a consumer to which that delay does not matter (an approval's expiry):
         it then costs the appends nothing (no LISTEN connection, no SQLite polling).
         """
-        return Subscription(self, after_position, self._topics(types), wake=wake)
+        return Subscription(self, after_position, self._kinds(types), wake=wake)
 
     def record_position(self, consumer: str, position: int) -> None:
         """Record that ``consumer`` processed everything up to ``position`` (nothing to append)."""
@@ -659,10 +670,10 @@ class Subscription(Iterator[Event]):
     """
 
     def __init__(
-        self, store: EventStore, after_position: int, topics: list[str], *, wake: bool = True
+        self, store: EventStore, after_position: int, kinds: list[str], *, wake: bool = True
     ) -> None:
         self._store = store
-        self._topics = topics
+        self._kinds = kinds  # event types followed, at any schema version (all if empty)
         self.position = after_position
         # Where the next fetch reads from: past the last row fetched, or, for a subscription
         # to some types, past the newest position the last fetch looked through.
@@ -674,7 +685,7 @@ class Subscription(Iterator[Event]):
     def _fetch(self) -> bool:
         self._waiter.arm()
         backend = self._store.backend
-        if not self._topics:
+        if not self._kinds:
             rows = backend.read_page(self.scanned, _SUBSCRIPTION_PAGE, (), None)
             if rows:
                 self.scanned = rows[-1][0]
@@ -684,7 +695,7 @@ class Subscription(Iterator[Event]):
             # commit order is position order), not after the last matching row — else each
             # wake-up would look again through every other event since that row.
             head = self._store.head_position()
-            rows = backend.read_page(self.scanned, _SUBSCRIPTION_PAGE, self._topics, head)
+            rows = backend.read_page(self.scanned, _SUBSCRIPTION_PAGE, self._kinds, head)
             if len(rows) == _SUBSCRIPTION_PAGE:
                 self.scanned = rows[-1][0]
             else:
@@ -714,7 +725,7 @@ class Subscription(Iterator[Event]):
         """Follow from ``after_position`` again, now only events of ``types`` (all if empty),
         keeping what wakes this subscription (on PostgreSQL a listening connection): for a
         consumer whose interest changes as it goes, cheaper than a new subscription."""
-        self._topics = self._store._topics(types)
+        self._kinds = self._store._kinds(types)
         self._buffer.clear()
         self.position = self.scanned = after_position
 

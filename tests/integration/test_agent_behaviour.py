@@ -433,3 +433,53 @@ def test_a_worker_decodes_only_what_it_may_act_on(
     seen = set(decoded)
     assert all(e.position in seen for e in log if e.stream == run and e.position >= first_handled)
     assert not seen & {e.position for e in log if e.stream == "notes-1"}
+
+
+def test_a_worker_lets_go_of_a_run_once_it_ended_though_others_keep_the_log_busy(
+    tmp_path: Path,
+) -> None:
+    from agentledger.events import RunCancelled, RunStarted, TaskAssigned, TaskPlanned
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    config = RuntimeConfig(store_url=url, workspace_root=str(tmp_path / "ws"))
+    providers = {"scripted": ScriptedProvider(_note_it)}
+    worker = AgentWorker(agent_for(Role.RESEARCH, "1", config, providers), EventStore.open(url))
+    stop = threading.Event()
+    following = threading.Thread(target=worker.run, args=(stop, 0.5), daemon=True)
+    with EventStore.open(url) as store:
+        following.start()
+
+        def busy() -> None:  # another run, none of this worker's business, never quiet
+            while not stop.is_set():
+                note = ScratchpadUpdated(actor="human:bob", payload={"key": "k", "value": "v"})
+                store.append("run-busy", [note])
+                time.sleep(0.05)
+
+        store.append("run-busy", [RunStarted(actor="human:bob", payload={"goal": "other"})])
+        other = threading.Thread(target=busy, daemon=True)
+        other.start()
+        try:
+            store.append("run-a", [RunStarted(actor="human:ada", payload={"goal": "g"})])
+            coordinator = "agent:coordinator/1"
+            task = {"task_id": "t1", "role": "research"}
+            store.append(
+                "run-a",
+                [
+                    TaskPlanned(actor=coordinator, payload={**task, "goal": "look it up"}),
+                    TaskAssigned(actor=coordinator, payload=task),
+                ],
+            )
+            deadline = time.monotonic() + 20
+            while worker.handled < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert worker.handled == 1 and worker.status()["runs_cached"] == 1
+            store.append("run-a", [RunCancelled(actor="human:ada", payload={"reason": "enough"})])
+            deadline = time.monotonic() + 10
+            while worker.status()["runs_cached"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert worker.status()["runs_cached"] == 0  # its view went, as the run ended
+        finally:
+            stop.set()
+            other.join(timeout=5)
+            following.join(timeout=10)
+            worker.store.close()
