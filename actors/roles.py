@@ -433,12 +433,16 @@ class Execution(_Worker):
 
     @on(RunResumed)
     def resumed(self, event: RunResumed, turn: Turn) -> None:
-        """After a pause: start the sub-tasks nobody started, and run actions approved
-        while the run was paused."""
+        """After a pause: start the sub-tasks nobody started, run actions approved while the
+        run was paused, and fail the sub-tasks of actions denied or expired meanwhile."""
         for task in self._stalled(turn):
             self._act(task.task_id, turn)
         for action in list(turn.run.state.actions.values()):
-            if action.status is ActionStatus.APPROVED:
+            if action.status in (ActionStatus.DENIED, ActionStatus.EXPIRED):
+                decision = self._unanswered_refusal(turn, action.action_id)
+                if decision is not None:
+                    self.denied(decision, turn)
+            elif action.status is ActionStatus.APPROVED:
                 grant = next(
                     (
                         e
@@ -524,6 +528,22 @@ class Execution(_Worker):
             error = "the approval request expired without a decision"
         rest = [p for p in self._proposals(turn.run, task_id) if self._still_proposed(turn, p)]
         self._fail_rest(turn, task_id, ActionOutcome(proposal.payload.action_id, error=error), rest)
+
+    def _unanswered_refusal(
+        self, turn: Turn, action_id: str
+    ) -> ApprovalDenied | ApprovalExpired | None:
+        """The denial or expiry of one of this agent's actions that its sub-task has not
+        failed on yet (it came while the run was paused), else None."""
+        found = self._my_action(turn, action_id)
+        if found is None:
+            return None
+        task_id = found[1]
+        for e in reversed(turn.run.events):
+            if isinstance(e, TaskFailed) and e.payload.task_id == task_id:
+                return None  # the sub-task failed after it: answered
+            if isinstance(e, ApprovalDenied | ApprovalExpired) and e.payload.action_id == action_id:
+                return e
+        return None
 
     def _recover(self, cause: Event, turn: Turn) -> None:
         """An action began and never ended: record that its outcome is unknown; retry it if it

@@ -162,6 +162,20 @@ def test_a_denial_makes_the_coordinator_replan_and_a_second_denial_fails_the_run
     assert (demo.workspace / "notes.tmp").exists()
 
 
+def test_a_denial_made_while_the_run_is_paused_is_acted_on_when_it_resumes(demo: Any) -> None:
+    steer(demo.store, demo.run, ADA, "pause", "let me think")
+    decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=False, note="keep it")
+    steer(demo.store, demo.run, ADA, "resume")
+    state = follow_run(demo.store, demo.run, timeout=60)
+    # As for a denial while it runs: the sub-task fails, the coordinator replans and asks again.
+    assert state.status is RunStatus.WAITING_FOR_APPROVAL
+    (again,) = state.pending_approvals.values()
+    assert again.action_id != demo.pending.action_id
+    types = [e.type for e in demo.store.read(demo.run)]
+    resumed = types.index("run.resumed")
+    assert "task.failed" in types[resumed:] and "task.failed" not in types[:resumed]
+
+
 def test_a_denial_with_another_way_completes_the_run(tmp_path: Path, threaded_agents: Any) -> None:
     """A model that finds another way after a denial: the run completes without the action."""
 
