@@ -585,7 +585,9 @@ class AgentWorker:
         for key in sorted(mine & set(last)):
             e = last[key]
             began = (e.type == "action.risk_assessed" and e.payload.risk is not RiskLevel.HIGH) or (
-                e.type == "approval.granted" and self._handled(e, e.id in inherited)
+                e.type == "approval.granted"
+                and self._handled(e, e.id in inherited)
+                and (e.id in inherited or self._acted_on_grant(e))
             )
             if began and self._mine(e.stream):
                 orphans.append(e)
@@ -620,6 +622,20 @@ class AgentWorker:
                 if x.type in _ACTION_TYPES:
                     inherited.add(x.id)
                     yield x
+
+    def _acted_on_grant(self, grant: Event) -> bool:
+        """Whether this agent's tracking passed the point where it acts on ``grant``: the grant
+        itself, or — for a grant made while the run was paused, which it passes over — the
+        resume after it (where it runs what was approved meanwhile). A tracking position past
+        a paused run's grant alone says nothing was begun."""
+        events = self.store.read(grant.stream)
+        state = RunStateProjection().fold(e for e in events if e.version <= grant.version)
+        if state.status is not RunStatus.PAUSED:
+            return True
+        resumed = next(
+            (e for e in events if e.version > grant.version and e.type == "run.resumed"), None
+        )
+        return resumed is not None and (resumed.position or 0) <= self.position
 
     def _handled(self, event: Event, inherited: bool) -> bool:
         """Whether this agent's tracking says it handled ``event`` (for a fork's inherited

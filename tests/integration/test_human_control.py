@@ -8,6 +8,7 @@ import getpass
 import hashlib
 import json
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,34 @@ def test_a_denial_made_while_the_run_is_paused_is_acted_on_when_it_resumes(demo:
     types = [e.type for e in demo.store.read(demo.run)]
     resumed = types.index("run.resumed")
     assert "task.failed" in types[resumed:] and "task.failed" not in types[:resumed]
+
+
+def test_a_grant_made_while_paused_survives_a_restart_before_the_resume(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    # The agents pass over a paused run's grant; a restart must not take it for an action
+    # begun and never finished (outcome unknown): after the resume the action runs.
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    docs, workspace = prepare_demo(tmp_path)
+    with EventStore.open(url) as store:
+        with threaded_agents(url, tmp_path):
+            run = start_run(store, DEMO_GOAL, docs=docs, workspace=workspace).stream
+            state = follow_run(store, run, timeout=60)
+            (pending,) = state.pending_approvals.values()
+            steer(store, run, ADA, "pause", "let me think")
+            decide(store, run, pending.action_id, ADA, grant=True, note="fine")
+            head = store.head_position()
+            deadline = time.monotonic() + 10
+            while store.position_of("agent:execution/1") < head and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert store.position_of("agent:execution/1") >= head  # it passed over the grant
+        with threaded_agents(url, tmp_path):
+            steer(store, run, ADA, "resume")
+            state = follow_run(store, run, until=ENDED, timeout=60)
+        types = [e.type for e in store.read(run)]
+    assert "action.outcome_unknown" not in types
+    assert state.status is RunStatus.COMPLETED
+    assert state.actions[pending.action_id].status.value == "executed"
 
 
 def test_a_denial_with_another_way_completes_the_run(tmp_path: Path, threaded_agents: Any) -> None:
