@@ -245,8 +245,6 @@ def in_process(url: str, steps: int, root: Path, gc_threshold: tuple[int, int, i
     Each event is read and decoded once here and the same object handed to each worker in log
     order (no subscriptions): "CPU a step in all" counts that one decode per event, not the
     four fetches and decodes of four agent processes."""
-    import gc
-
     from agentledger.actors.providers import ScriptedProvider
     from agentledger.actors.runtime import RuntimeConfig, start_run, workers_for
     from agentledger.events import EventStore

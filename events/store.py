@@ -593,14 +593,8 @@ class EventStore:
 
     @staticmethod
     def _topics(types: Sequence[str]) -> list[str]:
-        topics: list[str] = []
-        for name in types:
-            if name not in EVENT_TYPES:
-                raise NotFound(
-                    f"unknown event type {name!r}; known types: {', '.join(sorted(EVENT_TYPES))}"
-                )
-            topics.extend(topics_for(name))
-        return topics
+        """Every stored topic of ``types`` this version knows (all their schema versions)."""
+        return [topic for name in EventStore._kinds(types) for topic in topics_for(name)]
 
     def head_position(self) -> int:
         """The position of the newest event in the log (0 when empty)."""
