@@ -12,6 +12,7 @@ builds a ``context.summarized`` event (summary written by the agent's model, thr
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import uuid
@@ -125,6 +126,35 @@ class Shares:
     history: float = 0.4
 
 
+@dataclass(frozen=True)
+class _History:
+    """A role's history in one run, as far as one list of its events was read: the role's
+    latest summary there and its own events since the summary's end, with their tokens.
+
+    Every turn of an agent asks for it (``plan_summary`` and ``assemble``) over a list that
+    only grew since its last turn, so only the new events are read (``MemoryManager._history``).
+    Frozen: an extension makes a new one, so a reader never sees one half built."""
+
+    first: uuid.UUID  # id of the list's first event and of the last one read
+    last: uuid.UUID
+    read: int  # how many events of the list were read
+    summary: ContextSummarized | None
+    mine: list[Event]  # own history after the summary's to_position (all of it if none)
+    tokens: int  # the tokens of their lines (``MemoryManager.line``), summed
+
+
+@dataclass(frozen=True)
+class _PadLines:
+    """The scratchpad section made from one scratchpad object at one count of updates."""
+
+    pad: Scratchpad  # held, so its id is not reused while this is remembered
+    updates: int
+    size: int
+    limit: int
+    text: str
+    tokens: int
+
+
 class MemoryManager:
     """Assembles contexts (see the module docstring)."""
 
@@ -141,6 +171,11 @@ class MemoryManager:
         # (events are immutable, so a line never goes stale; the caches are bounded).
         self.count = functools.lru_cache(maxsize=65_536)(count)
         self._lines: dict[uuid.UUID, str] = {}
+        # Per (run, role) and per scratchpad: what the last turn read, extended by the next.
+        self._histories: collections.OrderedDict[tuple[str, str], _History] = (
+            collections.OrderedDict()
+        )
+        self._pads: collections.OrderedDict[int, _PadLines] = collections.OrderedDict()
         self.shares = shares
         self.memories_per_context = memories_per_context
 
@@ -181,10 +216,7 @@ class MemoryManager:
         add("sub-goal", goal_text, remaining)
 
         pad = scratchpad if scratchpad is not None else ScratchpadProjection().fold(run_events)
-        values = pad.values
-        # Lines made only as far as the budget goes (a long run's scratchpad has many keys).
-        pad_lines = (f"{k}: {values[k].value}" for k in sorted(values))
-        pad_text, pad_cost = _fit_lines(pad_lines, int(budget * self.shares.scratchpad), self.count)
+        pad_text, pad_cost = self._pad_section(pad, int(budget * self.shares.scratchpad))
         add("scratchpad", pad_text, remaining, pad_cost)
 
         if self.long_term is not None and sub_goal.strip():
@@ -204,16 +236,17 @@ class MemoryManager:
             if add("long-term memory", "\n".join(lines), remaining, max(0, used - 1)):
                 context.memories = kept
 
-        summary = latest_summary(run_events, role)
-        covered = 0
+        history = self._history(run_events, role)
+        summary = history.summary
         if summary is not None and add(
             "summary of earlier history",
             summary.payload.summary,
             int(budget * self.shares.summary),
         ):
             context.summary_event_id = str(summary.id)
-            covered = summary.payload.to_position
-        recent_pool = _since(run_events, covered)
+            recent_pool = history.mine
+        else:  # no summary, or it does not fit: the whole history is the pool
+            recent_pool = history.mine if summary is None else _since(run_events, 0)
         recent = short_term(recent_pool, role, remaining, render=self.line, count=self.count)
         lines = [self.line(e) for e in recent]
         cost = sum(self.count(line) for line in lines) + max(0, len(lines) - 1)
@@ -247,12 +280,10 @@ class MemoryManager:
         summary) is summarized. ``actor``: the agent that appends it (default: the role's memory).
         """
         history_budget = int(budget * self.shares.history)
-        previous = latest_summary(run_events, role)
-        covered = previous.payload.to_position if previous else 0
-        mine = [e for e in _since(run_events, covered) if is_own_history(e, role)]
-        lines = [self.line(e) for e in mine]
-        if sum(self.count(line) for line in lines) <= history_budget:
+        history = self._history(run_events, role)
+        if history.tokens <= history_budget:
             return None
+        previous, mine = history.summary, history.mine
         keep = short_term(mine, role, history_budget // 2, render=self.line, count=self.count)
         older = mine[: len(mine) - len(keep)]
         if not older:
@@ -273,6 +304,83 @@ class MemoryManager:
             },
             **last.caused_by(last),
         )
+
+    def _history(self, run_events: Sequence[Event], role: str) -> _History:
+        """``role``'s latest summary among ``run_events`` and its own events since, read from
+        where the previous call for this run and role stopped when ``run_events`` extends the
+        list it read (the same first event, and the same event where it stopped)."""
+        if not run_events:
+            return _History(uuid.UUID(int=0), uuid.UUID(int=0), 0, None, [], 0)
+        key = (run_events[0].stream, role)
+        known = self._histories.get(key)
+        n = len(run_events)
+        if (
+            known is not None
+            and known.read <= n
+            and run_events[0].id == known.first
+            and run_events[known.read - 1].id == known.last
+        ):
+            history: _History | None = known
+            if known.read < n:
+                history = self._extended(known, run_events, role)
+        else:
+            history = None
+        if history is None:
+            summary = latest_summary(run_events, role)
+            covered = summary.payload.to_position if summary else 0
+            mine = [e for e in _since(run_events, covered) if is_own_history(e, role)]
+            tokens = sum(self.count(self.line(e)) for e in mine)
+            history = _History(run_events[0].id, run_events[-1].id, n, summary, mine, tokens)
+        self._histories[key] = history
+        self._histories.move_to_end(key)
+        while len(self._histories) > _REMEMBERED:
+            self._histories.popitem(last=False)
+        return history
+
+    def _extended(self, known: _History, run_events: Sequence[Event], role: str) -> _History | None:
+        """``known`` with the events after it, or None where reading them all is needed: a
+        new summary of the role, or an event not after the summary's end (which the walk of
+        ``_since`` from the end would stop at)."""
+        covered = known.summary.payload.to_position if known.summary else 0
+        added, tokens = [], known.tokens
+        for event in run_events[known.read :]:
+            if (event.position or 0) <= covered or (
+                isinstance(event, ContextSummarized) and event.payload.agent == role
+            ):
+                return None
+            if is_own_history(event, role):
+                added.append(event)
+                tokens += self.count(self.line(event))
+        mine = [*known.mine, *added] if added else known.mine
+        return _History(
+            known.first, run_events[-1].id, len(run_events), known.summary, mine, tokens
+        )
+
+    def _pad_section(self, pad: Scratchpad, limit: int) -> tuple[str, int]:
+        """The scratchpad's lines, key order, as many as fit in ``limit`` tokens, and their
+        tokens; remembered per scratchpad object until its next update (folds count every
+        update in ``Scratchpad.updates``; a long run's scratchpad has many keys)."""
+        known = self._pads.get(id(pad))
+        if (
+            known is not None
+            and known.pad is pad
+            and known.updates == pad.updates
+            and known.size == len(pad.values)
+            and known.limit == limit
+        ):
+            return known.text, known.tokens
+        values = pad.values
+        # Lines made only as far as the budget goes.
+        lines = (f"{k}: {values[k].value}" for k in sorted(values))
+        text, tokens = _fit_lines(lines, limit, self.count)
+        self._pads[id(pad)] = _PadLines(pad, pad.updates, len(values), limit, text, tokens)
+        self._pads.move_to_end(id(pad))
+        while len(self._pads) > _REMEMBERED:
+            self._pads.popitem(last=False)
+        return text, tokens
+
+
+_REMEMBERED = 64  # runs (per role) and scratchpads whose last reading a MemoryManager keeps
 
 
 def latest_summary(run_events: Sequence[Event], role: str) -> ContextSummarized | None:

@@ -252,15 +252,24 @@ class Coordinator(Agent):
 
     def _advance(self, turn: Turn) -> None:
         tasks = turn.run.state.tasks
-        done = _done_tasks(tasks)
-        # One pass over the tasks not done (a long plan has many), set operations in C.
-        pending = [t for t in tasks if t not in done]
-        if all(_REPLAN in t for t in pending):
+        # Two passes over the plan at most (a long plan has many tasks): what is done and
+        # what is still planned, then whether any task not done is an original one.
+        done, planned, failed = set(), [], False
+        for task_id, info in tasks.items():
+            status = info.status
+            if status is TaskStatus.ACCEPTED:
+                done.add(task_id)
+            elif status is TaskStatus.PLANNED:
+                planned.append(info)
+            elif status is TaskStatus.FAILED:
+                failed = True
+        if failed:
+            done = _done_tasks(tasks)  # failed tasks whose replacements are all accepted
+        if not any(_REPLAN not in t for t in tasks if t not in done):
             self._complete(turn)
             return
-        for task_id in pending:
-            task = tasks[task_id]
-            if task.status is TaskStatus.PLANNED and done.issuperset(task.depends_on):
+        for task in planned:
+            if done.issuperset(task.depends_on):
                 turn.emit(
                     TaskAssigned,
                     task_id=task.task_id,
@@ -306,13 +315,24 @@ def plan_problem(steps: Sequence[PlannedStep]) -> str | None:
         unknown = [d for d in step.depends_on if d not in known]
         if unknown:
             return f"step {step.task_id} depends on unknown steps {unknown}"
-    deps = {s.task_id: set(s.depends_on) for s in steps}
+    # Kahn's order: take the steps with no dependency left; any that remain are in a cycle
+    # or wait on one (linear in the plan: a chain of thousands of steps is a common plan).
+    waiting = {s.task_id: len(set(s.depends_on)) for s in steps}
+    dependents: dict[str, list[str]] = {}
+    for step in steps:
+        for dependency in set(step.depends_on):
+            dependents.setdefault(dependency, []).append(step.task_id)
+    ready = [t for t, n in waiting.items() if n == 0]
     done: set[str] = set()
-    while len(done) < len(deps):
-        ready = [t for t, d in deps.items() if t not in done and d <= done]
-        if not ready:
-            return "the dependencies form a cycle among " + ", ".join(sorted(set(deps) - done))
-        done.update(ready)
+    while ready:
+        task_id = ready.pop()
+        done.add(task_id)
+        for dependent in dependents.get(task_id, ()):
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                ready.append(dependent)
+    if len(done) < len(waiting):
+        return "the dependencies form a cycle among " + ", ".join(sorted(set(waiting) - done))
     return None
 
 

@@ -598,7 +598,7 @@ class EventStore:
 
     def head_position(self) -> int:
         """The position of the newest event in the log (0 when empty)."""
-        return self._reader.max_notification_id() or 0
+        return self._backend.head_position()
 
     def streams(self, prefix: str = "") -> list[StreamSummary]:
         """Every stream, in order of first appearance (optionally only those with ``prefix``)."""
@@ -633,7 +633,7 @@ class EventStore:
 
     def position_of(self, consumer: str) -> int:
         """The last position ``consumer`` recorded (0 if none)."""
-        return self._reader.max_tracking_id(consumer) or 0
+        return self._backend.tracked_position(consumer)
 
     def verify(self, progress: Callable[[int], None] | None = None) -> Report:
         """Check every event's hash and every stream's chain (see ``agentledger.events.verify``)."""

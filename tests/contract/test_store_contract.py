@@ -1501,6 +1501,25 @@ class TestSQLiteStore(StoreContract):
     def raw_log(self, store: EventStore) -> RawLog:
         return SQLiteRawLog(str(store.backend.path))
 
+    def test_reads_of_ended_threads_leave_no_connection_open(self, store: EventStore) -> None:
+        # Hot reads go on a connection per thread (no pool lock, BEGIN or ROLLBACK around
+        # each): a server answering each request on a new thread must not gather them.
+        store.append("run-a", [started()])
+        seen: list[int] = []
+
+        def read() -> None:
+            seen.append(len(store.read("run-a")) + store.head_position())
+
+        for _ in range(20):
+            thread = threading.Thread(target=read)
+            thread.start()
+            thread.join()
+        assert seen == [2] * 20
+        open_now = store.backend._read_conns  # type: ignore[attr-defined]
+        assert len(open_now) <= 1 and all(t.is_alive() for t, _ in open_now[:-1])
+        store.close()
+        assert store.backend._read_conns == []  # type: ignore[attr-defined]
+
 
 @pytest.mark.postgres
 class TestPostgresStore(StoreContract):

@@ -35,7 +35,7 @@ from agentledger.events import (
     ScratchpadUpdated,
     TaskAssigned,
 )
-from agentledger.projections.memory import LongTermMemory
+from agentledger.projections.memory import LongTermMemory, Scratchpad, ScratchpadProjection
 from agentledger.projections.tokens import approx_tokens
 
 ROLES = ("coordinator", "research", "execution", "review")
@@ -171,6 +171,56 @@ def test_assembled_context_never_exceeds_the_budget(
             assert context.position == run.events()[-1].position
             if sub_goal.strip():
                 assert context.sections[0].name == "sub-goal"
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    budget=st.integers(min_value=32, max_value=3000),
+    seed=st.integers(min_value=0, max_value=10_000),
+    steps=st.lists(st.integers(min_value=1, max_value=25), min_size=2, max_size=8),
+    role=st.sampled_from(ROLES),
+)
+def test_a_manager_that_read_the_run_before_answers_as_a_fresh_one(
+    budget: int, seed: int, steps: list[int], role: str
+) -> None:
+    # Agents keep one manager for all their turns; it reads only what a run gained since its
+    # last turn, and keeps the scratchpad section until the scratchpad changes. What it gives
+    # must be what a manager reading the whole run for the first time gives (replays build
+    # contexts that way). The scratchpad is folded in place, as the runtime keeps it.
+    warm, summarizer = MemoryManager(), ExtractiveSummarizer()
+    pad, fold = Scratchpad(), ScratchpadProjection()
+    with EventStore.open("memory://") as store:
+        run = Run(store, seed)
+        seen = 0
+        for n in steps:
+            run.grow(n)
+            events = run.events()
+            for event in events[seen:]:
+                pad = fold.apply(pad, event)
+            seen = len(events)
+            for _ in range(2):  # a second turn on the same events reads nothing new
+                got = warm.plan_summary(events, role, budget, summarizer)
+                fresh = MemoryManager().plan_summary(events, role, budget, summarizer)
+                assert (got and got.payload) == (fresh and fresh.payload)
+                a = warm.assemble(events, role, "next", budget, scratchpad=pad)
+                b = MemoryManager().assemble(events, role, "next", budget, scratchpad=pad)
+                assert (a.sections, a.event_ids, a.summary_event_id) == (
+                    b.sections,
+                    b.event_ids,
+                    b.summary_event_id,
+                )
+            if got is not None:
+                run.append(got)
+                # The turn's own view: the new summary not yet in the log (no position).
+                view = [*events, got]
+                a = warm.assemble(view, role, "next", budget, scratchpad=pad)
+                b = MemoryManager().assemble(view, role, "next", budget, scratchpad=pad)
+                assert (a.sections, a.event_ids) == (b.sections, b.event_ids)
+        # A list that does not extend the one read (a view as of an earlier position).
+        earlier = run.events()[: max(1, seen // 2)]
+        a = warm.assemble(earlier, role, "next", budget)
+        b = MemoryManager().assemble(earlier, role, "next", budget)
+        assert (a.sections, a.event_ids) == (b.sections, b.event_ids)
 
 
 def test_sections_are_drawn_from_the_log_and_long_term_memory(

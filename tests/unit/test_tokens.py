@@ -46,6 +46,13 @@ def test_fast_count_equals_the_definition_on_any_text(text: str) -> None:
     assert approx_tokens(text) == _approx_tokens_by_piece(text)
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=300))
+def test_fast_count_equals_the_definition_on_ascii_text(text: str) -> None:
+    # ASCII text takes its own path (str.translate and split instead of the regexes).
+    assert approx_tokens(text) == _approx_tokens_by_piece(text)
+
+
 def test_known_counts() -> None:
     assert approx_tokens("") == 0
     assert approx_tokens("hello world") == 2
