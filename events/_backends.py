@@ -8,10 +8,14 @@ memory), and a summary of streams (which the recorders do not offer).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import random
+import select
 import sqlite3
+import struct
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -223,15 +227,89 @@ class MemoryBackend(Backend):
 # ---------------------------------------------------------------- SQLite
 
 
+class _FileWatch:
+    """Linux inotify on one file: ``wait`` returns True when the file's attributes or contents
+    changed since the last wait (events queue in the kernel, so none is lost between waits).
+    ``open`` gives None where inotify is missing (other systems) or refuses."""
+
+    _IN_MODIFY, _IN_ATTRIB, _IN_DELETE_SELF, _IN_IGNORED = 0x2, 0x4, 0x400, 0x8000
+    _libc: Any = None
+
+    def __init__(self, fd: int, path: str) -> None:
+        self._fd, self._path = fd, path
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+        self._watch()
+
+    @classmethod
+    def open(cls, path: str) -> _FileWatch | None:
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            if cls._libc is None:
+                cls._libc = ctypes.CDLL(None, use_errno=True)
+            fd = cls._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            if fd < 0:
+                return None
+            try:
+                return cls(fd, path)
+            except OSError:
+                os.close(fd)
+                return None
+        except (OSError, AttributeError):  # no libc, or one without inotify
+            return None
+
+    def _watch(self) -> None:
+        # The file may not exist yet (or was removed): make it, then watch it.
+        with open(self._path, "ab"):
+            pass
+        mask = self._IN_MODIFY | self._IN_ATTRIB | self._IN_DELETE_SELF
+        if self._libc.inotify_add_watch(self._fd, os.fsencode(self._path), mask) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {self._path}")
+
+    def wait(self, timeout: float) -> bool:
+        if not self._poll.poll(max(0, int(timeout * 1000))):
+            return False
+        try:
+            data = os.read(self._fd, 65536)  # drain: every queued event at once
+        except BlockingIOError:
+            return False
+        # A removed file ends its watch: watch the new one (an append makes it again).
+        offset = 0
+        while offset + 16 <= len(data):
+            mask, name_len = struct.unpack_from("=4xI4xI", data, offset)
+            if mask & (self._IN_DELETE_SELF | self._IN_IGNORED):
+                with contextlib.suppress(OSError):
+                    self._watch()
+            offset += 16 + name_len
+        return True
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:  # a subscription never closed must not keep an inotify instance
+        with contextlib.suppress(Exception):
+            self.close()
+
+
 class _SQLiteWaiter(Waiter):
     # PRAGMA data_version changes when another connection commits to the file: a read of a
-    # few microseconds, so polling it every millisecond or two costs almost nothing.
-    def __init__(self, path: str, local: threading.Event) -> None:
+    # few microseconds. Between reads, a waiter sleeps on the store's notify file (inotify,
+    # which every append of this library touches after its commit: see
+    # SQLiteBackend.notify_local), rechecking every _SAFETY_POLL_S for writers that do not
+    # touch it; where inotify is missing it polls data_version, from 0.5 ms to 4 ms apart.
+    _SAFETY_POLL_S = 0.05
+
+    def __init__(self, path: str, local: threading.Event, notify_path: str | None) -> None:
         self._conn = sqlite3.connect(path, check_same_thread=False)
         self._local = local
         self._lock = threading.Lock()
         self._closed = False
         self._seen = self._version()
+        self._watch = _FileWatch.open(notify_path) if notify_path else None
+        self._waiting = False
 
     def _version(self) -> int | None:
         # close() may come from another thread while one waits: never touch a closed handle.
@@ -254,16 +332,44 @@ class _SQLiteWaiter(Waiter):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            if self._watch is not None:
+                # Touched after a commit: the change is visible by now (see the class note).
+                if self._watch_wait(min(remaining, self._SAFETY_POLL_S)):
+                    return
+                continue
             # Back off from 0.5 ms to 4 ms while idle; a local append wakes us at once.
             if self._local.wait(min(interval, remaining)):
                 self._local.clear()
                 return
             interval = min(interval * 2, 0.004)
 
+    def _watch_wait(self, timeout: float) -> bool:
+        # close() from another thread while this one sleeps on the watch leaves the closing
+        # of its descriptor to this thread (a descriptor closed under a poll can be reused).
+        with self._lock:
+            watch = self._watch
+            if self._closed or watch is None:
+                return True
+            self._waiting = True
+        try:
+            return watch.wait(timeout)
+        finally:
+            with self._lock:
+                self._waiting = False
+                if self._closed:
+                    self._close_watch()
+
+    def _close_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             self._conn.close()
+            if not self._waiting:
+                self._close_watch()
 
 
 def _batch_recorder(datastore: Any) -> Any:
@@ -390,6 +496,7 @@ class SQLiteBackend(Backend):
         # thread (see _read); a name SQLite keeps in memory has no file to open it on.
         name = str(path)
         self._plain_reads = ":memory:" not in name and "mode=memory" not in name
+        self._notify_path = f"{name}-notify" if self._plain_reads else None
         self._reads = threading.local()
         self._read_conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._read_conns_lock = threading.Lock()
@@ -454,10 +561,20 @@ class SQLiteBackend(Backend):
                 time.sleep(0.05 * (attempt + 1))
 
     def waiter(self) -> Waiter:
-        return _SQLiteWaiter(str(self.path), self._local)
+        return _SQLiteWaiter(str(self.path), self._local, self._notify_path)
 
     def notify_local(self) -> None:
         self._local.set()
+        # Wake the subscriptions of every process (inotify on this file; see _SQLiteWaiter):
+        # after the commit, so what wakes them is visible. A few microseconds.
+        if self._notify_path is not None:
+            try:
+                os.utime(self._notify_path)
+            except FileNotFoundError:
+                with contextlib.suppress(OSError), open(self._notify_path, "ab"):
+                    pass
+            except OSError:  # e.g. a read-only folder: the waiters' polls still see it
+                pass
 
     def select_stream(self, stream: str, gt: int, lte: int | None) -> list[Notification]:
         statement = (

@@ -13,7 +13,9 @@ import inspect
 import itertools
 import json
 import multiprocessing
+import os
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -60,6 +62,7 @@ from agentledger.events import (
     UnknownEventType,
     UnsupportedSchemaVersion,
 )
+from agentledger.events._backends import _FileWatch
 from agentledger.events._codec import seal
 
 HASH_A = "a" * 64
@@ -1500,6 +1503,33 @@ class TestSQLiteStore(StoreContract):
 
     def raw_log(self, store: EventStore) -> RawLog:
         return SQLiteRawLog(str(store.backend.path))
+
+    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+    def test_appends_wake_other_processes_through_the_notify_file(self, store: EventStore) -> None:
+        # Subscriptions sleep on the store's notify file, which each append touches after its
+        # commit; without it they would poll the file's data_version every few milliseconds.
+        notify = f"{store.backend.path}-notify"
+        watch = _FileWatch.open(notify)
+        assert watch is not None
+        try:
+            assert watch.wait(0) is False  # nothing happened yet
+            writer = (
+                "import sys; from agentledger.events import EventStore, RunStarted\n"
+                "with EventStore.open(sys.argv[1]) as s:\n"
+                "    s.append('run-x', [RunStarted(actor='human:ada', payload={'goal': 'g'})])\n"
+            )
+            subprocess.run([sys.executable, "-c", writer, store.url], check=True)
+            assert watch.wait(30) is True  # the other process's append touched it
+            assert watch.wait(0) is False  # drained: one wake-up per batch of touches
+            assert [e.type for e in store.read("run-x")] == ["run.started"]
+            # The file removed (a user tidying the folder): the next append makes it again
+            # and the watch follows the new file.
+            os.remove(notify)
+            watch.wait(0.2)  # takes the removal
+            store.append("run-y", [started()])
+            assert watch.wait(30) is True
+        finally:
+            watch.close()
 
     def test_reads_of_ended_threads_leave_no_connection_open(self, store: EventStore) -> None:
         # Hot reads go on a connection per thread (no pool lock, BEGIN or ROLLBACK around
