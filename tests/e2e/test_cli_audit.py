@@ -108,7 +108,12 @@ def test_bad_input_gets_a_clear_message_and_writes_nothing(
         "audit", "export", run, "--out", str(out), "--key", str(not_a_key), "--store", url
     )
     assert code == 1 and "not a PEM" in output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["key.pem", "ledger.db"]
+    # Nothing written but the store's own files (the log, and the file its appends touch).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "key.pem",
+        "ledger.db",
+        "ledger.db-notify",
+    ]
 
     code, output = invoke("audit", "verify", str(tmp_path / "missing.jsonl"))
     assert code == 1 and "missing.jsonl" in output
