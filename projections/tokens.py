@@ -21,6 +21,7 @@ _NUMBERS = re.compile(r"\d{1,3}")
 _SYMBOLS = re.compile(r"[^\sA-Za-z\d]")
 _SPACES = re.compile(r"\s+")
 _LONE_SPACE = re.compile(r"(?<!\s)[^\S\n](?!\s)")  # a run of one space-like char: free
+_SPACE_OR_DIGIT_BEYOND_ASCII = re.compile(r"[^\x00-\x7f\S]|[^\x00-\x7f\D]")
 
 
 def _ascii_table(kind: Callable[[str], str]) -> dict[int, str]:
@@ -52,6 +53,10 @@ def approx_tokens(text: str) -> int:
         if len(text) < 8 and text.isalpha():
             return 1 if len(text) <= 6 else 2
         return _ascii_tokens(text)
+    if _SPACE_OR_DIGIT_BEYOND_ASCII.search(text) is None:
+        # Every other character beyond ASCII is a symbol piece (letters are [A-Za-z] only),
+        # exactly as "?" is: a cut line's "…", dashes, accented words.
+        return _ascii_tokens(text.encode("ascii", "replace").decode("ascii"))
     long_extra = sum((len(w) + 3) // 4 - 1 for w in _LONG_WORDS.findall(text))
     return (
         len(_WORDS.findall(text))
