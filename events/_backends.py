@@ -917,6 +917,13 @@ class PostgresBackend(Backend):
     def waiter(self) -> Waiter:
         return _PostgresWaiter(self._connect, self.recorder.channel_name)
 
+    @contextlib.contextmanager
+    def _autocommit(self) -> Iterator[Any]:
+        # One read statement needs no transaction: the pool's connections are in autocommit,
+        # and eventsourcing's transaction() adds a BEGIN and a ROLLBACK, two more round trips.
+        with self.datastore.get_connection() as conn, conn.cursor() as cursor:
+            yield cursor
+
     def select_stream(self, stream: str, gt: int, lte: int | None) -> list[Notification]:
         from psycopg import sql
 
@@ -927,7 +934,7 @@ class PostgresBackend(Backend):
         ).format(
             sql.Identifier(self.settings.schema), sql.Identifier(self.recorder.events_table_name)
         )
-        with self.datastore.transaction(commit=False) as cursor:
+        with self._autocommit() as cursor:
             cursor.execute(statement, (stream, gt, _MAX_VERSION if lte is None else lte))
             return [
                 Notification(
@@ -986,7 +993,7 @@ class PostgresBackend(Backend):
         ).format(
             sql.Identifier(self.settings.schema), sql.Identifier(self.recorder.events_table_name)
         )
-        with self.datastore.transaction(commit=False) as cursor:
+        with self._autocommit() as cursor:
             cursor.execute(statement, (stream, position))
             row = cursor.fetchone()
             return int(row["originator_version"]) if row else 0
@@ -1002,7 +1009,7 @@ class PostgresBackend(Backend):
             sql.Identifier(self.settings.schema), sql.Identifier(self.recorder.events_table_name)
         )
         like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        with self.datastore.transaction(commit=False) as cursor:
+        with self._autocommit() as cursor:
             cursor.execute(statement, (like,))
             return [
                 StreamSummary(r["originator_id"], r["v"], r["f"], r["l"]) for r in cursor.fetchall()
