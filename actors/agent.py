@@ -100,6 +100,10 @@ class RunView:
     events: Sequence[Event]
     state: RunState
     scratchpad: Scratchpad | None = None
+    settled: int = 0
+    """How many of the first ``events`` the agent was delivered, in log order: across its
+    turns these only ever grow at the end (its own reactions, after them, may later move
+    before others' events). The Memory Manager reads again only what lies past them."""
 
     @property
     def started(self) -> RunStarted | None:
@@ -219,6 +223,7 @@ class Turn:
             self.settings.context_tokens,
             ExtractiveSummarizer(),
             actor=self.agent.principal,
+            settled=self.run.settled,
         )
         if summary is not None:
             self.emitted.append(summary)
@@ -231,6 +236,7 @@ class Turn:
             self.settings.context_tokens,
             user=user,
             scratchpad=self.run.scratchpad,
+            settled=self.run.settled,
         )
 
     # ------------------------------------------------------------------ models

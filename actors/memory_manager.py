@@ -188,11 +188,14 @@ class MemoryManager:
         *,
         user: str | None = None,
         scratchpad: Scratchpad | None = None,
+        settled: int = 0,
     ) -> Context:
         """The context of ``role`` for ``sub_goal`` after the last of ``run_events``.
 
         ``scratchpad`` is the run's scratchpad folded from the same events, when the caller
-        keeps it up to date (the runtime does); otherwise it is folded here.
+        keeps it up to date (the runtime does); otherwise it is folded here. ``settled``:
+        how many of the first ``run_events`` only ever grow at the end from one call to the
+        next for this run (``RunView.settled``); what a call read of them is not read again.
         """
         if role not in ROLES:
             raise NotFound(f"unknown agent role {role!r}; roles: {', '.join(ROLES)}")
@@ -236,7 +239,7 @@ class MemoryManager:
             if add("long-term memory", "\n".join(lines), remaining, max(0, used - 1)):
                 context.memories = kept
 
-        history = self._history(run_events, role)
+        history = self._history(run_events, role, settled)
         summary = history.summary
         if summary is not None and add(
             "summary of earlier history",
@@ -273,14 +276,16 @@ class MemoryManager:
         summarizer: Summarizer,
         *,
         actor: str | None = None,
+        settled: int = 0,
     ) -> ContextSummarized | None:
         """A ``context.summarized`` event if ``role``'s unsummarized history outgrows its share.
 
         The newest half of the history share stays verbatim; everything older (and the previous
         summary) is summarized. ``actor``: the agent that appends it (default: the role's memory).
+        ``settled``: as for ``assemble``.
         """
         history_budget = int(budget * self.shares.history)
-        history = self._history(run_events, role)
+        history = self._history(run_events, role, settled)
         if history.tokens <= history_budget:
             return None
         previous, mine = history.summary, history.mine
@@ -305,45 +310,58 @@ class MemoryManager:
             **last.caused_by(last),
         )
 
-    def _history(self, run_events: Sequence[Event], role: str) -> _History:
-        """``role``'s latest summary among ``run_events`` and its own events since, read from
-        where the previous call for this run and role stopped when ``run_events`` extends the
-        list it read (the same first event, and the same event where it stopped)."""
+    def _history(self, run_events: Sequence[Event], role: str, settled: int) -> _History:
+        """``role``'s latest summary among ``run_events`` and its own events since.
+
+        The first ``settled`` events are read from where the last call for this run and role
+        stopped (they only grow at the end: the caller says so); the rest are read each time.
+        """
         if not run_events:
             return _History(uuid.UUID(int=0), uuid.UUID(int=0), 0, None, [], 0)
+        settled = min(settled, len(run_events))
+        if settled == 0:
+            return self._read_history(run_events, role)
         key = (run_events[0].stream, role)
         known = self._histories.get(key)
-        n = len(run_events)
+        history: _History | None = None
         if (
             known is not None
-            and known.read <= n
+            and known.read <= settled
             and run_events[0].id == known.first
             and run_events[known.read - 1].id == known.last
         ):
-            history: _History | None = known
-            if known.read < n:
-                history = self._extended(known, run_events, role)
-        else:
-            history = None
+            history = self._extended(known, run_events, settled, role)
         if history is None:
-            summary = latest_summary(run_events, role)
-            covered = summary.payload.to_position if summary else 0
-            mine = [e for e in _since(run_events, covered) if is_own_history(e, role)]
-            tokens = sum(self.count(self.line(e)) for e in mine)
-            history = _History(run_events[0].id, run_events[-1].id, n, summary, mine, tokens)
+            history = self._read_history(run_events[:settled], role)
         self._histories[key] = history
         self._histories.move_to_end(key)
         while len(self._histories) > _REMEMBERED:
             self._histories.popitem(last=False)
+        if settled < len(run_events):  # the tail: read now, not remembered
+            return self._extended(history, run_events, len(run_events), role) or (
+                self._read_history(run_events, role)
+            )
         return history
 
-    def _extended(self, known: _History, run_events: Sequence[Event], role: str) -> _History | None:
-        """``known`` with the events after it, or None where reading them all is needed: a
-        new summary of the role, or an event not after the summary's end (which the walk of
-        ``_since`` from the end would stop at)."""
+    def _read_history(self, run_events: Sequence[Event], role: str) -> _History:
+        summary = latest_summary(run_events, role)
+        covered = summary.payload.to_position if summary else 0
+        mine = [e for e in _since(run_events, covered) if is_own_history(e, role)]
+        tokens = sum(self.count(self.line(e)) for e in mine)
+        return _History(run_events[0].id, run_events[-1].id, len(run_events), summary, mine, tokens)
+
+    def _extended(
+        self, known: _History, run_events: Sequence[Event], end: int, role: str
+    ) -> _History | None:
+        """``known`` (a reading of the first ``known.read`` of ``run_events``) read on to
+        ``end``, or None where everything must be read again: a new summary of the role, or an
+        event not after the summary's end (which the walk of ``_since`` from the end would
+        stop at)."""
+        if known.read == end:
+            return known
         covered = known.summary.payload.to_position if known.summary else 0
         added, tokens = [], known.tokens
-        for event in run_events[known.read :]:
+        for event in run_events[known.read : end]:
             if (event.position or 0) <= covered or (
                 isinstance(event, ContextSummarized) and event.payload.agent == role
             ):
@@ -352,9 +370,7 @@ class MemoryManager:
                 added.append(event)
                 tokens += self.count(self.line(event))
         mine = [*known.mine, *added] if added else known.mine
-        return _History(
-            known.first, run_events[-1].id, len(run_events), known.summary, mine, tokens
-        )
+        return _History(known.first, run_events[end - 1].id, end, known.summary, mine, tokens)
 
     def _pad_section(self, pad: Scratchpad, limit: int) -> tuple[str, int]:
         """The scratchpad's lines, key order, as many as fit in ``limit`` tokens, and their

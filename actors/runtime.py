@@ -250,12 +250,12 @@ class _RunCache:
 
     def view(self) -> RunView:
         if not self.pending:
-            return RunView(self.run, self.events, self.state, self.scratchpad)
+            return RunView(self.run, self.events, self.state, self.scratchpad, len(self.events))
         # Our own reactions to earlier events count, though later events of others sit
         # between them in the log: an agent never decides twice on what it already did.
         state = self._fold.fold(self.pending, self.state.model_copy(deep=True))
         pad = self._pad.fold(self.pending, self.scratchpad.model_copy(deep=True))
-        return RunView(self.run, [*self.events, *self.pending], state, pad)
+        return RunView(self.run, [*self.events, *self.pending], state, pad, len(self.events))
 
 
 @dataclass(frozen=True)

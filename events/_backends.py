@@ -26,11 +26,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.persistence import (
+    ConnectionPoolClosedError,
+    DatabaseError,
+    DataError,
+    IntegrityError,
     InterfaceError,
+    InternalError,
     Notification,
+    NotSupportedError,
     OperationalError,
     PersistenceError,
     ProcessRecorder,
+    ProgrammingError,
 )
 from eventsourcing.utils import retry
 
@@ -225,6 +232,30 @@ class MemoryBackend(Backend):
 
 
 # ---------------------------------------------------------------- SQLite
+
+
+_FORKS = [0]  # forks of this process so far, in the child: a connection is not carried over
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
+
+_SQLITE_ERRORS: tuple[tuple[type[Exception], type[PersistenceError]], ...] = (
+    (sqlite3.InterfaceError, InterfaceError),
+    (sqlite3.DataError, DataError),
+    (sqlite3.OperationalError, OperationalError),
+    (sqlite3.IntegrityError, IntegrityError),
+    (sqlite3.InternalError, InternalError),
+    (sqlite3.ProgrammingError, ProgrammingError),
+    (sqlite3.NotSupportedError, NotSupportedError),
+    (sqlite3.DatabaseError, DatabaseError),
+)
+
+
+def _persistence_error(exc: sqlite3.Error) -> PersistenceError:
+    """A sqlite3 error as eventsourcing's recorders raise it (their mapping, in order)."""
+    for raw, ours in _SQLITE_ERRORS:
+        if isinstance(exc, raw):
+            return ours(exc)
+    return PersistenceError(exc)
 
 
 class _FileWatch:
@@ -498,8 +529,9 @@ class SQLiteBackend(Backend):
         self._plain_reads = ":memory:" not in name and "mode=memory" not in name
         self._notify_path = f"{name}-notify" if self._plain_reads else None
         self._reads = threading.local()
-        self._read_conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._read_conns: list[tuple[threading.Thread, sqlite3.Connection, int]] = []
         self._read_conns_lock = threading.Lock()
+        self._closed = False
 
     def _read(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         """The rows of one read statement, on this thread's own connection.
@@ -508,7 +540,7 @@ class SQLiteBackend(Backend):
         and never waits for the writer. eventsourcing's pool wraps each read in a pool lock,
         BEGIN and ROLLBACK: 30-50 µs a read against 3-6 µs this way, and every agent reads
         after every append (a subscription's page and head). Errors are raised as the
-        recorders raise them.
+        recorders raise them; after ``close()`` as the closed pool did.
         """
         if not self._plain_reads:
             with self.read_datastore.transaction(commit=False) as cursor:
@@ -518,26 +550,36 @@ class SQLiteBackend(Backend):
                 return raw.fetchall()
         conn: sqlite3.Connection | None = getattr(self._reads, "conn", None)
         try:
-            if conn is None:
-                conn = sqlite3.connect(
-                    str(self.path),
-                    timeout=self.LOCK_TIMEOUT_S,
-                    isolation_level=None,  # autocommit: no BEGIN, each read its own snapshot
-                    check_same_thread=False,  # closed by close(), from another thread
-                )
-                conn.execute("PRAGMA query_only = ON")
-                with self._read_conns_lock:
-                    # Those of threads that have ended go (a server's request threads).
-                    live = [(t, c) for t, c in self._read_conns if t.is_alive()]
-                    for _, ended in set(self._read_conns) - set(live):
-                        ended.close()
-                    self._read_conns = [*live, (threading.current_thread(), conn)]
-                self._reads.conn = conn
+            if conn is None or self._reads.forks != _FORKS[0]:
+                conn = self._reads.conn = self._open_reads()
+                self._reads.forks = _FORKS[0]
             return conn.execute(statement, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise OperationalError(exc) from exc
         except sqlite3.Error as exc:
-            raise PersistenceError(exc) from exc
+            raise _persistence_error(exc) from exc
+
+    def _open_reads(self) -> sqlite3.Connection:
+        with self._read_conns_lock:
+            if self._closed:
+                raise ConnectionPoolClosedError(f"the store {self.url} is closed")
+            conn = sqlite3.connect(
+                str(self.path),
+                timeout=self.LOCK_TIMEOUT_S,
+                isolation_level=None,  # autocommit: no BEGIN, each read its own snapshot
+                check_same_thread=False,  # closed by close(), from another thread
+                uri=True,  # as eventsourcing opens it ("file:" names)
+            )
+            conn.execute("PRAGMA query_only = ON")
+            # Those of threads that have ended are closed (a server's request threads; threads
+            # not started by Python never end for `threading`, and keep theirs until close()).
+            # Those a fork carried over are the parent's, and only left behind.
+            live = []
+            for thread, other, forks in self._read_conns:
+                if forks == _FORKS[0] and thread.is_alive():
+                    live.append((thread, other, forks))
+                elif forks == _FORKS[0]:
+                    other.close()
+            self._read_conns = [*live, (threading.current_thread(), conn, _FORKS[0])]
+            return conn
 
     def head_position(self) -> int:
         return int(self._read("SELECT MAX(rowid) FROM stored_events")[0][0] or 0)
@@ -630,9 +672,11 @@ class SQLiteBackend(Backend):
         self.datastore.close()
         self.read_datastore.close()
         with self._read_conns_lock:
+            self._closed = True
             conns, self._read_conns = self._read_conns, []
-        for _, conn in conns:
-            conn.close()
+        for _, conn, forks in conns:
+            if forks == _FORKS[0]:
+                conn.close()
 
 
 # ---------------------------------------------------------------- PostgreSQL

@@ -1546,8 +1546,22 @@ class TestSQLiteStore(StoreContract):
             thread.join()
         assert seen == [2] * 20
         open_now = store.backend._read_conns  # type: ignore[attr-defined]
-        assert len(open_now) <= 1 and all(t.is_alive() for t, _ in open_now[:-1])
+        assert len(open_now) <= 1 and all(t.is_alive() for t, _, _ in open_now[:-1])
         store.close()
+        assert store.backend._read_conns == []  # type: ignore[attr-defined]
+        # Closed: a thread that never read gets no new connection (it would never be closed).
+        failed: list[BaseException] = []
+
+        def read_after_close() -> None:
+            try:
+                store.head_position()
+            except BaseException as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=read_after_close)
+        thread.start()
+        thread.join()
+        assert [type(e).__name__ for e in failed] == ["ConnectionPoolClosedError"]
         assert store.backend._read_conns == []  # type: ignore[attr-defined]
 
 

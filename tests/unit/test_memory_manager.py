@@ -199,10 +199,10 @@ def test_a_manager_that_read_the_run_before_answers_as_a_fresh_one(
                 pad = fold.apply(pad, event)
             seen = len(events)
             for _ in range(2):  # a second turn on the same events reads nothing new
-                got = warm.plan_summary(events, role, budget, summarizer)
+                got = warm.plan_summary(events, role, budget, summarizer, settled=len(events))
                 fresh = MemoryManager().plan_summary(events, role, budget, summarizer)
                 assert (got and got.payload) == (fresh and fresh.payload)
-                a = warm.assemble(events, role, "next", budget, scratchpad=pad)
+                a = warm.assemble(events, role, "next", budget, scratchpad=pad, settled=seen)
                 b = MemoryManager().assemble(events, role, "next", budget, scratchpad=pad)
                 assert (a.sections, a.event_ids, a.summary_event_id) == (
                     b.sections,
@@ -213,14 +213,40 @@ def test_a_manager_that_read_the_run_before_answers_as_a_fresh_one(
                 run.append(got)
                 # The turn's own view: the new summary not yet in the log (no position).
                 view = [*events, got]
-                a = warm.assemble(view, role, "next", budget, scratchpad=pad)
+                a = warm.assemble(view, role, "next", budget, scratchpad=pad, settled=seen)
                 b = MemoryManager().assemble(view, role, "next", budget, scratchpad=pad)
                 assert (a.sections, a.event_ids) == (b.sections, b.event_ids)
         # A list that does not extend the one read (a view as of an earlier position).
         earlier = run.events()[: max(1, seen // 2)]
-        a = warm.assemble(earlier, role, "next", budget)
+        a = warm.assemble(earlier, role, "next", budget, settled=len(earlier))
         b = MemoryManager().assemble(earlier, role, "next", budget)
         assert (a.sections, a.event_ids) == (b.sections, b.event_ids)
+
+
+def test_own_reactions_not_yet_delivered_are_read_on_every_turn(memory_store: EventStore) -> None:
+    # An agent's view is what it was delivered, in log order (settled), then its own
+    # reactions not delivered yet, which may later arrive before others' events (a fork's
+    # take-up reacts out of order). Only the settled part may be remembered between turns.
+    run = Run(memory_store, seed=9)
+    e = run.grow(12, roles=["research"])
+    f = run.events()[0]
+    mine_early, theirs = e[10], e[3]  # stand-ins: an own reaction, an event delivered later
+    warm = MemoryManager()
+
+    def same(view: list[Event], settled: int) -> None:
+        a = warm.assemble(view, "research", "next", 2000, settled=settled)
+        b = MemoryManager().assemble(view, "research", "next", 2000)
+        assert (a.sections, a.event_ids) == (b.sections, b.event_ids)
+        p = warm.plan_summary(view, "research", 300, ScriptedSummarizer(), settled=settled)
+        q = MemoryManager().plan_summary(view, "research", 300, ScriptedSummarizer())
+        assert (p and p.payload) == (q and q.payload)
+
+    delivered = [f, e[0], e[1], e[2], e[4], theirs, e[5], e[6], e[7], e[8]]  # in log order
+    same([*delivered[:4], mine_early, theirs], settled=4)
+    # Later: more was delivered, and `theirs` sits at the same index as before (the view
+    # is not an extension of the last one, though its settled part is).
+    same([*delivered[:7], mine_early, e[9]], settled=7)
+    same(delivered, settled=len(delivered))
 
 
 def test_sections_are_drawn_from_the_log_and_long_term_memory(
