@@ -116,6 +116,9 @@ class RunResult:
     stored_bytes: int
     step_bytes: list[int]
     events: int
+    append_cpu_ms_per_step: float = 0.0
+    store_alone_ms_per_step: float = 0.0  # the same appends, replayed with no agent
+    store_alone_cpu_ms_per_step: float = 0.0
 
     @property
     def ms_per_step(self) -> float:
@@ -179,7 +182,13 @@ def wait_for_end(store: Any, run: str, timeout: float) -> Any:
     return RunStateProjection().fold(store.read(run))
 
 
-def one_run(url: str, steps: int, root: Path, record_prompts: str = "full") -> RunResult:
+def one_run(
+    url: str,
+    steps: int,
+    root: Path,
+    record_prompts: str = "full",
+    alone_url: str | None = None,
+) -> RunResult:
     from agentledger.actors.providers import ScriptedProvider
     from agentledger.actors.runtime import Runtime, RuntimeConfig, start_run
     from agentledger.events import EventStore
@@ -220,6 +229,13 @@ def one_run(url: str, steps: int, root: Path, record_prompts: str = "full") -> R
         committed = {p: h.committed_at for h in every for p in range(h.first, h.last + 1)}
     finally:
         runtime.stop()
+    by_position = {e.position: e for e in events}
+    reactions = [
+        [by_position[p] for p in range(h.first, h.last + 1) if p in by_position]
+        for h in sorted(hops, key=lambda h: h.first)
+        if h.first
+    ]
+    alone, alone_cpu = store_alone(alone_url, reactions) if alone_url else (0.0, 0.0)
     wall = (events[-1].at - events[0].at).total_seconds()
     return RunResult(
         steps=steps,
@@ -234,7 +250,24 @@ def one_run(url: str, steps: int, root: Path, record_prompts: str = "full") -> R
         stored_bytes=stored,
         step_bytes=step_bytes,
         events=len(events),
+        append_cpu_ms_per_step=sum(h.append_cpu_ms for h in hops) / steps,
+        store_alone_ms_per_step=alone * 1000 / steps,
+        store_alone_cpu_ms_per_step=alone_cpu * 1000 / steps,
     )
+
+
+def store_alone(url: str, reactions: list[list[Any]]) -> tuple[float, float]:
+    """Seconds (wall, CPU) to append the run's reactions again into an empty store, as the
+    agents appended them (one append per handled event, with a tracking position), from one
+    thread with no agent running: the store's own cost of the run on this machine, measured
+    in the same run (the baseline of the per-step overhead)."""
+    from agentledger.events import ConsumerPosition, EventStore
+
+    with EventStore.open(url) as store:
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        for i, group in enumerate(reactions, start=1):
+            store.append(group[0].stream, group, tracking=ConsumerPosition("bench-alone", i))
+        return time.perf_counter() - started, time.thread_time() - started_cpu
 
 
 def in_process(url: str, steps: int, root: Path, gc_threshold: tuple[int, int, int]) -> str:
@@ -337,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
             bare = bare_hops(backend.url("bare"), 300)
             small = one_run(backend.url("short"), short, scratch / "short")
             hashed = one_run(backend.url("hashed"), short, scratch / "hashed", "hash")
-            large = one_run(backend.url("long"), steps, scratch / "long")
+            large = one_run(
+                backend.url("long"), steps, scratch / "long", alone_url=backend.url("alone")
+            )
             if args.in_process:
                 from agentledger.actors.runtime import _AGENT_GC_THRESHOLD
 
@@ -384,8 +419,21 @@ def main(argv: list[str] | None = None) -> int:
             "per step: handlers + appends, CPU time of their threads (ms)",
             f"{large.cpu_ms_per_step:.2f}",
         )
+        row(
+            name,
+            "per step: handlers + appends vs the same appends with no agent (ms)",
+            f"{over:.2f}",
+            f"{large.store_alone_ms_per_step:.2f}",
+            f"{over / large.store_alone_ms_per_step:.2f}",
+        )
         row(name, "per step: handlers alone (ms)", f"{large.handler_ms_per_step:.2f}")
-        row(name, "per step: appends alone (ms)", f"{large.append_ms_per_step:.2f}")
+        row(
+            name,
+            "per step: appends alone, wall and CPU vs with no agent (ms)",
+            f"{large.append_ms_per_step:.2f} / {large.append_cpu_ms_per_step:.2f}",
+            f"{large.store_alone_ms_per_step:.2f} / {large.store_alone_cpu_ms_per_step:.2f}",
+            f"{large.append_ms_per_step / large.store_alone_ms_per_step:.2f}",
+        )
         # Linear storage: a late step stores what an early one does (a design that re-stored
         # the growing state each step would make the second half cost ~3x the first).
         half = len(large.step_bytes) // 2

@@ -151,6 +151,14 @@ class Backend(ABC):
         """The position of the newest event (0 when the log is empty)."""
         return self.reader.max_notification_id() or 0
 
+    def read_page_to_head(
+        self, after: int, limit: int, kinds: Sequence[str]
+    ) -> tuple[list[tuple[int, str, int, str, bytes]], int]:
+        """``read_page`` up to the newest position, and that position: every row up to it was
+        looked at (commit order is position order), whether or not it is of ``kinds``."""
+        head = self.head_position()
+        return self.read_page(after, limit, kinds, head), head
+
     def tracked_position(self, consumer: str) -> int:
         """The newest position ``consumer`` recorded (0 if none)."""
         return self.reader.max_tracking_id(consumer) or 0
@@ -351,10 +359,22 @@ class _SQLiteWaiter(Waiter):
             return int(row[0])
 
     def arm(self) -> None:
-        self._seen = self._version()
+        # With a watch, a commit after this point is an event queued for the next wait.
+        if self._watch is None:
+            self._seen = self._version()
 
     def wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        if self._watch is not None:
+            while (remaining := deadline - time.monotonic()) > 0:
+                # Touched after a commit: the change is visible by now (see the class note).
+                if self._watch_wait(min(remaining, self._SAFETY_POLL_S)):
+                    return
+                version = self._version()  # quiet for a while: a writer that does not touch?
+                if version is None or version != self._seen:
+                    self._seen = version
+                    return
+            return
         interval = 0.0005
         while True:
             version = self._version()
@@ -363,11 +383,6 @@ class _SQLiteWaiter(Waiter):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            if self._watch is not None:
-                # Touched after a commit: the change is visible by now (see the class note).
-                if self._watch_wait(min(remaining, self._SAFETY_POLL_S)):
-                    return
-                continue
             # Back off from 0.5 ms to 4 ms while idle; a local append wakes us at once.
             if self._local.wait(min(interval, remaining)):
                 self._local.clear()
@@ -657,6 +672,27 @@ class SQLiteBackend(Backend):
         statement += " ORDER BY rowid LIMIT ?"
         params.append(limit)
         return self._read(statement, params)
+
+    def read_page_to_head(
+        self, after: int, limit: int, kinds: Sequence[str]
+    ) -> tuple[list[tuple[int, str, int, str, bytes]], int]:
+        # One statement, one snapshot: the head, and the page up to it (a subscription to a
+        # few types asks for both on every wake-up).
+        statement = (
+            "SELECT h.m, e.rowid, e.originator_id, e.originator_version, e.topic, e.state "
+            "FROM (SELECT MAX(rowid) AS m FROM stored_events) AS h "
+            "LEFT JOIN stored_events AS e ON e.rowid > ? AND e.rowid <= h.m"
+        )
+        params: list[Any] = [after]
+        if kinds:
+            marks = ",".join("?" * len(kinds))
+            statement += f" AND substr(e.topic, 1, instr(e.topic, '@') - 1) IN ({marks})"
+            params.extend(kinds)
+        statement += " ORDER BY e.rowid LIMIT ?"
+        params.append(limit)
+        found = self._read(statement, params)
+        head = int(found[0][0] or 0) if found else 0
+        return [r[1:] for r in found if r[1] is not None], head
 
     def stream_summaries(self, prefix: str = "") -> list[StreamSummary]:
         # The recorders have no "list streams"; one aggregate query over the primary key.

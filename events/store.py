@@ -688,8 +688,7 @@ class Subscription(Iterator[Event]):
             # the head as it was before this one (every position up to it was committed:
             # commit order is position order), not after the last matching row — else each
             # wake-up would look again through every other event since that row.
-            head = self._store.head_position()
-            rows = backend.read_page(self.scanned, _SUBSCRIPTION_PAGE, self._kinds, head)
+            rows, head = backend.read_page_to_head(self.scanned, _SUBSCRIPTION_PAGE, self._kinds)
             if len(rows) == _SUBSCRIPTION_PAGE:
                 self.scanned = rows[-1][0]
             else:
