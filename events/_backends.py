@@ -18,6 +18,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -538,6 +539,7 @@ class SQLiteBackend(Backend):
                 "writable file (or does not exist yet)."
             ) from exc
         self._local = threading.Event()
+        self._polling: weakref.WeakSet[_SQLiteWaiter] = weakref.WeakSet()
         # The hot reads (subscription pages, heads, stream reads) go on a plain connection per
         # thread (see _read); a name SQLite keeps in memory has no file to open it on.
         name = str(path)
@@ -618,10 +620,14 @@ class SQLiteBackend(Backend):
                 time.sleep(0.05 * (attempt + 1))
 
     def waiter(self) -> Waiter:
-        return _SQLiteWaiter(str(self.path), self._local, self._notify_path)
+        waiter = _SQLiteWaiter(str(self.path), self._local, self._notify_path)
+        if waiter._watch is None:
+            self._polling.add(waiter)
+        return waiter
 
     def notify_local(self) -> None:
-        self._local.set()
+        if self._polling:  # only waiters that poll wait on it (the others sleep on inotify)
+            self._local.set()
         # Wake the subscriptions of every process (inotify on this file; see _SQLiteWaiter):
         # after the commit, so what wakes them is visible. A few microseconds.
         if self._notify_path is not None:
