@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import random
 import select
@@ -279,7 +280,11 @@ class _FileWatch:
         self._fd, self._path = fd, path
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
-        self._watch()
+        try:
+            self._watch()
+        except OSError:
+            self.close()  # here only: a descriptor closed twice may be another's by then
+            raise
 
     @classmethod
     def open(cls, path: str) -> _FileWatch | None:
@@ -294,7 +299,6 @@ class _FileWatch:
             try:
                 return cls(fd, path)
             except OSError:
-                os.close(fd)
                 return None
         except (OSError, AttributeError):  # no libc, or one without inotify
             return None
@@ -308,7 +312,9 @@ class _FileWatch:
             raise OSError(ctypes.get_errno(), f"inotify_add_watch {self._path}")
 
     def wait(self, timeout: float) -> bool:
-        if not self._poll.poll(max(0, int(timeout * 1000))):
+        # Rounded up: a wait of less than a millisecond must not return at once (the caller
+        # would spin through its last millisecond).
+        if not self._poll.poll(max(0, math.ceil(timeout * 1000))):
             return False
         try:
             data = os.read(self._fd, 65536)  # drain: every queued event at once
@@ -544,7 +550,9 @@ class SQLiteBackend(Backend):
         # thread (see _read); a name SQLite keeps in memory has no file to open it on.
         name = str(path)
         self._plain_reads = ":memory:" not in name and "mode=memory" not in name
-        self._notify_path = f"{name}-notify" if self._plain_reads else None
+        # (Not for a "file:" URI name: the sidecar's path would be wrong; such a store polls.)
+        plain_file = self._plain_reads and not name.startswith("file:")
+        self._notify_path = f"{name}-notify" if plain_file else None
         self._reads = threading.local()
         self._read_conns: list[tuple[threading.Thread, sqlite3.Connection, int]] = []
         self._read_conns_lock = threading.Lock()
@@ -566,6 +574,8 @@ class SQLiteBackend(Backend):
                 raw.execute(statement, params)
                 return raw.fetchall()
         conn: sqlite3.Connection | None = getattr(self._reads, "conn", None)
+        if self._closed:
+            raise ConnectionPoolClosedError(f"the store {self.url} is closed")
         try:
             if conn is None or self._reads.forks != _FORKS[0]:
                 conn = self._reads.conn = self._open_reads()
@@ -588,12 +598,12 @@ class SQLiteBackend(Backend):
             conn.execute("PRAGMA query_only = ON")
             # Those of threads that have ended are closed (a server's request threads; threads
             # not started by Python never end for `threading`, and keep theirs until close()).
-            # Those a fork carried over are the parent's, and only left behind.
+            # Those a fork carried over are the parent's: kept, never closed nor collected here.
             live = []
             for thread, other, forks in self._read_conns:
-                if forks == _FORKS[0] and thread.is_alive():
+                if forks != _FORKS[0] or thread.is_alive():
                     live.append((thread, other, forks))
-                elif forks == _FORKS[0]:
+                else:
                     other.close()
             self._read_conns = [*live, (threading.current_thread(), conn, _FORKS[0])]
             return conn
@@ -715,7 +725,8 @@ class SQLiteBackend(Backend):
         self.read_datastore.close()
         with self._read_conns_lock:
             self._closed = True
-            conns, self._read_conns = self._read_conns, []
+            conns = self._read_conns
+            self._read_conns = [c for c in conns if c[2] != _FORKS[0]]  # a parent's: kept
         for _, conn, forks in conns:
             if forks == _FORKS[0]:
                 conn.close()

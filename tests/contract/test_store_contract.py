@@ -8,6 +8,7 @@ cannot have are class attributes; the tests that need them skip, with the reason
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import inspect
 import itertools
@@ -26,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
+from pathlib import Path
 from typing import Any, ClassVar
 
 import psycopg
@@ -61,6 +63,7 @@ from agentledger.events import (
     TaskAssigned,
     UnknownEventType,
     UnsupportedSchemaVersion,
+    _backends,
 )
 from agentledger.events._backends import _FileWatch
 from agentledger.events._codec import seal
@@ -1530,6 +1533,23 @@ class TestSQLiteStore(StoreContract):
             assert watch.wait(30) is True
         finally:
             watch.close()
+
+    def test_a_watch_that_cannot_be_made_closes_its_descriptor_once(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The fall-back paths (a missing or read-only folder, the watch limit): the inotify
+        # descriptor is closed once; a second close could close another thread's file.
+        closed: list[int] = []
+        real_close = os.close
+
+        def close(fd: int) -> None:
+            closed.append(fd)
+            real_close(fd)
+
+        monkeypatch.setattr(_backends.os, "close", close)
+        assert _FileWatch.open(str(tmp_path / "missing" / "ledger.db-notify")) is None
+        gc.collect()
+        assert len(closed) == 1
 
     def test_reads_of_ended_threads_leave_no_connection_open(self, store: EventStore) -> None:
         # Hot reads go on a connection per thread (no pool lock, BEGIN or ROLLBACK around
