@@ -76,12 +76,29 @@ class ExtractiveSummarizer:
 
 
 def render(event: Event) -> str:
-    """An event as one prompt line: position, type, actor and payload (compact JSON)."""
+    """An event as one prompt line: position, type, actor and payload (compact JSON, cut at
+    600 characters)."""
     payload = event.payload.model_dump(mode="json", exclude_defaults=True)
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-    if len(body) > 600:
-        body = body[:599] + "…"
+    # Strings longer than the line are cut first (a recorded prompt is thousands of
+    # characters): the JSON of a cut string begins as the whole one's does, for longer than
+    # the line, so the line is the same.
+    body = json.dumps(_cut(payload), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    if len(body) > _LINE_CHARS:
+        body = body[: _LINE_CHARS - 1] + "…"
     return f"[{event.position}] {event.type} by {event.actor}: {body}"
+
+
+_LINE_CHARS = 600
+
+
+def _cut(value: object) -> object:
+    if isinstance(value, str):
+        return value[:_LINE_CHARS] if len(value) > _LINE_CHARS else value
+    if isinstance(value, dict):
+        return {k: _cut(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)

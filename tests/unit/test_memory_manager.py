@@ -29,6 +29,7 @@ from agentledger.events import (
     EventStore,
     InvalidEvent,
     MemoryStored,
+    ModelRequested,
     ModelResponded,
     NotFound,
     RunStarted,
@@ -247,6 +248,36 @@ def test_own_reactions_not_yet_delivered_are_read_on_every_turn(memory_store: Ev
     # is not an extension of the last one, though its settled part is).
     same([*delivered[:7], mine_early, e[9]], settled=7)
     same(delivered, settled=len(delivered))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet='ab"\\\n é…', max_size=1500), min_size=1, max_size=4),
+    ids=st.integers(min_value=0, max_value=40),
+)
+def test_a_line_cuts_long_strings_as_the_whole_payload_would_be_cut(
+    texts: list[str], ids: int
+) -> None:
+    # render cuts long strings before serialising (a recorded prompt is thousands of
+    # characters); the line must be what cutting the whole payload's JSON gives.
+    import json
+
+    event = ModelRequested(
+        actor="agent:research/1",
+        payload={
+            "request_id": texts[0][:40] or "r",
+            "provider": texts[-1][:30] or "p",
+            "model": "m",
+            "prompt_hash": "0" * 64,
+            "prompt": "".join(texts),
+            "context_event_ids": [uuid.UUID(int=i) for i in range(ids)],
+        },
+    )
+    payload = event.payload.model_dump(mode="json", exclude_defaults=True)
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    if len(body) > 600:
+        body = body[:599] + "…"
+    assert render(event) == f"[None] model.requested by agent:research/1: {body}"
 
 
 def test_sections_are_drawn_from_the_log_and_long_term_memory(
