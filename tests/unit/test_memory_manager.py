@@ -252,11 +252,12 @@ def test_own_reactions_not_yet_delivered_are_read_on_every_turn(memory_store: Ev
 
 @settings(max_examples=200, deadline=None)
 @given(
-    texts=st.lists(st.text(alphabet='ab"\\\n é…', max_size=1500), min_size=1, max_size=4),
+    texts=st.lists(st.text(alphabet='ab"\\\n é…', max_size=60), min_size=1, max_size=4),
+    repeat=st.integers(min_value=1, max_value=80),
     ids=st.integers(min_value=0, max_value=40),
 )
 def test_a_line_cuts_long_strings_as_the_whole_payload_would_be_cut(
-    texts: list[str], ids: int
+    texts: list[str], repeat: int, ids: int
 ) -> None:
     # render cuts long strings before serialising (a recorded prompt is thousands of
     # characters); the line must be what cutting the whole payload's JSON gives.
@@ -269,7 +270,7 @@ def test_a_line_cuts_long_strings_as_the_whole_payload_would_be_cut(
             "provider": texts[-1][:30] or "p",
             "model": "m",
             "prompt_hash": "0" * 64,
-            "prompt": "".join(texts),
+            "prompt": "".join(texts) * repeat,  # up to ~19,000 characters
             "context_event_ids": [uuid.UUID(int=i) for i in range(ids)],
         },
     )
