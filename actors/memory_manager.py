@@ -12,6 +12,7 @@ builds a ``context.summarized`` event (summary written by the agent's model, thr
 
 from __future__ import annotations
 
+import bisect
 import collections
 import functools
 import json
@@ -26,6 +27,7 @@ from agentledger.projections.memory import (
     Memory,
     Scratchpad,
     ScratchpadProjection,
+    ScratchValue,
     is_own_history,
     short_term,
 )
@@ -162,7 +164,10 @@ class _History:
 
 @dataclass(frozen=True)
 class _PadLines:
-    """The scratchpad section made from one scratchpad object at one count of updates."""
+    """The scratchpad section made from one scratchpad object at one count of updates, with
+    what the next reading of that object starts from: its keys in order, and the line and
+    tokens of each key whose line was made (the value it was made from, by identity: a fold
+    replaces a key's value, never changes it)."""
 
     pad: Scratchpad  # held, so its id is not reused while this is remembered
     updates: int
@@ -170,6 +175,8 @@ class _PadLines:
     limit: int
     text: str
     tokens: int
+    keys: list[str]
+    lines: dict[str, tuple[ScratchValue, str, int]]
 
 
 class MemoryManager:
@@ -376,37 +383,78 @@ class MemoryManager:
         stop at)."""
         if known.read == end:
             return known
-        covered = known.summary.payload.to_position if known.summary else 0
-        added, tokens = [], known.tokens
+        summary = known.summary
+        covered = summary.payload.to_position if summary else 0
+        mine, tokens, copied = known.mine, known.tokens, False
         for event in run_events[known.read : end]:
-            if (event.position or 0) <= covered or (
-                isinstance(event, ContextSummarized) and event.payload.agent == role
-            ):
+            if isinstance(event, ContextSummarized) and event.payload.agent == role:
+                # A newer summary: the history now starts after what it covers (a later
+                # part of the history read so far; not a summary reaching back further).
+                if event.payload.to_position < covered:
+                    return None
+                summary, covered = event, event.payload.to_position
+                mine = [e for e in mine if (e.position or 0) > covered]
+                tokens, copied = sum(self.count(self.line(e)) for e in mine), True
+                continue
+            if (event.position or 0) <= covered:
                 return None
             if is_own_history(event, role):
-                added.append(event)
+                if not copied:
+                    mine, copied = list(mine), True
+                mine.append(event)
                 tokens += self.count(self.line(event))
-        mine = [*known.mine, *added] if added else known.mine
-        return _History(known.first, run_events[end - 1].id, end, known.summary, mine, tokens)
+        return _History(known.first, run_events[end - 1].id, end, summary, mine, tokens)
 
     def _pad_section(self, pad: Scratchpad, limit: int) -> tuple[str, int]:
-        """The scratchpad's lines, key order, as many as fit in ``limit`` tokens, and their
-        tokens; remembered per scratchpad object until its next update (folds count every
-        update in ``Scratchpad.updates``; a long run's scratchpad has many keys)."""
+        """The scratchpad's lines (``key: value``) in key order, as many as fit in ``limit``
+        tokens, and their tokens.
+
+        Read again from the last reading of the same scratchpad object (folds count every
+        update in ``Scratchpad.updates``): keys added or removed since are found by set
+        differences, and a line is made again only for a key whose value was replaced. A
+        long run's scratchpad has a key per step; before, every turn sorted and formatted
+        them.
+        """
         known = self._pads.get(id(pad))
+        if known is not None and known.pad is not pad:
+            known = None
         if (
             known is not None
-            and known.pad is pad
             and known.updates == pad.updates
             and known.size == len(pad.values)
             and known.limit == limit
         ):
             return known.text, known.tokens
         values = pad.values
-        # Lines made only as far as the budget goes.
-        lines = (f"{k}: {values[k].value}" for k in sorted(values))
-        text, tokens = _fit_lines(lines, limit, self.count)
-        self._pads[id(pad)] = _PadLines(pad, pad.updates, len(values), limit, text, tokens)
+        if known is None:
+            keys, lines = sorted(values), {}
+        else:
+            keys, lines = known.keys, dict(known.lines)
+            gone = lines.keys() - values.keys()
+            if gone or len(keys) != len(lines):
+                keys = [k for k in keys if k in values]
+                for key in gone:
+                    del lines[key]
+            new = values.keys() - set(keys) if len(keys) != len(values) else ()
+            if new:
+                keys = list(keys)
+                for key in new:
+                    bisect.insort(keys, key)
+        kept, used = [], 0
+        for key in keys:
+            value = values[key]
+            made = lines.get(key)
+            if made is None or made[0] is not value:
+                line = f"{key}: {value.value}"
+                made = lines[key] = (value, line, self.count(line) + 1)
+            if used + made[2] > limit:
+                break
+            kept.append(made[1])
+            used += made[2]
+        text, tokens = "\n".join(kept), max(0, used - 1)
+        self._pads[id(pad)] = _PadLines(
+            pad, pad.updates, len(values), limit, text, tokens, keys, lines
+        )
         self._pads.move_to_end(id(pad))
         while len(self._pads) > _REMEMBERED:
             self._pads.popitem(last=False)

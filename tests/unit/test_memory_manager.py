@@ -67,9 +67,10 @@ def activity(rng: random.Random, role: str) -> Envelope:
     actor = f"agent:{role}/{role[0]}1"
     text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 60)))
     kind = rng.randrange(4)
-    if kind == 0:
+    if kind == 0:  # a key set, replaced or (one time in five) removed
+        value = None if rng.randrange(5) == 0 else text
         return ScratchpadUpdated(
-            actor=actor, payload={"key": f"k{rng.randrange(5)}", "value": text}
+            actor=actor, payload={"key": f"k{rng.randrange(9)}", "value": value}
         )
     if kind == 1:
         return TaskAssigned(
