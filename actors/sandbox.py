@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -335,6 +335,27 @@ class _BoundedCapture:
         )
 
 
+@contextlib.contextmanager
+def _default_scheduling() -> Iterator[None]:
+    """The calling thread under the default scheduling policy while it starts a command: an
+    agent's worker thread runs under SCHED_BATCH (runtime.py), which a child would inherit
+    through fork and exec; a tool's command runs as any other program would."""
+    try:
+        policy = os.sched_getscheduler(0)
+    except (AttributeError, OSError):  # not Linux
+        yield
+        return
+    if policy == os.SCHED_OTHER:
+        yield
+        return
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, policy, os.sched_param(0))
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the command's whole process group (it leads its own session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -480,17 +501,18 @@ class Workspace:
         started = time.monotonic()
         deadline = started + timeout_s
         try:
-            proc = subprocess.Popen(
-                argv,
-                cwd=self.root,
-                env=env,
-                stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # own session and group, so a timeout kills everything
-                close_fds=True,
-                preexec_fn=preexec,  # only without prlimit, see run()
-            )
+            with _default_scheduling():
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=self.root,
+                    env=env,
+                    stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,  # own session and group: a timeout kills them all
+                    close_fds=True,
+                    preexec_fn=preexec,  # only without prlimit, see run()
+                )
         except FileNotFoundError as exc:
             if not self.root.is_dir():
                 raise ToolError(f"workspace {self.root} no longer exists") from exc

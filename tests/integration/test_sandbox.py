@@ -204,6 +204,28 @@ def test_writes_in_the_workspace_are_visible_outside(ws: Workspace) -> None:
 # ---------------------------------------------------------------- limits and timeouts
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")
+def test_commands_run_under_the_default_scheduling_policy(ws: Workspace) -> None:
+    # An agent's worker thread runs under SCHED_BATCH (runtime._batch_scheduling); the
+    # commands its tools start must not inherit it.
+    import threading
+
+    from agentledger.actors.runtime import _batch_scheduling
+
+    seen: list[object] = []
+
+    def worker() -> None:
+        seen.append(_batch_scheduling())
+        result = python(ws, "import os; print(os.sched_getscheduler(0))")
+        seen.append(result.stdout.strip())
+        seen.append(os.sched_getscheduler(0))  # the thread's own policy is kept
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == ["batch", str(os.SCHED_OTHER), os.SCHED_BATCH]
+
+
 def test_timeout_kills_the_whole_group(ws: Workspace) -> None:
     started = time.monotonic()
     with pytest.raises(ToolTimeout) as caught:
