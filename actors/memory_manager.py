@@ -430,12 +430,12 @@ class MemoryManager:
             keys, lines = sorted(values), {}
         else:
             keys, lines = known.keys, dict(known.lines)
-            gone = lines.keys() - values.keys()
-            if gone or len(keys) != len(lines):
-                keys = [k for k in keys if k in values]
+            present = set(keys)  # set operations in C: a long run's scratchpad has many keys
+            gone, new = present - values.keys(), values.keys() - present
+            if gone:
+                keys = [k for k in keys if k not in gone]
                 for key in gone:
-                    del lines[key]
-            new = values.keys() - set(keys) if len(keys) != len(values) else ()
+                    lines.pop(key, None)
             if new:
                 keys = list(keys)
                 for key in new:
