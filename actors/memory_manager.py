@@ -17,9 +17,9 @@ import collections
 import functools
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from agentledger.events import ContextSummarized, Event, InvalidEvent, NotFound
 from agentledger.projections.memory import (
@@ -357,10 +357,7 @@ class MemoryManager:
             history = self._extended(known, run_events, settled, role)
         if history is None:
             history = self._read_history(run_events[:settled], role)
-        self._histories[key] = history
-        self._histories.move_to_end(key)
-        while len(self._histories) > _REMEMBERED:
-            self._histories.popitem(last=False)
+        _remember(self._histories, key, history)
         if settled < len(run_events):  # the tail: read now, not remembered
             return self._extended(history, run_events, len(run_events), role) or (
                 self._read_history(run_events, role)
@@ -371,8 +368,13 @@ class MemoryManager:
         summary = latest_summary(run_events, role)
         covered = summary.payload.to_position if summary else 0
         mine = [e for e in _since(run_events, covered) if is_own_history(e, role)]
-        tokens = sum(self.count(self.line(e)) for e in mine)
-        return _History(run_events[0].id, run_events[-1].id, len(run_events), summary, mine, tokens)
+        return _History(
+            run_events[0].id, run_events[-1].id, len(run_events), summary, mine, self._tokens(mine)
+        )
+
+    def _tokens(self, events: Sequence[Event]) -> int:
+        """The tokens of the events' lines, summed."""
+        return sum(self.count(self.line(e)) for e in events)
 
     def _extended(
         self, known: _History, run_events: Sequence[Event], end: int, role: str
@@ -394,7 +396,7 @@ class MemoryManager:
                     return None
                 summary, covered = event, event.payload.to_position
                 mine = [e for e in mine if (e.position or 0) > covered]
-                tokens, copied = sum(self.count(self.line(e)) for e in mine), True
+                tokens, copied = self._tokens(mine), True
                 continue
             if (event.position or 0) <= covered:
                 return None
@@ -452,16 +454,23 @@ class MemoryManager:
             kept.append(made[1])
             used += made[2]
         text, tokens = "\n".join(kept), max(0, used - 1)
-        self._pads[id(pad)] = _PadLines(
-            pad, pad.updates, len(values), limit, text, tokens, keys, lines
+        _remember(
+            self._pads,
+            id(pad),
+            _PadLines(pad, pad.updates, len(values), limit, text, tokens, keys, lines),
         )
-        self._pads.move_to_end(id(pad))
-        while len(self._pads) > _REMEMBERED:
-            self._pads.popitem(last=False)
         return text, tokens
 
 
 _REMEMBERED = 64  # runs (per role) and scratchpads whose last reading a MemoryManager keeps
+
+
+def _remember(cache: collections.OrderedDict[Any, Any], key: object, value: object) -> None:
+    """Keep ``value`` as the newest of ``cache``'s at most ``_REMEMBERED`` readings."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > _REMEMBERED:
+        cache.popitem(last=False)
 
 
 def latest_summary(run_events: Sequence[Event], role: str) -> ContextSummarized | None:
@@ -496,15 +505,3 @@ def _fit(text: str, limit: int, count: TokenCounter) -> str:
         else:
             high = mid - 1
     return text[:low] + "…" if low else ""
-
-
-def _fit_lines(lines: Iterable[str], limit: int, count: TokenCounter) -> tuple[str, int]:
-    """The first ``lines`` that fit in ``limit`` tokens, joined, and their token count."""
-    kept, used = [], 0
-    for line in lines:
-        cost = count(line) + 1
-        if used + cost > limit:
-            break
-        kept.append(line)
-        used += cost
-    return "\n".join(kept), max(0, used - 1)

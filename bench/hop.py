@@ -58,6 +58,7 @@ from store import (
 TARGET_HOP_MS = {"sqlite": 10.0, "postgres": 5.0}
 _DEFAULT_GC = gc.get_threshold()  # this Python's, before anything sets it
 TARGET_STEP_OVERHEAD_MS = 3.0
+CHAIN_MODELS = {r: "scripted:chain" for r in ("coordinator", "research", "execution", "review")}
 
 
 class ChainBrain:
@@ -203,9 +204,8 @@ def one_run(
     runtime = Runtime(config, providers={"scripted": ScriptedProvider(ChainBrain(steps))})
     runtime.start()
     try:
-        models = {r: "scripted:chain" for r in ("coordinator", "research", "execution", "review")}
         with EventStore.open(url) as store:
-            started = start_run(store, f"a chain of {steps} steps", models=models)
+            started = start_run(store, f"a chain of {steps} steps", models=CHAIN_MODELS)
             state = wait_for_end(store, started.stream, timeout=3600)
             if state.status.value != "completed":
                 raise RuntimeError(f"the bench run ended {state.status.value}: {state.outcome}")
@@ -289,7 +289,6 @@ def in_process(url: str, steps: int, root: Path, gc_threshold: tuple[int, int, i
         memory_dir=str(root / "memory"),
     )
     workers = workers_for(config, {"scripted": ScriptedProvider(ChainBrain(steps))})
-    models = {r: "scripted:chain" for r in ("coordinator", "research", "execution", "review")}
     collecting = [0.0, 0.0]  # seconds in collections, and when the current one began
 
     def timed(phase: str, info: dict[str, int]) -> None:
@@ -303,7 +302,7 @@ def in_process(url: str, steps: int, root: Path, gc_threshold: tuple[int, int, i
     gc.callbacks.append(timed)
     try:
         with EventStore.open(url) as store:
-            run = start_run(store, f"a chain of {steps} steps", models=models).stream
+            run = start_run(store, f"a chain of {steps} steps", models=CHAIN_MODELS).stream
             position, cpu = 0, time.process_time()
             while batch := list(store.read_all(after_position=position)):
                 for event in batch:

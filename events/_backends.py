@@ -425,6 +425,12 @@ class _SQLiteWaiter(Waiter):
                 self._close_watch()
 
 
+def _of_kinds(topic: str, kinds: Sequence[str]) -> str:
+    """The SQLite condition "the ``topic`` column's type is one of ``kinds``": the type before
+    '@', whatever the schema version (see ``Backend.read_page``); one parameter per kind."""
+    return f" AND substr({topic}, 1, instr({topic}, '@') - 1) IN ({','.join('?' * len(kinds))})"
+
+
 def _batch_recorder(datastore: Any) -> Any:
     """eventsourcing's SQLite process recorder, inserting a batch of one stream's consecutive
     versions with one ``executemany`` (the recorder executes its insert once per event to learn
@@ -680,10 +686,8 @@ class SQLiteBackend(Backend):
         if stop is not None:
             statement += " AND rowid <= ?"
             params.append(stop)
-        if kinds:  # the type before '@', whatever the schema version (see Backend.read_page)
-            statement += (
-                f" AND substr(topic, 1, instr(topic, '@') - 1) IN ({','.join('?' * len(kinds))})"
-            )
+        if kinds:
+            statement += _of_kinds("topic", kinds)
             params.extend(kinds)
         statement += " ORDER BY rowid LIMIT ?"
         params.append(limit)
@@ -701,8 +705,7 @@ class SQLiteBackend(Backend):
         )
         params: list[Any] = [after]
         if kinds:
-            marks = ",".join("?" * len(kinds))
-            statement += f" AND substr(e.topic, 1, instr(e.topic, '@') - 1) IN ({marks})"
+            statement += _of_kinds("e.topic", kinds)
             params.extend(kinds)
         statement += " ORDER BY e.rowid LIMIT ?"
         params.append(limit)
