@@ -158,7 +158,7 @@ class _History:
     last: uuid.UUID
     read: int  # how many events of the list were read
     summary: ContextSummarized | None
-    mine: list[Event]  # own history after the summary's to_position (all of it if none)
+    mine: list[Event]  # own history after the summary's end (all of it if none)
     tokens: int  # the tokens of their lines (``MemoryManager.line``), summed
 
 
@@ -330,6 +330,8 @@ class MemoryManager:
                 "to_position": older[-1].position or 0,
                 "summary": text,
                 "model": summarizer.model,
+                "from_event": older[0].id,
+                "to_event": older[-1].id,
             },
             **last.caused_by(last),
         )
@@ -366,8 +368,7 @@ class MemoryManager:
 
     def _read_history(self, run_events: Sequence[Event], role: str) -> _History:
         summary = latest_summary(run_events, role)
-        covered = summary.payload.to_position if summary else 0
-        mine = [e for e in _since(run_events, covered) if is_own_history(e, role)]
+        mine = [e for e in _after(run_events, summary) if is_own_history(e, role)]
         return _History(
             run_events[0].id, run_events[-1].id, len(run_events), summary, mine, self._tokens(mine)
         )
@@ -387,18 +388,28 @@ class MemoryManager:
             return known
         summary = known.summary
         covered = summary.payload.to_position if summary else 0
+        by_id = summary is not None and summary.payload.to_event is not None
         mine, tokens, copied = known.mine, known.tokens, False
         for event in run_events[known.read : end]:
             if isinstance(event, ContextSummarized) and event.payload.agent == role:
                 # A newer summary: the history now starts after what it covers (a later
                 # part of the history read so far; not a summary reaching back further).
-                if event.payload.to_position < covered:
-                    return None
-                summary, covered = event, event.payload.to_position
-                mine = [e for e in mine if (e.position or 0) > covered]
+                to_event = event.payload.to_event
+                if to_event is not None:
+                    last = _index_of(mine, to_event)
+                    if last is None:
+                        return None
+                    mine = mine[last + 1 :]
+                else:
+                    if event.payload.to_position < covered:
+                        return None
+                    mine = [e for e in mine if (e.position or 0) > event.payload.to_position]
+                summary, covered, by_id = event, event.payload.to_position, to_event is not None
                 tokens, copied = self._tokens(mine), True
                 continue
-            if (event.position or 0) <= covered:
+            if event.position is None:
+                continue  # not in the log (yet): never history
+            if not by_id and event.position <= covered:
                 return None
             if is_own_history(event, role):
                 if not copied:
@@ -478,6 +489,28 @@ def latest_summary(run_events: Sequence[Event], role: str) -> ContextSummarized 
     for event in reversed(run_events):
         if isinstance(event, ContextSummarized) and event.payload.agent == role:
             return event
+    return None
+
+
+def _after(run_events: Sequence[Event], summary: ContextSummarized | None) -> list[Event]:
+    """The events (in the log) after what ``summary`` covers; all of them if it is None.
+
+    A summary of schema 2 ends at an event named by id: in a fork, whose inherited events
+    all carry the position of ``run.forked``, a summary may end between two of them. One of
+    schema 1 ends at a position (as it did when it was written)."""
+    to_event = summary.payload.to_event if summary is not None else None
+    if to_event is not None:
+        last = _index_of(run_events, to_event)
+        if last is not None:
+            return [e for e in run_events[last + 1 :] if e.position is not None]
+    return _since(run_events, summary.payload.to_position if summary is not None else 0)
+
+
+def _index_of(events: Sequence[Event], event_id: uuid.UUID) -> int | None:
+    """The index of the event with ``event_id`` among ``events``, looked for from the end."""
+    for index in range(len(events) - 1, -1, -1):
+        if events[index].id == event_id:
+            return index
     return None
 
 

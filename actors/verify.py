@@ -36,6 +36,8 @@ from .tools import ToolContext, ToolRegistry, default_registry
 
 # Measured, not decided: differ on every execution.
 _TIMINGS = frozenset({"duration_ms", "latency_ms"})
+# Payload fields a schema added after logs were written without them (None when upcast).
+_ADDED_LATER = {"context.summarized": frozenset({"from_event", "to_event"})}
 _HALTS = frozenset({"run.paused", "run.cancelled"})
 
 
@@ -149,13 +151,21 @@ class _ReplayTools(ToolRegistry):
         return result
 
 
-def comparable(event: Envelope) -> dict[str, Any]:
-    """What is compared of an event: type, principal, payload without timings."""
+def comparable(event: Envelope, recorded: Envelope | None = None) -> dict[str, Any]:
+    """What is compared of an event: type, principal, payload without timings.
+
+    ``recorded``: the event of the log that ``event`` is compared with. A field a later
+    schema added, which the recorded event (written under the older one) holds as None, is
+    not compared: the log was right when it was written."""
     payload = event.payload.model_dump(mode="json")
+    skip = _TIMINGS
+    added = _ADDED_LATER.get(event.type)
+    if added and recorded is not None and recorded.type == event.type:
+        skip = skip | {f for f in added if getattr(recorded.payload, f, None) is None}
     return {
         "type": event.type,
         "actor": event.actor,
-        "payload": {k: v for k, v in payload.items() if k not in _TIMINGS},
+        "payload": {k: v for k, v in payload.items() if k not in skip},
     }
 
 
@@ -329,7 +339,7 @@ def _verify_role(
             )
             continue
         for position, (want, got) in enumerate(zip(recorded, emitted, strict=False)):
-            if comparable(want) != comparable(got):
+            if comparable(want, want) != comparable(got, want):
                 return _diverged(
                     principal, event, want, got, f"event {position + 1} of the reaction differs"
                 )
@@ -362,7 +372,7 @@ def _diverged(
         agent=agent,
         cause_position=cause.position,
         position=want.position if want is not None else None,
-        expected=comparable(want) if want is not None else None,
-        actual=comparable(got) if got is not None else None,
+        expected=comparable(want, want) if want is not None else None,
+        actual=comparable(got, want) if got is not None else None,
         message=message,
     )

@@ -541,14 +541,21 @@ class ContextSummarizedPayload(Payload):
     to_position: Annotated[int, Field(ge=0)]
     summary: Text
     model: Name
+    # The first and last events summarized (schema 2). Positions alone cannot say where a
+    # summary ends inside a fork, whose inherited events all carry the fork's position; ids
+    # survive inheritance. None in a summary written under schema 1 (positions are used).
+    from_event: uuid.UUID | None = None
+    to_event: uuid.UUID | None = None
 
 
 class ContextSummarized(Envelope):
-    """Older history of an agent was summarized; the summary replaces that range in prompts."""
+    """Older history of an agent was summarized; the summary replaces that range in prompts
+    (schema 2 names the first and last events summarized by id)."""
 
     event_type: ClassVar[str] = "context.summarized"
+    current_schema_version: ClassVar[int] = 2
     type: Literal["context.summarized"] = "context.summarized"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     payload: ContextSummarizedPayload
 
 

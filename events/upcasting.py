@@ -102,6 +102,15 @@ def _run_forked_v1(document: Document) -> Document:
     return {**document, "payload": payload}
 
 
+@upcaster("context.summarized", 1)
+def _context_summarized_v1(document: Document) -> Document:
+    # v1 said where a summary ends by position only; v2 also names the events by id.
+    payload = dict(document["payload"])
+    payload.setdefault("from_event", None)
+    payload.setdefault("to_event", None)
+    return {**document, "payload": payload}
+
+
 @upcaster("model.responded", 1)
 def _model_responded_v1(document: Document) -> Document:
     # v1 stored the reply as ``text`` and one ``tokens`` count (the completion tokens).

@@ -5,6 +5,7 @@ mutated handler (it must fail, at the right position)."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,10 @@ from typer.testing import CliRunner
 from agentledger.actors.providers import ScriptedProvider
 from agentledger.actors.roles import Review
 from agentledger.actors.runtime import ENDED, follow_run, start_run
-from agentledger.actors.verify import verify_run
+from agentledger.actors.verify import comparable, verify_run
 from agentledger.cli import app
 from agentledger.demo import DEMO_GOAL, prepare_demo
-from agentledger.events import EventStore, NotFound
+from agentledger.events import ContextSummarized, EventStore, NotFound
 
 
 @pytest.fixture
@@ -103,3 +104,30 @@ def test_retries_and_failures_replay_as_recorded(tmp_path: Path, threaded_agents
 def test_verify_refuses_an_unknown_run(memory_store: EventStore) -> None:
     with pytest.raises(NotFound, match="no run 'run-nope'"):
         verify_run(memory_store, "run-nope")
+
+
+def test_a_summary_recorded_before_schema_2_compares_without_the_fields_it_lacks() -> None:
+    # A log written before summaries named their events by id holds them as None once upcast;
+    # re-executing today names them, and that is not a divergence. Where the log has them,
+    # they are compared like any other field.
+    payload = {
+        "agent": "research",
+        "from_position": 3,
+        "to_position": 9,
+        "summary": "earlier: three sources",
+        "model": "scripted",
+    }
+    old = ContextSummarized(actor="agent:research/memory", payload=payload)
+    first, last = uuid.uuid4(), uuid.uuid4()
+    today = ContextSummarized(
+        actor="agent:research/memory", payload={**payload, "from_event": first, "to_event": last}
+    )
+    assert comparable(today, old) == comparable(old, old)
+    other = today.model_copy(
+        update={"payload": today.payload.model_copy(update={"to_event": first})}
+    )
+    assert comparable(other, today) != comparable(today, today)
+    changed = today.model_copy(
+        update={"payload": today.payload.model_copy(update={"to_position": 8})}
+    )
+    assert comparable(changed, old) != comparable(old, old)

@@ -36,6 +36,7 @@ from agentledger.events import (
     ScratchpadUpdated,
     TaskAssigned,
 )
+from agentledger.fork import fork_run
 from agentledger.projections.memory import LongTermMemory, Scratchpad, ScratchpadProjection
 from agentledger.projections.tokens import approx_tokens
 
@@ -435,6 +436,66 @@ def test_a_summary_is_not_part_of_the_history_it_summarizes(memory_store: EventS
     context = manager.assemble(run.events(), "execution", "next", budget)
     assert str(recorded.id) not in context.event_ids
     assert manager.plan_summary(run.events(), "execution", budget, ScriptedSummarizer()) is None
+
+
+def test_summaries_end_where_they_end_inside_a_fork(memory_store: EventStore) -> None:
+    # A fork's inherited events all carry the position of its run.forked, so a summary's end
+    # is named by event id: positions alone dropped the inherited history a summary kept
+    # verbatim, and brought back in the fork what a parent's summary had covered.
+    manager, budget, summarizer = MemoryManager(), 1000, ScriptedSummarizer()
+    run = Run(memory_store, seed=3)
+    run.grow(80, roles=["execution"])
+    parent = run.events()
+    fork, _ = fork_run(memory_store, run.stream, parent[-1].position or 0, by="human:ada")
+    inherited = memory_store.read(fork)
+    summary = manager.plan_summary(inherited, "execution", budget, summarizer)
+    assert summary is not None
+    own = mine(inherited, "execution")
+    assert summary.payload.to_position == summary.payload.from_position == inherited[0].position
+    covered = [e.id for e in own].index(summary.payload.to_event) + 1
+    assert 0 < covered < len(own)
+    memory_store.append(fork, [summary])
+    events = memory_store.read(fork)
+    kept = [str(e.id) for e in own[covered:]]
+    warm = manager.assemble(events, "execution", "next", budget, settled=len(events))
+    fresh = MemoryManager().assemble(events, "execution", "next", budget)
+    assert warm.event_ids == fresh.event_ids == kept[-len(fresh.event_ids) :]
+    assert fresh.event_ids, "the newest inherited history stays verbatim after the summary"
+    assert MemoryManager().plan_summary(events, "execution", budget, summarizer) is None
+
+    # A summary the parent recorded covers, in its fork, the same events as in the parent.
+    [recorded] = run.append(MemoryManager().plan_summary(parent, "execution", budget, summarizer))
+    parent = run.events()
+    second, _ = fork_run(memory_store, run.stream, recorded.position or 0, by="human:ada")
+    in_parent = MemoryManager().assemble(parent, "execution", "next", budget)
+    in_fork = MemoryManager().assemble(memory_store.read(second), "execution", "next", budget)
+    assert in_fork.summary_event_id == in_parent.summary_event_id == str(recorded.id)
+    assert in_fork.event_ids == in_parent.event_ids
+    assert (
+        MemoryManager().plan_summary(memory_store.read(second), "execution", budget, summarizer)
+        is None
+    )
+
+
+def test_a_summary_written_under_schema_1_ends_at_its_position(memory_store: EventStore) -> None:
+    # Old logs: a summary without event ids covers the events up to its to_position.
+    run = Run(memory_store, seed=5)
+    run.grow(60, roles=["execution"])
+    events = run.events()
+    summary = MemoryManager().plan_summary(events, "execution", 500, ScriptedSummarizer())
+    assert summary is not None and summary.payload.to_event is not None
+    by_id = summary.payload
+    run.append(
+        ContextSummarized(
+            actor=summary.actor,
+            payload=by_id.model_dump(exclude={"from_event", "to_event"}),
+            **events[-1].caused_by(events[-1]),
+        )
+    )
+    with_ids = [*events, summary.model_copy(update={"position": None})]
+    old = MemoryManager().assemble(run.events(), "execution", "next", 500)
+    new = MemoryManager().assemble(with_ids, "execution", "next", 500)
+    assert old.event_ids and old.event_ids == new.event_ids
 
 
 # ---------------------------------------------------------------- token counter

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from agentledger.events import (
     EVENT_ADAPTER,
     EVENT_TYPES,
+    ContextSummarized,
     CorruptEvent,
     ModelResponded,
     RunForked,
@@ -191,10 +192,34 @@ def test_a_v1_run_forked_reads_as_a_fork_that_copied_its_prefix() -> None:
     assert (event.inherits, event.payload.parent_hash) == (0, None)
 
 
+def test_a_v1_context_summarized_reads_as_a_summary_ending_at_a_position() -> None:
+    payload = {
+        "agent": "research",
+        "from_position": 3,
+        "to_position": 9,
+        "summary": "s",
+        "model": "m",
+    }
+    document = {
+        "id": str(uuid.uuid4()),
+        "stream": "run-s",
+        "version": 12,
+        "type": "context.summarized",
+        "schema_version": 1,
+        "at": "2026-11-29T09:00:00+00:00",
+        "actor": "agent:research/memory",
+        "payload": payload,
+    }
+    event = EnvelopeMapper().decode(stored(document, "context.summarized@1", 40))
+    assert isinstance(event, ContextSummarized) and event.schema_version == 2
+    assert (event.payload.from_event, event.payload.to_event) == (None, None)
+    assert (event.payload.from_position, event.payload.to_position) == (3, 9)
+
+
 def test_every_schema_step_has_an_upcaster() -> None:
     assert missing_upcasters() == []
     versioned = {n for n, c in EVENT_TYPES.items() if c.current_schema_version > 1}
-    assert versioned == {"run.started", "model.responded", "run.forked"}
+    assert versioned == {"run.started", "model.responded", "run.forked", "context.summarized"}
 
 
 def test_a_current_document_passes_through_unchanged() -> None:
