@@ -980,9 +980,15 @@ def ensure_ray(address: str | None = None, *, namespace: str = NAMESPACE) -> Non
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError) as exc:
+        hint = ""
+        if "auth" in str(exc.__cause__ or exc).lower() and not os.environ.get(_RAY_AUTH_MODE):
+            hint = (
+                " The cluster asks for a token: set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN "
+                "or ~/.ray/auth_token to its token)."
+            )
         raise ConfigurationError(
             f"cannot reach the Ray cluster at {address!r}: {exc}. Check the address "
-            "(`ray status` shows it), or leave --address/RAY_ADDRESS unset to run locally."
+            "(`ray status` shows it), or leave --address/RAY_ADDRESS unset to run locally." + hint
         ) from exc
 
 
@@ -1011,11 +1017,16 @@ def attach_or_start(
         if explicit is not None:
             ensure_ray(explicit, namespace=config.namespace)
         else:
-            try:  # a Ray on this machine may hold this store's served agents
-                ray.init(address="auto", **_ray_options(config.namespace))
-            except ConnectionError:
-                pass
-            else:
+            # A Ray on this machine may hold this store's served agents: first the one that
+            # ``serve`` recorded for this namespace, then Ray's own guess, which picks any one
+            # of several local instances that were not started by ``ray start``.
+            for candidate in (served_address(config.namespace), "auto"):
+                if candidate is None:
+                    continue
+                try:
+                    ray.init(address=candidate, **_ray_options(config.namespace))
+                except (ConnectionError, RuntimeError):
+                    continue
                 if runtime.find():
                     return runtime, False
                 ray.shutdown()  # someone else's Ray: do not tie our agents to its lifetime
@@ -1024,6 +1035,72 @@ def attach_or_start(
         return runtime, False
     runtime.start()
     return runtime, True
+
+
+def _served_file(namespace: str) -> Path:
+    return Path.home() / ".agentledger" / "served" / f"{namespace}.json"
+
+
+@contextlib.contextmanager
+def serving_record(namespace: str) -> Iterator[str]:
+    """While open, this machine's commands find the agents of ``namespace`` in the Ray
+    instance this process is connected to (``served_address``); yields its address.
+
+    Written by ``agentledger serve`` (as ``~/.agentledger/served/<namespace>.json``, with
+    this process's id) and removed when it stops; a record whose process is gone is ignored.
+    Where it cannot be written, commands still try Ray's own guess."""
+    import json
+
+    import ray
+
+    gcs = ray.get_runtime_context().gcs_address
+    path = _served_file(namespace)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        auth = os.environ.get(_RAY_AUTH_MODE)  # what ray.init() chose for the instance
+        partial.write_text(json.dumps({"address": gcs, "pid": os.getpid(), "auth": auth}))
+        partial.replace(path)
+    except OSError as exc:
+        _log.warning("cannot record the served agents' Ray address in %s: %s", path, exc)
+        yield gcs
+        return
+    try:
+        yield gcs
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+
+
+def served_address(namespace: str) -> str | None:
+    """The Ray address that a live ``agentledger serve`` on this machine recorded for
+    ``namespace``, or None. If that Ray instance authenticates by token (Ray's default for
+    a local instance), this process is set to send the token (``~/.ray/auth_token``): Ray
+    does so by itself only for an instance it finds, never for an address it is given."""
+    import json
+
+    try:
+        record = json.loads(_served_file(namespace).read_text())
+        address, pid = str(record["address"]), int(record["pid"])
+        auth = record.get("auth")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # the serving process is gone (killed: it could not remove its record)
+    except PermissionError:
+        pass  # alive, another user's
+    if auth == "token" and not os.environ.get(_RAY_AUTH_MODE):
+        from ray._raylet import Config
+
+        os.environ[_RAY_AUTH_MODE] = "token"
+        Config.initialize("")  # Ray caches its settings: read the mode again
+    return address
+
+
+_RAY_AUTH_MODE = "RAY_AUTH_MODE"
 
 
 class Runtime:

@@ -1243,7 +1243,7 @@ def serve_command(
     """
     import time as _time
 
-    from agentledger.actors.runtime import Runtime, ensure_ray
+    from agentledger.actors.runtime import Runtime, ensure_ray, serving_record
     from agentledger.config import load_settings, runtime_config
     from agentledger.console import agents_table
 
@@ -1259,17 +1259,18 @@ def serve_command(
         runtime = Runtime(cfg)
         with err.status("starting the agents…"):
             runtime.start(detached=True)
-        err.print(
-            f"serving {len(runtime.names())} agents and the approval-expiry watcher on {url} "
-            f"(Ray namespace {cfg.namespace}); Ctrl-C stops them"
-        )
-        try:
-            while True:
-                out.print(agents_table(runtime.status()))
-                _time.sleep(30)
-        except KeyboardInterrupt:
-            err.print("stopping the agents…")
-            runtime.stop()
+        with serving_record(cfg.namespace) as ray_address:
+            err.print(
+                f"serving {len(runtime.names())} agents and the approval-expiry watcher on "
+                f"{url} (Ray at {ray_address}, namespace {cfg.namespace}); Ctrl-C stops them"
+            )
+            try:
+                while True:
+                    out.print(agents_table(runtime.status()))
+                    _time.sleep(30)
+            except KeyboardInterrupt:
+                err.print("stopping the agents…")
+                runtime.stop()
 
     _run(body)
 

@@ -53,15 +53,20 @@ def test_demo_runs_the_four_agents_offline_up_to_the_approval(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None:
+    # Another local Ray instance runs beside the one `serve` started (a notebook's, another
+    # tool's): Ray's own address="auto" picks any one of them; `run` must find the agents by
+    # the address `serve` recorded for this store.
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    env = _env() | {"HOME": str(tmp_path)}
     serve = subprocess.Popen(
         [*CLI, "serve", "--store", url],
         cwd=tmp_path,
-        env=_env(),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    other: subprocess.Popen[str] | None = None
     try:
         assert serve.stdout is not None
         lines = []
@@ -72,10 +77,20 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
             if "serving" in line or serve.poll() is not None:
                 break
         assert any("serving 4 agents" in line for line in lines), "".join(lines)
+        [record] = (tmp_path / ".agentledger" / "served").iterdir()
+        # Started after serve's Ray, it shares the auth token serve's Ray saved in $HOME/.ray.
+        other = subprocess.Popen(
+            [sys.executable, "-c", OTHER_RAY],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert other.stdout is not None and other.stdout.readline().strip() == "ready"
         done = subprocess.run(
             [*CLI, "run", "write hello to hello.txt", "--store", url, "--timeout", "120"],
             cwd=tmp_path,
-            env=_env(),
+            env=env,
             capture_output=True,
             text=True,
             timeout=300,
@@ -86,11 +101,22 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
         [workspace] = (tmp_path / ".agentledger" / "workspaces").iterdir()
         assert (workspace / "hello.txt").exists()
     finally:
+        if other is not None:
+            other.kill()
         serve.send_signal(signal.SIGINT)
         try:
             serve.wait(timeout=60)
         except subprocess.TimeoutExpired:
             serve.kill()
+    assert not record.exists(), "serve removes its record when it stops"
+
+
+OTHER_RAY = """
+import time, ray
+ray.init(include_dashboard=False, num_cpus=1)
+print("ready", flush=True)
+time.sleep(600)
+"""
 
 
 @pytest.mark.parametrize(
