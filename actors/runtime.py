@@ -1093,7 +1093,7 @@ def served_address(namespace: str) -> str | None:
     except PermissionError:
         pass  # alive, another user's
     if auth == "token" and not os.environ.get(_RAY_AUTH_MODE):
-        from ray._raylet import Config
+        from ray._raylet import Config  # type: ignore[attr-defined]
 
         os.environ[_RAY_AUTH_MODE] = "token"
         Config.initialize("")  # Ray caches its settings: read the mode again
