@@ -15,10 +15,11 @@ from __future__ import annotations
 import bisect
 import collections
 import functools
+import itertools
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from agentledger.events import ContextSummarized, Event, InvalidEvent, NotFound
@@ -177,6 +178,7 @@ class _PadLines:
     tokens: int
     keys: list[str]
     lines: dict[str, tuple[ScratchValue, str, int]]
+    cut: str | None  # the first key that did not fit; None if all did
 
 
 class MemoryManager:
@@ -439,6 +441,23 @@ class MemoryManager:
         ):
             return known.text, known.tokens
         values = pad.values
+        if known is not None and known.limit == limit and known.cut is not None:
+            added = pad.updates - known.updates
+            if 0 < added == len(values) - known.size:
+                # Every update since added a key (a replacement or a removal would make the
+                # counts differ): the newest keys in the dict's order. If they all sort after
+                # the first key that did not fit, the section is what it was.
+                new = list(itertools.islice(reversed(values), added))
+                if min(new) > known.cut:
+                    keys = list(known.keys)
+                    for key in new:
+                        bisect.insort(keys, key)
+                    _remember(
+                        self._pads,
+                        id(pad),
+                        replace(known, updates=pad.updates, size=len(values), keys=keys),
+                    )
+                    return known.text, known.tokens
         if known is None:
             keys, lines = sorted(values), {}
         else:
@@ -453,7 +472,7 @@ class MemoryManager:
                 keys = list(keys)
                 for key in new:
                     bisect.insort(keys, key)
-        kept, used = [], 0
+        kept, used, cut = [], 0, None
         for key in keys:
             value = values[key]
             made = lines.get(key)
@@ -461,6 +480,7 @@ class MemoryManager:
                 line = f"{key}: {value.value}"
                 made = lines[key] = (value, line, self.count(line) + 1)
             if used + made[2] > limit:
+                cut = key
                 break
             kept.append(made[1])
             used += made[2]
@@ -468,7 +488,7 @@ class MemoryManager:
         _remember(
             self._pads,
             id(pad),
-            _PadLines(pad, pad.updates, len(values), limit, text, tokens, keys, lines),
+            _PadLines(pad, pad.updates, len(values), limit, text, tokens, keys, lines, cut),
         )
         return text, tokens
 

@@ -226,6 +226,44 @@ def test_a_manager_that_read_the_run_before_answers_as_a_fresh_one(
         assert (a.sections, a.event_ids) == (b.sections, b.event_ids)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    limit=st.integers(32, 400),
+    batches=st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(["add", "add", "add", "set", "drop"]), st.integers(0, 999)),
+            min_size=1,
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_the_scratchpad_section_read_again_is_the_section_read_afresh(
+    limit: int, batches: list[list[tuple[str, int]]]
+) -> None:
+    # A warm manager skips the section's walk when every update since its last reading added
+    # a key that sorts after the first key that did not fit; whatever the updates, what it
+    # gives must be what a fresh manager gives.
+    warm, pad, fold = MemoryManager(), Scratchpad(), ScratchpadProjection()
+    rng = random.Random(limit)
+    for batch in batches:
+        for op, n in batch:
+            known = sorted(pad.values)
+            if op == "add" or not known:
+                key, value = f"k{n:03d}", " ".join(rng.choice(WORDS) for _ in range(n % 9 + 1))
+            else:
+                key = known[n % len(known)]
+                value = None if op == "drop" else f"v{n}"
+            event = ScratchpadUpdated(
+                actor="agent:research/r1", payload={"key": key, "value": value}
+            )
+            pad = fold.apply(pad, event)
+        a = warm.assemble([], "research", "next", limit * 5, scratchpad=pad)
+        b = MemoryManager().assemble([], "research", "next", limit * 5, scratchpad=pad)
+        assert a.sections == b.sections
+
+
 def test_own_reactions_not_yet_delivered_are_read_on_every_turn(memory_store: EventStore) -> None:
     # An agent's view is what it was delivered, in log order (settled), then its own
     # reactions not delivered yet, which may later arrive before others' events (a fork's
