@@ -447,10 +447,10 @@ class MemoryManager:
                 # Every update since added a key (a replacement or a removal would make the
                 # counts differ): the newest keys in the dict's order. If they all sort after
                 # the first key that did not fit, the section is what it was.
-                new = list(itertools.islice(reversed(values), added))
-                if min(new) > known.cut:
+                newest = list(itertools.islice(reversed(values), added))
+                if min(newest) > known.cut:
                     keys = list(known.keys)
-                    for key in new:
+                    for key in newest:
                         bisect.insort(keys, key)
                     _remember(
                         self._pads,
