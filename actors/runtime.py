@@ -359,7 +359,7 @@ class AgentWorker:
                         self.position = row[0]
                         self._skip(row[0])
                         continue
-                    self.deliver(subscription.decode(row))
+                    self.deliver(self._appended(row) or subscription.decode(row))
                     if narrow and self._runs:
                         return  # a part in a run: every event from here on
                     ended = ended or row[3].startswith(_END_TOPICS)
@@ -369,6 +369,17 @@ class AgentWorker:
                     return
         finally:
             self._controls = {}
+
+    def _appended(self, row: tuple[int, str, int, str, bytes]) -> Event | None:
+        """The event of ``row`` if this agent appended it and still holds it (its reactions
+        not delivered yet): exactly what decoding the row gives (the store parses what it
+        returns from the stored bytes), without decoding it again."""
+        cache = self._runs.get(row[1])
+        if cache is not None:
+            for event in cache.pending:
+                if event.position == row[0]:
+                    return event
+        return None
 
     def _narrow(self) -> bool:
         """Whether this agent takes part in no run in progress (views of ended runs go)."""

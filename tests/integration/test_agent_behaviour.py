@@ -483,3 +483,34 @@ def test_a_worker_lets_go_of_a_run_once_it_ended_though_others_keep_the_log_busy
             other.join(timeout=5)
             following.join(timeout=10)
             worker.store.close()
+
+
+def test_a_worker_takes_its_own_events_back_from_the_log_without_decoding_them(
+    run_with: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The subscription delivers an agent's own reaction after its append; the agent already
+    # holds those events (the store parses what it returns from the stored bytes), so it
+    # uses them instead of decoding the rows again. What it delivers must be what the log says.
+    delivered: list[Event] = []
+    reused: list[Event] = []
+    deliver, appended = AgentWorker.deliver, AgentWorker._appended
+
+    def recording(self: AgentWorker, event: Event) -> None:
+        delivered.append(event)
+        deliver(self, event)
+
+    def counting(self: AgentWorker, row: Any) -> Event | None:
+        event = appended(self, row)
+        if event is not None:
+            reused.append(event)
+        return event
+
+    monkeypatch.setattr(AgentWorker, "deliver", recording)
+    monkeypatch.setattr(AgentWorker, "_appended", counting)
+    status, events, _ = run_with(_note_it)
+    assert status is RunStatus.COMPLETED
+    by_position = {e.position: e for e in events}
+    ours = [e for e in delivered if e.stream == events[0].stream]
+    assert ours and all(e == by_position[e.position] for e in ours)
+    assert reused and {e.position for e in reused} <= {e.position for e in ours}
+    assert all(e.actor.startswith("agent:") for e in reused)
