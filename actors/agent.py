@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -324,8 +325,20 @@ class Turn:
         """The run's workspace (created on first use)."""
         if self._workspace is None:
             started = self.run.started
-            chosen = started.payload.workspace if started else None
-            root = Path(chosen) if chosen else self.settings.workspace_root / self.run.run
+            chosen = (
+                Path(started.payload.workspace) if started and started.payload.workspace else None
+            )
+            runs = self.settings.workspace_root
+            parent = self.run.state.parent_run
+            if parent is None:
+                root = chosen or runs / self.run.run
+            else:
+                # A fork works in its own copy of its parent's workspace, never in the
+                # parent's (the parent's own workspace when it was started with one).
+                root = runs / self.run.run
+                source = runs / parent if (runs / parent).is_dir() else chosen
+                if source is not None and not root.exists():
+                    _copy_workspace(source, root)
             self._workspace = self.agent.workspace_at(root)
         return self._workspace
 
@@ -505,6 +518,23 @@ def _strip_fences(content: str) -> str:
         if text.rstrip().endswith("```"):
             text = text.rstrip()[:-3]
     return text.strip()
+
+
+def _copy_workspace(source: Path, target: Path) -> None:
+    """``target`` made a copy of the folder ``source`` as it is now (symbolic links copied as
+    links, never followed), unless another agent made it first. Copied beside ``target``
+    and renamed into place, so no agent ever sees a half-made copy."""
+    if not source.is_dir():
+        return
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        shutil.copytree(source, partial, symlinks=True)
+        partial.rename(target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _validation_summary(exc: ValidationError) -> str:

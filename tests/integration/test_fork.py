@@ -91,6 +91,39 @@ def test_a_fork_with_another_model_goes_its_own_way_and_the_parent_is_untouched(
     assert (workspaces / parent / "a.txt").exists() and (workspaces / fork / "b.txt").exists()
 
 
+def test_a_fork_works_in_a_copy_of_its_parents_workspace(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    # The parent was given a workspace of the user's; a fork of it must not change it: the
+    # fork works in its own copy, made when its agents first need one.
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("the user's")
+    providers = {
+        "scripted": ScriptedProvider(brain("a.txt")),
+        "other": ScriptedProvider(brain("b.txt")),
+    }
+    models = {r: "scripted:m" for r in ("coordinator", "research", "execution", "review")}
+    with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
+        parent = start_run(store, "write it", models=models, workspace=mine).stream
+        assert follow_run(store, parent, until=ENDED, timeout=60).status is RunStatus.COMPLETED
+        assigned = next(e for e in store.read(parent) if e.type == "task.assigned")
+        fork, _ = fork_run(
+            store, parent, assigned.position or 0, by="human:ada", models={"execution": "other:m"}
+        )
+        assert follow_run(store, fork, until=ENDED, timeout=60).status is RunStatus.COMPLETED
+    assert sorted(p.name for p in mine.iterdir()) == ["a.txt", "notes.md"]
+    copy = tmp_path / "workspaces" / fork
+    assert sorted(p.name for p in copy.iterdir() if p.name != ".git") == [
+        "a.txt",
+        "b.txt",
+        "notes.md",
+    ]
+    assert (copy / "notes.md").read_text() == "the user's"
+    assert not list((tmp_path / "workspaces").glob(".*.partial"))
+
+
 def test_a_fork_at_an_approval_takes_a_different_decision(
     tmp_path: Path, threaded_agents: Any
 ) -> None:
