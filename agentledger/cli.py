@@ -44,7 +44,7 @@ app = typer.Typer(
         "steer runs, and read, replay, verify and export the log."
     ),
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",  # a docstring's paragraphs reflow to the terminal's width
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -107,7 +107,7 @@ def _check_types(types: list[str]) -> list[str]:
 @app.command("log")
 def log_command(
     stream: Annotated[
-        str | None, typer.Argument(help="Only this stream (e.g. run-<uuid>). Default: all.")
+        str | None, typer.Argument(help="Only this stream (e.g. run-20261130-115347-93776a (`agentledger runs` lists them)). Default: all.")
     ] = None,
     type_: Annotated[
         list[str] | None,
@@ -279,7 +279,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 @app.command("state")
 def state_command(
-    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-<uuid>.")],
+    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-20261130-115347-93776a (`agentledger runs` lists them).")],
     at: AtOption = None,
     as_json: JsonOption = False,
     store_url: StoreOption = None,
@@ -311,7 +311,7 @@ def state_command(
 
 @app.command("blackboard")
 def blackboard_command(
-    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-<uuid>.")],
+    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-20261130-115347-93776a (`agentledger runs` lists them).")],
     at: AtOption = None,
     kind: Annotated[
         str | None, typer.Option("--kind", help="fact, hypothesis, decision, artifact, question")
@@ -360,7 +360,7 @@ def blackboard_command(
 
 @app.command("context")
 def context_command(
-    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-<uuid>.")],
+    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-20261130-115347-93776a (`agentledger runs` lists them).")],
     agent: Annotated[
         str, typer.Option("--agent", help="Role: coordinator, research, execution, review.")
     ],
@@ -1286,7 +1286,7 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("export")
 def audit_export_command(
-    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-<uuid>.")],
+    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-20261130-115347-93776a (`agentledger runs` lists them).")],
     out_file: Annotated[Path, typer.Option("--out", help="The export file to write (JSON Lines).")],
     key: Annotated[
         Path | None,
@@ -1341,7 +1341,7 @@ def audit_verify_command(
 
 @audit_app.command("report")
 def audit_report_command(
-    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-<uuid>.")],
+    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-20261130-115347-93776a (`agentledger runs` lists them).")],
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write the Markdown here instead of stdout.")
     ] = None,
