@@ -1028,19 +1028,19 @@ def attach_or_start(
         if explicit is not None:
             ensure_ray(explicit, namespace=config.namespace)
         else:
-            # A Ray on this machine may hold this store's served agents: first the one that
-            # ``serve`` recorded for this namespace, then Ray's own guess, which picks any one
-            # of several local instances that were not started by ``ray start``.
-            for candidate in (served_address(config.namespace), "auto"):
-                if candidate is None:
-                    continue
+            # The Ray instance that ``serve`` recorded for this store's namespace, if it runs
+            # on this machine. Not Ray's own address="auto": it picks any one of several local
+            # instances, and one of another user's asks for a token it retries for 20 s.
+            served = served_ray(config.namespace)
+            if served is not None:
                 try:
-                    ray.init(address=candidate, **_ray_options(config.namespace))
+                    ray.init(address=served, **_ray_options(config.namespace))
                 except (ConnectionError, RuntimeError):
-                    continue
-                if runtime.find():
-                    return runtime, False
-                ray.shutdown()  # someone else's Ray: do not tie our agents to its lifetime
+                    pass
+                else:
+                    if runtime.find():
+                        return runtime, False
+                    ray.shutdown()  # its agents are gone: do not tie ours to its lifetime
             ray.init(**_ray_options(config.namespace))
     if runtime.find():
         return runtime, False
@@ -1086,16 +1086,37 @@ def serving_record(namespace: str) -> Iterator[str]:
 
 def served_address(namespace: str) -> str | None:
     """The Ray address that a live ``agentledger serve`` on this machine recorded for
-    ``namespace``, or None. If that Ray instance authenticates by token (Ray's default for
-    a local instance), this process is set to send the token (``~/.ray/auth_token``): Ray
-    does so by itself only for an instance it finds, never for an address it is given."""
+    ``namespace``, or None."""
+    record = _served_record(namespace)
+    return str(record["address"]) if record is not None else None
+
+
+def served_ray(namespace: str) -> str | None:
+    """``served_address``, with this process set to send that Ray instance its token if it
+    authenticates by token (Ray's default for a local instance; the token is in
+    ``~/.ray/auth_token``): Ray does so by itself only for an instance it finds, never for an
+    address it is given. Call it just before connecting."""
+    record = _served_record(namespace)
+    if record is None:
+        return None
+    if record.get("auth") == "token" and not os.environ.get(_RAY_AUTH_MODE):
+        from ray._raylet import Config  # type: ignore[attr-defined]
+
+        os.environ[_RAY_AUTH_MODE] = "token"
+        Config.initialize("")  # Ray caches its settings: read the mode again
+    return str(record["address"])
+
+
+def _served_record(namespace: str) -> dict[str, Any] | None:
     import json
 
     try:
         record = json.loads(_served_file(namespace).read_text())
-        address, pid = str(record["address"]), int(record["pid"])
-        auth = record.get("auth")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        str(record["address"])
+        pid = int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(record, dict):
         return None
     try:
         os.kill(pid, 0)
@@ -1103,12 +1124,7 @@ def served_address(namespace: str) -> str | None:
         return None  # the serving process is gone (killed: it could not remove its record)
     except PermissionError:
         pass  # alive, another user's
-    if auth == "token" and not os.environ.get(_RAY_AUTH_MODE):
-        from ray._raylet import Config  # type: ignore[attr-defined]
-
-        os.environ[_RAY_AUTH_MODE] = "token"
-        Config.initialize("")  # Ray caches its settings: read the mode again
-    return address
+    return record
 
 
 _RAY_AUTH_MODE = "RAY_AUTH_MODE"

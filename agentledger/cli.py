@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ from agentledger.events import (
     EVENT_TYPES,
     STORE_ENV,
     AgentLedgerError,
+    ConfigurationError,
     Envelope,
     EventStore,
     NotFound,
@@ -61,12 +64,46 @@ StoreOption = Annotated[
 ]
 
 T = TypeVar("T")
+RUN_EXAMPLE = "e.g. run-20261130-115347-93776a; `agentledger runs` lists them"
 
 
 @contextmanager
-def _store(url: str | None) -> Iterator[EventStore]:
+def _store(url: str | None, *, create: bool = False) -> Iterator[EventStore]:
+    """The store at ``url``. Only the commands that start runs or agents (``create``) make a
+    new SQLite file; the others say there is none, rather than make one from a typo."""
+    url = _store_url(url)
+    if not create:
+        missing = _missing_store(url)
+        if missing is not None:
+            raise NotFound(
+                f"no store at {missing}: `agentledger demo` or `agentledger run GOAL` creates "
+                f"one there; --store or ${STORE_ENV} names another"
+            )
     with EventStore.open(url) as store:
         yield store
+
+
+def _store_url(url: str | None) -> str:
+    """``url``, else agentledger.toml's store (as `run` and `serve` take it), else the default."""
+    if url is not None:
+        return url
+    from agentledger.config import load_settings
+
+    return load_settings(None).store or default_store_url()
+
+
+def _missing_store(url: str | None) -> Path | None:
+    """The SQLite file that ``url`` names if it does not exist (None otherwise)."""
+    path = _sqlite_file(_store_url(url))
+    return path if path is not None and not path.exists() else None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (None for other stores and SQLite URIs)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").partition("?")[0]
+    return None if path.startswith("file:") or path == ":memory:" else Path(path).expanduser()
 
 
 def _run(action: Callable[[], T]) -> T:
@@ -107,7 +144,8 @@ def _check_types(types: list[str]) -> list[str]:
 @app.command("log")
 def log_command(
     stream: Annotated[
-        str | None, typer.Argument(help="Only this stream (e.g. run-20261130-115347-93776a (`agentledger runs` lists them)). Default: all.")
+        str | None,
+        typer.Argument(help=f"Only this stream ({RUN_EXAMPLE}). Default: all."),
     ] = None,
     type_: Annotated[
         list[str] | None,
@@ -133,7 +171,7 @@ def log_command(
 
     def body() -> None:
         types = _check_types(type_ or [])
-        with _store(store_url) as store:
+        with _store(store_url, create=follow) as store:  # following waits for the first run
             if stream is not None:
                 events: list[Envelope] = [
                     e
@@ -279,7 +317,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 @app.command("state")
 def state_command(
-    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-20261130-115347-93776a (`agentledger runs` lists them).")],
+    run: Annotated[
+        str,
+        typer.Argument(help=f"The run's stream ({RUN_EXAMPLE})."),
+    ],
     at: AtOption = None,
     as_json: JsonOption = False,
     store_url: StoreOption = None,
@@ -311,7 +352,10 @@ def state_command(
 
 @app.command("blackboard")
 def blackboard_command(
-    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-20261130-115347-93776a (`agentledger runs` lists them).")],
+    run: Annotated[
+        str,
+        typer.Argument(help=f"The run's stream ({RUN_EXAMPLE})."),
+    ],
     at: AtOption = None,
     kind: Annotated[
         str | None, typer.Option("--kind", help="fact, hypothesis, decision, artifact, question")
@@ -360,7 +404,10 @@ def blackboard_command(
 
 @app.command("context")
 def context_command(
-    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-20261130-115347-93776a (`agentledger runs` lists them).")],
+    run: Annotated[
+        str,
+        typer.Argument(help=f"The run's stream ({RUN_EXAMPLE})."),
+    ],
     agent: Annotated[
         str, typer.Option("--agent", help="Role: coordinator, research, execution, review.")
     ],
@@ -552,6 +599,7 @@ ModelOption = Annotated[
     ),
 ]
 EXIT_WAITING = 3
+EXIT_TIMEOUT = 4  # --timeout passed before the run ended
 
 
 def _models(specs: list[str], settings: Any) -> tuple[dict[str, str], dict[str, str]]:
@@ -612,9 +660,11 @@ def _execute_run(
         validate_goal(goal)  # before anything slow starts
     if docs is not None and not docs.is_dir():
         raise NotFound(f"--docs {docs}: no such directory")
+    if workspace is not None:
+        _check_workspace(workspace)
     chosen, given = _models(models or [], settings)
     url = store_url or settings.store or default_store_url()
-    with _store(url) as store:
+    with _store(url, create=fork is None) as store:
         if fork is not None:  # checked (run, position, reaction boundary) before agents start
             parent, position, note = fork
             stream, _ = fork_run(
@@ -628,14 +678,32 @@ def _execute_run(
                     store, goal, user=user, models=chosen, workspace=workspace, docs=docs
                 ).stream
                 err.print(f"run [bold]{stream}[/] started")
-            err.print("following it (Ctrl-C stops following, not the run)\n")
+            if owned:
+                err.print(
+                    "following it (Ctrl-C stops following and the agents this command "
+                    "started; the run waits in the log for agents: `agentledger serve`)\n"
+                )
+            else:
+                err.print("following it (Ctrl-C stops following, not the run)\n")
 
             def show(event: Any, state: Any) -> None:
                 line = progress_line(event)
                 if line is not None:
                     out.print(line)
 
-            state = follow_run(store, stream, on_event=show, timeout=timeout)
+            try:
+                state = follow_run(store, stream, on_event=show, timeout=timeout)
+            except TimeoutError:
+                goes_on = (
+                    "it waits in the log for agents: `agentledger serve`"
+                    if owned
+                    else "the served agents go on with it"
+                )
+                err.print(
+                    f"\n[yellow]stopped following[/] {stream} after {timeout:g} s, before it "
+                    f"ended ({goes_on}); `agentledger status {stream}` shows where it is"
+                )
+                raise typer.Exit(EXIT_TIMEOUT) from None
         finally:
             if owned:
                 runtime.stop()
@@ -661,6 +729,21 @@ def _execute_run(
         return
     if state.status is not RunStatus.COMPLETED:
         raise typer.Exit(1)
+
+
+def _check_workspace(workspace: Path) -> None:
+    """``--workspace`` made (if new) and writable, or a clear error before the run starts."""
+    if workspace.exists() and not workspace.is_dir():
+        raise ConfigurationError(f"--workspace {workspace}: not a folder")
+    try:
+        workspace.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--workspace {workspace}: cannot create it ({exc.strerror or exc}); choose a "
+            "folder you can write to"
+        ) from None
+    if not os.access(workspace, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"--workspace {workspace}: not writable by this user")
 
 
 def run_state_view_brief(state: Any) -> str:
@@ -702,7 +785,10 @@ def run_command(
     timeout: Annotated[
         float | None,
         typer.Option(
-            "--timeout", min=1, help="Stop following after this many seconds.", show_default=False
+            "--timeout",
+            min=1,
+            help="Stop following after this many seconds (exit 4 if the run has not ended).",
+            show_default=False,
         ),
     ] = None,
     store_url: StoreOption = None,
@@ -712,7 +798,7 @@ def run_command(
     """Start a run of the agents on GOAL and show its events live.
 
     Ends when the run completes (exit 0), fails (exit 1) or waits for a human's approval
-    (exit 3), and says what to do next.
+    (exit 3), and says what to do next; with --timeout, exit 4 if it has not ended by then.
     """
     _run(
         lambda: _execute_run(
@@ -819,6 +905,13 @@ def runs_command(
     from agentledger.projections import RunStateProjection
 
     def body() -> None:
+        missing = _missing_store(store_url)
+        if missing is not None:  # not an error: no run was started here yet
+            out.print(
+                f"[dim]no store at {missing} yet (nothing was created); start a run with "
+                'agentledger run "GOAL" or agentledger demo, or name another with --store[/]'
+            )
+            return
         with _store(store_url) as store:
             streams = sorted(store.streams("run-"), key=lambda s: s.first_position, reverse=True)
             states = [RunStateProjection().fold(store.read(s.stream)) for s in streams[:limit]]
@@ -976,8 +1069,24 @@ def _decide(
             event = decide(store, run, action, human, grant=grant, note=note)
         verdict = "[green]approved[/]" if grant else "[red]denied[/]"
         out.print(f"{verdict} {action} in {run} as {human.principal} (position {event.position})")
+        if not _served_here(store_url, config):
+            err.print(
+                "[dim]no agents are served for this store on this machine: the run goes on "
+                "once `agentledger serve` runs (or any `agentledger run` on this store, "
+                "while it lasts)[/]"
+            )
 
     _run(body)
+
+
+def _served_here(store_url: str | None, config: Path | None) -> bool:
+    """Whether ``agentledger serve`` runs this store's agents on this machine."""
+    from agentledger.actors.runtime import served_address
+    from agentledger.config import load_settings, runtime_config
+
+    settings = load_settings(config)
+    url = store_url or settings.store or default_store_url()
+    return served_address(runtime_config(settings, url, {}).namespace) is not None
 
 
 def _steer_command(what: str, help_text: str) -> None:
@@ -1251,7 +1360,7 @@ def serve_command(
         settings = load_settings(config)
         chosen, _ = _models(model or [], settings)
         url = store_url or settings.store or default_store_url()
-        with _store(url):
+        with _store(url, create=True):
             pass  # fail now, clearly, if the store cannot be opened
         cfg = runtime_config(settings, url, chosen)
         with err.status("connecting to Ray…"):
@@ -1259,6 +1368,8 @@ def serve_command(
         runtime = Runtime(cfg)
         with err.status("starting the agents…"):
             runtime.start(detached=True)
+        # SIGTERM (a service manager's stop) stops the agents as Ctrl-C does.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         with serving_record(cfg.namespace) as ray_address:
             err.print(
                 f"serving {len(runtime.names())} agents and the approval-expiry watcher on "
@@ -1286,7 +1397,10 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("export")
 def audit_export_command(
-    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-20261130-115347-93776a (`agentledger runs` lists them).")],
+    run: Annotated[
+        str,
+        typer.Argument(help=f"The run's stream ({RUN_EXAMPLE})."),
+    ],
     out_file: Annotated[Path, typer.Option("--out", help="The export file to write (JSON Lines).")],
     key: Annotated[
         Path | None,
@@ -1341,7 +1455,10 @@ def audit_verify_command(
 
 @audit_app.command("report")
 def audit_report_command(
-    run: Annotated[str, typer.Argument(help="The run's stream, e.g. run-20261130-115347-93776a (`agentledger runs` lists them).")],
+    run: Annotated[
+        str,
+        typer.Argument(help=f"The run's stream ({RUN_EXAMPLE})."),
+    ],
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write the Markdown here instead of stdout.")
     ] = None,

@@ -128,6 +128,8 @@ time.sleep(600)
         (["run", "do it", "--model", "research=anthropic:claude"], "unknown provider 'anthropic'"),
         (["run", "do it", "--model", "research"], "is not ROLE=PROVIDER:MODEL"),
         (["run", "do it", "--docs", "/nonexistent/docs"], "no such directory"),
+        (["run", "do it", "--workspace", "/proc/ws"], "--workspace /proc/ws: cannot create it"),
+        (["run", "do it", "--workspace", "/etc/hostname"], "/etc/hostname: not a folder"),
     ],
 )
 def test_run_refuses_bad_input_before_anything_starts(
@@ -169,9 +171,17 @@ def test_runs_and_status_show_a_run(sqlite_url: str) -> None:
     assert code == 1 and "run-nope" in output
 
 
-def test_runs_on_an_empty_log_says_how_to_start(sqlite_url: str) -> None:
+def test_runs_on_an_empty_log_says_how_to_start(sqlite_url: str, tmp_path: Path) -> None:
+    with EventStore.open(sqlite_url):
+        pass  # a store with no run yet
     code, output = invoke("runs", "--store", sqlite_url)
     assert code == 0 and 'agentledger run "GOAL"' in output
+    # No store at all (a first `runs`, or a typo): said so, and nothing is created.
+    missing = tmp_path / "none" / "ledger.db"
+    code, output = invoke("runs", "--store", f"sqlite:///{missing}")
+    assert code == 0 and 'agentledger run "GOAL"' in output
+    assert f"no store at {missing}" in " ".join(output.split())
+    assert not missing.parent.exists()
 
 
 def test_run_help_lists_its_options() -> None:
@@ -366,3 +376,30 @@ def test_fork_from_the_cli_and_its_lineage_in_runs(sqlite_url: str, tmp_path: Pa
     assert code == 0 and f"{parent} @ {head}" in " ".join(output.split())
     code, output = invoke("fork", parent, "--at", "99999", "--store", sqlite_url)
     assert code == 1 and "outside it" in output
+
+
+@pytest.mark.parametrize("command", [["status", "run-1"], ["log"], ["approvals"]])
+def test_reading_a_store_that_does_not_exist_says_so_and_creates_nothing(
+    tmp_path: Path, command: list[str]
+) -> None:
+    missing = tmp_path / "typo" / "ledger.db"
+    code, output = invoke(*command, "--store", f"sqlite:///{missing}")
+    assert code == 1, output
+    assert f"no store at {missing}" in " ".join(output.split())
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.slow
+def test_run_with_a_timeout_stops_following_and_says_where_the_run_is(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*CLI, "run", "Run `sleep 20`", "--timeout", "2"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 4, output
+    assert "stopped following" in output and "agentledger status run-" in output
+    assert "Traceback" not in output
