@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -79,17 +81,23 @@ def events_table(
 ) -> Table:
     """A table of events: position, stream, version, type, actor, time, summary.
 
-    Narrow terminals drop the date and squeeze the stream, never the summary.
+    Narrow terminals drop the date, and the stream when all events are of one (the title
+    names it); ids and types are never cut or wrapped: readers copy them into commands.
     """
     wide = out.width >= 140
     show_time = out.width >= 110
+    streams = {e.stream for e in events}
+    if show_stream and len(streams) == 1 and not wide:
+        show_stream, title = False, title or next(iter(streams))
     table = Table(title=title, header_style="bold", expand=False)
     table.add_column("pos", justify="right", style="dim", no_wrap=True, min_width=3)
     if show_stream:
-        table.add_column("stream", no_wrap=True, overflow="ellipsis", max_width=44 if wide else 12)
-    table.add_column("ver", justify="right", style="dim", no_wrap=True)
-    table.add_column("type", no_wrap=show_time, overflow="fold")
-    table.add_column("actor", no_wrap=True, overflow="ellipsis", max_width=24 if wide else 12)
+        table.add_column("stream", no_wrap=True, min_width=_longest(streams))
+    show_actor = not show_stream or out.width >= 100  # the room goes to the summary
+    table.add_column("ver", justify="right", style="dim", no_wrap=True, min_width=3)
+    table.add_column("type", no_wrap=True, min_width=_longest(e.type for e in events))
+    if show_actor:
+        table.add_column("actor", no_wrap=True, overflow="ellipsis", max_width=24 if wide else 12)
     if show_time:
         table.add_column("at (UTC)" if wide else "time", no_wrap=True, style="dim")
     table.add_column("summary", overflow="fold", min_width=12, ratio=1)
@@ -97,11 +105,9 @@ def events_table(
         row = [str(e.position) if e.position is not None else ""]
         if show_stream:
             row.append(e.stream)
-        row += [
-            str(e.version),
-            f"[{type_style(e.type)}]{e.type}[/]",
-            e.actor,
-        ]
+        row += [str(e.version), f"[{type_style(e.type)}]{e.type}[/]"]
+        if show_actor:
+            row.append(e.actor)
         if show_time:
             row.append(e.at.strftime("%Y-%m-%d %H:%M:%S" if wide else "%H:%M:%S"))
         row.append(summarize(e))
@@ -174,7 +180,12 @@ def run_state_view(state: Any, board: Any, pad: Any, at: int | None) -> Group:
         approvals = Table(
             title="waiting for approval", header_style="bold yellow", title_justify="left"
         )
-        for col in ("action", "tool", "risk", "preview", "reasoning", "expires"):
+        approvals.add_column(
+            "action",
+            no_wrap=True,
+            min_width=_longest(a.action_id for a in state.pending_approvals.values()),
+        )
+        for col in ("tool", "risk", "preview", "reasoning", "expires"):
             approvals.add_column(col, overflow="fold")
         for a in state.pending_approvals.values():
             approvals.add_row(
@@ -304,23 +315,35 @@ def progress_line(e: Envelope) -> str | None:
     return f"[dim]{e.position:>6}[/] [{type_style(e.type)}]{e.type:<20}[/] [dim]{who:<16}[/] {text}"
 
 
+def _longest(ids: Iterable[str]) -> int:
+    """The width of the longest of ``ids``: a column of ids is never cut or wrapped."""
+    return max((len(i) for i in ids), default=0)
+
+
 def runs_table(rows: list[Any]) -> Table:
     """A table of runs (RunState objects), newest first."""
+    # Narrow terminals keep the run, its status and goal (`status RUN` shows the rest).
+    wide = out.width >= 120
     table = Table(header_style="bold")
-    for col in ("run", "status", "tasks", "events", "started", "forked from", "goal"):
-        table.add_column(col, overflow="fold" if col in ("goal", "forked from") else "ellipsis")
+    table.add_column("run", no_wrap=True, min_width=_longest(s.run for s in rows))
+    table.add_column("status", no_wrap=True)
+    table.add_column("tasks", no_wrap=True)
+    if wide:
+        table.add_column("events", justify="right")
+        table.add_column("started", no_wrap=True)
+        table.add_column("forked from", overflow="fold")
+    table.add_column("goal", overflow="fold", min_width=12)
     for state in rows:
         done = sum(1 for t in state.tasks.values() if t.status.value == "accepted")
         style = _STATUS_STYLES.get(state.status.value, "white")
-        table.add_row(
-            state.run,
-            f"[{style}]{state.status.value}[/]",
-            f"{done}/{len(state.tasks)}",
-            str(state.events),
-            state.started_at.strftime("%Y-%m-%d %H:%M") if state.started_at else "",
-            f"{state.parent_run} @ {state.parent_position}" if state.parent_run else "",
-            _short(state.goal),
-        )
+        row = [state.run, f"[{style}]{state.status.value}[/]", f"{done}/{len(state.tasks)}"]
+        if wide:
+            row += [
+                str(state.events),
+                state.started_at.strftime("%Y-%m-%d %H:%M") if state.started_at else "",
+                f"{state.parent_run} @ {state.parent_position}" if state.parent_run else "",
+            ]
+        table.add_row(*row, _short(state.goal))
     return table
 
 
@@ -341,10 +364,29 @@ def agents_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def approvals_table(waiting: list[tuple[str, Any]]) -> Table:
-    """The approvals inbox: (run, PendingApproval) pairs, reasoning beside each action."""
+def approvals_table(waiting: list[tuple[str, Any]]) -> RenderableType:
+    """The approvals inbox: (run, PendingApproval) pairs, reasoning beside each action (below
+    it on a narrow terminal, where eight columns do not fit)."""
+    if out.width < 120:
+        blocks: list[RenderableType] = [Text("waiting for approval", style="bold yellow")]
+        for run, a in waiting:
+            expires = a.expires_at.strftime("%Y-%m-%d %H:%M") if a.expires_at else "never"
+            head = Text.assemble(
+                (run, "bold"), "  ", (a.action_id, "bold"), f"  {a.tool}  ", (a.risk.value, "red")
+            )
+            head.no_wrap = True
+            body = Table.grid(padding=(0, 1))
+            body.add_column(style="dim", no_wrap=True)
+            body.add_column(overflow="fold")
+            body.add_row("preview", a.preview)
+            body.add_row("reasoning", a.reasoning)
+            body.add_row("asked by", f"{a.requested_by}, expires {expires}")
+            blocks += [head, Padding(body, (0, 0, 1, 2))]
+        return Group(*blocks)
     table = Table(header_style="bold yellow", title="waiting for approval", title_justify="left")
-    for col in ("run", "action", "tool", "risk", "preview", "reasoning", "by", "expires"):
+    table.add_column("run", no_wrap=True, min_width=_longest(run for run, _ in waiting))
+    table.add_column("action", no_wrap=True, min_width=_longest(a.action_id for _, a in waiting))
+    for col in ("tool", "risk", "preview", "reasoning", "by", "expires"):
         table.add_column(col, overflow="fold")
     for run, a in waiting:
         table.add_row(
