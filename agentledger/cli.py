@@ -36,6 +36,7 @@ from agentledger.events import (
     Envelope,
     EventStore,
     NotFound,
+    Role,
     default_store_url,
 )
 
@@ -414,33 +415,97 @@ def context_command(
     at: AtOption = None,
     goal: Annotated[
         str | None,
-        typer.Option("--goal", help="Sub-goal to assemble for (default: the role's latest task)."),
+        typer.Option(
+            "--goal",
+            help="Assemble the context for this sub-goal instead (what the Memory Manager would "
+            "give the agent for it at that position).",
+        ),
     ] = None,
-    budget: Annotated[int, typer.Option("--budget", min=32, help="Token budget.")] = 2000,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            "--budget",
+            min=32,
+            help="Token budget of an assembled context. Default: the agents' "
+            "(agentledger.toml [runtime] context_tokens).",
+            show_default=False,
+        ),
+    ] = None,
     store_url: StoreOption = None,
 ) -> None:
-    """Show the context an agent had for its sub-goal at a position (rebuilt, no model call)."""
+    """Show the prompt an agent sent at a position: its last model request at or before --at.
+
+    The prompt is shown as recorded (its SHA-256 checked). Where only its hash was recorded
+    (record_prompts = "hash"), or with --goal, the context is assembled again from the log, as
+    the Memory Manager gave it (no model call).
+    """
     from agentledger.actors.memory_manager import MemoryManager
-    from agentledger.projections import RunStateProjection
+    from agentledger.config import load_settings
+    from agentledger.console import recorded_prompt_view
     from agentledger.projections.memory import LongTermMemory, embedder_from_env
     from agentledger.projections.runner import stream_as_of
 
     def body() -> None:
         from agentledger.config import cache_dir
 
+        if agent not in {r.value for r in Role}:
+            roles = ", ".join(r.value for r in Role)
+            raise NotFound(f"unknown agent role {agent!r}; roles: {roles}")
+        settings = load_settings(None)
         with _store(store_url) as store:
             events = stream_as_of(store, run, at)
-            sub_goal = goal
-            if sub_goal is None:
-                state = RunStateProjection().fold(events)
-                tasks = [t for t in state.tasks.values() if t.role == agent]
-                sub_goal = tasks[-1].goal if tasks else state.goal
+            asked = next(
+                (
+                    e
+                    for e in reversed(events)
+                    if e.type == "model.requested" and e.actor.startswith(f"agent:{agent}/")
+                ),
+                None,
+            )
+            if goal is None and asked is not None and asked.payload.prompt is not None:
+                out.print(recorded_prompt_view(asked))
+                return
+            if goal is None and asked is None:
+                where = f"at position {at}" if at is not None else "yet"
+                err.print(f"[dim]the {agent} agent asked no model in {run} {where}[/]")
+            sub_goal = goal or _working_on(events, agent, asked)
             memory = LongTermMemory(cache_dir(store.url) / "lancedb", embedder_from_env())
             memory.catch_up(store)
-            context = MemoryManager(memory).assemble(events, agent, sub_goal, budget, user=None)
+            view = events
+            if asked is not None and goal is None:  # as it was when the agent asked
+                view = [e for e in events if (e.position or 0) < (asked.position or 0)]
+                err.print(
+                    f"[dim]the prompt of position {asked.position} was recorded by its hash "
+                    "only: its context, assembled again from the log[/]"
+                )
+            context = MemoryManager(memory).assemble(
+                view, agent, sub_goal, budget or settings.runtime.context_tokens, user=None
+            )
         out.print(context_view(context))
 
     _run(body)
+
+
+def _working_on(events: list[Any], role: str, asked: Any) -> str:
+    """The sub-goal ``role`` worked on: the task that led to the request ``asked``, else the
+    task of the role's newest assignment or own event naming one, else the run's goal."""
+    from agentledger.projections import RunStateProjection
+
+    state = RunStateProjection().fold(events)
+    by_id = {e.id: e for e in events}
+    cause = by_id.get(asked.causation_id) if asked is not None else None
+    task_id = getattr(getattr(cause, "payload", None), "task_id", None)
+    if task_id is None:
+        for e in reversed(events):
+            named = getattr(e.payload, "task_id", None)
+            if named is not None and (
+                e.actor.startswith(f"agent:{role}/")
+                or (e.type == "task.assigned" and getattr(e.payload, "role", None) == role)
+            ):
+                task_id = named
+                break
+    task = state.tasks.get(task_id) if task_id is not None else None
+    return task.goal if task is not None else state.goal
 
 
 memory_app = typer.Typer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -264,6 +265,19 @@ def context_view(context: Any) -> Group:
         Text("from: " + "; ".join(refs), style="dim") if refs else Text(""),
         Panel(context.text(), title="prompt context", title_align="left"),
     )
+
+
+def recorded_prompt_view(asked: Any) -> Group:
+    """A ``model.requested`` event's recorded prompt, exactly, with its SHA-256 checked."""
+    p = asked.payload
+    ok = hashlib.sha256(p.prompt.encode()).hexdigest() == p.prompt_hash
+    check = "[green]SHA-256 matches[/]" if ok else "[bold red]SHA-256 DOES NOT MATCH[/]"
+    head = Table.grid(padding=(0, 2))
+    head.add_row("asked by", f"{asked.actor} at position {asked.position}")
+    head.add_row("request", f"{p.request_id} to {p.provider}:{p.model}")
+    head.add_row("prompt", f"{len(p.prompt):,} characters, {check}")
+    head.add_row("context from", f"{len(p.context_event_ids)} events of the log")
+    return Group(head, Panel(Text(p.prompt), title="recorded prompt", title_align="left"))
 
 
 def memories_table(hits: list[Any]) -> Table:

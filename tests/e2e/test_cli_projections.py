@@ -84,16 +84,19 @@ def test_blackboard(cli: Cli, run: str) -> None:
 
 
 def test_context_of_an_agent_at_a_position(cli: Cli, run: str) -> None:
-    output = ok(cli("context", run, "--agent", "execution", "--at", "12"))
+    output = ok(cli("context", run, "--agent", "execution", "--at", "12", "--budget", "2000"))
     assert "position 12" in output and "/2000 tokens" in output
-    assert "Delete the stale records" in output  # the role's latest task is the sub-goal
+    # No model request of the agent's in this sample: the context is assembled for the task
+    # the agent was working on at 12 (t2, named by its action), not its latest planned one.
+    assert "asked no model" in output
+    assert "Count records older than 2 years" in output and "Delete the stale" not in output
     assert "[12] action.proposed by agent:execution/e1" in output
     assert "[13]" not in output and "1284" not in output  # nothing after position 12
     assert "mem1" in output  # long-term memory as of position 12
 
-    later = ok(cli("context", run, "--agent", "execution"))
+    later = ok(cli("context", run, "--agent", "execution", "--budget", "2000"))
     assert "[14] action.executed" in later and "stale_count: 1284" in later
-    again = ok(cli("context", run, "--agent", "execution", "--at", "12"))
+    again = ok(cli("context", run, "--agent", "execution", "--at", "12", "--budget", "2000"))
     assert again == output  # reproducible: the same context at the same position
 
 

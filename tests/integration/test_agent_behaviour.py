@@ -514,3 +514,42 @@ def test_a_worker_takes_its_own_events_back_from_the_log_without_decoding_them(
     assert ours and all(e == by_position[e.position] for e in ours)
     assert reused and {e.position for e in reused} <= {e.position for e in ours}
     assert all(e.actor.startswith("agent:") for e in reused)
+
+
+def test_context_shows_the_prompt_an_agent_sent_as_recorded_or_rebuilt(
+    run_with: Any, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from agentledger.cli import app
+
+    brain = Brain(act=_act({"tool": "write_file", "arguments": {"path": "a.txt", "content": "x"}}))
+    status, events, _ = run_with(brain)
+    assert status is RunStatus.COMPLETED
+    url, run = f"sqlite:///{tmp_path / 'ledger.db'}", events[0].stream
+    [asked] = [e for e in _of(events, "model.requested") if e.actor.startswith("agent:execution/")]
+
+    def context(*args: str) -> str:
+        result = CliRunner().invoke(
+            app,
+            ["context", run, "--agent", "execution", "--store", url, *args],
+            env={"COLUMNS": "400"},
+        )
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    # The request's prompt, exactly as recorded and checked against its hash, also at a later
+    # position (the agent's last request at or before it); before it, none.
+    shown = context("--at", str(asked.position))
+    assert "recorded prompt" in shown and "SHA-256 matches" in shown
+    assert f"at position {asked.position}" in shown and asked.payload.request_id in shown
+    lines = [line for line in asked.payload.prompt.splitlines() if line.strip()]
+    assert all(" ".join(line.split()) in shown for line in lines[:12])
+    assert context() == shown
+    assert "asked no model" in context("--at", str((asked.position or 0) - 1))
+
+    # Recorded by hash only: the context is assembled again, as of the request.
+    status, events, _ = run_with(brain, record_prompts="hash")
+    run = events[-1].stream
+    rebuilt = context()
+    assert "recorded by its hash only" in rebuilt and "context of execution" in rebuilt
