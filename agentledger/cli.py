@@ -1510,7 +1510,7 @@ def audit_verify_command(
     def body() -> None:
         report = verify_export(file, public_key=pubkey)
         if report.ok:
-            out.print(f"[green]ok[/]: {escape(str(report))}")
+            out.print(f"[green]{escape(str(report))}[/]")
             return
         out.print(f"[bold red]TAMPERED[/]: {escape(str(report))}")
         raise typer.Exit(1)

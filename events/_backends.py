@@ -989,9 +989,9 @@ class PostgresBackend(Backend):
             raise StoreUnavailable(
                 f"cannot reach PostgreSQL at {self.settings.host}:{self.settings.port} "
                 f"(database {self.settings.dbname!r}, user {self.settings.user!r}): {reason}. "
-                "Is the server running and the database created? "
-                "On these machines: pg_ctlcluster --skip-systemctl-redirect "
-                "$(ls /etc/postgresql) main start"
+                "Is the server running, listening there, and the database created? (On "
+                "Debian: `pg_lsclusters` shows the servers, `pg_ctlcluster VERSION main "
+                "start` starts one, `createdb NAME` creates a database.)"
             ) from None
         with probe:
             try:

@@ -311,8 +311,11 @@ def _write_atomically(path: Path, chunks: Any, *, mode: int | None = None) -> No
         with os.fdopen(handle, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
-        if mode is not None:
-            os.chmod(temp, mode)
+        if mode is None:  # as a new file would have it (mkstemp makes its file private)
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(temp, mode)
         os.replace(temp, path)
     except OSError as exc:
         os.unlink(temp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,9 @@ def test_keygen_export_and_verify_round_trip(run_url: tuple[str, str], tmp_path:
     code, output = invoke("audit", "keygen", "--private", str(private), "--public", str(public))
     assert code == 0, output
     assert private.stat().st_mode & 0o077 == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert public.stat().st_mode & 0o777 == 0o666 & ~umask  # a public key is for others
     code, output = invoke("audit", "keygen", "--private", str(private), "--public", str(public))
     assert code == 1 and "exists" in output
 
