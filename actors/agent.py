@@ -408,7 +408,9 @@ class Turn:
         ctx = ToolContext(
             workspace=self.workspace,
             docs=docs,
-            idempotency_key=p.idempotency_key,
+            # The run executing the call: a fork running a call it inherits proposed is never
+            # deduplicated against its parent's.
+            idempotency_key=f"{self.run.run}/{p.action_id}",
             timeout_s=self.settings.tool_timeout_s,
         )
         began = time.perf_counter()

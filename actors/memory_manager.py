@@ -194,9 +194,10 @@ class MemoryManager:
     ) -> None:
         self.long_term = long_term
         # Each turn re-reads the same recent events: remember their lines and token counts
-        # (events are immutable, so a line never goes stale; the caches are bounded).
+        # (events are immutable, so a line never goes stale; the caches are bounded). Lines
+        # by id and position: a fork shows the events it inherits at its own position.
         self.count = functools.lru_cache(maxsize=65_536)(count)
-        self._lines: dict[uuid.UUID, str] = {}
+        self._lines: dict[tuple[uuid.UUID, int], str] = {}
         # Per (run, role) and per scratchpad: what the last turn read, extended by the next.
         self._histories: collections.OrderedDict[tuple[str, str], _History] = (
             collections.OrderedDict()
@@ -287,11 +288,12 @@ class MemoryManager:
         """``render(event)``, remembered for events already in the log."""
         if event.position is None:
             return render(event)
-        line = self._lines.get(event.id)
+        key = (event.id, event.position)
+        line = self._lines.get(key)
         if line is None:
             if len(self._lines) >= 65_536:
                 self._lines.clear()
-            line = self._lines[event.id] = render(event)
+            line = self._lines[key] = render(event)
         return line
 
     def plan_summary(

@@ -7,6 +7,13 @@ No model is called and no tool runs: a model call is answered by the recorded
 recorded ``action.executed`` result (or raises the recorded ``action.failed`` error). Each
 agent sees the run as it saw it live: the events up to the one it handles, plus its own earlier
 reactions. The first event that differs is reported with both versions.
+
+A fork inherits its parent's first events, reactions included: those were executed in the
+parent, with the parent's view and under its name (the idempotency keys of its tool calls
+name it), so they are re-executed as the parent's — its events up to the fork point, read
+from the parent, and so on up a fork of a fork — and in the fork they count as the agents'
+earlier reactions, as for the live workers that take the fork up. The fork's own reactions,
+to its own events and to the inherited ones it took up, are re-executed in the fork.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import tempfile
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -224,6 +231,46 @@ class _Shared:
     policy: RiskPolicy
 
 
+@dataclass(frozen=True)
+class _Segment:
+    """A run of the lineage being verified and the part of it re-executed: the reactions it
+    recorded itself to its events up to version ``upto`` (``None``: the run verified, all of
+    them; for an ancestor, the part its fork inherits, and only the reactions recorded there).
+    The reactions among ``inherited`` (the versions it reads through its parent) are its
+    parent's segment's."""
+
+    run: str
+    recording: _Recording
+    inherited: range
+    upto: int | None
+
+    def theirs(self, reaction: list[Event]) -> bool:
+        """True when ``reaction`` is not this segment's to re-execute: inherited, or (in an
+        ancestor) recorded after the part the fork inherits, which the fork took up itself."""
+        first = reaction[0].version
+        return first in self.inherited or (self.upto is not None and first > self.upto)
+
+
+def _lineage(store: EventStore, run: str) -> list[_Segment]:
+    """``run`` and the ancestors whose events it inherits, oldest first. An ancestor is read
+    whole, not only up to the fork point: a reaction the fork inherits the start of (another
+    event landed between its parts) is compared whole, as it was recorded."""
+    segments: list[_Segment] = []
+    stream, upto = run, None
+    while True:
+        link = store.link(stream)
+        inherited = range(2, link.head_version + 1) if link is not None else range(0)
+        segments.append(_Segment(stream, _Recording.of(run_events(store, stream)), inherited, upto))
+        if link is None:
+            break
+        # The parent's versions 1..inherits are this run's 2..inherits + 1.
+        upto = link.inherits if upto is None else min(link.inherits, upto - 1)
+        if upto < 1:
+            break
+        stream = link.parent
+    return segments[::-1]
+
+
 def verify_run(
     store: EventStore,
     run: str,
@@ -237,26 +284,42 @@ def verify_run(
 
     The settings must be those the run was executed with (the context budget shapes prompts).
     """
-    recording = _Recording.of(run_events(store, run))
+    lineage = _lineage(store, run)
     report = VerifyReport(run)
     with tempfile.TemporaryDirectory(prefix="agentledger-verify-") as scratch:
         shared = _Shared(context_tokens, record_prompts, approval_ttl, policy or RiskPolicy())
-        for role in Role:
-            principal = recording.principals.get(role.value, f"agent:{role.value}/1")
-            divergence = _verify_role(
-                store, recording, role, principal, Path(scratch), shared, report
-            )
-            if divergence is not None and (
-                report.divergence is None
-                or (divergence.cause_position or 0) < (report.divergence.cause_position or 0)
-            ):
-                report.divergence = divergence
+        for segment in lineage:
+            reactions = report.reactions
+            found: Divergence | None = None
+            for role in Role:
+                principal = segment.recording.principals.get(role.value, f"agent:{role.value}/1")
+                divergence = _verify_role(
+                    store, segment, role, principal, Path(scratch), shared, report
+                )
+                if divergence is not None and (
+                    found is None or (divergence.cause_position or 0) < (found.cause_position or 0)
+                ):
+                    found = divergence
+            if segment.run != run:
+                if found is not None:
+                    found = replace(
+                        found,
+                        message=f"{found.message} (a reaction of {segment.run}, whose events "
+                        f"up to its version {segment.upto} {run} inherits)",
+                    )
+                report.notes.append(
+                    f"{report.reactions - reactions} reactions inherited from {segment.run} "
+                    f"(its events up to version {segment.upto}) re-executed as {segment.run}'s"
+                )
+            if found is not None:  # the earliest in the history: later runs go on from it
+                report.divergence = found
+                break
     return report
 
 
 def _verify_role(
     store: EventStore,
-    recording: _Recording,
+    segment: _Segment,
     role: Role,
     principal: str,
     scratch: Path,
@@ -265,6 +328,7 @@ def _verify_role(
 ) -> Divergence | None:
     from .runtime import _RunCache  # the same view the live worker builds
 
+    recording = segment.recording
     events, reactions = recording.events, recording.reactions
     replay = _Replay()
     long_term = None
@@ -296,8 +360,19 @@ def _verify_role(
     types = agent.handled_types()
     cache = _RunCache(events[0].stream)
     for index, event in enumerate(events):
+        if segment.upto is not None and event.version > segment.upto:
+            break
         cache.deliver(event)
         recorded = reactions.get((role.value, event.id), [])
+        if recorded and segment.theirs(recorded):
+            # Re-executed in the segment of the run that recorded it (see the module
+            # docstring); here, as for the live worker, this agent's earlier reaction.
+            cache.pending.extend(e for e in recorded if e.version > event.version)
+            continue
+        if not recorded and segment.upto is not None:
+            # An ancestor's event that its fork inherits unanswered by this role: the fork's
+            # to take up, and re-executed in the fork's view, as the take-up handled it.
+            continue
         if recorded and recorded[0].type == "action.outcome_unknown":
             # A worker's recovery after a crash (not a reaction to a delivered event): counted
             # as the agent's own events in its later views, not re-executed.

@@ -1356,7 +1356,8 @@ def diff_command(
 ) -> None:
     """The first event at which two runs decided differently, with both versions.
 
-    Compared as decisions: derived ids, times and prompts aside. Exit 0: the same; 1: they
+    Compared as decisions: derived ids, times and prompts aside. A fork and its parent (or two
+    forks of one run) are compared after the history they share. Exit 0: the same; 1: they
     differ.
     """
     from agentledger.projections.diff import first_divergence
@@ -1366,17 +1367,27 @@ def diff_command(
         with _store(store_url) as store:
             a, b = run_events(store, left), run_events(store, right)
         found = first_divergence(a, b)
+
+        def where(event: Any) -> str:
+            # A fork's inherited events all carry its run.forked's position: the version says
+            # which one.
+            return f"position {event.position}, version {event.version}" if event else "end"
+
         if as_json:
             doc: dict[str, Any] = {"same": found is None}
             if found is not None:
                 doc |= {
                     "index": found.index,
                     "left": {
+                        "index": found.left_index,
                         "position": found.left and found.left.position,
+                        "version": found.left and found.left.version,
                         **(found.left_view or {}),
                     },
                     "right": {
+                        "index": found.right_index,
                         "position": found.right and found.right.position,
+                        "version": found.right and found.right.version,
                         **(found.right_view or {}),
                     },
                 }
@@ -1385,12 +1396,14 @@ def diff_command(
             out.print(f"[green]same[/]: {left} and {right} made the same {len(a)} decisions")
         else:
             out.print(
-                f"the runs part at event {found.index + 1} "
-                f"({left} position {found.left.position if found.left else 'end'}, "
-                f"{right} position {found.right.position if found.right else 'end'}):"
+                f"the runs part after {found.index} events in common "
+                f"({left} {where(found.left)}; {right} {where(found.right)}):"
             )
-            for run, events, view in ((left, a, found.left_view), (right, b, found.right_view)):
-                shown = events[found.index : found.index + 1 + after]
+            for run, events, start, view in (
+                (left, a, found.left_index, found.left_view),
+                (right, b, found.right_index, found.right_view),
+            ):
+                shown = events[start : start + 1 + after]
                 out.print(
                     f"\n[bold]{run}[/]: "
                     + (json.dumps(view, ensure_ascii=False) if view else "(no more events)")

@@ -5,6 +5,12 @@ actions, model calls and memories differ with them; so each event is compared on
 role that appended it, and its payload with those volatile parts taken out: timestamps and
 durations, prompts (they quote positions), and derived ids, renamed in order of first
 appearance in each run (the first action is ``a#1`` in both). What remains is what was decided.
+
+A fork is the exception: it inherits its parent's first events, ids included (after its own
+``run.forked``). Runs that share such a history (a parent and its fork, two forks of one run, a
+fork and the fork it was taken from) are lined up on it: each run's own ``run.forked`` events
+are set aside, the events both hold are their common history, and the comparison starts after
+it.
 """
 
 from __future__ import annotations
@@ -28,18 +34,22 @@ _RUN_ID = re.compile(r"\brun-[A-Za-z0-9_.:@\-]+")
 class Divergence:
     """The first differing event of two runs (``None`` on a side that has no more events)."""
 
-    index: int  # 0-based index in both runs' event sequences
+    index: int  # how many events the runs have in common before it (forks' own run.forked aside)
+    left_index: int  # 0-based index of ``left`` in the left run's events as given
+    right_index: int
     left: Event | None
     right: Event | None
-    left_view: dict[str, Any] | None
+    left_view: dict[str, Any] | None  # what was compared, as logged (``view``)
     right_view: dict[str, Any] | None
+    left_compared: dict[str, Any] | None  # what was compared, volatile ids renamed
+    right_compared: dict[str, Any] | None
 
 
 class _Renamer:
     """Derived ids and run names replaced by their order of first appearance."""
 
-    def __init__(self) -> None:
-        self._names: dict[str, str] = {}
+    def __init__(self, names: dict[str, str] | None = None) -> None:
+        self._names: dict[str, str] = dict(names or {})
 
     def __call__(self, text: str) -> str:
         def name(match: re.Match[str]) -> str:
@@ -51,24 +61,83 @@ class _Renamer:
 
         return _DERIVED_ID.sub(name, _RUN_ID.sub("run", text))
 
+    def copy(self) -> _Renamer:
+        """A renamer that goes on from the names given so far."""
+        return _Renamer(self._names)
+
+
+def view(event: Event) -> dict[str, Any]:
+    """What of ``event`` is compared, as it was logged: type, actor, payload without volatile
+    parts (shown to people; ``comparable`` is what is compared)."""
+    payload = event.payload.model_dump(mode="json")
+    kept = {k: v for k, v in payload.items() if k not in _VOLATILE}
+    return {"type": event.type, "by": event.actor, "payload": kept}
+
 
 def comparable(event: Event, rename: _Renamer) -> dict[str, Any]:
     """What of ``event`` is compared: type, appending role, payload without volatile parts."""
-    payload = event.payload.model_dump(mode="json")
-    kept = {k: v for k, v in payload.items() if k not in _VOLATILE}
-    body = json.loads(rename(json.dumps(kept, sort_keys=True, ensure_ascii=False)))
+    logged = view(event)
+    body = json.loads(rename(json.dumps(logged["payload"], sort_keys=True, ensure_ascii=False)))
     role = event.actor.split("/", 1)[0]  # agent:research/1 -> agent:research
     return {"type": event.type, "by": role, "payload": body}
 
 
 def first_divergence(left: Sequence[Event], right: Sequence[Event]) -> Divergence | None:
-    """The first event at which the two runs differ, or ``None`` if they are the same."""
-    rename_left, rename_right = _Renamer(), _Renamer()
-    for index in range(max(len(left), len(right))):
-        a = left[index] if index < len(left) else None
-        b = right[index] if index < len(right) else None
-        va = comparable(a, rename_left) if a is not None else None
-        vb = comparable(b, rename_right) if b is not None else None
-        if va != vb:
-            return Divergence(index, a, b, va, vb)
+    """The first event at which the two runs differ, or ``None`` if they are the same.
+
+    Each run is given as read (``EventStore.read``); a history they share as forks is lined up
+    (see the module docstring), so a fork parts from its parent after the fork point, not at
+    its ``run.forked``."""
+    start_left, start_right = _own_forks(left, right), _own_forks(right, left)
+    shared = 0
+    while (
+        start_left + shared < len(left)
+        and start_right + shared < len(right)
+        and left[start_left + shared].id == right[start_right + shared].id
+    ):
+        shared += 1
+    # The same events on both sides: their ids get the same names, so a later event that
+    # refers to one of them (an approval, a summary) is compared by what it refers to.
+    rename_left = _Renamer()
+    for event in left[start_left : start_left + shared]:
+        comparable(event, rename_left)
+    rename_right = rename_left.copy()
+    for index in range(shared, max(len(left) - start_left, len(right) - start_right)):
+        i, j = start_left + index, start_right + index
+        a = left[i] if i < len(left) else None
+        b = right[j] if j < len(right) else None
+        ca = comparable(a, rename_left) if a is not None else None
+        cb = comparable(b, rename_right) if b is not None else None
+        if ca != cb:
+            return Divergence(
+                index=index,
+                left_index=i,
+                right_index=j,
+                left=a,
+                right=b,
+                left_view=view(a) if a is not None else None,
+                right_view=view(b) if b is not None else None,
+                left_compared=ca,
+                right_compared=cb,
+            )
     return None
+
+
+def _own_forks(events: Sequence[Event], other: Sequence[Event]) -> int:
+    """How many ``run.forked`` events ``events`` begins with that ``other`` does not hold: the
+    forks of its own lineage, which the other run is not part of. A run's ``run.forked``
+    events all come first (a fork of a fork inherits its parent's as its version 2), so only
+    the other's first events need looking at."""
+    theirs = set()
+    for event in other:
+        if event.type != "run.forked":
+            break
+        theirs.add(event.id)
+    count = 0
+    while (
+        count < len(events)
+        and events[count].type == "run.forked"
+        and events[count].id not in theirs
+    ):
+        count += 1
+    return count
