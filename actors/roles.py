@@ -757,12 +757,20 @@ class Review(Agent):
                 f"PASS: cites {n} source(s)" if n else "NOTE: cites no source (none was found)"
             )
         actions = turn.run.state.actions
-        for proposal in Execution._proposals(turn.run, task.task_id):
-            if not proposal.actor.startswith("agent:execution/"):
-                continue
-            info = actions.get(proposal.payload.action_id)
-            if info is None:
-                continue
+        done_by_task = [
+            info
+            for proposal in Execution._proposals(turn.run, task.task_id)
+            if proposal.actor.startswith("agent:execution/")
+            and (info := actions.get(proposal.payload.action_id)) is not None
+        ]
+        # Where the task deleted a file after writing it (as it was asked to), the file's
+        # absence is no failure: the last executed deletion of each path.
+        deleted = {
+            info.arguments.get("path"): index
+            for index, info in enumerate(done_by_task)
+            if info.tool == "delete_file" and info.status is ActionStatus.EXECUTED
+        }
+        for index, info in enumerate(done_by_task):
             what = f"{info.tool} ({info.action_id})"
             if info.status is not ActionStatus.EXECUTED:
                 checks.append(f"FAIL: {what} did not run: {info.status.value}")
@@ -772,6 +780,8 @@ class Review(Agent):
             if isinstance(code, int) and code != 0:
                 err = _one_line(str(result.get("stderr") or result.get("stdout") or ""), 300)
                 checks.append(f"FAIL: {what} exited with {code}: {err}")
+            elif info.tool == "write_file" and deleted.get(info.arguments.get("path"), -1) > index:
+                checks.append(f"PASS: {what} ran; the task deleted the file afterwards")
             elif info.tool == "write_file":
                 checks.append(
                     self._file_check(turn, task.task_id, info.arguments.get("path"), what)

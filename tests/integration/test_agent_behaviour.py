@@ -553,3 +553,34 @@ def test_context_shows_the_prompt_an_agent_sent_as_recorded_or_rebuilt(
     run = events[-1].stream
     rebuilt = context()
     assert "recorded by its hash only" in rebuilt and "context of execution" in rebuilt
+
+
+def test_a_task_that_writes_then_deletes_a_file_passes_review_once_approved(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    # The offline model makes one execution task of "write … then delete …"; the reviewer
+    # used to fail it because the file it wrote was gone, and every retry asked for the same
+    # approval again (found by a walkthrough).
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with threaded_agents(url, tmp_path), EventStore.open(url) as store:
+        started = start_run(store, "Write hello to a.txt. Then delete a.txt")
+        state = follow_run(store, started.stream, timeout=60)
+        assert state.status is RunStatus.WAITING_FOR_APPROVAL, state.outcome
+        (pending,) = state.pending_approvals.values()
+        assert pending.tool == "delete_file"
+        store.append(
+            started.stream,
+            [
+                ApprovalGranted(
+                    actor="human:dpo",
+                    payload={"action_id": pending.action_id, "action_hash": pending.action_hash},
+                )
+            ],
+        )
+        state = follow_run(store, started.stream, until=ENDED, timeout=60)
+        events = store.read(started.stream)
+    assert state.status is RunStatus.COMPLETED, state.outcome
+    assert len(_of(events, "approval.requested")) == 1
+    [review] = _of(events, "task.reviewed")
+    assert review.payload.accepted
+    assert any("deleted the file afterwards" in c for c in review.payload.checks)
