@@ -73,11 +73,13 @@ class ModelSpec(BaseModel):
 
 PROVIDERS = ("offline", "openai")
 """Providers a configuration may name; ``scripted`` exists only inside tests."""
-_SPEC = re.compile(r"^(?P<role>[^=:\s]+)=(?P<provider>[^=:\s]+):(?P<model>\S+)$")
+_SPEC = re.compile(r"^(?P<role>[^=:\s]+)=(?P<provider>[^=:\s]+)(?::(?P<model>\S+))?$")
+_OFFLINE_MODEL = "offline-rules"  # the one model of the offline provider: it may go unnamed
 
 
 def parse_model_spec(text: str, *, source: str = "--model") -> ModelSpec:
-    """Parse ``research=openai:gpt-4o-mini`` (clear errors for unknown roles or providers).
+    """Parse ``research=openai:gpt-4o-mini`` (clear errors for unknown roles or providers;
+    ``research=offline`` names the offline provider's one model).
 
     ``source`` names where the text came from (an option or a config file line) in errors.
     """
@@ -95,7 +97,14 @@ def parse_model_spec(text: str, *, source: str = "--model") -> ModelSpec:
         raise ConfigurationError(
             f"{source} {text!r}: unknown provider {provider!r}; providers: {', '.join(PROVIDERS)}"
         )
-    return ModelSpec(role=Role(role), provider=provider, model=match["model"])
+    model = match["model"]
+    if model is None:
+        if provider != "offline":
+            raise ConfigurationError(
+                f"{source} {text!r}: name the model, e.g. {role}={provider}:gpt-4o-mini"
+            )
+        model = _OFFLINE_MODEL
+    return ModelSpec(role=Role(role), provider=provider, model=model)
 
 
 class ModelEndpointError(ModelError):

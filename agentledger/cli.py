@@ -659,8 +659,8 @@ ModelOption = Annotated[
         "--model",
         "-m",
         help="ROLE=PROVIDER:MODEL (repeatable), e.g. research=openai:gpt-4o-mini. Providers: "
-        "offline (default; rule-based, not a language model), openai (any OpenAI-compatible "
-        "endpoint, see agentledger.toml [openai]).",
+        "offline (default; rule-based, not a language model; ROLE=offline is enough), openai "
+        "(any OpenAI-compatible endpoint, see agentledger.toml [openai]).",
     ),
 ]
 EXIT_WAITING = 3

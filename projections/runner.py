@@ -311,7 +311,8 @@ def stream_as_of(store: EventStore, stream: str, position: int | None = None) ->
     events = store.read(stream)
     if not events:
         raise NotFound(
-            f"no run or stream {stream!r} in {store.url}; `agentledger streams` lists them"
+            f"no run or stream {stream!r} in {store.url}; `agentledger runs` lists the runs, "
+            "`agentledger streams` every stream"
         )
     if position is None:
         return events

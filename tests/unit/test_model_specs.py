@@ -74,7 +74,6 @@ def test_errors_name_their_source() -> None:
     [
         "",
         "research",
-        "research=openai",
         "research=openai:",
         "=openai:gpt-4o-mini",
         "research=:gpt-4o-mini",
@@ -90,6 +89,17 @@ def test_malformed_specs_show_the_expected_shape(text: str) -> None:
     assert repr(text) in message
     assert "is not ROLE=PROVIDER:MODEL" in message
     assert "e.g. research=openai:gpt-4o-mini" in message
+
+
+def test_the_offline_provider_may_go_without_a_model_and_others_may_not() -> None:
+    spec = parse_model_spec("execution=offline")
+    assert (spec.role, spec.provider, spec.model) == (Role.EXECUTION, "offline", "offline-rules")
+    with pytest.raises(
+        AgentLedgerError, match=r"name the model, e\.g\. research=openai:gpt-4o-mini"
+    ):
+        parse_model_spec("research=openai")
+    with pytest.raises(AgentLedgerError, match="unknown role 'nobody'"):
+        parse_model_spec("nobody=offline")
 
 
 @pytest.mark.parametrize("text", ["Research=openai:gpt-4o-mini", "research=OpenAI:gpt-4o-mini"])
