@@ -1431,8 +1431,6 @@ def serve_command(
     The agents are named Ray actors in the configured namespace; Ctrl-C stops them (their
     positions are kept, so nothing is handled twice or missed on the next start).
     """
-    import time as _time
-
     from agentledger.actors.runtime import Runtime, ensure_ray, serving_record
     from agentledger.config import load_settings, runtime_config
     from agentledger.console import agents_table
@@ -1457,14 +1455,44 @@ def serve_command(
                 f"{url} (Ray at {ray_address}, namespace {cfg.namespace}); Ctrl-C stops them"
             )
             try:
-                while True:
-                    out.print(agents_table(runtime.status()))
-                    _time.sleep(30)
+                with _store(url) as store:
+                    _serve_activity(store, runtime, agents_table)
             except KeyboardInterrupt:
                 err.print("stopping the agents…")
                 runtime.stop()
 
     _run(body)
+
+
+# What `serve` prints as it happens: runs starting and ending, and what waits for a human.
+_ACTIVITY = ("run.started", "run.forked", "run.completed", "run.failed", "run.cancelled")
+_ACTIVITY += ("run.paused", "run.resumed", "approval.requested", "approval.expired")
+
+
+def _serve_activity(store: EventStore, runtime: Any, agents_table: Any) -> None:
+    """Print each run's start, end and approval request as they are appended, and the agents'
+    table now and every ten minutes (and when one of them is down), until Ctrl-C."""
+    import time
+
+    from agentledger.console import progress_line
+
+    out.print(agents_table(runtime.status()))
+    shown = checked = time.monotonic()
+    healthy = True
+    with store.subscribe(store.head_position(), list(_ACTIVITY)) as subscription:
+        while True:
+            for event in subscription.poll(timeout=5.0):
+                line = progress_line(event)
+                if line is not None:
+                    out.print(f"{event.stream}  {line.lstrip()}")
+            now = time.monotonic()
+            if now - checked >= 30:  # the agents' health, twice a minute
+                status, checked = runtime.status(), now
+                alive = all(r.get("alive") for r in status)
+                if alive != healthy or now - shown >= 600:
+                    out.print(agents_table(status))
+                    shown = now
+                healthy = alive
 
 
 # ---------------------------------------------------------------------------- audit

@@ -109,6 +109,11 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
         except subprocess.TimeoutExpired:
             serve.kill()
     assert not record.exists(), "serve removes its record when it stops"
+    # serve printed the run's start and end as they happened.
+    served = serve.stdout.read()
+    run = workspace.name
+    for kind in ("run.started", "run.completed"):
+        assert any(run in line and kind in line for line in served.splitlines()), served
 
 
 OTHER_RAY = """
