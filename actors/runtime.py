@@ -990,12 +990,15 @@ def ensure_ray(address: str | None = None, *, namespace: str = NAMESPACE) -> Non
         return
     try:
         ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError) as exc:
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
         hint = ""
-        if "auth" in str(exc.__cause__ or exc).lower() and not os.environ.get(_RAY_AUTH_MODE):
+        if "auth" in str(exc.__cause__ or exc).lower():
             hint = (
-                " The cluster asks for a token: set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN "
-                "or ~/.ray/auth_token to its token)."
+                " The cluster refused this machine's token: give it the cluster's "
+                "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)."
+                if os.environ.get(_RAY_AUTH_MODE)
+                else " The cluster asks for a token: set RAY_AUTH_MODE=token (and "
+                "RAY_AUTH_TOKEN or ~/.ray/auth_token to its token)."
             )
         raise ConfigurationError(
             f"cannot reach the Ray cluster at {address!r}: {exc}. Check the address "
@@ -1035,8 +1038,9 @@ def attach_or_start(
             if served is not None:
                 try:
                     ray.init(address=served, **_ray_options(config.namespace))
-                except (ConnectionError, RuntimeError):
-                    pass
+                except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+                    # Refused (e.g. this shell lacks its token): agents of our own instead.
+                    _log.warning("cannot join the served agents' Ray at %s: %s", served, exc)
                 else:
                     if runtime.find():
                         return runtime, False
@@ -1053,24 +1057,36 @@ def _served_file(namespace: str) -> Path:
 
 
 @contextlib.contextmanager
-def serving_record(namespace: str) -> Iterator[str]:
+def serving_record(namespace: str, address: str | None = None) -> Iterator[str]:
     """While open, this machine's commands find the agents of ``namespace`` in the Ray
-    instance this process is connected to (``served_address``); yields its address.
+    instance this process is connected to (``served_address``); yields its address (``address``
+    if this process joined a cluster through a ``ray://`` client address: the cluster's own
+    GCS address is not one a client here can reach).
 
-    Written by ``agentledger serve`` (as ``~/.agentledger/served/<namespace>.json``, with
-    this process's id) and removed when it stops; a record whose process is gone is ignored.
-    Where it cannot be written, commands still try Ray's own guess."""
+    Written by ``agentledger serve`` (as ``~/.agentledger/served/<namespace>.json``, with this
+    host's name and this process's id and start time) and removed when it stops; a record
+    whose process is gone, or whose Ray port does not answer, is ignored. Where it cannot be
+    written, commands start agents of their own."""
     import json
+    import socket
 
     import ray
 
     gcs = ray.get_runtime_context().gcs_address
+    if address is not None and address.startswith("ray://"):
+        gcs = address
     path = _served_file(namespace)
+    record = {
+        "address": gcs,
+        "pid": os.getpid(),
+        "started": _process_start(os.getpid()),
+        "host": socket.gethostname(),
+        "auth": os.environ.get(_RAY_AUTH_MODE),  # what ray.init() chose for the instance
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.partial")
-        auth = os.environ.get(_RAY_AUTH_MODE)  # what ray.init() chose for the instance
-        partial.write_text(json.dumps({"address": gcs, "pid": os.getpid(), "auth": auth}))
+        partial.write_text(json.dumps(record))
         partial.replace(path)
     except OSError as exc:
         _log.warning("cannot record the served agents' Ray address in %s: %s", path, exc)
@@ -1082,6 +1098,16 @@ def serving_record(namespace: str) -> Iterator[str]:
         with contextlib.suppress(OSError, ValueError):
             if json.loads(path.read_text()).get("pid") == os.getpid():
                 path.unlink()
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux), to tell it from a later
+    process given the same id; None where /proc does not say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rpartition(")")[2].split()[19])  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def served_address(namespace: str) -> str | None:
@@ -1108,22 +1134,35 @@ def served_ray(namespace: str) -> str | None:
 
 
 def _served_record(namespace: str) -> dict[str, Any] | None:
+    """The record ``serving_record`` wrote for ``namespace`` if its ``serve`` still runs: on
+    this host, the same process (id and start time: ids are reused), its Ray port answering
+    (a dead Ray makes ``ray.init`` retry for many minutes)."""
     import json
+    import socket
 
     try:
         record = json.loads(_served_file(namespace).read_text())
-        str(record["address"])
-        pid = int(record["pid"])
+        address, pid = str(record["address"]), int(record["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not isinstance(record, dict):
+    if not isinstance(record, dict) or record.get("host", socket.gethostname()) != (
+        socket.gethostname()
+    ):
         return None
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return None  # the serving process is gone (killed: it could not remove its record)
-    except PermissionError:
-        pass  # alive, another user's
+    except OSError:  # gone, or another user's process: ids are reused (the record is ours)
+        return None
+    started = record.get("started")
+    if started is not None and _process_start(pid) not in (None, started):
+        return None  # another process, given the id of a serve that was killed
+    if not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                pass
+        except (OSError, ValueError):
+            return None
     return record
 
 

@@ -1431,7 +1431,7 @@ def serve_command(
     The agents are named Ray actors in the configured namespace; Ctrl-C stops them (their
     positions are kept, so nothing is handled twice or missed on the next start).
     """
-    from agentledger.actors.runtime import Runtime, ensure_ray, serving_record
+    from agentledger.actors.runtime import Runtime, ensure_ray, served_address, serving_record
     from agentledger.config import load_settings, runtime_config
     from agentledger.console import agents_table
 
@@ -1442,6 +1442,13 @@ def serve_command(
         with _store(url, create=True):
             pass  # fail now, clearly, if the store cannot be opened
         cfg = runtime_config(settings, url, chosen)
+        running = served_address(cfg.namespace)
+        if running is not None:
+            raise ConfigurationError(
+                f"this store's agents are already served on this machine (Ray at {running}, "
+                f"namespace {cfg.namespace}): commands use them; stop that `agentledger serve` "
+                "(Ctrl-C) before starting another"
+            )
         with err.status("connecting to Ray…"):
             ensure_ray(address, namespace=cfg.namespace)
         runtime = Runtime(cfg)
@@ -1449,7 +1456,7 @@ def serve_command(
             runtime.start(detached=True)
         # SIGTERM (a service manager's stop) stops the agents as Ctrl-C does.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        with serving_record(cfg.namespace) as ray_address:
+        with serving_record(cfg.namespace, address) as ray_address:
             err.print(
                 f"serving {len(runtime.names())} agents and the approval-expiry watcher on "
                 f"{url} (Ray at {ray_address}, namespace {cfg.namespace}); Ctrl-C stops them"

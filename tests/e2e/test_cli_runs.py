@@ -78,6 +78,11 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
                 break
         assert any("serving 4 agents" in line for line in lines), "".join(lines)
         [record] = (tmp_path / ".agentledger" / "served").iterdir()
+        # A second serve of the same store is refused (it would take the record over).
+        second = subprocess.run(
+            [*CLI, "serve", "--store", url], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert second.returncode == 1 and "already served" in second.stderr, second.stderr
         # Started after serve's Ray, it shares the auth token serve's Ray saved in $HOME/.ray.
         other = subprocess.Popen(
             [sys.executable, "-c", OTHER_RAY],
