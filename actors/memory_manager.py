@@ -205,6 +205,10 @@ class MemoryManager:
         self._pads: collections.OrderedDict[int, _PadLines] = collections.OrderedDict()
         self.shares = shares
         self.memories_per_context = memories_per_context
+        # Set while a reaction recorded before summaries named their events (schema 1 of
+        # context.summarized) is re-executed (``verify``): its summary is made without ids, and
+        # a turn that adds one searches long-term memory as of position 0, as it did then.
+        self.schema_1_summaries = False
 
     def assemble(
         self,
@@ -228,7 +232,10 @@ class MemoryManager:
             raise NotFound(f"unknown agent role {role!r}; roles: {', '.join(ROLES)}")
         if budget < 32:
             raise InvalidEvent(f"a context budget of {budget} tokens is too small (minimum 32)")
-        position = (run_events[-1].position or 0) if run_events else 0
+        if self.schema_1_summaries:  # as contexts were assembled then (see __init__)
+            position = (run_events[-1].position or 0) if run_events else 0
+        else:  # a summary this turn adds has no position yet: the log as of the event before
+            position = next((e.position for e in reversed(run_events) if e.position), 0)
         context = Context(role=role, sub_goal=sub_goal, position=position, budget=budget)
         remaining = budget
 
@@ -334,8 +341,11 @@ class MemoryManager:
                 "to_position": older[-1].position or 0,
                 "summary": text,
                 "model": summarizer.model,
-                "from_event": older[0].id,
-                "to_event": older[-1].id,
+                **(
+                    {}
+                    if self.schema_1_summaries
+                    else {"from_event": older[0].id, "to_event": older[-1].id}
+                ),
             },
             **last.caused_by(last),
         )

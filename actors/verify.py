@@ -394,6 +394,9 @@ def _verify_role(
             continue
         view = cache.view()
         replay.load(recorded)
+        settings.memory.schema_1_summaries = any(
+            e.type == "context.summarized" and e.payload.to_event is None for e in recorded
+        )
         flushed: list[Envelope] = []
         try:
             emitted = agent.handle(event, view, flushed.extend)

@@ -536,6 +536,32 @@ def test_a_summary_written_under_schema_1_ends_at_its_position(memory_store: Eve
     assert old.event_ids and old.event_ids == new.event_ids
 
 
+def test_a_turn_that_adds_a_summary_sees_long_term_memory_as_of_the_log(
+    long_term: LongTermMemory, memory_store: EventStore
+) -> None:
+    # The summary a turn adds has no position yet; the context is still as of the log's last
+    # event (it was as of position 0, and long-term memory showed nothing in that turn).
+    run = Run(memory_store, seed=7)
+    run.grow(60, roles=["research"])
+    events = run.events()
+    manager = MemoryManager(long_term)
+    summary = manager.plan_summary(events, "research", 600, ScriptedSummarizer())
+    assert summary is not None and summary.position is None
+    goal = "customer retention records policy"
+    turn = manager.assemble([*events, summary], "research", goal, 600)
+    plain = manager.assemble(events, "research", goal, 600)
+    assert turn.position == plain.position == events[-1].position
+    assert plain.memories and turn.memories == plain.memories
+
+    # Re-executing a reaction recorded before summaries named their events (verify sets the
+    # flag): the summary as it was made then, and the context as it was assembled then.
+    manager.schema_1_summaries = True
+    old = manager.plan_summary(events, "research", 600, ScriptedSummarizer())
+    assert old is not None and (old.payload.from_event, old.payload.to_event) == (None, None)
+    assert old.payload.to_position == summary.payload.to_position
+    assert manager.assemble([*events, old], "research", goal, 600).position == 0
+
+
 # ---------------------------------------------------------------- token counter
 
 PROSE = (
