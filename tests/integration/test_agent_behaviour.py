@@ -65,6 +65,19 @@ class Brain:
         return str(answer)
 
 
+def _grant(store: EventStore, run: str, pending: Any) -> None:
+    """A human grants the pending approval (as `agentledger approve` records it)."""
+    store.append(
+        run,
+        [
+            ApprovalGranted(
+                actor="human:dpo",
+                payload={"action_id": pending.action_id, "action_hash": pending.action_hash},
+            )
+        ],
+    )
+
+
 def _act(*calls: dict[str, Any]) -> str:
     return json.dumps({"reasoning": "scripted", "actions": list(calls)})
 
@@ -223,15 +236,7 @@ def test_the_offline_demo_waits_for_approval_then_a_grant_runs_the_action(
         # Every model call of the demo is labelled as the rule-based offline provider.
         assert {e.payload.model for e in _of(events, "model.responded")} == {"offline-rules"}
 
-        store.append(
-            started.stream,
-            [
-                ApprovalGranted(
-                    actor="human:dpo",
-                    payload={"action_id": pending.action_id, "action_hash": pending.action_hash},
-                )
-            ],
-        )
+        _grant(store, started.stream, pending)
         state = follow_run(store, started.stream, until=ENDED, timeout=60)
         assert state.status is RunStatus.COMPLETED, state.outcome
         assert not (workspace / "notes.tmp").exists()
@@ -568,15 +573,7 @@ def test_a_task_that_writes_then_deletes_a_file_passes_review_once_approved(
         assert state.status is RunStatus.WAITING_FOR_APPROVAL, state.outcome
         (pending,) = state.pending_approvals.values()
         assert pending.tool == "delete_file"
-        store.append(
-            started.stream,
-            [
-                ApprovalGranted(
-                    actor="human:dpo",
-                    payload={"action_id": pending.action_id, "action_hash": pending.action_hash},
-                )
-            ],
-        )
+        _grant(store, started.stream, pending)
         state = follow_run(store, started.stream, until=ENDED, timeout=60)
         events = store.read(started.stream)
     assert state.status is RunStatus.COMPLETED, state.outcome

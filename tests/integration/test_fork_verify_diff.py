@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from test_fork import brain  # a scripted brain that writes one file
 from typer.testing import CliRunner
 
 from agentledger.actors.providers import ScriptedProvider
@@ -130,20 +131,6 @@ def test_a_fork_granted_where_its_parent_waits_verifies(
         len(parent_events),
         len(parent_events) + 1,
     )
-
-
-def brain(path: str) -> Any:
-    plan = {"reasoning": "one", "steps": [{"task_id": "t1", "goal": "write", "role": "execution"}]}
-
-    def answer(request: Any) -> str:
-        if request.purpose == "plan":
-            return json.dumps(plan)
-        if request.purpose == "act":
-            call = {"tool": "write_file", "arguments": {"path": path, "content": path}}
-            return json.dumps({"reasoning": f"write {path}", "actions": [call]})
-        return json.dumps({"accepted": True, "reasons": "ok"})
-
-    return answer
 
 
 def test_diff_lines_up_a_fork_with_its_parent_its_sibling_and_its_own_fork(
