@@ -29,6 +29,7 @@ from agentledger.projections.memory import (
     Scratchpad,
     ScratchpadProjection,
     ScratchValue,
+    forked_from,
     is_own_history,
     short_term,
 )
@@ -258,7 +259,11 @@ class MemoryManager:
 
         if self.long_term is not None and sub_goal.strip():
             hits = self.long_term.search(
-                sub_goal[:2000], k=self.memories_per_context, user=user, as_of=position
+                sub_goal[:2000],
+                k=self.memories_per_context,
+                user=user,
+                as_of=position,
+                forked_from=forked_from(run_events),
             )
             lines, kept = [], []
             limit, used = int(budget * self.shares.long_term), 0

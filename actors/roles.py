@@ -42,6 +42,7 @@ from agentledger.events import (
 )
 from agentledger.events.handlers import on
 from agentledger.projections import ActionStatus, TaskInfo, TaskStatus
+from agentledger.projections.memory import forked_from
 
 from .agent import ActionOutcome, Agent, AgentSettings, DecisionFailed, RunView, Turn
 from .decisions import (
@@ -405,7 +406,12 @@ class Research(_Worker):
         lines: list[str] = []
         memory = self.settings.memory.long_term
         if memory is not None:
-            for hit in memory.search(task.goal[:2000], k=5, as_of=turn.cause.position):
+            for hit in memory.search(
+                task.goal[:2000],
+                k=5,
+                as_of=turn.cause.position,
+                forked_from=forked_from(turn.run.events),
+            ):
                 lines.append(f"- memory {hit.memory_id}: {_one_line(hit.text, 400)}")
         started = turn.run.started
         if started is not None and started.payload.docs:

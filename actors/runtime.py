@@ -297,6 +297,9 @@ class AgentWorker:
         self.position = 0
         self.hops: collections.deque[Hop] = collections.deque(maxlen=200_000)
         self._types = agent.handled_types()
+        # Long-term memory (the research agent's): caught up to each event it reacts to.
+        memory = getattr(agent.settings, "memory", None)
+        self._memory: LongTermMemory | None = getattr(memory, "long_term", None)
         self._runs: collections.OrderedDict[str, _RunCache] = collections.OrderedDict()
         self._untracked = 0  # newest position passed over without recording it
         self._subscription: Subscription | None = None
@@ -486,6 +489,10 @@ class AgentWorker:
             flushed.extend(recorded)
 
         try:
+            if self._memory is not None:
+                # Its searches are as of this event: every memory stored up to it is in its
+                # table, however long ago this worker started (as in verify's).
+                self._memory.catch_up(self.store, to_position=position)
             emitted = self.agent.handle(event, view, flush)
         except AlreadyProcessed:
             return  # another instance of this agent handled it (a duplicate delivery)
@@ -864,7 +871,11 @@ class AgentActor:
     def _loop(self) -> None:
         self._scheduling = _batch_scheduling()
         if self._memory is not None:
-            self._memory.catch_up(self._store)
+            # Only up to where the worker goes on (each reaction catches up to its event): a
+            # table ahead of the event handled ranks its search differently (full-text scores
+            # count every row, not only those as of the event).
+            tracked = self._store.position_of(self._worker.consumer)
+            self._memory.catch_up(self._store, to_position=tracked)
         self._worker.run(self._stop)
 
     def ready(self) -> str:

@@ -332,9 +332,8 @@ def _verify_role(
     events, reactions = recording.events, recording.reactions
     replay = _Replay()
     long_term = None
-    if role is Role.RESEARCH:
-        long_term = LongTermMemory(scratch / "memory")
-        long_term.catch_up(store)
+    if role is Role.RESEARCH:  # caught up to each event before it is handled, as live
+        long_term = LongTermMemory(scratch / f"memory-{segment.run}")
     provider = _ReplayProvider(replay, "recorded")
 
     def models(role_: Role, run: RunView) -> ModelChoice:
@@ -398,6 +397,8 @@ def _verify_role(
             e.type == "context.summarized" and e.payload.to_event is None for e in recorded
         )
         flushed: list[Envelope] = []
+        if long_term is not None:
+            long_term.catch_up(store, to_position=event.position or 0)
         try:
             emitted = agent.handle(event, view, flushed.extend)
         except _Diverged as exc:

@@ -34,6 +34,7 @@ from agentledger.events import (
     InvalidEvent,
     MemoryStored,
     PreferenceRecorded,
+    RunForked,
     ScratchpadUpdated,
 )
 from agentledger.events.handlers import on
@@ -269,6 +270,21 @@ class Memory:
     score: float
 
 
+def forked_from(run_events: Sequence[Event]) -> list[tuple[str, int]]:
+    """The runs whose events a run's view inherits, each with the position it was forked at:
+    the ``run.forked`` events that lead the view (a fork's own, then its parent's if the parent
+    is a fork, ...). What those runs stored after those positions is their future, which the
+    fork redoes: its searches leave it out (``LongTermMemory.search``), whatever the position
+    of the event searched for (a fork's inherited events carry its ``run.forked`` position,
+    after all of the parent's)."""
+    found = []
+    for event in run_events:
+        if not isinstance(event, RunForked):
+            break
+        found.append((event.payload.parent_run, event.payload.parent_position))
+    return found
+
+
 _TABLE = "memories"
 _HIT_COLUMNS = ("memory_id", "text", "tags", "user", "position", "stream")
 ANN_EF = 100
@@ -289,6 +305,7 @@ class LongTermMemory:
         self._fts_rows = -1
         self._position: int | None = None
         self._first_position: int | None = None
+        self._scanned = 0  # every memory.stored event up to this position is in the table
         self._open()
 
     def _schema(self) -> Any:
@@ -373,11 +390,19 @@ class LongTermMemory:
         *,
         batch: int = 5_000,
         progress: Callable[[int], None] | None = None,
+        to_position: int | None = None,
     ) -> int:
-        """Add every ``memory.stored`` event after the table's position; returns how many."""
+        """Add every ``memory.stored`` event after the table's position (up to ``to_position``,
+        inclusive); returns how many. An agent catches up to the event it handles before it
+        searches as of that event: what it finds then never depends on how far its table
+        happened to be (commit order is position order: nothing lands at or below a position
+        already read)."""
         added = 0
         pending: list[MemoryStored] = []
-        for event in store.read_all(self.position, types=["memory.stored"]):
+        start = max(self.position, self._scanned)
+        if to_position is not None and to_position <= start:
+            return 0
+        for event in store.read_all(start, types=["memory.stored"], to_position=to_position):
             pending.append(event)  # type: ignore[arg-type]
             if len(pending) >= batch:
                 added += self._add(pending)
@@ -387,6 +412,8 @@ class LongTermMemory:
         added += self._add(pending)
         if progress is not None:
             progress(added)
+        if to_position is not None:
+            self._scanned = max(self._scanned, to_position)
         return added
 
     def _add(self, events: Sequence[MemoryStored]) -> int:
@@ -443,12 +470,15 @@ class LongTermMemory:
         k: int = 5,
         user: str | None = None,
         as_of: int | None = None,
+        forked_from: Sequence[tuple[str, int]] = (),
         mode: SearchMode = "hybrid",
         exact: bool = False,
     ) -> list[Memory]:
         """The ``k`` memories most relevant to ``query`` (optionally one user's, as of a position).
 
-        Ties are broken by position, so the same table always returns the same order.
+        ``forked_from``: (run, position) pairs (``forked_from(run_events)``): what those runs
+        stored after those positions is left out. Ties are broken by position, so the same
+        table always returns the same order.
         """
         query = query.strip()
         if not query:
@@ -468,6 +498,9 @@ class LongTermMemory:
             filters.append(f"user = '{user.replace(chr(39), chr(39) * 2)}'")
         if as_of is not None:
             filters.append(f"position <= {int(as_of)}")
+        for run, position in forked_from:  # what it stored after ``position``: left out
+            quoted = run.replace(chr(39), chr(39) * 2)
+            filters.append(f"(stream <> '{quoted}' OR position <= {int(position)})")
         where = " AND ".join(filters) or None
         vector = self.embedder.embed([query])[0]
         if mode == "vector":
@@ -517,4 +550,5 @@ class LongTermMemory:
     def delete(self) -> None:
         """Remove the directory (it is rebuilt from the log on the next catch-up)."""
         self._position = self._first_position = None
+        self._scanned = 0
         shutil.rmtree(self.path, ignore_errors=True)

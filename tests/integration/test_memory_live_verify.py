@@ -1,0 +1,109 @@
+"""Long-term memory as the live research agent searches it and as `verify` re-executes that
+search: the same memories, whatever the agent's table held when it started. A fork does not
+see what its parent stored after the fork point (the parent's future, which the fork redoes);
+it sees what other runs stored before it, as any run started then would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agentledger.actors.providers import ScriptedProvider
+from agentledger.actors.runtime import ENDED, follow_run, start_run
+from agentledger.actors.verify import verify_run
+from agentledger.events import Event, EventStore, MemoryStored
+from agentledger.fork import fork_run
+from agentledger.projections import RunStatus
+
+MODELS = {r: "scripted:m" for r in ("coordinator", "research", "execution", "review")}
+
+
+def _memory_id(events: list[Event]) -> str:
+    (stored,) = [e for e in events if e.type == "memory.stored"]
+    return str(stored.payload.memory_id)
+
+
+def _research_prompts(events: list[Event]) -> list[str]:
+    return [
+        str(e.payload.prompt)
+        for e in events
+        if e.type == "model.requested" and e.actor.startswith("agent:research/")
+    ]
+
+
+def _run(store: EventStore, goal: str = "chain") -> str:
+    run = start_run(store, goal, models=MODELS).stream
+    assert follow_run(store, run, until=ENDED, timeout=60).status is RunStatus.COMPLETED
+    return run
+
+
+def test_a_later_run_finds_an_earlier_runs_memory_live_as_verify_does(
+    tmp_path: Path, threaded_agents: Any, scenario_brain: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    providers = {"scripted": ScriptedProvider(scenario_brain(steps=3))}
+    # One set of agents for both runs: the research agent's table was empty when it started.
+    with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
+        first, second = _run(store), _run(store)
+        remembered = _memory_id(store.read(first))
+        prompts = _research_prompts(store.read(second))
+    assert prompts and all(f"memory {remembered}" in p for p in prompts)
+    with EventStore.open(url) as store:
+        for run in (first, second):
+            report = verify_run(store, run)
+            assert report.ok, report.divergence
+
+
+def test_a_fork_sees_other_runs_memories_but_not_its_parents_future(
+    tmp_path: Path, threaded_agents: Any, scenario_brain: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    providers = {"scripted": ScriptedProvider(scenario_brain(steps=6))}
+    with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
+        parent, other = _run(store), _run(store, "another chain")
+        parent_events = store.read(parent)
+        parent_memory, other_memory = _memory_id(parent_events), _memory_id(store.read(other))
+    # Forked after both completed, at a step before the parent's end; taken up by fresh agents
+    # (as `agentledger fork` starts them).
+    at = [e for e in parent_events if e.type == "task.assigned"][3]
+    with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
+        fork, forked = fork_run(store, parent, at.position or 0, by="human:ada")
+        assert follow_run(store, fork, until=ENDED, timeout=60).status is RunStatus.COMPLETED
+        own = store.read(fork)[forked.head_version - 1 :]  # the take-up and after
+    prompts = _research_prompts(own)
+    assert prompts
+    # The parent's run summary (stored after the fork point, at a position before the fork's
+    # events) is its future: never found. The other run's, stored before the fork, is.
+    assert not any(parent_memory in p for p in prompts)
+    assert all(f"memory {other_memory}" in p for p in prompts)
+    with EventStore.open(url) as store:
+        report = verify_run(store, fork)
+        assert report.ok, report.divergence
+
+
+def test_memories_stored_after_a_search_do_not_change_it_in_verify(
+    tmp_path: Path, threaded_agents: Any, scenario_brain: Any
+) -> None:
+    # Full-text scores count every row of the table (term and length statistics), not only
+    # those as of the search: verify searches a table caught up to the event handled, as the
+    # live agent's was, never one holding the memories stored later.
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    providers = {"scripted": ScriptedProvider(scenario_brain(steps=1))}  # the goal, one step
+
+    def note(text: str) -> MemoryStored:
+        return MemoryStored(
+            actor="human:ann", payload={"memory_id": f"mem-{text}", "text": text, "tags": []}
+        )
+
+    texts = ["lookup report: look at fact", "fact fact 1 delta notes", "look notes about delta"]
+    with EventStore.open(url) as store:
+        store.append("notes-ann", [note(t) for t in texts])
+    with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
+        run = _run(store, "look up fact 1")
+        (prompt,) = _research_prompts(store.read(run))
+    assert all(f"mem-{t}" in prompt for t in texts)
+    # Stored later, they would put the last two of these in the other order.
+    with EventStore.open(url) as store:
+        store.append("notes-ann", [note(f"fact filler {i} 1") for i in range(30)])
+        report = verify_run(store, run)
+        assert report.ok, report.divergence
