@@ -403,7 +403,10 @@ class Research(_Worker):
         task = turn.run.task(task_id)
         if task is None:
             return
+        # The run's own document folder first (the person starting the run pointed at it),
+        # then what earlier runs left in long-term memory.
         lines: list[str] = []
+        remembered: list[str] = []
         memory = self.settings.memory.long_term
         if memory is not None:
             for hit in memory.search(
@@ -412,7 +415,7 @@ class Research(_Worker):
                 as_of=turn.cause.position,
                 forked_from=forked_from(turn.run.events),
             ):
-                lines.append(f"- memory {hit.memory_id}: {_one_line(hit.text, 400)}")
+                remembered.append(f"- memory {hit.memory_id}: {_one_line(hit.text, 400)}")
         started = turn.run.started
         if started is not None and started.payload.docs:
             search = turn.propose(
@@ -430,6 +433,7 @@ class Research(_Worker):
                     lines.append(
                         f"- {found.get('path')}:{found.get('line')}: {found.get('snippet')}"
                     )
+        lines += remembered
         prompt = Prompt().add(SUB_GOAL, task.goal).add(SOURCES, "\n".join(lines) or "(none found)")
         prompt.add(FEEDBACK, self._feedback(task))
         try:

@@ -581,3 +581,25 @@ def test_a_task_that_writes_then_deletes_a_file_passes_review_once_approved(
     [review] = _of(events, "task.reviewed")
     assert review.payload.accepted
     assert any("deleted the file afterwards" in c for c in review.payload.checks)
+
+
+def test_research_lists_the_runs_documents_before_earlier_runs_memories(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    # The person starting a run with --docs pointed at that folder: its passages come first,
+    # what earlier runs left in long-term memory after them (found by a walkthrough, where the
+    # offline model cited two earlier runs' summaries and one unrelated line).
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    docs, _ = prepare_demo(tmp_path)
+    goal = "Find what the documents say about retention"
+    with threaded_agents(url, tmp_path), EventStore.open(url) as store:
+        first = start_run(store, goal, docs=docs).stream
+        assert follow_run(store, first, until=ENDED, timeout=60).status is RunStatus.COMPLETED
+        second = start_run(store, goal, docs=docs).stream
+        assert follow_run(store, second, until=ENDED, timeout=60).status is RunStatus.COMPLETED
+        events = store.read(second)
+    [asked] = [e for e in _of(events, "model.requested") if e.actor.startswith("agent:research/")]
+    sources = asked.payload.prompt.split("## sources\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    kinds = ["memory" if line.startswith("- memory ") else "document" for line in sources]
+    assert "memory" in kinds and "document" in kinds, sources
+    assert kinds == sorted(kinds), sources  # documents, then memories
