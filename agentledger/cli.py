@@ -1270,10 +1270,15 @@ def replay_command(
         out.print(run_state_view(state, board, pad, at))
         out.print(decisions_table(events))
         summaries = {e.payload.agent: e for e in events if e.type == "context.summarized"}
+        by_id = {e.id: e for e in events}
         for agent, summary in sorted(summaries.items()):
+            # By the run's versions: a fork's inherited events all share one position.
+            p: Any = summary.payload
+            end = by_id.get(p.to_event) if p.to_event is not None else None
+            upto = f"event {end.version}" if end is not None else f"position {p.to_position}"
             out.print(
-                f"[bold]{agent}[/]'s memory: history up to position "
-                f"{summary.payload.to_position} summarized at {summary.position}"  # type: ignore[union-attr]
+                f"[bold]{agent}[/]'s memory: its history up to {upto} summarized in event "
+                f"{summary.version} (position {summary.position})"
             )
         out.print(
             f"[dim]each agent's full context as of here: agentledger context {run} --agent ROLE "

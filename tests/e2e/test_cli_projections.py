@@ -219,3 +219,25 @@ def test_replay_to_a_position_or_an_event_and_step_through(cli: Cli, run: str) -
 def test_replay_refuses_bad_input(cli: Cli, run: str, args: list[str], words: str) -> None:
     result = cli(*[run if a == "RUN" else a for a in args])
     assert result.exit_code == 1 and words in " ".join(result.output.split()), result.output
+
+
+def test_replay_says_where_each_agents_summary_ends_by_the_runs_versions(
+    cli: Cli, run: str
+) -> None:
+    from agentledger.actors.memory_manager import ExtractiveSummarizer, MemoryManager
+    from agentledger.fork import fork_run
+
+    with EventStore.open(cli.url) as store:
+        summary = MemoryManager().plan_summary(
+            store.read(run), "research", 32, ExtractiveSummarizer()
+        )
+        assert summary is not None
+        store.append(run, [summary])
+        end = next(e for e in store.read(run) if e.id == summary.payload.to_event)
+        head = store.read(run)[-1]
+        fork, _ = fork_run(store, run, head.position or 0, by="human:ada")
+    shown = " ".join(ok(cli("replay", run)).split())
+    assert f"research's memory: its history up to event {end.version} summarized in event" in shown
+    # In the fork, every inherited event has the fork's position; versions still tell them apart.
+    forked = " ".join(ok(cli("replay", fork)).split())
+    assert f"its history up to event {end.version + 1} summarized in event" in forked
