@@ -316,7 +316,12 @@ def stream_as_of(store: EventStore, stream: str, position: int | None = None) ->
         )
     if position is None:
         return events
-    return [e for e in events if (e.position or 0) <= position]
+    shown = [e for e in events if (e.position or 0) <= position]
+    if not shown:
+        raise PositionOutOfRange(
+            f"{stream} starts at position {events[0].position}; position {position} is before it"
+        )
+    return shown
 
 
 class KeysAsOf(Mapping[str, BaseModel]):

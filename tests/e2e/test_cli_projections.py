@@ -134,6 +134,7 @@ def test_rebuild_mentions_each_projection_and_leaves_fresh_checkpoints(cli: Cli,
     [
         (("state", "run-nope"), "no run or stream 'run-nope'"),
         (("state", "{run}", "--at", "19"), "position 19 is outside the log"),
+        (("state", "{run}", "--at", "0"), "starts at position 1; position 0 is before it"),
         (("blackboard", "{run}", "--at", "99"), "position 99 is outside the log"),
         (("context", "{run}", "--agent", "boss"), "unknown agent role 'boss'"),
         (("context", "run-nope", "--agent", "execution"), "no run or stream 'run-nope'"),
