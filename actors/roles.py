@@ -387,6 +387,9 @@ class Research(_Worker):
     """Searches long-term memory and the run's document folder; answers with sources."""
 
     role = Role.RESEARCH
+    # Set by verify while it re-executes a reaction recorded when long-term memory's sources
+    # came before the run's documents (before 999d651): the prompt as it was made then.
+    memories_first = False
 
     @on(TaskAssigned)
     def research(self, event: TaskAssigned, turn: Turn) -> None:
@@ -433,7 +436,7 @@ class Research(_Worker):
                     lines.append(
                         f"- {found.get('path')}:{found.get('line')}: {found.get('snippet')}"
                     )
-        lines += remembered
+        lines = [*remembered, *lines] if self.memories_first else [*lines, *remembered]
         prompt = Prompt().add(SUB_GOAL, task.goal).add(SOURCES, "\n".join(lines) or "(none found)")
         prompt.add(FEEDBACK, self._feedback(task))
         try:

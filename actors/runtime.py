@@ -999,6 +999,11 @@ def ensure_ray(address: str | None = None, *, namespace: str = NAMESPACE) -> Non
     if address is None:
         ray.init(**options)
         return
+    if not _answers(address):
+        raise ConfigurationError(
+            f"nothing answers at the Ray address {address!r}: is the cluster up (`ray status` "
+            "on its head shows it)? Leave --address and RAY_ADDRESS unset to run locally."
+        )
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
@@ -1167,14 +1172,25 @@ def _served_record(namespace: str) -> dict[str, Any] | None:
     started = record.get("started")
     if started is not None and _process_start(pid) not in (None, started):
         return None  # another process, given the id of a serve that was killed
-    if not address.startswith("ray://"):
-        host, _, port = address.rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=1.0):
-                pass
-        except (OSError, ValueError):
-            return None
+    if not _answers(address):
+        return None
     return record
+
+
+def _answers(address: str) -> bool:
+    """Whether something accepts connections at a Ray ``host:port`` address within a second
+    (``ray.init`` on a dead one retries for many minutes, deaf to Ctrl-C). Addresses of other
+    forms (``ray://``, ``auto``, ``local``) are Ray's to resolve: True."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if address.startswith("ray://") or not host or not port.isdigit():
+        return True
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 _RAY_AUTH_MODE = "RAY_AUTH_MODE"
@@ -1258,10 +1274,23 @@ class Runtime:
         return ray.remote(actor_class).options(**options).remote(*args)
 
     def status(self) -> list[dict[str, Any]]:
-        """Each agent's status."""
+        """Each agent's status; one that cannot answer (dead and not restarted, or stuck) is
+        shown as down, with why."""
         import ray
 
-        return list(ray.get([a.status.remote() for a in self.actors.values()], timeout=30))
+        principals = {name: f"agent:{role.value}/{i + 1}" for role, i, name in self.names()}
+        asked = {name: actor.status.remote() for name, actor in self.actors.items()}
+        rows: list[dict[str, Any]] = []
+        for name, ref in asked.items():
+            try:
+                rows.append(ray.get(ref, timeout=30))
+            except ray.exceptions.RayError as exc:
+                why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                rows.append(
+                    {"agent": principals.get(name, name), "alive": False, "position": "?"}
+                    | {"handled": "?", "failures": "?", "last_error": why}
+                )
+        return rows
 
     def hops(self) -> list[Hop]:
         """Every agent's handled-event latencies."""

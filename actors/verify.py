@@ -37,7 +37,7 @@ from .agent import Agent, AgentSettings, ModelChoice, RunView
 from .memory_manager import MemoryManager
 from .models import ModelEndpointError, ModelReply, ModelRequest
 from .policy import RiskPolicy
-from .roles import ROLE_CLASSES
+from .roles import ROLE_CLASSES, Research
 from .sandbox import ToolError
 from .tools import ToolContext, ToolRegistry, default_registry
 
@@ -396,6 +396,8 @@ def _verify_role(
         settings.memory.schema_1_summaries = any(
             e.type == "context.summarized" and e.payload.to_event is None for e in recorded
         )
+        if isinstance(agent, Research):
+            agent.memories_first = _memories_listed_first(recorded)
         flushed: list[Envelope] = []
         if long_term is not None:
             long_term.catch_up(store, to_position=event.position or 0)
@@ -438,6 +440,18 @@ def _verify_role(
             report.events += len(recorded)
             cache.pending.extend(e for e in recorded if e.version > event.version)
     return None
+
+
+def _memories_listed_first(recorded: list[Event]) -> bool:
+    """Whether a recorded research prompt lists long-term memory before the run's documents,
+    as research did before 999d651 (a prompt recorded by hash only cannot tell: no)."""
+    for event in recorded:
+        prompt = getattr(event.payload, "prompt", None) if event.type == "model.requested" else None
+        if prompt and "\n## sources\n" in f"\n{prompt}":
+            sources = f"\n{prompt}".split("\n## sources\n", 1)[1].split("\n\n", 1)[0]
+            kinds = ["memory" if s.startswith("- memory ") else "doc" for s in sources.splitlines()]
+            return "doc" in kinds and kinds.index("doc") > 0 and kinds[0] == "memory"
+    return False
 
 
 def _diverged(

@@ -69,10 +69,13 @@ RUN_EXAMPLE = "e.g. run-20261130-115347-93776a; `agentledger runs` lists them"
 
 
 @contextmanager
-def _store(url: str | None, *, create: bool = False) -> Iterator[EventStore]:
-    """The store at ``url``. Only the commands that start runs or agents (``create``) make a
-    new SQLite file; the others say there is none, rather than make one from a typo."""
-    url = _store_url(url)
+def _store(
+    url: str | None, *, create: bool = False, config: Path | None = None
+) -> Iterator[EventStore]:
+    """The store at ``url`` (else the store of ``config``, the settings file). Only the
+    commands that start runs or agents (``create``) make a new SQLite file; the others say
+    there is none, rather than make one from a typo."""
+    url = _store_url(url, config)
     if not create:
         missing = _missing_store(url)
         if missing is not None:
@@ -84,13 +87,14 @@ def _store(url: str | None, *, create: bool = False) -> Iterator[EventStore]:
         yield store
 
 
-def _store_url(url: str | None) -> str:
-    """``url``, else agentledger.toml's store (as `run` and `serve` take it), else the default."""
+def _store_url(url: str | None, config: Path | None = None) -> str:
+    """``url``, else the settings file's store (``config``, else ./agentledger.toml or
+    $AGENTLEDGER_CONFIG: as `run` and `serve` take it), else the default."""
     if url is not None:
         return url
     from agentledger.config import load_settings
 
-    return load_settings(None).store or default_store_url()
+    return load_settings(config).store or default_store_url()
 
 
 def _missing_store(url: str | None) -> Path | None:
@@ -473,7 +477,7 @@ def context_command(
             memory.catch_up(store)
             view = events
             if asked is not None and goal is None:  # as it was when the agent asked
-                view = [e for e in events if (e.position or 0) < (asked.position or 0)]
+                view = events[: events.index(asked)]  # by index: a fork's share positions
                 err.print(
                     f"[dim]the prompt of position {asked.position} was recorded by its hash "
                     "only: its context, assembled again from the log[/]"
@@ -729,6 +733,7 @@ def _execute_run(
         _check_workspace(workspace)
     chosen, given = _models(models or [], settings)
     url = store_url or settings.store or default_store_url()
+    _refuse_memory_store(url)
     with _store(url, create=fork is None) as store:
         if fork is not None:  # checked (run, position, reaction boundary) before agents start
             parent, position, note = fork
@@ -797,6 +802,15 @@ def _execute_run(
         return
     if state.status is not RunStatus.COMPLETED:
         raise typer.Exit(1)
+
+
+def _refuse_memory_store(url: str) -> None:
+    """Agents run in processes of their own: an in-memory store would be one per process."""
+    if url.startswith("memory://"):
+        raise ConfigurationError(
+            "memory:// is a store of one process; the agents run in processes of their own. "
+            "Use a SQLite file (sqlite:///path.db) or PostgreSQL"
+        )
 
 
 def _check_workspace(workspace: Path) -> None:
@@ -934,7 +948,11 @@ def fork_command(
     user: Annotated[str, typer.Option("--user", envvar="USER", help="Who forks.")] = "anonymous",
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", min=1, help="Stop following after this many seconds."),
+        typer.Option(
+            "--timeout",
+            min=1,
+            help="Stop following after this many seconds (exit 4 if it has not ended).",
+        ),
     ] = None,
     store_url: StoreOption = None,
     address: AddressOption = None,
@@ -944,7 +962,8 @@ def fork_command(
 
     The fork is one run.forked event that references the parent's events up to --at (read
     through the parent, never copied: instant at any length); the agents react to what has no
-    reaction in it yet. Exit codes as for run (0 completed, 1 failed, 3 waiting).
+    reaction in it yet, in a copy of the parent's workspace as it is now. Exit codes as for
+    run (0 completed, 1 failed, 3 waiting, 4 still running at --timeout).
     """
     _run(
         lambda: _execute_run(
@@ -974,6 +993,9 @@ def runs_command(
 
     def body() -> None:
         missing = _missing_store(store_url)
+        if missing is not None and as_json:
+            sys.stdout.write("[]\n")
+            return
         if missing is not None:  # not an error: no run was started here yet
             out.print(
                 f"[dim]no store at {missing} yet (nothing was created); start a run with "
@@ -1133,7 +1155,7 @@ def _decide(
 
     def body() -> None:
         human = _human(as_, config)
-        with _store(store_url) as store:
+        with _store(store_url, config=config) as store:
             event = decide(store, run, action, human, grant=grant, note=note)
         verdict = "[green]approved[/]" if grant else "[red]denied[/]"
         out.print(f"{verdict} {action} in {run} as {human.principal} (position {event.position})")
@@ -1169,7 +1191,7 @@ def _steer_command(what: str, help_text: str) -> None:
 
         def body() -> None:
             human = _human(as_, config)
-            with _store(store_url) as store:
+            with _store(store_url, config=config) as store:
                 event = steer(store, run, human, what, reason)
             out.print(
                 f"{event.type} for {run} (position {event.position}); agents honour it at "
@@ -1444,8 +1466,10 @@ def serve_command(
         settings = load_settings(config)
         chosen, _ = _models(model or [], settings)
         url = store_url or settings.store or default_store_url()
-        with _store(url, create=True):
-            pass  # fail now, clearly, if the store cannot be opened
+        _refuse_memory_store(url)
+        with _store(url, create=True) as opened:
+            shown = opened.url  # the password masked
+        # (fail now, clearly, if the store cannot be opened)
         cfg = runtime_config(settings, url, chosen)
         running = served_address(cfg.namespace)
         if running is not None:
@@ -1464,7 +1488,7 @@ def serve_command(
         with serving_record(cfg.namespace, address) as ray_address:
             err.print(
                 f"serving {len(runtime.names())} agents and the approval-expiry watcher on "
-                f"{url} (Ray at {ray_address}, namespace {cfg.namespace}); Ctrl-C stops them"
+                f"{shown} (Ray at {ray_address}, namespace {cfg.namespace}); Ctrl-C stops them"
             )
             try:
                 with _store(url) as store:

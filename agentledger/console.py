@@ -88,8 +88,8 @@ def events_table(
     wide = out.width >= 140
     show_time = out.width >= 110
     streams = {e.stream for e in events}
-    if show_stream and len(streams) == 1 and not wide:
-        show_stream, title = False, title or next(iter(streams))
+    if show_stream and len(streams) == 1 and not wide and title is None:
+        show_stream, title = False, next(iter(streams))  # the title names it
     table = Table(title=title, header_style="bold", expand=False)
     table.add_column("pos", justify="right", style="dim", no_wrap=True, min_width=3)
     if show_stream:

@@ -23,8 +23,11 @@ from typing import Any
 
 from agentledger.events import Event
 
+# Left out at any depth (a tool's result nests its duration): timings, and what follows from
+# the prompt (its text, hash, sources and size in tokens), which is not a decision.
 _VOLATILE = frozenset(
     {"latency_ms", "duration_ms", "prompt", "prompt_hash", "context_event_ids", "expires_at"}
+    | {"input_tokens"}
 )
 _DERIVED_ID = re.compile(r"\b(a|m|mem)-[0-9a-f]{12}\b|\b[0-9a-f]{16}\b|\b[0-9a-f]{64}\b")
 _RUN_ID = re.compile(r"\brun-[A-Za-z0-9_.:@\-]+")
@@ -69,9 +72,20 @@ class _Renamer:
 def view(event: Event) -> dict[str, Any]:
     """What of ``event`` is compared, as it was logged: type, actor, payload without volatile
     parts (shown to people; ``comparable`` is what is compared)."""
-    payload = event.payload.model_dump(mode="json")
-    kept = {k: v for k, v in payload.items() if k not in _VOLATILE}
-    return {"type": event.type, "by": event.actor, "payload": kept}
+    return {
+        "type": event.type,
+        "by": event.actor,
+        "payload": _steady(event.payload.model_dump(mode="json")),
+    }
+
+
+def _steady(value: Any) -> Any:
+    """``value`` without the volatile keys of any mapping in it."""
+    if isinstance(value, dict):
+        return {k: _steady(v) for k, v in value.items() if k not in _VOLATILE}
+    if isinstance(value, list):
+        return [_steady(v) for v in value]
+    return value
 
 
 def comparable(event: Event, rename: _Renamer) -> dict[str, Any]:

@@ -140,6 +140,7 @@ time.sleep(600)
         (["run", "do it", "--docs", "/nonexistent/docs"], "no such directory"),
         (["run", "do it", "--workspace", "/proc/ws"], "--workspace /proc/ws: cannot create it"),
         (["run", "do it", "--workspace", "/etc/hostname"], "/etc/hostname: not a folder"),
+        (["run", "do it", "--address", "127.0.0.1:1"], "nothing answers at the Ray address"),
     ],
 )
 def test_run_refuses_bad_input_before_anything_starts(
@@ -413,3 +414,29 @@ def test_run_with_a_timeout_stops_following_and_says_where_the_run_is(tmp_path: 
     assert done.returncode == 4, output
     assert "stopped following" in output and "agentledger status run-" in output
     assert "Traceback" not in output
+
+
+def test_decisions_go_to_the_store_of_the_settings_file_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # approve/deny/pause… --config FILE: FILE's `store =` (from a review: it was ignored, and
+    # the decision went to ./.agentledger/ledger.db, or was refused there).
+    store = tmp_path / "kept" / "ledger.db"
+    store.parent.mkdir()
+    with EventStore.open(f"sqlite:///{store}") as opened:
+        run, _ = write_sample_run(opened)  # waits for approval of action a2
+    config = tmp_path / "settings.toml"
+    config.write_text(f'store = "sqlite:///{store}"\n')
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(
+        app, ["approve", run, "a2", "--config", str(config)], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / ".agentledger").exists()
+    with EventStore.open(f"sqlite:///{store}") as opened:
+        assert opened.read(run)[-1].type == "approval.granted"
+
+
+def test_agents_cannot_share_an_in_memory_store() -> None:
+    code, output = invoke("run", "do it", "--store", "memory://")
+    assert code == 1 and "memory:// is a store of one process" in " ".join(output.split())

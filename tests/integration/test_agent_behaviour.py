@@ -19,6 +19,7 @@ import pytest
 from agentledger.actors.decisions import SUB_GOAL, sections
 from agentledger.actors.models import ModelRequest
 from agentledger.actors.providers import ProviderSettings, ScriptedProvider
+from agentledger.actors.roles import Research
 from agentledger.actors.runtime import (
     ENDED,
     AgentWorker,
@@ -27,6 +28,7 @@ from agentledger.actors.runtime import (
     follow_run,
     start_run,
 )
+from agentledger.actors.verify import verify_run
 from agentledger.demo import DEMO_GOAL, prepare_demo
 from agentledger.events import (
     ApprovalGranted,
@@ -584,7 +586,7 @@ def test_a_task_that_writes_then_deletes_a_file_passes_review_once_approved(
 
 
 def test_research_lists_the_runs_documents_before_earlier_runs_memories(
-    tmp_path: Path, threaded_agents: Any
+    tmp_path: Path, threaded_agents: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The person starting a run with --docs pointed at that folder: its passages come first,
     # what earlier runs left in long-term memory after them (found by a walkthrough, where the
@@ -603,3 +605,20 @@ def test_research_lists_the_runs_documents_before_earlier_runs_memories(
     kinds = ["memory" if line.startswith("- memory ") else "document" for line in sources]
     assert "memory" in kinds and "document" in kinds, sources
     assert kinds == sorted(kinds), sources  # documents, then memories
+
+    # A run recorded when memories came first (as before this order) still verifies.
+    with monkeypatch.context() as patch:
+        patch.setattr(Research, "memories_first", True)
+        with threaded_agents(url, tmp_path), EventStore.open(url) as store:
+            third = start_run(store, goal, docs=docs).stream
+            assert follow_run(store, third, until=ENDED, timeout=60).status is RunStatus.COMPLETED
+    with EventStore.open(url) as store:
+        [asked] = [
+            e
+            for e in _of(store.read(third), "model.requested")
+            if e.actor.startswith("agent:research/")
+        ]
+        assert asked.payload.prompt.split("## sources\n", 1)[1].startswith("- memory ")
+        for run in (second, third):
+            report = verify_run(store, run)
+            assert report.ok, report.divergence

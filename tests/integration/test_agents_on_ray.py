@@ -227,6 +227,19 @@ def test_an_agent_killed_mid_handler_restarts_and_each_event_is_handled_once(
     assert sorted(e.payload.task_id for e in research_done) == ["t1", "t2"]
 
 
+def test_status_shows_an_agent_that_is_gone_as_down(runtime_for: Any) -> None:
+    # serve asks for the agents' status twice a minute: an agent that died for good must show
+    # as down, not end serve with a traceback (from a review).
+    import ray
+
+    runtime = runtime_for(roles=[Role.RESEARCH, Role.REVIEW])
+    ray.kill(runtime.actors["review-1"], no_restart=True)
+    rows = {row["agent"]: row for row in runtime.status()}
+    assert rows.keys() == {"agent:research/1", "agent:review/1"}
+    assert rows["agent:review/1"]["alive"] is False and rows["agent:review/1"]["last_error"]
+    assert rows["agent:research/1"]["alive"] is True
+
+
 def test_ten_runs_at_once_complete_independently(runtime_for: Any, store_url: str) -> None:
     runtime_for()
     with EventStore.open(store_url) as store:
