@@ -32,6 +32,7 @@ from agentledger.actors.sandbox import (
     Workspace,
 )
 from agentledger.events import RiskLevel
+from agentledger.events.audit import new_file_mode
 
 __all__ = [
     "InvalidToolArguments",
@@ -372,6 +373,9 @@ class WriteFile(Tool[WriteFileArgs]):
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+            # mkstemp makes the file private: give it the mode of the file it replaces, or
+            # the one a new file gets here.
+            os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else new_file_mode())
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

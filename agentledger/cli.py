@@ -729,9 +729,9 @@ def _execute_run(
         validate_goal(goal)  # before anything slow starts
     if docs is not None and not docs.is_dir():
         raise NotFound(f"--docs {docs}: no such directory")
-    if workspace is not None:
-        _check_workspace(workspace)
     chosen, given = _models(models or [], settings)
+    if workspace is not None:  # after the models: a refused --model leaves no folder behind
+        _check_workspace(workspace)
     url = store_url or settings.store or default_store_url()
     _refuse_memory_store(url)
     with _store(url, create=fork is None) as store:

@@ -300,6 +300,13 @@ def write_text(path: Path, text: str) -> None:
     _write_atomically(path, [text.encode("utf-8")])
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file in this process (0o666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _write_atomically(path: Path, chunks: Any, *, mode: int | None = None) -> None:
     # A crash, a bad run or a full disk must not leave a half-written export that looks
     # like a truncated (tampered) one: write beside the target, then rename over it.
@@ -311,11 +318,8 @@ def _write_atomically(path: Path, chunks: Any, *, mode: int | None = None) -> No
         with os.fdopen(handle, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
-        if mode is None:  # as a new file would have it (mkstemp makes its file private)
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(temp, mode)
+        # As a new file would have it, unless told (mkstemp makes its file private).
+        os.chmod(temp, new_file_mode() if mode is None else mode)
         os.replace(temp, path)
     except OSError as exc:
         os.unlink(temp)

@@ -498,3 +498,19 @@ def test_search_docs_without_docs_is_empty(registry: ToolRegistry, ctx: ToolCont
 def test_every_result_is_json(registry: ToolRegistry, ctx: ToolContext) -> None:
     result = registry.execute("run_shell", {"command": "printf '\\377'"}, ctx)
     json.dumps(result, allow_nan=False)
+
+
+def test_a_written_file_gets_the_mode_a_new_file_gets_or_keeps_the_one_it_had(
+    registry: ToolRegistry, ctx: ToolContext
+) -> None:
+    # Written beside and renamed into place; mkstemp made it private (0600).
+    import os
+
+    registry.execute("write_file", {"path": "report.md", "content": "hi"}, ctx)
+    written = ctx.workspace.root / "report.md"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert written.stat().st_mode & 0o777 == 0o666 & ~umask
+    written.chmod(0o640)
+    registry.execute("write_file", {"path": "report.md", "content": "again"}, ctx)
+    assert written.stat().st_mode & 0o777 == 0o640
