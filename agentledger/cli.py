@@ -104,11 +104,14 @@ def _missing_store(url: str | None) -> Path | None:
 
 
 def _sqlite_file(url: str) -> Path | None:
-    """The file of a ``sqlite:///`` URL (None for other stores and SQLite URIs)."""
-    if not url.startswith("sqlite:///"):
+    """The file of a SQLite store URL, read as the store reads it (None for other stores and
+    SQLite URIs such as file:…)."""
+    from agentledger.events._backends import sqlite_path
+
+    path = sqlite_path(url)
+    if not path or path.startswith("file:") or path == ":memory:":
         return None
-    path = url.removeprefix("sqlite:///").partition("?")[0]
-    return None if path.startswith("file:") or path == ":memory:" else Path(path).expanduser()
+    return Path(path).expanduser()
 
 
 def _run(action: Callable[[], T]) -> T:

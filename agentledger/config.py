@@ -128,14 +128,30 @@ def load_settings(path: Path | None = None) -> Settings:
 
 def store_namespace(store_url: str) -> str:
     """The Ray namespace of a store's agents: agents serving one store never take another's
-    runs, however many stores share a Ray cluster."""
-    return f"agentledger-{hashlib.sha256(store_url.encode()).hexdigest()[:10]}"
+    runs, however many stores share a Ray cluster. The store is named as it is, not as it is
+    spelled: a SQLite file by its absolute path, a PostgreSQL database by host, port, name,
+    user and schema (not the password, nor postgres:// against postgresql://)."""
+    return f"agentledger-{hashlib.sha256(_canonical(store_url).encode()).hexdigest()[:10]}"
+
+
+def _canonical(store_url: str) -> str:
+    from agentledger.events._backends import parse_postgres_url, sqlite_path
+
+    path = sqlite_path(store_url)
+    if path:
+        return "sqlite:///" + str(Path(path).expanduser().resolve())
+    if store_url.strip().lower().startswith(("postgresql://", "postgres://")):
+        pg = parse_postgres_url(store_url.strip())
+        return f"postgresql://{pg.user}@{pg.host}:{pg.port}/{pg.dbname}?schema={pg.schema}"
+    return store_url.strip()
 
 
 def runtime_config(settings: Settings, store_url: str, models: dict[str, str]) -> RuntimeConfig:
     """The runtime configuration for a store, with absolute paths (agents run elsewhere)."""
-    if store_url.startswith("sqlite:///"):
-        store_url = "sqlite:///" + str(Path(store_url.removeprefix("sqlite:///")).resolve())
+    from agentledger.events._backends import sqlite_path
+
+    if sqlite_path(store_url):  # the agents' processes may not share this one's folder
+        store_url = _canonical(store_url)
     rt = settings.runtime
     return RuntimeConfig(
         store_url=store_url,

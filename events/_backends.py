@@ -1119,6 +1119,16 @@ class PostgresBackend(Backend):
         self.datastore.close()
 
 
+def sqlite_path(url: str) -> str | None:
+    """The path a ``sqlite://`` store URL names, as ``open_backend`` reads it (None for other
+    schemes): ``sqlite:///rel/path`` and ``sqlite:////abs/path``, as SQLAlchemy reads them."""
+    url = url.strip()
+    if not url.lower().startswith("sqlite://"):
+        return None
+    path = url[len("sqlite://") :]
+    return path[1:] if path.startswith("/") else path
+
+
 def open_backend(url: str) -> Backend:
     """The backend for a store URL: ``sqlite:///path``, ``postgresql://…`` or ``memory://``."""
     url = url.strip()
@@ -1126,9 +1136,7 @@ def open_backend(url: str) -> Backend:
     if scheme == "memory":
         return MemoryBackend()
     if scheme == "sqlite":
-        path = url[len("sqlite://") :]
-        if path.startswith("/"):
-            path = path[1:]  # sqlite:///rel/path and sqlite:////abs/path, as SQLAlchemy reads them
+        path = sqlite_path(url)
         if not path:
             raise ConfigurationError(
                 "sqlite store URL has no path; use sqlite:///relative/path.db "
