@@ -104,6 +104,8 @@ class Coordinator(Agent):
                 f"{len(steps)} logical step(s), so no decomposition: one {role} worker takes the "
                 f"whole goal. Planner: {plan.reasoning}"
             )
+            if prefix:  # a replan: what the planner now proposes, not the goal that failed
+                goal = "\n".join(s.goal for s in steps)[:20_000]
             steps = [PlannedStep(task_id="t1", goal=goal, role=role, reasoning=reasoning)]
         renamed = {s.task_id: f"{prefix}{s.task_id}" for s in steps}
         for step in steps:

@@ -622,3 +622,39 @@ def test_research_lists_the_runs_documents_before_earlier_runs_memories(
         for run in (second, third):
             report = verify_run(store, run)
             assert report.ok, report.divergence
+
+
+def test_a_replan_of_three_steps_or_fewer_hands_on_what_the_planner_proposes(
+    tmp_path: Path, run_with: Any, threaded_agents: Any
+) -> None:
+    # Three steps or fewer go to one worker as one task. For a replan that task must be what
+    # the planner now proposes: it was the goal that had just failed, so no replan of a small
+    # task could change anything.
+    replan = {
+        "reasoning": "keep the file; write a note instead",
+        "steps": [{"task_id": "t1", "goal": "write a note to note.md", "role": "execution"}],
+    }
+
+    def act(request: ModelRequest) -> str:
+        if "note.md" in sections(request.prompt)[SUB_GOAL]:
+            return _act({"tool": "write_file", "arguments": {"path": "note.md", "content": "n"}})
+        return _act({"tool": "delete_file", "arguments": {"path": "a.txt"}})
+
+    brain = Brain(plan=[json.dumps(ONE_STEP), json.dumps(replan)], act=act)
+    status, events, workspace = run_with(brain, until=frozenset({RunStatus.WAITING_FOR_APPROVAL}))
+    assert status is RunStatus.WAITING_FOR_APPROVAL
+    [pending] = _of(events, "approval.requested")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    from agentledger.control import Human, decide
+
+    providers = {"scripted": ScriptedProvider(brain)}
+    with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
+        run = events[0].stream
+        ada = Human("ada", ("approver",))
+        decide(store, run, pending.payload.action_id, ada, grant=False, note="keep a.txt")
+        state = follow_run(store, run, until=ENDED, timeout=60)
+        events = store.read(run)
+    assert state.status is RunStatus.COMPLETED, state.outcome
+    replanned = [e for e in _of(events, "task.planned") if e.payload.task_id != "t1"]
+    assert [e.payload.goal for e in replanned] == ["write a note to note.md"]
+    assert (workspace / "note.md").exists()
