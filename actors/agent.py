@@ -48,7 +48,7 @@ from agentledger.events import (
 )
 from agentledger.events.handlers import collect_handlers
 from agentledger.projections import RunState, TaskInfo
-from agentledger.projections.memory import Scratchpad
+from agentledger.projections.memory import Scratchpad, forked_from
 from agentledger.projections.run_state import ACTIVE
 
 from .decisions import ANSWER_FORMAT, DECISIONS, Prompt, answer_schema, answer_schema_text
@@ -333,10 +333,12 @@ class Turn:
             if parent is None:
                 root = chosen or runs / self.run.run
             else:
-                # A fork works in its own copy of its parent's workspace, never in the
-                # parent's (the parent's own workspace when it was started with one).
+                # A fork works in its own copy of its nearest ancestor's workspace (a fork
+                # that never acted made none), never in the ancestor's; the first run's is the
+                # one it was started with, if any.
                 root = runs / self.run.run
-                source = runs / parent if (runs / parent).is_dir() else chosen
+                lineage = [runs / ancestor for ancestor, _ in forked_from(self.run.events)]
+                source = next((p for p in lineage if p.is_dir()), chosen)
                 if source is not None and not root.exists():
                     _copy_workspace(source, root)
             self._workspace = self.agent.workspace_at(root)

@@ -11,7 +11,7 @@ import pytest
 
 from agentledger.actors.providers import ScriptedProvider
 from agentledger.actors.runtime import ENDED, follow_run, start_run
-from agentledger.control import Human, decide
+from agentledger.control import Human, decide, steer
 from agentledger.events import AgentLedgerError, EventStore, NotFound, Role
 from agentledger.fork import fork_run
 from agentledger.projections import RunStateProjection, RunStatus
@@ -122,6 +122,32 @@ def test_a_fork_works_in_a_copy_of_its_parents_workspace(
     ]
     assert (copy / "notes.md").read_text() == "the user's"
     assert not list((tmp_path / "workspaces").glob(".*.partial"))
+
+
+def test_a_fork_of_a_fork_that_never_acted_copies_the_nearest_workspace(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    providers = {
+        "scripted": ScriptedProvider(brain("a.txt")),
+        "other": ScriptedProvider(brain("b.txt")),
+    }
+    models = {r: "scripted:m" for r in ("coordinator", "research", "execution", "review")}
+    with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
+        parent = start_run(store, "write it", models=models).stream
+        assert follow_run(store, parent, until=ENDED, timeout=60).status is RunStatus.COMPLETED
+    with EventStore.open(url) as store:  # no agents: the first fork never acts
+        assigned = next(e for e in store.read(parent) if e.type == "task.assigned")
+        first, forked = fork_run(store, parent, assigned.position or 0, by="human:ada")
+        steer(store, first, Human("ada", ("approver",)), "cancel", "not this one")
+        second, _ = fork_run(
+            store, first, forked.position or 0, by="human:ada", models={"execution": "other:m"}
+        )
+    with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
+        assert follow_run(store, second, until=ENDED, timeout=60).status is RunStatus.COMPLETED
+    workspaces = tmp_path / "workspaces"
+    assert not (workspaces / first).exists()
+    assert {p.name for p in (workspaces / second).iterdir()} >= {"a.txt", "b.txt"}
 
 
 def test_a_fork_at_an_approval_takes_a_different_decision(
