@@ -233,8 +233,13 @@ def test_status_shows_an_agent_that_is_gone_as_down(runtime_for: Any) -> None:
     import ray
 
     runtime = runtime_for(roles=[Role.RESEARCH, Role.REVIEW])
-    ray.kill(runtime.actors["review-1"], no_restart=True)
-    rows = {row["agent"]: row for row in runtime.status()}
+    ray.kill(runtime.actors["review-1"], no_restart=True)  # takes effect soon, not at once
+    deadline = time.monotonic() + 30
+    while True:
+        rows = {row["agent"]: row for row in runtime.status()}
+        if rows["agent:review/1"]["alive"] is False or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert rows.keys() == {"agent:research/1", "agent:review/1"}
     assert rows["agent:review/1"]["alive"] is False and rows["agent:review/1"]["last_error"]
     assert rows["agent:research/1"]["alive"] is True
