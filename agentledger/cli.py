@@ -439,6 +439,7 @@ def context_command(
         ),
     ] = None,
     store_url: StoreOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Show the prompt an agent sent at a position: its last model request at or before --at.
 
@@ -458,8 +459,8 @@ def context_command(
         if agent not in {r.value for r in Role}:
             roles = ", ".join(r.value for r in Role)
             raise NotFound(f"unknown agent role {agent!r}; roles: {roles}")
-        settings = load_settings(None)
-        with _store(store_url) as store:
+        settings = load_settings(config)
+        with _store(store_url, config=config) as store:
             events = stream_as_of(store, run, at)
             asked = next(
                 (

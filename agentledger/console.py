@@ -259,7 +259,8 @@ def context_view(context: Any) -> Group:
     if context.memories:
         refs.append("memories " + ", ".join(m.memory_id for m in context.memories))
     if context.event_ids:
-        refs.append(f"{len(context.event_ids)} recent events")
+        n = len(context.event_ids)
+        refs.append(f"{n} recent event{'' if n == 1 else 's'}")
     return Group(
         usage,
         Text("from: " + "; ".join(refs), style="dim") if refs else Text(""),
@@ -276,7 +277,8 @@ def recorded_prompt_view(asked: Any) -> Group:
     head.add_row("asked by", f"{asked.actor} at position {asked.position}")
     head.add_row("request", f"{p.request_id} to {p.provider}:{p.model}")
     head.add_row("prompt", f"{len(p.prompt):,} characters, {check}")
-    head.add_row("context from", f"{len(p.context_event_ids)} events of the log")
+    n = len(p.context_event_ids)
+    head.add_row("context from", f"{n} event{'' if n == 1 else 's'} of the log")
     return Group(head, Panel(Text(p.prompt), title="recorded prompt", title_align="left"))
 
 

@@ -95,6 +95,12 @@ def test_context_of_an_agent_at_a_position(cli: Cli, run: str) -> None:
     assert "mem1" in output  # long-term memory as of position 12
 
     later = ok(cli("context", run, "--agent", "execution", "--budget", "2000"))
+    # The budget of the settings file given (the agents' own), when --budget is not.
+    settings = cli.cache.parent / "settings.toml"
+    settings.write_text("[runtime]\ncontext_tokens = 1500\n")
+    assert "/1500 tokens" in ok(
+        cli("context", run, "--agent", "execution", "--config", str(settings))
+    )
     assert "[14] action.executed" in later and "stale_count: 1284" in later
     again = ok(cli("context", run, "--agent", "execution", "--at", "12", "--budget", "2000"))
     assert again == output  # reproducible: the same context at the same position
