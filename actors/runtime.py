@@ -1157,13 +1157,12 @@ def _served_record(namespace: str) -> dict[str, Any] | None:
     import socket
 
     try:
-        record = json.loads(_served_file(namespace).read_text())
+        record: dict[str, Any] = json.loads(_served_file(namespace).read_text())
         address, pid = str(record["address"]), int(record["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not isinstance(record, dict) or record.get("host", socket.gethostname()) != (
-        socket.gethostname()
-    ):
+    here = socket.gethostname()  # record is a dict: indexing anything else raised above
+    if record.get("host", here) != here:
         return None
     try:
         os.kill(pid, 0)

@@ -34,6 +34,7 @@ from agentledger.projections.memory import LongTermMemory
 from agentledger.projections.runner import run_events
 
 from .agent import Agent, AgentSettings, ModelChoice, RunView
+from .decisions import SOURCES, sections
 from .memory_manager import MemoryManager
 from .models import ModelEndpointError, ModelReply, ModelRequest
 from .policy import RiskPolicy
@@ -447,8 +448,8 @@ def _memories_listed_first(recorded: list[Event]) -> bool:
     as research did before 999d651 (a prompt recorded by hash only cannot tell: no)."""
     for event in recorded:
         prompt = getattr(event.payload, "prompt", None) if event.type == "model.requested" else None
-        if prompt and "\n## sources\n" in f"\n{prompt}":
-            sources = f"\n{prompt}".split("\n## sources\n", 1)[1].split("\n\n", 1)[0]
+        sources = sections(prompt).get(SOURCES) if prompt else None
+        if sources is not None:
             kinds = ["memory" if s.startswith("- memory ") else "doc" for s in sources.splitlines()]
             return "doc" in kinds and kinds.index("doc") > 0 and kinds[0] == "memory"
     return False

@@ -1178,9 +1178,8 @@ def _served_here(store_url: str | None, config: Path | None) -> bool:
     from agentledger.actors.runtime import served_address
     from agentledger.config import load_settings, runtime_config
 
-    settings = load_settings(config)
-    url = store_url or settings.store or default_store_url()
-    return served_address(runtime_config(settings, url, {}).namespace) is not None
+    url = _store_url(store_url, config)
+    return served_address(runtime_config(load_settings(config), url, {}).namespace) is not None
 
 
 def _steer_command(what: str, help_text: str) -> None:
@@ -1471,35 +1470,34 @@ def serve_command(
         chosen, _ = _models(model or [], settings)
         url = store_url or settings.store or default_store_url()
         _refuse_memory_store(url)
-        with _store(url, create=True) as opened:
-            shown = opened.url  # the password masked
-        # (fail now, clearly, if the store cannot be opened)
-        cfg = runtime_config(settings, url, chosen)
-        running = served_address(cfg.namespace)
-        if running is not None:
-            raise ConfigurationError(
-                f"this store's agents are already served on this machine (Ray at {running}, "
-                f"namespace {cfg.namespace}): commands use them; stop that `agentledger serve` "
-                "(Ctrl-C) before starting another"
-            )
-        with err.status("connecting to Ray…"):
-            ensure_ray(address, namespace=cfg.namespace)
-        runtime = Runtime(cfg)
-        with err.status("starting the agents…"):
-            runtime.start(detached=True)
-        # SIGTERM (a service manager's stop) stops the agents as Ctrl-C does.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        with serving_record(cfg.namespace, address) as ray_address:
-            err.print(
-                f"serving {len(runtime.names())} agents and the approval-expiry watcher on "
-                f"{shown} (Ray at {ray_address}, namespace {cfg.namespace}); Ctrl-C stops them"
-            )
-            try:
-                with _store(url) as store:
+        # Opened first: fails now, clearly, if the store cannot be opened.
+        with _store(url, create=True) as store:
+            cfg = runtime_config(settings, url, chosen)
+            running = served_address(cfg.namespace)
+            if running is not None:
+                raise ConfigurationError(
+                    f"this store's agents are already served on this machine (Ray at "
+                    f"{running}, namespace {cfg.namespace}): commands use them; stop that "
+                    "`agentledger serve` (Ctrl-C) before starting another"
+                )
+            with err.status("connecting to Ray…"):
+                ensure_ray(address, namespace=cfg.namespace)
+            runtime = Runtime(cfg)
+            with err.status("starting the agents…"):
+                runtime.start(detached=True)
+            # SIGTERM (a service manager's stop) stops the agents as Ctrl-C does.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            with serving_record(cfg.namespace, address) as ray_address:
+                err.print(
+                    f"serving {len(runtime.names())} agents and the approval-expiry watcher "
+                    f"on {store.url} (Ray at {ray_address}, namespace {cfg.namespace}); "
+                    "Ctrl-C stops them"
+                )
+                try:
                     _serve_activity(store, runtime, agents_table)
-            except KeyboardInterrupt:
-                err.print("stopping the agents…")
-                runtime.stop()
+                except KeyboardInterrupt:
+                    err.print("stopping the agents…")
+                    runtime.stop()
 
     _run(body)
 

@@ -32,6 +32,14 @@ def brain(path: str) -> Any:
     return answer
 
 
+MODELS = {r: "scripted:m" for r in ("coordinator", "research", "execution", "review")}
+
+
+def writers() -> dict[str, ScriptedProvider]:
+    """Two scripted providers: "scripted" writes a.txt, "other" (a fork's override) b.txt."""
+    return {"scripted": ScriptedProvider(brain("a.txt")), "other": ScriptedProvider(brain("b.txt"))}
+
+
 def _state(store: EventStore, run: str) -> Any:
     return RunStateProjection().fold(store.read(run))
 
@@ -40,11 +48,7 @@ def test_a_fork_with_another_model_goes_its_own_way_and_the_parent_is_untouched(
     tmp_path: Path, threaded_agents: Any
 ) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    providers = {
-        "scripted": ScriptedProvider(brain("a.txt")),
-        "other": ScriptedProvider(brain("b.txt")),
-    }
-    models = {r: "scripted:m" for r in ("coordinator", "research", "execution", "review")}
+    providers, models = writers(), MODELS
     with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
         parent = start_run(store, "write it", models=models).stream
         assert follow_run(store, parent, until=ENDED, timeout=60).status is RunStatus.COMPLETED
@@ -100,11 +104,7 @@ def test_a_fork_works_in_a_copy_of_its_parents_workspace(
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.md").write_text("the user's")
-    providers = {
-        "scripted": ScriptedProvider(brain("a.txt")),
-        "other": ScriptedProvider(brain("b.txt")),
-    }
-    models = {r: "scripted:m" for r in ("coordinator", "research", "execution", "review")}
+    providers, models = writers(), MODELS
     with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
         parent = start_run(store, "write it", models=models, workspace=mine).stream
         assert follow_run(store, parent, until=ENDED, timeout=60).status is RunStatus.COMPLETED
@@ -128,11 +128,7 @@ def test_a_fork_of_a_fork_that_never_acted_copies_the_nearest_workspace(
     tmp_path: Path, threaded_agents: Any
 ) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    providers = {
-        "scripted": ScriptedProvider(brain("a.txt")),
-        "other": ScriptedProvider(brain("b.txt")),
-    }
-    models = {r: "scripted:m" for r in ("coordinator", "research", "execution", "review")}
+    providers, models = writers(), MODELS
     with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
         parent = start_run(store, "write it", models=models).stream
         assert follow_run(store, parent, until=ENDED, timeout=60).status is RunStatus.COMPLETED
@@ -175,7 +171,7 @@ def test_a_fork_at_an_approval_takes_a_different_decision(
 
 def test_refusals_write_nothing(tmp_path: Path, threaded_agents: Any) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    models = {r: "scripted:m" for r in ("coordinator", "research", "execution", "review")}
+    models = MODELS
     with (
         threaded_agents(url, tmp_path, {"scripted": ScriptedProvider(brain("a.txt"))}),
         EventStore.open(url) as store,
@@ -207,7 +203,7 @@ def test_an_agent_that_dies_taking_up_a_fork_neither_repeats_nor_loses_a_reactio
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     providers = {"scripted": ScriptedProvider(brain("a.txt"))}
-    models = {r: "scripted:m" for r in ("coordinator", "research", "execution", "review")}
+    models = MODELS
     with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
         parent = start_run(store, "write it", models=models).stream
         assert follow_run(store, parent, until=ENDED, timeout=60).status is RunStatus.COMPLETED

@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from test_fork import brain  # a scripted brain that writes one file
+from test_fork import writers  # scripted providers that each write one file
 from typer.testing import CliRunner
 
-from agentledger.actors.providers import ScriptedProvider
 from agentledger.actors.runtime import ENDED, follow_run, start_run
 from agentledger.actors.verify import verify_run
 from agentledger.cli import app
@@ -137,10 +136,7 @@ def test_diff_lines_up_a_fork_with_its_parent_its_sibling_and_its_own_fork(
     tmp_path: Path, threaded_agents: Any
 ) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    providers = {
-        "scripted": ScriptedProvider(brain("a.txt")),
-        "other": ScriptedProvider(brain("b.txt")),
-    }
+    providers = writers()
     models = {role: "scripted:m" for role in ROLES}
     with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
         parent = start_run(store, "write it", models=models).stream
