@@ -47,7 +47,7 @@ from agentledger.events import (
     TaskCompleted,
 )
 from agentledger.events.handlers import collect_handlers
-from agentledger.projections import RunState, TaskInfo
+from agentledger.projections import ActionInfo, ActionStatus, RunState, TaskInfo
 from agentledger.projections.memory import Scratchpad, forked_from
 from agentledger.projections.run_state import ACTIVE
 
@@ -387,6 +387,14 @@ class Turn:
                 p.action_id, f"unknown tool {p.tool!r}; tools: {', '.join(tools.names())}"
             )
         if risk is RiskLevel.HIGH:
+            refused = self._denied_before(proposal)
+            if refused is not None and not self.agent.ask_again_after_denial:
+                return self._failed(
+                    p.action_id,
+                    f"not asked again: {refused.decided_by} denied the same call "
+                    f"({refused.action_id}, {_preview(p.tool, p.arguments)}) in this run: "
+                    f"{refused.decision_note}",
+                )
             self.emit(
                 ApprovalRequested,
                 action_id=p.action_id,
@@ -401,6 +409,19 @@ class Turn:
         if durable and not tools.get(p.tool).idempotent:
             self.flush()
         return self.run_tool(proposal, risk)
+
+    def _denied_before(self, proposal: ActionProposed) -> ActionInfo | None:
+        """The action of this run a human denied that is the same call (tool and arguments)
+        as ``proposal``, if any: a human's no is not asked again in the run."""
+        p = proposal.payload
+        for info in self.run.state.actions.values():
+            if (
+                info.status is ActionStatus.DENIED
+                and info.tool == p.tool
+                and info.arguments == p.arguments
+            ):
+                return info
+        return None
 
     def run_tool(self, proposal: ActionProposed, risk: RiskLevel) -> ActionOutcome:
         """Run an assessed (and, if high risk, approved) call and record what happened."""
@@ -458,6 +479,9 @@ class Agent:
 
     role: ClassVar[Role]
     _handlers: ClassVar[dict[str, str]] = {}
+    ask_again_after_denial = False
+    """Request approval of a call a human already denied in the run, as agents did before
+    they stopped asking again (verify sets it to re-execute the runs recorded then)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import JsonValue
 
 from agentledger.events import Envelope, Event, EventStore, Role
+from agentledger.projections import ActionStatus, RunState
 from agentledger.projections.memory import LongTermMemory
 from agentledger.projections.runner import run_events
 
@@ -399,6 +400,7 @@ def _verify_role(
         )
         if isinstance(agent, Research):
             agent.memories_first = _memories_listed_first(recorded)
+        agent.ask_again_after_denial = _asked_again(recorded, view.state)
         flushed: list[Envelope] = []
         if long_term is not None:
             long_term.catch_up(store, to_position=event.position or 0)
@@ -441,6 +443,23 @@ def _verify_role(
             report.events += len(recorded)
             cache.pending.extend(e for e in recorded if e.version > event.version)
     return None
+
+
+def _asked_again(recorded: list[Event], state: RunState) -> bool:
+    """Whether the reaction requests approval of a call (tool and arguments) a human had
+    denied earlier in the run, as agents did before they stopped asking again."""
+    proposed = {e.payload.action_id: e.payload for e in recorded if e.type == "action.proposed"}
+    denied = [a for a in state.actions.values() if a.status is ActionStatus.DENIED]
+    for event in recorded:
+        if event.type == "approval.requested" and denied:
+            call = proposed.get(event.payload.action_id) or state.actions.get(
+                event.payload.action_id
+            )
+            if call is not None and any(
+                (a.tool, a.arguments) == (call.tool, call.arguments) for a in denied
+            ):
+                return True
+    return False
 
 
 def _memories_listed_first(recorded: list[Event]) -> bool:

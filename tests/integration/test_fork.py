@@ -162,8 +162,9 @@ def test_a_fork_at_an_approval_takes_a_different_decision(
         forked = follow_run(store, fork, timeout=60)
         assert forked.status is RunStatus.WAITING_FOR_APPROVAL  # nothing was missing: it waits
         decide(store, fork, pending.action_id, ada, grant=False, note="not in this branch")
-        after = follow_run(store, fork, timeout=60)
-        assert after.status is RunStatus.WAITING_FOR_APPROVAL  # replanned, asks again
+        after = follow_run(store, fork, until=ENDED, timeout=60)
+        # Replanned; the same call is not asked again in the fork, which fails.
+        assert after.status is RunStatus.FAILED and "not in this branch" in after.outcome
         # The parent still waits for its own decision, untouched.
         assert _state(store, parent).status is RunStatus.WAITING_FOR_APPROVAL
         assert pending.action_id in _state(store, parent).pending_approvals

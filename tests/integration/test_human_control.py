@@ -85,8 +85,8 @@ def test_a_decision_that_cannot_be_taken_writes_nothing(
 
 
 def test_an_already_decided_action_cannot_be_decided_again(demo: Any) -> None:
+    steer(demo.store, demo.run, ADA, "pause", "deciding")  # the run stays open meanwhile
     decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=False, note="no")
-    follow_run(demo.store, demo.run, timeout=60)  # replanned: waiting on a new request
     before = demo.head()
     with pytest.raises(AgentLedgerError, match="already decided by human:ada; it is denied"):
         decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=True, note="")
@@ -147,20 +147,49 @@ def test_nobody_approves_what_they_proposed(memory_store: EventStore) -> None:
     assert memory_store.stream_version(run) == 5
 
 
-def test_a_denial_makes_the_coordinator_replan_and_a_second_denial_fails_the_run(
-    demo: Any,
-) -> None:
+def test_a_denied_call_is_not_asked_again_and_the_run_fails_with_the_reason(demo: Any) -> None:
     decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=False, note="keep it")
-    state = follow_run(demo.store, demo.run, timeout=60)
-    # The offline planner finds no other way: the replan asks for the same kind of action.
-    assert state.status is RunStatus.WAITING_FOR_APPROVAL
-    (again,) = state.pending_approvals.values()
-    assert again.action_id != demo.pending.action_id
-    decide(demo.store, demo.run, again.action_id, ADA, grant=False, note="still no")
     state = follow_run(demo.store, demo.run, until=ENDED, timeout=60)
+    # The coordinator replans, told why; the offline planner finds no other way and the
+    # worker proposes the same call again: a human said no to it, so nobody is asked twice.
     assert state.status is RunStatus.FAILED
-    assert "refused too" in state.outcome and "still no" in state.outcome
+    assert "not asked again" in state.outcome and "keep it" in state.outcome
+    events = demo.store.read(demo.run)
+    assert [e.type for e in events].count("approval.requested") == 1
+    replanned = [a for a in state.actions.values() if a.action_id != demo.pending.action_id]
+    again = next(a for a in replanned if a.tool == "delete_file")
+    assert again.status.value == "failed" and again.risk is not None
     assert (demo.workspace / "notes.tmp").exists()
+
+
+@pytest.mark.parametrize("recorded_before_the_rule", [False, True])
+def test_a_denied_run_verifies_whether_it_asked_again_or_not(
+    tmp_path: Path,
+    threaded_agents: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    recorded_before_the_rule: bool,
+) -> None:
+    """Runs recorded before agents stopped asking again for a denied call verify too."""
+    from agentledger.actors.agent import Agent
+    from agentledger.actors.verify import verify_run
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    docs, workspace = prepare_demo(tmp_path)
+    with EventStore.open(url) as store:
+        with monkeypatch.context() as patched:
+            patched.setattr(Agent, "ask_again_after_denial", recorded_before_the_rule)
+            with threaded_agents(url, tmp_path):
+                run = start_run(store, DEMO_GOAL, docs=docs, workspace=workspace).stream
+                (pending,) = follow_run(store, run, timeout=60).pending_approvals.values()
+                decide(store, run, pending.action_id, ADA, grant=False, note="keep it")
+                state = follow_run(store, run, timeout=60)
+        requests = [e.type for e in store.read(run)].count("approval.requested")
+        assert requests == (2 if recorded_before_the_rule else 1)
+        assert state.status is (
+            RunStatus.WAITING_FOR_APPROVAL if recorded_before_the_rule else RunStatus.FAILED
+        )
+        report = verify_run(store, run)
+    assert report.ok, report.divergence
 
 
 def test_a_denial_made_while_the_run_is_paused_is_acted_on_when_it_resumes(demo: Any) -> None:
@@ -168,10 +197,10 @@ def test_a_denial_made_while_the_run_is_paused_is_acted_on_when_it_resumes(demo:
     decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=False, note="keep it")
     steer(demo.store, demo.run, ADA, "resume")
     state = follow_run(demo.store, demo.run, timeout=60)
-    # As for a denial while it runs: the sub-task fails, the coordinator replans and asks again.
-    assert state.status is RunStatus.WAITING_FOR_APPROVAL
-    (again,) = state.pending_approvals.values()
-    assert again.action_id != demo.pending.action_id
+    # As for a denial while it runs: the sub-task fails, the coordinator replans, and the
+    # same call is not asked again.
+    state = follow_run(demo.store, demo.run, until=ENDED, timeout=60)
+    assert state.status is RunStatus.FAILED and "not asked again" in state.outcome
     types = [e.type for e in demo.store.read(demo.run)]
     resumed = types.index("run.resumed")
     assert "task.failed" in types[resumed:] and "task.failed" not in types[:resumed]
