@@ -1483,6 +1483,7 @@ def serve_command(
             with err.status("connecting to Ray…"):
                 ensure_ray(address, namespace=cfg.namespace)
             runtime = Runtime(cfg)
+            since = store.head_position()  # what the agents do from their start is shown
             with err.status("starting the agents…"):
                 runtime.start(detached=True)
             # SIGTERM (a service manager's stop) stops the agents as Ctrl-C does.
@@ -1494,7 +1495,7 @@ def serve_command(
                     "Ctrl-C stops them"
                 )
                 try:
-                    _serve_activity(store, runtime, agents_table)
+                    _serve_activity(store, runtime, agents_table, since)
                 except KeyboardInterrupt:
                     err.print("stopping the agents…")
                     runtime.stop()
@@ -1507,9 +1508,10 @@ _ACTIVITY = ("run.started", "run.forked", "run.completed", "run.failed", "run.ca
 _ACTIVITY += ("run.paused", "run.resumed", "approval.requested", "approval.expired")
 
 
-def _serve_activity(store: EventStore, runtime: Any, agents_table: Any) -> None:
-    """Print each run's start, end and approval request as they are appended, and the agents'
-    table now and every ten minutes (and when one of them is down), until Ctrl-C."""
+def _serve_activity(store: EventStore, runtime: Any, agents_table: Any, since: int) -> None:
+    """Print each run's start, end and approval request appended after position ``since`` (as
+    the agents take up a run waiting for them, too), and the agents' table now and every ten
+    minutes (and when one of them is down), until Ctrl-C."""
     import time
 
     from agentledger.console import progress_line
@@ -1517,7 +1519,7 @@ def _serve_activity(store: EventStore, runtime: Any, agents_table: Any) -> None:
     out.print(agents_table(runtime.status()))
     shown = checked = time.monotonic()
     healthy = True
-    with store.subscribe(store.head_position(), list(_ACTIVITY)) as subscription:
+    with store.subscribe(since, list(_ACTIVITY)) as subscription:
         while True:
             for event in subscription.poll(timeout=5.0):
                 line = progress_line(event)

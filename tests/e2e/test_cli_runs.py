@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from agentledger.actors.runtime import start_run
 from agentledger.cli import app
 from agentledger.events import EventStore
 from agentledger.sample import write_sample_run
@@ -58,6 +59,8 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
     # the address `serve` recorded for this store.
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     env = _env() | {"HOME": str(tmp_path)}
+    with EventStore.open(url) as store:  # a run that waits for agents: serve takes it up
+        waiting = start_run(store, "write early to early.txt").stream
     serve = subprocess.Popen(
         [*CLI, "serve", "--store", url],
         cwd=tmp_path,
@@ -103,7 +106,8 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
         output = done.stdout + done.stderr
         assert done.returncode == 0, output
         assert "using the agents served for this store" in output and "completed" in output
-        [workspace] = (tmp_path / ".agentledger" / "workspaces").iterdir()
+        workspaces = (tmp_path / ".agentledger" / "workspaces").iterdir()
+        [workspace] = [w for w in workspaces if w.name != waiting]
         assert (workspace / "hello.txt").exists()
     finally:
         if other is not None:
@@ -119,6 +123,8 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
     run = workspace.name
     for kind in ("run.started", "run.completed"):
         assert any(run in line and kind in line for line in served.splitlines()), served
+    # And the end of the run that waited for it (it may end before serve prints its banner).
+    assert any(waiting in line and "run.completed" in line for line in served.splitlines())
 
 
 OTHER_RAY = """
