@@ -218,6 +218,14 @@ class ToolRegistry:
             if exc.args and not str(exc.args[0]).startswith(f"{name}:"):
                 exc.args = (f"{name}: {exc.args[0]}", *exc.args[1:])
             raise
+        except OSError as exc:
+            # The file system refused (a name too long, a full disk, a file where a folder is
+            # needed): the reason is the answer, not a bug.
+            where = _os_error_path(exc, ctx.workspace)
+            raise ToolError(
+                f"{name}: {exc.strerror or exc}{where}; the call may have changed the workspace "
+                "in part, so check it before retrying"
+            ) from exc
         except Exception as exc:
             _log.warning("tool %s failed unexpectedly", name, exc_info=True)
             raise ToolError(
@@ -225,6 +233,16 @@ class ToolRegistry:
                 "had no clear outcome, so check the workspace before retrying)"
             ) from exc
         return result
+
+
+def _os_error_path(exc: OSError, workspace: Workspace) -> str:
+    """`` (at 'a/b')``: the file an OSError names, relative to the workspace when inside it."""
+    if not exc.filename:
+        return ""
+    path = Path(os.fsdecode(exc.filename))
+    if path.is_relative_to(workspace.root):
+        return f" (at {path.relative_to(workspace.root).as_posix()!r})"
+    return f" (at {str(path)!r})"
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:
@@ -365,11 +383,18 @@ class WriteFile(Tool[WriteFileArgs]):
         path = ctx.workspace.resolve(args.path)
         if path == ctx.workspace.root or path.is_dir():
             raise ToolError(f"{args.path!r} is a directory; give a file path")
+        nearest = next(parent for parent in path.parents if parent.exists())  # root exists
+        if not nearest.is_dir():
+            raise ToolError(
+                f"{args.path!r}: {_relative(ctx, nearest)!r} is a file, not a folder; choose "
+                "another path or delete that file first"
+            )
         # resolve() returned the real path, so every missing parent lies inside the workspace.
         path.parent.mkdir(parents=True, exist_ok=True)
         data = args.content.encode("utf-8")
         # Write then rename, so a crash leaves the old file or the new one, never half of one.
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # A short fixed name: one derived from the file's could pass the 255-byte name limit.
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".agentledger-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
