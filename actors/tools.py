@@ -211,28 +211,56 @@ class ToolRegistry:
         tool = self.get(name)
         args = self.validate(name, arguments)
         try:
-            result = tool.run(args, ctx)
+            result = _recordable(tool.run(args, ctx))
             json.dumps(result, allow_nan=False)  # it will be recorded in an event
         except ToolError as exc:
             # Every message starts with the tool name, whoever raised it (e.g. Workspace.resolve).
-            if exc.args and not str(exc.args[0]).startswith(f"{name}:"):
-                exc.args = (f"{name}: {exc.args[0]}", *exc.args[1:])
+            if exc.args:
+                message = _text(str(exc.args[0]))
+                if not message.startswith(f"{name}:"):
+                    message = f"{name}: {message}"
+                exc.args = (message, *exc.args[1:])
             raise
         except OSError as exc:
             # The file system refused (a name too long, a full disk, a file where a folder is
             # needed): the reason is the answer, not a bug.
             where = _os_error_path(exc, ctx.workspace)
             raise ToolError(
-                f"{name}: {exc.strerror or exc}{where}; the call may have changed the workspace "
-                "in part, so check it before retrying"
+                _text(
+                    f"{name}: {exc.strerror or exc}{where}; the call may have changed the "
+                    "workspace in part, so check it before retrying"
+                )
             ) from exc
         except Exception as exc:
             _log.warning("tool %s failed unexpectedly", name, exc_info=True)
             raise ToolError(
-                f"{name}: unexpected {type(exc).__name__}: {exc} (a bug in the tool; the call "
-                "had no clear outcome, so check the workspace before retrying)"
+                _text(
+                    f"{name}: unexpected {type(exc).__name__}: {exc} (a bug in the tool; the "
+                    "call had no clear outcome, so check the workspace before retrying)"
+                )
             ) from exc
         return result
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _recordable(value: JsonValue) -> JsonValue:
+    """value with every lone surrogate replaced by U+FFFD. Python hands a file name that is
+    not UTF-8 over with surrogates in it (os.walk, OSError.filename), and an event holding one
+    cannot be encoded, so the whole turn's events would be lost."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, list):
+        return [_recordable(item) for item in value]
+    if isinstance(value, dict):
+        return {_text(key): _recordable(item) for key, item in value.items()}
+    return value
+
+
+def _text(text: str) -> str:
+    """text with every lone surrogate replaced by U+FFFD (see ``_recordable``)."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _os_error_path(exc: OSError, workspace: Workspace) -> str:

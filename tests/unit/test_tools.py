@@ -272,6 +272,23 @@ def test_write_says_why_the_file_system_refused(registry: ToolRegistry, ctx: Too
     assert "a bug in the tool" not in message
 
 
+def test_names_that_are_not_utf8_come_back_as_recordable_text(
+    registry: ToolRegistry, ctx: ToolContext
+) -> None:
+    # Sandboxed code can make such names; Python hands them over with lone surrogates, which
+    # no event can hold (the agent's whole turn failed to append).
+    root = ctx.workspace.root
+    open(bytes(root) + b"/bad\xffname", "w").close()
+    (root / "link").symlink_to(b"/no\xffwhere".decode("utf-8", "surrogateescape"))
+    listed = registry.execute("list_files", {}, ctx)
+    assert listed == ["bad\ufffdname", "link"]
+    json.dumps(listed, ensure_ascii=False).encode("utf-8")
+    with pytest.raises(SandboxViolation) as caught:
+        registry.execute("read_file", {"path": "link"}, ctx)
+    assert "/no\ufffdwhere" in str(caught.value)
+    str(caught.value).encode("utf-8")
+
+
 def test_read_refuses_large_missing_and_binary_files(
     registry: ToolRegistry, ctx: ToolContext
 ) -> None:
