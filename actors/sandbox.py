@@ -58,6 +58,7 @@ _CPU_KILL_AFTER_S = 1
 _SETUP_FAILED = 125  # exit status of the namespace script when it could not build the root
 _SETUP_MARKER = "agentledger-sandbox:"
 _PROBE_TIMEOUT_S = 15.0
+_MIN_PID_MAX = 301  # RESERVED_PIDS + 1
 # The probe's command: prints the process limit it runs under (nothing without a /proc).
 _PROBE_ARGV = ["sh", "-c", "cat /proc/sys/kernel/pid_max 2>/dev/null; true"]
 
@@ -90,6 +91,12 @@ class Limits:
     # fails with EAGAIN instead of filling the machine's process table. Not an rlimit, because
     # RLIMIT_NPROC counts all of the user's processes and binds no one when the user is root.
     processes: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.processes < _MIN_PID_MAX:  # the kernel refuses a lower pid_max
+            raise ToolError(
+                f"Limits.processes must be at least {_MIN_PID_MAX}, not {self.processes}"
+            )
 
     def rlimits(self) -> list[tuple[int, int, int]]:
         """The (resource, soft, hard) triples."""

@@ -297,6 +297,8 @@ def test_process_limit_stops_a_fork_bomb(ws: Workspace) -> None:
     assert refused == "11"  # EAGAIN
     assert 200 < int(started) < 320
     assert python(ws, "print(open('/proc/sys/kernel/pid_max').read())").stdout.strip() == "1024"
+    with pytest.raises(ToolError, match="at least 301"):
+        Limits(processes=300)  # the kernel would refuse it, leaving no limit
 
 
 def test_run_rejects_bad_commands(ws: Workspace) -> None:
