@@ -56,7 +56,7 @@ from .memory_manager import Context, ExtractiveSummarizer, MemoryManager
 from .models import ModelError, ModelProvider, ModelRequest
 from .policy import RiskPolicy
 from .sandbox import ToolError, Workspace
-from .tools import ToolContext, ToolRegistry, action_hash
+from .tools import InvalidToolArguments, ToolContext, ToolRegistry, action_hash
 
 _log = logging.getLogger(__name__)
 
@@ -386,6 +386,10 @@ class Turn:
             return self._failed(
                 p.action_id, f"unknown tool {p.tool!r}; tools: {', '.join(tools.names())}"
             )
+        try:  # before any approval: no human is asked to grant a call that cannot run
+            tools.validate(p.tool, p.arguments)
+        except InvalidToolArguments as exc:
+            return self._failed(p.action_id, str(exc))
         if risk is RiskLevel.HIGH:
             refused = self._denied_before(proposal)
             if refused is not None and not self.agent.ask_again_after_denial:

@@ -58,6 +58,9 @@ _CPU_KILL_AFTER_S = 1
 _SETUP_FAILED = 125  # exit status of the namespace script when it could not build the root
 _SETUP_MARKER = "agentledger-sandbox:"
 _PROBE_TIMEOUT_S = 15.0
+_MIN_PID_MAX = 301  # RESERVED_PIDS + 1
+# The probe's command: prints the process limit it runs under (nothing without a /proc).
+_PROBE_ARGV = ["sh", "-c", "cat /proc/sys/kernel/pid_max 2>/dev/null; true"]
 
 
 class ToolError(AgentLedgerError):
@@ -84,6 +87,16 @@ class Limits:
     memory_bytes: int = 1 << 30  # address space, so a runaway allocation fails early
     file_size_bytes: int = 64 << 20
     open_files: int = 256
+    # Processes and threads at once (the PID namespace's pid_max, at least 301): a fork bomb
+    # fails with EAGAIN instead of filling the machine's process table. Not an rlimit, because
+    # RLIMIT_NPROC counts all of the user's processes and binds no one when the user is root.
+    processes: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.processes < _MIN_PID_MAX:  # the kernel refuses a lower pid_max
+            raise ToolError(
+                f"Limits.processes must be at least {_MIN_PID_MAX}, not {self.processes}"
+            )
 
     def rlimits(self) -> list[tuple[int, int, int]]:
         """The (resource, soft, hard) triples."""
@@ -122,12 +135,13 @@ class CommandResult:
 # The namespace script. It runs as PID 1 of the new PID namespace and stays there as a tiny
 # supervisor: util-linux 2.38's ``unshare --fork`` reports a child killed by a signal as exit 1,
 # and a PID 1 ignores signals it has no handler for, so the command runs as its child instead.
-# Arguments: workspace, mount point for the new root, 1/0 mount /proc, then the command.
+# Arguments: workspace, mount point for the new root, 1/0 mount /proc, the PID namespace's
+# pid_max (set where the kernel has one per namespace, Linux 6.14+), then the command.
 _NAMESPACE_SCRIPT = r"""
 set -eu
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 fail() { echo "agentledger-sandbox: $*" >&2; exit 125; }
-ws=$1; new_root=$2; with_proc=$3; shift 3
+ws=$1; new_root=$2; with_proc=$3; max_pids=$4; shift 4
 mount -t tmpfs -o mode=0755,size=16m,nosuid,nodev agentledger-root "$new_root" \
   || fail "cannot mount a tmpfs at $new_root"
 cd "$new_root"
@@ -161,6 +175,7 @@ mount -t tmpfs -o mode=1777,size=64m,nosuid,nodev tmpfs dev/shm || fail "cannot 
 mount --bind "$ws" workspace || fail "cannot bind the workspace $ws"
 if [ "$with_proc" = 1 ]; then
   mount -t proc -o nosuid,nodev,noexec proc proc || fail "cannot mount /proc"
+  echo "$max_pids" 2>/dev/null > proc/sys/kernel/pid_max || :  # checked once by the probe
 fi
 pivot_root . .old || fail "pivot_root failed"
 cd /
@@ -216,7 +231,7 @@ def _probe_isolation() -> _Isolation | None:
     with tempfile.TemporaryDirectory(prefix="agentledger-probe-") as probe_dir:
         for with_pid in (True, False):
             candidate = _Isolation(unshare, prlimit, with_pid)
-            argv = _isolated_argv(candidate, Path(probe_dir).resolve(), Limits(), ["true"])
+            argv = _isolated_argv(candidate, Path(probe_dir).resolve(), Limits(), _PROBE_ARGV)
             try:
                 done = subprocess.run(
                     argv,
@@ -233,6 +248,12 @@ def _probe_isolation() -> _Isolation | None:
             if done.returncode == 0:
                 if not with_pid:
                     _log.warning("sandbox without a PID namespace: %s", "; ".join(errors))
+                if done.stdout.strip() != str(Limits().processes):
+                    _log.warning(
+                        "no process limit in the sandbox (this kernel has no pid_max per PID "
+                        "namespace; Linux 6.14 has): a command can start processes until the "
+                        "machine has no more"
+                    )
                 return candidate
             errors.append(f"exit {done.returncode}: {done.stderr.strip()[:300]}")
     _log.warning(
@@ -277,6 +298,7 @@ def _isolated_argv(
         str(workspace),
         _root_mount_point(workspace),
         "1" if isolation.with_pid_namespace else "0",
+        str(limits.processes),
         *argv,
     ]
 

@@ -211,20 +211,66 @@ class ToolRegistry:
         tool = self.get(name)
         args = self.validate(name, arguments)
         try:
-            result = tool.run(args, ctx)
+            result = _recordable(tool.run(args, ctx))
             json.dumps(result, allow_nan=False)  # it will be recorded in an event
         except ToolError as exc:
             # Every message starts with the tool name, whoever raised it (e.g. Workspace.resolve).
-            if exc.args and not str(exc.args[0]).startswith(f"{name}:"):
-                exc.args = (f"{name}: {exc.args[0]}", *exc.args[1:])
+            if exc.args:
+                message = _text(str(exc.args[0]))
+                if not message.startswith(f"{name}:"):
+                    message = f"{name}: {message}"
+                exc.args = (message, *exc.args[1:])
             raise
+        except OSError as exc:
+            # The file system refused (a name too long, a full disk, a file where a folder is
+            # needed): the reason is the answer, not a bug.
+            where = _os_error_path(exc, ctx.workspace)
+            raise ToolError(
+                _text(
+                    f"{name}: {exc.strerror or exc}{where}; the call may have changed the "
+                    "workspace in part, so check it before retrying"
+                )
+            ) from exc
         except Exception as exc:
             _log.warning("tool %s failed unexpectedly", name, exc_info=True)
             raise ToolError(
-                f"{name}: unexpected {type(exc).__name__}: {exc} (a bug in the tool; the call "
-                "had no clear outcome, so check the workspace before retrying)"
+                _text(
+                    f"{name}: unexpected {type(exc).__name__}: {exc} (a bug in the tool; the "
+                    "call had no clear outcome, so check the workspace before retrying)"
+                )
             ) from exc
         return result
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _recordable(value: JsonValue) -> JsonValue:
+    """value with every lone surrogate replaced by U+FFFD. Python hands a file name that is
+    not UTF-8 over with surrogates in it (os.walk, OSError.filename), and an event holding one
+    cannot be encoded, so the whole turn's events would be lost."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, list):
+        return [_recordable(item) for item in value]
+    if isinstance(value, dict):
+        return {_text(key): _recordable(item) for key, item in value.items()}
+    return value
+
+
+def _text(text: str) -> str:
+    """text with every lone surrogate replaced by U+FFFD (see ``_recordable``)."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _os_error_path(exc: OSError, workspace: Workspace) -> str:
+    """`` (at 'a/b')``: the file an OSError names, relative to the workspace when inside it."""
+    if not exc.filename:
+        return ""
+    path = Path(os.fsdecode(exc.filename))
+    if path.is_relative_to(workspace.root):
+        return f" (at {path.relative_to(workspace.root).as_posix()!r})"
+    return f" (at {str(path)!r})"
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:
@@ -365,11 +411,18 @@ class WriteFile(Tool[WriteFileArgs]):
         path = ctx.workspace.resolve(args.path)
         if path == ctx.workspace.root or path.is_dir():
             raise ToolError(f"{args.path!r} is a directory; give a file path")
+        nearest = next(parent for parent in path.parents if parent.exists())  # root exists
+        if not nearest.is_dir():
+            raise ToolError(
+                f"{args.path!r}: {_relative(ctx, nearest)!r} is a file, not a folder; choose "
+                "another path or delete that file first"
+            )
         # resolve() returned the real path, so every missing parent lies inside the workspace.
         path.parent.mkdir(parents=True, exist_ok=True)
         data = args.content.encode("utf-8")
         # Write then rename, so a crash leaves the old file or the new one, never half of one.
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # A short fixed name: one derived from the file's could pass the 255-byte name limit.
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".agentledger-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

@@ -734,9 +734,9 @@ def _execute_run(
     if docs is not None and not docs.is_dir():
         raise NotFound(f"--docs {docs}: no such directory")
     chosen, given = _models(models or [], settings)
-    if workspace is not None:  # after the models: a refused --model leaves no folder behind
-        _check_workspace(workspace)
     url = store_url or settings.store or default_store_url()
+    if workspace is not None:  # after the models: a refused --model leaves no folder behind
+        _check_workspace(workspace, url)
     _refuse_memory_store(url)
     with _store(url, create=fork is None) as store:
         if fork is not None:  # checked (run, position, reaction boundary) before agents start
@@ -817,10 +817,19 @@ def _refuse_memory_store(url: str) -> None:
         )
 
 
-def _check_workspace(workspace: Path) -> None:
+def _check_workspace(workspace: Path, store_url: str) -> None:
     """``--workspace`` made (if new) and writable, or a clear error before the run starts."""
     if workspace.exists() and not workspace.is_dir():
         raise ConfigurationError(f"--workspace {workspace}: not a folder")
+    store = _sqlite_file(store_url)
+    if store is not None and workspace.resolve() in store.resolve().parents:
+        # Sandboxed commands may write anything in the workspace: with the log there, they
+        # could rewrite it or append an approval no human gave.
+        raise ConfigurationError(
+            f"--workspace {workspace}: holds the event store {store}, which the agents' "
+            "commands could then rewrite; choose a folder that does not contain it (e.g. a "
+            "subfolder), or keep the store elsewhere with --store"
+        )
     try:
         workspace.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -159,6 +159,18 @@ def test_run_refuses_bad_input_before_anything_starts(
         assert store.head_position() == 0  # nothing was written
 
 
+def test_run_refuses_a_workspace_that_holds_the_store(sqlite_url: str, tmp_path: Path) -> None:
+    # Sandboxed commands write anywhere in the workspace: with the log in it, they could
+    # rewrite it or append an approval no human gave. Through a symlink too.
+    (tmp_path / "link").symlink_to(tmp_path)
+    for workspace in (tmp_path, tmp_path / "link"):
+        code, output = invoke("run", "do it", "--workspace", str(workspace), "--store", sqlite_url)
+        assert code == 1, output
+        assert "holds the event store" in " ".join(output.split())
+    with EventStore.open(sqlite_url) as store:
+        assert store.head_position() == 0  # nothing was written
+
+
 def test_run_names_the_missing_api_key(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     code, output = invoke(

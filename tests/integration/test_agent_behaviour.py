@@ -160,6 +160,20 @@ def test_a_tool_call_with_invalid_arguments_is_rejected_naming_the_field(run_wit
     assert [e.payload.task_id for e in _of(events, "task.failed")] == ["t1", "t1.replan-t1"]
 
 
+def test_a_high_risk_call_with_invalid_arguments_fails_without_asking_a_human(
+    run_with: Any,
+) -> None:
+    # A grant could never make it run: asking for one only wastes the approver's time.
+    status, events, _ = run_with(
+        Brain(act=_act({"tool": "delete_file", "arguments": {"path": ["a.txt"]}})),
+        until=ENDED | frozenset({RunStatus.WAITING_FOR_APPROVAL}),
+    )
+    assert status is RunStatus.FAILED
+    assert not _of(events, "approval.requested")
+    rejected = _of(events, "action.failed")[0]
+    assert rejected.payload.error.startswith("delete_file: argument 'path'")
+
+
 def test_a_write_that_tries_to_leave_the_workspace_is_escalated_and_refused(
     tmp_path: Path, threaded_agents: Any
 ) -> None:

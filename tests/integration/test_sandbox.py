@@ -277,6 +277,30 @@ def test_open_files_limit(ws: Workspace) -> None:
     assert python(ws, code).exit_code == 0
 
 
+def test_process_limit_stops_a_fork_bomb(ws: Workspace) -> None:
+    # Bounded here (600 forks at most); unbounded, the machine's process table fills.
+    code = (
+        "import os, time\n"
+        "n = 0\n"
+        "try:\n"
+        "    for _ in range(600):\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(2)\n"
+        "            os._exit(0)\n"
+        "        n += 1\n"
+        "except OSError as exc:\n"
+        "    print('refused', exc.errno)\n"
+        "print(n)\n"
+    )
+    result = python(ws, code, limits=Limits(processes=320))
+    refused, started = result.stdout.split()[1:]
+    assert refused == "11"  # EAGAIN
+    assert 200 < int(started) < 320
+    assert python(ws, "print(open('/proc/sys/kernel/pid_max').read())").stdout.strip() == "1024"
+    with pytest.raises(ToolError, match="at least 301"):
+        Limits(processes=300)  # the kernel would refuse it, leaving no limit
+
+
 def test_run_rejects_bad_commands(ws: Workspace) -> None:
     with pytest.raises(ToolError, match="need a non-empty list"):
         ws.run([], timeout_s=1)

@@ -251,6 +251,44 @@ def test_write_replaces_content(registry: ToolRegistry, ctx: ToolContext) -> Non
     assert sorted(p.name for p in ctx.workspace.root.iterdir()) == ["f"]  # no temporary left
 
 
+def test_write_takes_any_name_the_file_system_takes(
+    registry: ToolRegistry, ctx: ToolContext
+) -> None:
+    # 255 bytes is the longest name; the temporary written first must not be longer.
+    name = "n" * 255
+    assert field(registry.execute("write_file", {"path": name, "content": "x"}, ctx), "bytes") == 1
+    assert (ctx.workspace.root / name).read_text() == "x"
+    assert sorted(p.name for p in ctx.workspace.root.iterdir()) == [name]  # no temporary left
+
+
+def test_write_says_why_the_file_system_refused(registry: ToolRegistry, ctx: ToolContext) -> None:
+    registry.execute("write_file", {"path": "f", "content": "x"}, ctx)
+    with pytest.raises(ToolError, match=r"^write_file: 'f/g/h': 'f' is a file, not a folder"):
+        registry.execute("write_file", {"path": "f/g/h", "content": "x"}, ctx)
+    with pytest.raises(ToolError) as caught:
+        registry.execute("write_file", {"path": "d/" + "n" * 256, "content": "x"}, ctx)
+    message = str(caught.value)
+    assert message.startswith("write_file: File name too long (at 'd/nnn"), message
+    assert "a bug in the tool" not in message
+
+
+def test_names_that_are_not_utf8_come_back_as_recordable_text(
+    registry: ToolRegistry, ctx: ToolContext
+) -> None:
+    # Sandboxed code can make such names; Python hands them over with lone surrogates, which
+    # no event can hold (the agent's whole turn failed to append).
+    root = ctx.workspace.root
+    open(bytes(root) + b"/bad\xffname", "w").close()
+    (root / "link").symlink_to(b"/no\xffwhere".decode("utf-8", "surrogateescape"))
+    listed = registry.execute("list_files", {}, ctx)
+    assert listed == ["bad\ufffdname", "link"]
+    json.dumps(listed, ensure_ascii=False).encode("utf-8")
+    with pytest.raises(SandboxViolation) as caught:
+        registry.execute("read_file", {"path": "link"}, ctx)
+    assert "/no\ufffdwhere" in str(caught.value)
+    str(caught.value).encode("utf-8")
+
+
 def test_read_refuses_large_missing_and_binary_files(
     registry: ToolRegistry, ctx: ToolContext
 ) -> None:
