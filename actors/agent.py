@@ -387,7 +387,8 @@ class Turn:
                 p.action_id, f"unknown tool {p.tool!r}; tools: {', '.join(tools.names())}"
             )
         try:  # before any approval: no human is asked to grant a call that cannot run
-            tools.validate(p.tool, p.arguments)
+            if self.agent.validate_before_approval:
+                tools.validate(p.tool, p.arguments)
         except InvalidToolArguments as exc:
             return self._failed(p.action_id, str(exc))
         if risk is RiskLevel.HIGH:
@@ -483,9 +484,11 @@ class Agent:
 
     role: ClassVar[Role]
     _handlers: ClassVar[dict[str, str]] = {}
+    # Behaviours of earlier versions, which verify sets to re-execute the runs recorded then.
     ask_again_after_denial = False
-    """Request approval of a call a human already denied in the run, as agents did before
-    they stopped asking again (verify sets it to re-execute the runs recorded then)."""
+    """Request approval of a call a human already denied in the run."""
+    validate_before_approval = True
+    """Check a call's arguments before requesting approval (earlier: only once granted)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -41,7 +41,7 @@ from .models import ModelEndpointError, ModelReply, ModelRequest
 from .policy import RiskPolicy
 from .roles import ROLE_CLASSES, Research
 from .sandbox import ToolError
-from .tools import ToolContext, ToolRegistry, default_registry
+from .tools import InvalidToolArguments, ToolContext, ToolRegistry, default_registry
 
 # Measured, not decided: differ on every execution.
 _TIMINGS = frozenset({"duration_ms", "latency_ms"})
@@ -400,7 +400,9 @@ def _verify_role(
         )
         if isinstance(agent, Research):
             agent.memories_first = _memories_listed_first(recorded)
-        agent.ask_again_after_denial = _asked_again(recorded, view.state)
+        requested = _requested_calls(recorded, view.state)
+        agent.ask_again_after_denial = _asked_again(requested, view.state)
+        agent.validate_before_approval = not _asked_for_invalid(requested, settings.tools)
         flushed: list[Envelope] = []
         if long_term is not None:
             long_term.catch_up(store, to_position=event.position or 0)
@@ -445,19 +447,40 @@ def _verify_role(
     return None
 
 
-def _asked_again(recorded: list[Event], state: RunState) -> bool:
-    """Whether the reaction requests approval of a call (tool and arguments) a human had
-    denied earlier in the run, as agents did before they stopped asking again."""
+def _requested_calls(
+    recorded: list[Event], state: RunState
+) -> list[tuple[str, dict[str, JsonValue]]]:
+    """The calls (tool, arguments) whose approval the reaction requests."""
     proposed = {e.payload.action_id: e.payload for e in recorded if e.type == "action.proposed"}
-    denied = [a for a in state.actions.values() if a.status is ActionStatus.DENIED]
+    calls = []
     for event in recorded:
-        if event.type == "approval.requested" and denied:
-            call = proposed.get(event.payload.action_id) or state.actions.get(
-                event.payload.action_id
-            )
-            if call is not None and any(
-                (a.tool, a.arguments) == (call.tool, call.arguments) for a in denied
-            ):
+        if event.type == "approval.requested":
+            action_id = event.payload.action_id
+            call = proposed.get(action_id) or state.actions.get(action_id)
+            if call is not None:
+                calls.append((call.tool, call.arguments))
+    return calls
+
+
+def _asked_again(requested: list[tuple[str, dict[str, JsonValue]]], state: RunState) -> bool:
+    """Whether one of the calls is one a human had denied earlier in the run, as agents asked
+    before they stopped asking again."""
+    denied = [
+        (a.tool, a.arguments) for a in state.actions.values() if a.status is ActionStatus.DENIED
+    ]
+    return any(call in denied for call in requested)
+
+
+def _asked_for_invalid(
+    requested: list[tuple[str, dict[str, JsonValue]]], tools: ToolRegistry
+) -> bool:
+    """Whether one of the calls has arguments its tool refuses, as agents asked before they
+    checked arguments ahead of an approval."""
+    for tool, arguments in requested:
+        if tool in tools:
+            try:
+                tools.validate(tool, arguments)
+            except InvalidToolArguments:
                 return True
     return False
 

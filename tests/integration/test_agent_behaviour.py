@@ -174,6 +174,24 @@ def test_a_high_risk_call_with_invalid_arguments_fails_without_asking_a_human(
     assert rejected.payload.error.startswith("delete_file: argument 'path'")
 
 
+@pytest.mark.parametrize("recorded_before_the_check", [False, True])
+def test_runs_recorded_with_or_without_the_check_before_approval_verify(
+    run_with: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorded_before_the_check: bool
+) -> None:
+    from agentledger.actors.agent import Agent
+
+    monkeypatch.setattr(Agent, "validate_before_approval", not recorded_before_the_check)
+    _, events, _ = run_with(
+        Brain(act=_act({"tool": "delete_file", "arguments": {"path": ["a.txt"]}})),
+        until=ENDED | frozenset({RunStatus.WAITING_FOR_APPROVAL}),
+    )
+    assert len(_of(events, "approval.requested")) == (1 if recorded_before_the_check else 0)
+    monkeypatch.undo()  # verify with today's agents
+    with EventStore.open(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+        report = verify_run(store, events[0].stream)
+    assert report.ok and report.reactions > 0, report.divergence
+
+
 def test_a_write_that_tries_to_leave_the_workspace_is_escalated_and_refused(
     tmp_path: Path, threaded_agents: Any
 ) -> None:
