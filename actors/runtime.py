@@ -865,6 +865,7 @@ class AgentActor:
         agent = agent_for(Role(role), agent_id, config, providers)
         self._worker = AgentWorker(agent, self._store, partition=partition)
         self._memory = agent.settings.memory.long_term
+        self._workspace_root = str(agent.settings.workspace_root)
         self._scheduling = "not started"  # the worker thread's, once it runs
         self._thread = _exit_on_crash(self._loop, agent.principal)
 
@@ -890,6 +891,10 @@ class AgentActor:
             "pid": os.getpid(),
             "scheduling": self._scheduling,
         }
+
+    def workspace_root(self) -> str:
+        """Where this agent makes each run's workspace (``<root>/<run id>``)."""
+        return self._workspace_root
 
     def hops(self) -> list[Hop]:
         """Per handled event: latency from the event's append to its handler starting."""
@@ -1290,6 +1295,15 @@ class Runtime:
                     | {"handled": "?", "failures": "?", "last_error": why}
                 )
         return rows
+
+    def workspace_root(self) -> str:
+        """The folder the execution agents make each run's workspace in: these agents' own,
+        which for agents found running (``agentledger serve``) need not be this config's."""
+        import ray
+
+        execution = next(name for role, _, name in self.names() if role is Role.EXECUTION)
+        root: str = ray.get(self.actors[execution].workspace_root.remote(), timeout=30)
+        return root
 
     def hops(self) -> list[Hop]:
         """Every agent's handled-event latencies."""

@@ -723,7 +723,7 @@ def _execute_run(
     """Start a run (or, with ``fork`` = (parent, position, note), a fork of one), make sure
     agents serve it, follow it live, and say how it ended and what to do next."""
     from agentledger.actors.runtime import follow_run, start_run, validate_goal
-    from agentledger.config import load_settings, runtime_config
+    from agentledger.config import load_settings
     from agentledger.console import progress_line
     from agentledger.fork import fork_run
     from agentledger.projections import RunStatus
@@ -752,8 +752,9 @@ def _execute_run(
                     store, goal, user=user, models=chosen, workspace=workspace, docs=docs
                 ).stream
                 err.print(f"run [bold]{stream}[/] started")
-            # A fork works in its own copy of its parent's (made when first needed).
-            root = Path(runtime_config(settings, url, chosen).workspace_root) / stream
+            # A fork works in its own copy of its parent's (made when first needed). Served
+            # agents may have been started elsewhere, with another workspace root: theirs.
+            root = Path(runtime.workspace_root()) / stream
             err.print(f"[dim]workspace: {workspace.resolve() if workspace else root}[/]")
             if owned:
                 err.print(

@@ -953,7 +953,6 @@ class PostgresBackend(Backend):
         )
         self.recorder: PostgresProcessRecorder = _append_recorder_class()(self.datastore)
         self.reader = self.recorder
-        self.recorder.create_table()
 
     def _connect(self) -> Any:
         import psycopg
@@ -997,22 +996,62 @@ class PostgresBackend(Backend):
             try:
                 lock_key = f"agentledger:{self.settings.schema}"
                 probe.execute("SELECT pg_advisory_lock(hashtext(%s))", (lock_key,))
-                probe.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                        sql.Identifier(self.settings.schema)
-                    )
-                )
                 make_recorder()
+                try:
+                    probe.execute(
+                        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                            sql.Identifier(self.settings.schema)
+                        )
+                    )
+                    self.recorder.create_table()
+                except (psycopg.errors.InsufficientPrivilege, PersistenceError) as exc:
+                    # PostgreSQL checks the privilege to create before whether the object
+                    # exists: a role that may only read (an auditor's) is refused even
+                    # CREATE … IF NOT EXISTS. A store made by its owner is read as it is.
+                    denied = isinstance(exc, psycopg.errors.InsufficientPrivilege) or isinstance(
+                        exc.__cause__, psycopg.errors.InsufficientPrivilege
+                    )
+                    if not denied or not self._created(probe):
+                        raise
+                    self.datastore.register_type_adapters()
             except psycopg.Error as exc:
                 raise StoreUnavailable(
                     f"PostgreSQL at {self.settings.host}:{self.settings.port} refused to prepare "
-                    f"schema {self.settings.schema!r}: {exc}"
+                    f"schema {self.settings.schema!r}: {exc}{self._privilege_hint(exc)}"
                 ) from None
             except PersistenceError as exc:
                 raise StoreUnavailable(
                     f"PostgreSQL at {self.settings.host}:{self.settings.port} failed to create "
-                    f"the event tables in schema {self.settings.schema!r}: {exc}"
+                    f"the event tables in schema {self.settings.schema!r}: "
+                    f"{exc}{self._privilege_hint(exc.__cause__)}"
                 ) from None
+
+    def _privilege_hint(self, exc: BaseException | None) -> str:
+        import psycopg
+
+        if not isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            return ""
+        return (
+            f". User {self.settings.user!r} may not create this store: open it once as a "
+            "user that may (CREATE on the database), then grant this one USAGE on the schema "
+            "and SELECT on its tables (INSERT and EXECUTE too, to append)"
+        )
+
+    def _created(self, probe: Any) -> bool:
+        """Whether this store's tables and append function are all in its schema."""
+        schema = self.settings.schema
+        found = probe.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL "
+            "AND EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %s AND p.proname = %s)",
+            (
+                f'"{schema}"."{self.recorder.events_table_name}"',
+                f'"{schema}"."{self.recorder.tracking_table_name}"',
+                schema,
+                self.recorder._function,  # type: ignore[attr-defined]
+            ),
+        ).fetchone()
+        return bool(found and found[0])
 
     def waiter(self) -> Waiter:
         return _PostgresWaiter(self._connect, self.recorder.channel_name)

@@ -95,9 +95,12 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
             text=True,
         )
         assert other.stdout is not None and other.stdout.readline().strip() == "ready"
+        # From another folder: the served agents' workspace root is serve's, not this one's.
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
         done = subprocess.run(
             [*CLI, "run", "write hello to hello.txt", "--store", url, "--timeout", "120"],
-            cwd=tmp_path,
+            cwd=elsewhere,
             env=env,
             capture_output=True,
             text=True,
@@ -109,6 +112,8 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
         workspaces = (tmp_path / ".agentledger" / "workspaces").iterdir()
         [workspace] = [w for w in workspaces if w.name != waiting]
         assert (workspace / "hello.txt").exists()
+        assert f"workspace: {workspace}\n" in output, output  # where its files are
+        assert not (elsewhere / ".agentledger").exists()
     finally:
         if other is not None:
             other.kill()

@@ -143,3 +143,41 @@ def test_the_store_url_masks_the_password(postgres_url: str) -> None:
         assert store.url.startswith(f"postgresql://{parts.username}:***@{parts.hostname}:")
         store.append("run-1", [RunPaused(actor="system")])
         assert store.head_position() == 1
+
+
+@pytest.mark.postgres
+def test_a_role_that_may_only_read_opens_an_existing_postgres_store(postgres_url: str) -> None:
+    # An auditor's role: USAGE on the schema and SELECT on its tables, no CREATE anywhere.
+    # PostgreSQL refuses such a role even CREATE … IF NOT EXISTS of objects that exist.
+    import uuid
+
+    import psycopg
+
+    with EventStore.open(postgres_url) as owner:
+        owner.append("run-1", [RunPaused(actor="system")])
+    parts = urlsplit(postgres_url)
+    schema = postgres_url.rsplit("schema=", 1)[1]
+    reader = f"t_reader_{uuid.uuid4().hex[:12]}"
+    admin = psycopg.connect(
+        host=parts.hostname,
+        port=parts.port,
+        dbname=parts.path.lstrip("/"),
+        user=parts.username,
+        autocommit=True,
+    )
+    with admin:
+        admin.execute(f'CREATE ROLE "{reader}" LOGIN')
+        try:
+            admin.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{reader}"')
+            admin.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{reader}"')
+            as_reader = postgres_url.replace(f"//{parts.username}@", f"//{reader}@")
+            with EventStore.open(as_reader) as store:
+                assert [e.type for e in store.read_all()] == ["run.paused"]
+                with pytest.raises(StoreUnavailable, match="permission denied"):
+                    store.append("run-2", [RunPaused(actor="system")])
+            # A schema that does not exist yet: the error says what the role lacks.
+            with pytest.raises(StoreUnavailable, match="may not create this store"):
+                EventStore.open(as_reader.replace(f"schema={schema}", f"schema={schema}_new"))
+        finally:
+            admin.execute(f'DROP OWNED BY "{reader}"')
+            admin.execute(f'DROP ROLE "{reader}"')
