@@ -749,11 +749,31 @@ class PostgresSettings:
     password: str
     schema: str
     pool_size: int
+    connection: tuple[tuple[str, str], ...] = ()
+    """libpq connection options from the URL (TLS, application name), passed on as given."""
 
     def describe(self) -> str:
         """The URL with the password masked, safe to print."""
         auth = f"{self.user}:***@" if self.password else f"{self.user}@"
-        return f"postgresql://{auth}{self.host}:{self.port}/{self.dbname}?schema={self.schema}"
+        options = "".join(f"&{k}={v}" for k, v in self.connection)
+        return (
+            f"postgresql://{auth}{self.host}:{self.port}/{self.dbname}?schema={self.schema}"
+            + options
+        )
+
+
+# libpq's connection options a store URL may carry (none is a secret: a key file's passphrase,
+# sslpassword, is not among them), and the values of sslmode.
+_LIBPQ_OPTIONS = (
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslcrl",
+    "application_name",
+    "target_session_attrs",
+)
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def parse_postgres_url(url: str) -> PostgresSettings:
@@ -772,11 +792,16 @@ def parse_postgres_url(url: str) -> PostgresSettings:
             "e.g. postgresql://postgres@127.0.0.1:5432/agentledger"
         )
     query = parse_qs(parts.query)
-    unknown = set(query) - {"schema", "pool_size"}
+    unknown = set(query) - {"schema", "pool_size", *_LIBPQ_OPTIONS}
     if unknown:
         raise ConfigurationError(
             f"store URL has unknown option(s) {', '.join(sorted(unknown))}; "
-            "known: schema, pool_size"
+            f"known: schema, pool_size, {', '.join(_LIBPQ_OPTIONS)}"
+        )
+    sslmode = query.get("sslmode", ["prefer"])[0]
+    if sslmode not in _SSLMODES:
+        raise ConfigurationError(
+            f"sslmode {sslmode!r} in the store URL is not one of {', '.join(_SSLMODES)}"
         )
     schema = query.get("schema", ["public"])[0]
     if not schema.replace("_", "").isalnum():
@@ -793,6 +818,7 @@ def parse_postgres_url(url: str) -> PostgresSettings:
         password=unquote(parts.password or os.environ.get("PGPASSWORD", "")),
         schema=schema,
         pool_size=max(1, pool_size),
+        connection=tuple((k, query[k][0]) for k in _LIBPQ_OPTIONS if k in query),
     )
 
 
@@ -951,14 +977,18 @@ class PostgresBackend(Backend):
             lock_timeout=30,
             originator_id_type="text",
         )
+        # The pool opens later; its connections get the URL's libpq options (TLS) too.
+        self.datastore.pool.kwargs.update(settings.connection)
         self.recorder: PostgresProcessRecorder = _append_recorder_class()(self.datastore)
         self.reader = self.recorder
 
     def _connect(self) -> Any:
         import psycopg
+        from psycopg.conninfo import make_conninfo
 
         s = self.settings
         return psycopg.connect(
+            make_conninfo("", **dict(s.connection)),
             host=s.host,
             port=s.port,
             dbname=s.dbname,

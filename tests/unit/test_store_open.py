@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 from agentledger.events import (
@@ -51,6 +53,8 @@ def test_an_unreachable_postgres_is_store_unavailable_naming_host_and_port() -> 
         ("postgresql://u@127.0.0.1/db?colour=red", "unknown option(s) colour"),
         ("postgresql://u@127.0.0.1/db?schema=a;drop", "letters, digits and underscores"),
         ("postgresql://u@127.0.0.1/db?pool_size=many", "pool_size"),
+        ("postgresql://u@127.0.0.1/db?sslmode=always", "sslmode 'always' in the store URL"),
+        ("postgresql://u@127.0.0.1/db?sslpassword=x", "unknown option(s) sslpassword"),
     ],
 )
 def test_malformed_urls_are_configuration_errors(url: str, words: str) -> None:
@@ -146,13 +150,28 @@ def test_the_store_url_masks_the_password(postgres_url: str) -> None:
 
 
 @pytest.mark.postgres
+def test_libpq_options_in_the_url_reach_every_connection(postgres_url: str) -> None:
+    # TLS (sslmode, certificates) and the application name are libpq's: the URL passes them
+    # on, to the store's pool as to its first probe. This server runs without TLS.
+    name = f"al_{uuid.uuid4().hex[:12]}"
+    with EventStore.open(f"{postgres_url}&sslmode=disable&application_name={name}") as store:
+        assert f"sslmode=disable&application_name={name}" in store.url
+        store.append("run-1", [RunPaused(actor="system")])
+        parts = urlsplit(postgres_url)
+        dbname = parts.path.lstrip("/")
+        with psycopg.connect(host=parts.hostname, dbname=dbname, user=parts.username) as conn:
+            found = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+            ).fetchone()
+        assert found is not None and found[0] >= 1
+    with pytest.raises(StoreUnavailable, match="SSL"):
+        EventStore.open(f"{postgres_url}&sslmode=require")
+
+
+@pytest.mark.postgres
 def test_a_role_that_may_only_read_opens_an_existing_postgres_store(postgres_url: str) -> None:
     # An auditor's role: USAGE on the schema and SELECT on its tables, no CREATE anywhere.
     # PostgreSQL refuses such a role even CREATE … IF NOT EXISTS of objects that exist.
-    import uuid
-
-    import psycopg
-
     with EventStore.open(postgres_url) as owner:
         owner.append("run-1", [RunPaused(actor="system")])
     parts = urlsplit(postgres_url)
