@@ -19,6 +19,7 @@ from agentledger import __version__
 from agentledger.console import (
     blackboard_table,
     context_view,
+    counted,
     err,
     event_json,
     event_line,
@@ -243,7 +244,10 @@ def streams_command(
                 out.print(f"[dim]no streams in {store.url}[/]")
                 return
             out.print(streams_table(streams))
-            out.print(f"[dim]{len(streams)} streams, {store.head_position()} events[/]")
+            out.print(
+                f"[dim]{counted(len(streams), 'stream')}, "
+                f"{counted(store.head_position(), 'event')}[/]"
+            )
 
     _run(body)
 
@@ -299,7 +303,8 @@ def verify_log_command(store_url: StoreOption = None) -> None:
                 report = store.verify(lambda n: progress.update(task, completed=n))
             if report.ok:
                 out.print(
-                    f"[green]ok[/]: {report.events:,} events in {report.streams:,} streams; "
+                    f"[green]ok[/]: {counted(report.events, 'event')} in "
+                    f"{counted(report.streams, 'stream')}; "
                     "every hash and every stream chain holds"
                 )
                 return

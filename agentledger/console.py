@@ -66,6 +66,11 @@ def summarize(event: Envelope, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` with ``noun``, plural unless one: '1 stream', '1,204 events'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _short(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = " ".join(text.split())
@@ -260,7 +265,7 @@ def context_view(context: Any) -> Group:
         refs.append("memories " + ", ".join(m.memory_id for m in context.memories))
     if context.event_ids:
         n = len(context.event_ids)
-        refs.append(f"{n} recent event{'' if n == 1 else 's'}")
+        refs.append(counted(n, "recent event"))
     return Group(
         usage,
         Text("from: " + "; ".join(refs), style="dim") if refs else Text(""),
@@ -278,7 +283,7 @@ def recorded_prompt_view(asked: Any) -> Group:
     head.add_row("request", f"{p.request_id} to {p.provider}:{p.model}")
     head.add_row("prompt", f"{len(p.prompt):,} characters, {check}")
     n = len(p.context_event_ids)
-    head.add_row("context from", f"{n} event{'' if n == 1 else 's'} of the log")
+    head.add_row("context from", f"{counted(n, 'event')} of the log")
     return Group(head, Panel(Text(p.prompt), title="recorded prompt", title_align="left"))
 
 

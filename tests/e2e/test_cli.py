@@ -66,6 +66,7 @@ def test_log_of_one_stream_and_streams_table(demo_url: str) -> None:
     assert code == 0 and "approval.requested" in output and "risk=high" in output
     code, output = invoke("streams", "--store", demo_url)
     assert code == 0 and stream in output and "18" in output
+    assert "1 stream, 18 events" in output  # not "1 streams"
 
 
 def test_schema_export(tmp_path: Path) -> None:
