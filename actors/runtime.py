@@ -38,6 +38,7 @@ from agentledger.events import (
     Event,
     EventStore,
     InvalidEvent,
+    NotAuthorized,
     NotFound,
     RiskLevel,
     Role,
@@ -568,7 +569,7 @@ class AgentWorker:
                 if duplicate == "raise":
                     raise
                 return []
-            except InvalidEvent as exc:
+            except (InvalidEvent, NotAuthorized) as exc:
                 # The agent produced an event the log refuses: record why, not the event.
                 self.failures += 1
                 self.last_error = str(exc)

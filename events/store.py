@@ -31,6 +31,7 @@ from eventsourcing.persistence import (
     Tracking,
 )
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from ._backends import DEFAULT_SQLITE_PATH, Backend, ClockWaiter, StreamSummary, open_backend
 from ._codec import (
@@ -212,11 +213,18 @@ class EventStore:
         states: list[bytes] = []
         stored: list[StoredEvent] = []
         stored_state = self._mapper.stored_state
-        for event in events:
+        for index, event in enumerate(events):
             version += 1
             if event.at.tzinfo is not UTC:
                 event = restamped(event, at=event.at.astimezone(UTC))
-            state, prev_hash = seal_as(event, stream, version, prev_hash)
+            try:
+                state, prev_hash = seal_as(event, stream, version, prev_hash)
+            except PydanticSerializationError as exc:
+                # e.g. a lone surrogate in a JSON value (a file name that is not UTF-8)
+                raise InvalidEvent(
+                    f"event #{index} ({event.type}) for stream {stream!r} cannot be encoded: "
+                    f"{exc}; nothing was written"
+                ) from None
             states.append(state)
             stored.append(stored_state(stream, version, CURRENT_TOPICS[event.type], state))
         # Parsed back from the sealed bytes, all in one call: what is returned carries the

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from agentledger.events import (
+    ActionExecuted,
     ActionProposed,
     EventStore,
     InvalidEvent,
@@ -88,6 +89,21 @@ def test_an_invalid_event_inside_a_batch_is_named_by_index_and_field(
 ) -> None:
     batch = [RunPaused(actor="system"), RunPaused(actor="system"), UNVALIDATED["copy-empty-goal"]()]
     with pytest.raises(InvalidEvent, match=r"event #2 \(run\.started\).*field payload\.goal"):
+        memory_store.append("run-1", batch)
+    assert memory_store.head_position() == 0
+
+
+def test_an_event_that_cannot_be_encoded_is_invalid_and_named(memory_store: EventStore) -> None:
+    # A lone surrogate (Python's stand-in for a file name byte that is not UTF-8) in a JSON
+    # value passes validation and fails encoding: it must be InvalidEvent (agents record the
+    # reason and go on), not an error the runtime does not expect.
+    batch = [
+        RunPaused(actor="system"),
+        ActionExecuted(
+            actor="agent:execution/e1", payload={"action_id": "a1", "result": ["\ud800"]}
+        ),
+    ]
+    with pytest.raises(InvalidEvent, match=r"event #1 \(action\.executed\).*cannot be encoded"):
         memory_store.append("run-1", batch)
     assert memory_store.head_position() == 0
 
