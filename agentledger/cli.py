@@ -200,7 +200,9 @@ def log_command(
             elif events:
                 out.print(events_table(events, title=stream, show_stream=stream is None))
             elif not follow:
-                out.print(f"[dim]no events after position {since} in {store.url}[/]")
+                what = f"no events of type {', '.join(types)}" if types else "no events"
+                where = f"{stream} in {store.url}" if stream is not None else store.url
+                out.print(f"[dim]{what} after position {since} in {where}[/]")
             if follow:
                 _follow(
                     store,
