@@ -1602,7 +1602,8 @@ def audit_verify_command(
         if report.ok:
             out.print(f"[green]{escape(str(report))}[/]")
             return
-        out.print(f"[bold red]TAMPERED[/]: {escape(str(report))}")
+        label = "NOT AN EXPORT" if report.not_an_export else "TAMPERED"
+        out.print(f"[bold red]{label}[/]: {escape(str(report))}")
         raise typer.Exit(1)
 
     _run(body)

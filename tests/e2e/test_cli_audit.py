@@ -125,9 +125,23 @@ def test_bad_input_gets_a_clear_message_and_writes_nothing(
     junk.write_text("this is not json\n")
     code, output = invoke("audit", "verify", str(junk))
     assert code == 1 and "line 1" in output and "not valid JSON" in output
+    assert "NOT AN EXPORT" in output and "TAMPERED" not in output
+    # `log --json` lines are events, but not an export's: said so, not called tampered.
+    code, output = invoke("log", run, "--json", "--store", url)
+    junk.write_text(output)
+    code, output = invoke("audit", "verify", str(junk))
+    flat = " ".join(output.split())
+    assert code == 1 and "NOT AN EXPORT" in flat and "line 1: neither an event line" in flat
+    assert "this is not an audit export (`agentledger audit export RUN --out FILE`" in flat
 
     # A truncated export: the manifest is gone.
     assert invoke("audit", "export", run, "--out", str(out), "--store", url)[0] == 0
+    lines = out.read_text().splitlines(keepends=True)
+    edited = lines[0].replace('"goal":"', '"goal":"edited ', 1)
+    assert edited != lines[0]
+    junk.write_text("".join([edited, *lines[1:]]))
+    code, output = invoke("audit", "verify", str(junk))  # an export's first line, edited
+    assert code == 1 and "TAMPERED" in output and "line 1" in output and "edited" in output
     out.write_text("".join(out.read_text().splitlines(keepends=True)[:7]))
     code, output = invoke("audit", "verify", str(out))
     assert code == 1 and "line 8" in output and "manifest is missing" in output
