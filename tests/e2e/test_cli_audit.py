@@ -15,6 +15,7 @@ from agentledger.events import (
     ApprovalGranted,
     ApprovalRequested,
     EventStore,
+    RunCancelled,
 )
 from agentledger.sample import write_sample_run
 
@@ -145,6 +146,19 @@ def test_bad_input_gets_a_clear_message_and_writes_nothing(
     out.write_text("".join(out.read_text().splitlines(keepends=True)[:7]))
     code, output = invoke("audit", "verify", str(out))
     assert code == 1 and "line 8" in output and "manifest is missing" in output
+
+
+def test_report_of_a_run_cancelled_while_an_action_waited(sqlite_url: str) -> None:
+    with EventStore.open(sqlite_url) as store:
+        run, _ = write_sample_run(store)  # a2 waits for approval
+        store.append(run, [RunCancelled(actor="human:alice", payload={"reason": "not now"})])
+    code, output = invoke("audit", "report", run, "--store", sqlite_url)
+    assert code == 0, output
+    a2 = output[output.index("#### Action a2") :]
+    assert "requested; never decided (the run ended first)" in a2
+    assert "did not run (the run ended)" in a2
+    assert "waiting" not in a2 and "(yet)" not in a2
+    assert "**cancelled**" in output and "waiting for approval of" not in output
 
 
 def test_report_names_proposer_reasoning_risk_and_approver(
