@@ -790,7 +790,8 @@ class ExpiryWatcher:
         """Watch until ``stop`` is set."""
         # Expiries are due in minutes or days: looking a few times a second is soon enough,
         # and this subscriber then takes no part in each append (not woken by it).
-        with self.store.subscribe(0, [*_APPROVAL_TYPES, "run.forked"], wake=False) as subscription:
+        types = [*_APPROVAL_TYPES, *_RUN_ENDS, "run.forked"]
+        with self.store.subscribe(0, types, wake=False) as subscription:
             while not stop.is_set():
                 due = min((v[0] for v in self._open.values()), default=None)
                 wait = 1.0
@@ -805,6 +806,10 @@ class ExpiryWatcher:
                 self._expire_due()
 
     def _note(self, event: Event) -> None:
+        if event.type in _RUN_ENDS:  # nothing in an ended run can be decided, nor expire
+            for key in [key for key in self._open if key[0] == event.stream]:
+                del self._open[key]
+            return
         key = (event.stream, getattr(event.payload, "action_id", ""))
         if event.type == "approval.requested":
             expires = event.payload.expires_at
@@ -840,6 +845,7 @@ class ExpiryWatcher:
 
 _APPROVAL_TYPES = ("approval.requested", *DECISION_TYPES)
 _DECISIONS = frozenset(DECISION_TYPES)
+_RUN_ENDS = ("run.completed", "run.failed", "run.cancelled")
 
 
 # ---------------------------------------------------------------------------- Ray

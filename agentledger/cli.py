@@ -201,7 +201,9 @@ def log_command(
             elif events:
                 out.print(events_table(events, title=stream, show_stream=stream is None))
             elif not follow:
-                out.print(f"[dim]no events after position {since} in {store.url}[/]")
+                what = f"no events of type {', '.join(types)}" if types else "no events"
+                where = f"{stream} in {store.url}" if stream is not None else store.url
+                out.print(f"[dim]{what} after position {since} in {where}[/]")
             if follow:
                 _follow(
                     store,
@@ -541,6 +543,7 @@ def memory_search_command(
 ) -> None:
     """Search long-term memory (hybrid vector + full-text by default)."""
     from agentledger.events import InvalidEvent
+    from agentledger.projections.checkpoints import PositionOutOfRange
     from agentledger.projections.memory import LongTermMemory, embedder_from_env
 
     def body() -> None:
@@ -549,6 +552,11 @@ def memory_search_command(
         if mode not in ("hybrid", "vector", "text"):
             raise InvalidEvent(f"unknown mode {mode!r}; use hybrid, vector or text")
         with _store(store_url) as store:
+            head = store.head_position()
+            if at is not None and at > head:  # as state --at does: not an empty answer
+                raise PositionOutOfRange(
+                    f"position {at} is outside the log, which runs from 0 to {head}"
+                )
             memory = LongTermMemory(cache_dir(store.url) / "lancedb", embedder_from_env())
             if memory.rebuild_notice:
                 err.print(f"[yellow]{memory.rebuild_notice}[/]")
@@ -1611,7 +1619,8 @@ def audit_verify_command(
         if report.ok:
             out.print(f"[green]{escape(str(report))}[/]")
             return
-        out.print(f"[bold red]TAMPERED[/]: {escape(str(report))}")
+        label = "NOT AN EXPORT" if report.not_an_export else "TAMPERED"
+        out.print(f"[bold red]{label}[/]: {escape(str(report))}")
         raise typer.Exit(1)
 
     _run(body)

@@ -6,7 +6,7 @@ import hashlib
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -60,7 +60,7 @@ class RuntimeSection(BaseModel):
     num_cpus: float = Field(default=0.0, ge=0)
     memory_mb: int | None = Field(default=None, ge=64)
     max_restarts: int = Field(default=-1, ge=-1)
-    replicas: dict[str, int] = Field(default_factory=dict)
+    replicas: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
 
 
 class Settings(BaseModel):
@@ -76,6 +76,22 @@ class Settings(BaseModel):
         default_factory=dict, description="who may approve, and how they prove it"
     )
     source: str | None = Field(default=None, exclude=True)
+
+
+def _problem(loc: tuple[int | str, ...], kind: str, message: str) -> str:
+    """One mistake in agentledger.toml; a misspelt setting is told the settings its table has."""
+    where = ".".join(str(p) for p in loc)
+    if kind != "extra_forbidden":
+        return f"{where}: {message}"
+    sections: dict[str, type[BaseModel]] = {
+        "openai": ProviderSettings,
+        "runtime": RuntimeSection,
+        "approvers": Approver,  # [approvers.NAME]
+    }
+    model = sections.get(str(loc[0]), Settings) if len(loc) > 1 else Settings
+    table = f"[{'.'.join(str(p) for p in loc[:-1])}]" if len(loc) > 1 else "the top level"
+    known = ", ".join(name for name in model.model_fields if name != "source")
+    return f"{where}: unknown setting; {table} takes {known}"
 
 
 def load_settings(path: Path | None = None) -> Settings:
@@ -101,9 +117,7 @@ def load_settings(path: Path | None = None) -> Settings:
     try:
         settings = Settings.model_validate({**data, "store": store})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10]
-        )
+        problems = "; ".join(_problem(e["loc"], e["type"], e["msg"]) for e in exc.errors()[:10])
         raise ConfigurationError(f"{chosen}: {problems}") from None
     for role, text in settings.models.items():
         parse_model_spec(f"{role}={text}", source=f"{chosen} [models]")

@@ -98,6 +98,7 @@ class AuditReport:
     problem: str | None = None
     manifest: Manifest | None = None
     signature_checked: bool = False
+    not_an_export: bool = False  # its first line is not one an export has: another file
 
     @property
     def ok(self) -> bool:
@@ -112,10 +113,11 @@ class AuditReport:
 
 
 class _Failed(Exception):
-    def __init__(self, line: int, problem: str) -> None:
+    def __init__(self, line: int, problem: str, *, not_an_export: bool = False) -> None:
         super().__init__(problem)
         self.line = line
         self.problem = problem
+        self.not_an_export = not_an_export
 
 
 # ---------------------------------------------------------------------------- keys
@@ -348,7 +350,9 @@ def verify_export(path: Path, *, public_key: Path | None = None) -> AuditReport:
     try:
         events, manifest = _check(data, key)
     except _Failed as failed:
-        return AuditReport(path, events, failed.line, failed.problem, manifest)
+        return AuditReport(
+            path, events, failed.line, failed.problem, manifest, not_an_export=failed.not_an_export
+        )
     return AuditReport(path, events, None, None, manifest, signature_checked=key is not None)
 
 
@@ -357,7 +361,7 @@ def _check(data: bytes, key: Ed25519PublicKey | None) -> tuple[int, Manifest]:
     if lines and lines[-1] == b"":
         lines.pop()  # the newline that ends the last line
     if not lines:
-        raise _Failed(1, "the file is empty: no events and no manifest")
+        raise _Failed(1, "the file is empty: no events and no manifest", not_an_export=True)
     digest = hashlib.sha256()
     rows: list[Notification] = []
     positions: list[int] = []
@@ -376,6 +380,9 @@ def _check(data: bytes, key: Ed25519PublicKey | None) -> tuple[int, Manifest]:
                 manifest_doc = doc["manifest"]
                 break
         except _Failed as failed:
+            if number == 1:  # not even its first line is an export's: some other file
+                failed.problem += f"; {_NOT_AN_EXPORT}"
+                failed.not_an_export = True
             found.append(failed)
             break
         if positions and doc["position"] <= positions[-1] and not found:
@@ -404,6 +411,12 @@ def _check(data: bytes, key: Ed25519PublicKey | None) -> tuple[int, Manifest]:
     manifest = _manifest(len(lines), manifest_doc)
     _check_manifest(len(lines), manifest, rows, positions, digest.hexdigest(), key, links)
     return len(rows), manifest
+
+
+_NOT_AN_EXPORT = (
+    "this is not an audit export (`agentledger audit export RUN --out FILE` writes one: a line "
+    "per stored event, then the manifest)"
+)
 
 
 def _parse(number: int, raw: bytes, *, ends_file: bool) -> tuple[dict[str, Any], bytes | None]:

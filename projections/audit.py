@@ -16,7 +16,7 @@ from pydantic import JsonValue
 
 from agentledger.events import ActionRiskAssessed, Event, RiskLevel, RunStarted
 
-from .run_state import ActionInfo, ActionStatus, RunState, RunStateProjection
+from .run_state import TERMINAL, ActionInfo, ActionStatus, RunState, RunStateProjection
 
 _SUMMARY_CHARS = 300
 
@@ -74,8 +74,9 @@ def _run_section(run: str, events: list[Event]) -> str:
         lines.append("No tasks were planned.")
     lines += ["", "### Actions", ""]
     if state.actions:
+        ended = state.status in TERMINAL
         for action in state.actions.values():
-            lines += _action_lines(action, rules.get(action.action_id))
+            lines += _action_lines(action, rules.get(action.action_id), ended=ended)
     else:
         lines.append("No actions were proposed.")
     if lines[-1] == "":
@@ -89,7 +90,7 @@ def _run_section(run: str, events: list[Event]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _action_lines(action: ActionInfo, rule: str | None) -> list[str]:
+def _action_lines(action: ActionInfo, rule: str | None, *, ended: bool) -> list[str]:
     task = f" for task {action.task_id}" if action.task_id else ""
     lines = [
         f"#### Action {action.action_id}: `{action.tool}`{task}",
@@ -102,13 +103,13 @@ def _action_lines(action: ActionInfo, rule: str | None) -> list[str]:
         lines.append("- **Risk:** not assessed")
     else:
         lines.append(f"- **Risk:** {action.risk.value} — rule: {_text(rule or '(none recorded)')}")
-    lines.append(f"- **Approval:** {_approval(action)}")
-    lines.append(f"- **Result:** {_result(action)}")
+    lines.append(f"- **Approval:** {_approval(action, ended=ended)}")
+    lines.append(f"- **Result:** {_result(action, ended=ended)}")
     lines.append("")
     return lines
 
 
-def _approval(action: ActionInfo) -> str:
+def _approval(action: ActionInfo, *, ended: bool) -> str:
     note = f" — “{_text(action.decision_note)}”" if action.decision_note else ""
     if action.decided_by is not None:
         verdict = {
@@ -117,6 +118,8 @@ def _approval(action: ActionInfo) -> str:
         }.get(action.status, "approved")
         return f"{verdict} by `{action.decided_by}`{note}"
     if action.status is ActionStatus.WAITING_FOR_APPROVAL:
+        if ended:
+            return "requested; never decided (the run ended first)"
         return "requested; waiting for a human decision"
     if action.risk is RiskLevel.LOW:
         return "auto-approved (low risk)"
@@ -125,7 +128,7 @@ def _approval(action: ActionInfo) -> str:
     return "none recorded"
 
 
-def _result(action: ActionInfo) -> str:
+def _result(action: ActionInfo, *, ended: bool) -> str:
     if action.status is ActionStatus.EXECUTED:
         return f"ran: `{_summary(action.result)}`"
     if action.status is ActionStatus.FAILED:
@@ -134,7 +137,7 @@ def _result(action: ActionInfo) -> str:
         return "outcome unknown (escalated to a human)"
     if action.status in (ActionStatus.DENIED, ActionStatus.EXPIRED):
         return "did not run"
-    return "not run (yet)"
+    return "did not run (the run ended)" if ended else "not run (yet)"
 
 
 def _outcome(state: RunState) -> str:

@@ -235,7 +235,7 @@ class RunStateProjection(Projection[RunState]):
     """Folds one run's events into its ``RunState`` (feed it the run's stream)."""
 
     name = "run_state"
-    version = 3
+    version = 4  # 4: an ended run has no pending approvals
     state_type = RunState
     reads_all_events = True  # every event counts, and activity after the end is an anomaly
     reads_headers = True  # ... by its type and place alone, for types without a handler
@@ -294,7 +294,8 @@ class RunStateProjection(Projection[RunState]):
 
     @on(RunFailed, RunCancelled)
     def _ended(self, state: RunState, event: RunFailed | RunCancelled) -> None:
-        _set(state, ended_at=event.at, outcome=event.payload.reason)
+        # Requests left open can no longer be decided: they leave the approvals inbox.
+        _set(state, ended_at=event.at, outcome=event.payload.reason, pending_approvals={})
 
     # ---------------------------------------------------------------- tasks
 

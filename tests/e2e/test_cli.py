@@ -67,6 +67,10 @@ def test_log_of_one_stream_and_streams_table(demo_url: str) -> None:
     code, output = invoke("streams", "--store", demo_url)
     assert code == 0 and stream in output and "18" in output
     assert "1 stream, 18 events" in output  # not "1 streams"
+    # Nothing matches: the answer names the filters, not only the position.
+    code, output = invoke("log", stream, "--store", demo_url, "--type", "run.completed")
+    flat = " ".join(output.split())
+    assert code == 0 and f"no events of type run.completed after position 0 in {stream}" in flat
 
 
 def test_schema_export(tmp_path: Path) -> None:

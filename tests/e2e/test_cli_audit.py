@@ -15,6 +15,7 @@ from agentledger.events import (
     ApprovalGranted,
     ApprovalRequested,
     EventStore,
+    RunCancelled,
 )
 from agentledger.sample import write_sample_run
 
@@ -125,12 +126,39 @@ def test_bad_input_gets_a_clear_message_and_writes_nothing(
     junk.write_text("this is not json\n")
     code, output = invoke("audit", "verify", str(junk))
     assert code == 1 and "line 1" in output and "not valid JSON" in output
+    assert "NOT AN EXPORT" in output and "TAMPERED" not in output
+    # `log --json` lines are events, but not an export's: said so, not called tampered.
+    code, output = invoke("log", run, "--json", "--store", url)
+    junk.write_text(output)
+    code, output = invoke("audit", "verify", str(junk))
+    flat = " ".join(output.split())
+    assert code == 1 and "NOT AN EXPORT" in flat and "line 1: neither an event line" in flat
+    assert "this is not an audit export (`agentledger audit export RUN --out FILE`" in flat
 
     # A truncated export: the manifest is gone.
     assert invoke("audit", "export", run, "--out", str(out), "--store", url)[0] == 0
+    lines = out.read_text().splitlines(keepends=True)
+    edited = lines[0].replace('"goal":"', '"goal":"edited ', 1)
+    assert edited != lines[0]
+    junk.write_text("".join([edited, *lines[1:]]))
+    code, output = invoke("audit", "verify", str(junk))  # an export's first line, edited
+    assert code == 1 and "TAMPERED" in output and "line 1" in output and "edited" in output
     out.write_text("".join(out.read_text().splitlines(keepends=True)[:7]))
     code, output = invoke("audit", "verify", str(out))
     assert code == 1 and "line 8" in output and "manifest is missing" in output
+
+
+def test_report_of_a_run_cancelled_while_an_action_waited(sqlite_url: str) -> None:
+    with EventStore.open(sqlite_url) as store:
+        run, _ = write_sample_run(store)  # a2 waits for approval
+        store.append(run, [RunCancelled(actor="human:alice", payload={"reason": "not now"})])
+    code, output = invoke("audit", "report", run, "--store", sqlite_url)
+    assert code == 0, output
+    a2 = output[output.index("#### Action a2") :]
+    assert "requested; never decided (the run ended first)" in a2
+    assert "did not run (the run ended)" in a2
+    assert "waiting" not in a2 and "(yet)" not in a2
+    assert "**cancelled**" in output and "waiting for approval of" not in output
 
 
 def test_report_names_proposer_reasoning_risk_and_approver(

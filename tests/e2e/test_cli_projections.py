@@ -150,6 +150,7 @@ def test_rebuild_mentions_each_projection_and_leaves_fresh_checkpoints(cli: Cli,
         (("memory", "search", "   "), "the memory query is empty"),
         (("memory", "search", "x" * 2001), "the limit is 2000"),
         (("memory", "search", "retention", "--mode", "fuzzy"), "unknown mode 'fuzzy'"),
+        (("memory", "search", "retention", "--at", "19"), "position 19 is outside the log"),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v)[:40],
 )

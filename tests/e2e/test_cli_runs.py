@@ -194,6 +194,33 @@ def test_a_broken_config_file_is_named_with_the_problem(sqlite_url: str, tmp_pat
     assert code == 1 and "not valid TOML" in output and "line 1" in output
 
 
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        (
+            '[runtime]\nnamspace = "x"\n',
+            "runtime.namspace: unknown setting; [runtime] takes namespace,",
+        ),
+        ('[openai]\nkey = "x"\n', "openai.key: unknown setting; [openai] takes base_url,"),
+        ('[approvers.ada]\nos_user = ["ada"]\n', "[approvers.ada] takes roles, os_users,"),
+        ('stor = "x"\n', "stor: unknown setting; the top level takes store, models,"),
+        (
+            "[runtime]\nreplicas = { execution = 0 }\n",
+            "runtime.replicas.execution: Input should be",
+        ),
+    ],
+)
+def test_a_mistyped_setting_is_told_the_settings_there_are(
+    sqlite_url: str, tmp_path: Path, toml: str, words: str
+) -> None:
+    config = tmp_path / "agentledger.toml"
+    config.write_text(toml)
+    code, output = invoke("run", "do it", "--config", str(config), "--store", sqlite_url)
+    assert code == 1 and str(config) in output and words in " ".join(output.split()), output
+    with EventStore.open(sqlite_url) as store:
+        assert store.head_position() == 0
+
+
 def test_runs_and_status_show_a_run(sqlite_url: str) -> None:
     with EventStore.open(sqlite_url) as store:
         run, _ = write_sample_run(store)

@@ -9,7 +9,7 @@ import hashlib
 import json
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,11 @@ from agentledger.events import (
     EventStore,
     NotAuthorized,
     NotFound,
+    RunCancelled,
+    RunFailed,
     RunStarted,
 )
-from agentledger.projections import RunStatus
+from agentledger.projections import RunStateProjection, RunStatus
 
 ADA = Human("ada", ("approver",))
 
@@ -289,6 +291,53 @@ def test_an_expired_request_is_recorded_and_the_coordinator_replans(
     assert len(expired) == 2 and {e.actor for e in expired} == {"system:expiry"}
     assert state.status is RunStatus.FAILED and "expired" in state.outcome
     assert (workspace / "notes.tmp").exists()
+
+
+def test_a_request_left_open_in_an_ended_run_never_expires(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    request = {"action_hash": "a" * 64, "tool": "delete_file", "risk": "high", "expires_at": past}
+    with EventStore.open(url) as store:
+        for run, end in (("run-cancelled", "run.cancelled"), ("run-failed", "run.failed")):
+            ended = {"run.cancelled": RunCancelled, "run.failed": RunFailed}[end]
+            store.append(
+                run,
+                [
+                    RunStarted(actor="human:ada", payload={"goal": "tidy up"}),
+                    ApprovalRequested(
+                        actor="agent:execution/1", payload={**request, "action_id": "a1"}
+                    ),
+                    ended(actor="human:ada", payload={"reason": "not needed"}),
+                ],
+                expected_version=0,
+            )
+        # A run still waiting, after them in the log: once its request has expired, the
+        # watcher has passed over the ended runs' requests.
+        store.append(
+            "run-open",
+            [
+                RunStarted(actor="human:ada", payload={"goal": "tidy up"}),
+                ApprovalRequested(
+                    actor="agent:execution/1", payload={**request, "action_id": "a1"}
+                ),
+            ],
+            expected_version=0,
+        )
+        stop = threading.Event()
+        watcher = ExpiryWatcher(EventStore.open(url))
+        thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            state = follow_run(store, "run-open", until=frozenset({RunStatus.RUNNING}), timeout=30)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+        assert state.status is RunStatus.RUNNING  # its request expired
+        for run in ("run-cancelled", "run-failed"):
+            events = store.read(run)
+            assert [e.type for e in events][-1] != "approval.expired", run
+            assert RunStateProjection().fold(events).anomalies == []
+        assert store.verify().ok
 
 
 def test_pause_then_resume_continues_the_run(tmp_path: Path, threaded_agents: Any) -> None:

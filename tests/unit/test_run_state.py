@@ -363,6 +363,22 @@ def test_several_pending_approvals_wait_until_the_last_is_decided(
     assert state.anomalies == []
 
 
+@pytest.mark.parametrize("end", ["run.cancelled", "run.failed"])
+@pytest.mark.parametrize("paused", [False, True])
+def test_an_ended_run_has_no_approvals_waiting(
+    memory_store: EventStore, end: str, paused: bool
+) -> None:
+    run, _ = run_at(memory_store, RunStatus.WAITING_FOR_APPROVAL)
+    if paused:
+        run.add("run.paused")
+    assert run.state().pending_approvals  # the inbox shows it while it can be decided
+    run.add(end)
+    state = run.state()
+    assert state.status in (RunStatus.CANCELLED, RunStatus.FAILED)
+    assert state.pending_approvals == {} and state.anomalies == []
+    assert state.actions["a1"].status is ActionStatus.WAITING_FOR_APPROVAL  # never decided
+
+
 def test_decisions_while_paused_stay_paused(memory_store: EventStore) -> None:
     run, _ = run_at(memory_store, RunStatus.RUNNING)
     run.add("action.proposed", "approval.requested", action_id="a1")
