@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +42,7 @@ from eventsourcing.persistence import Notification
 from pydantic_core import from_json
 
 from ._codec import split_state
-from .errors import AgentLedgerError, ConfigurationError, NotFound
+from .errors import AgentLedgerError, ConfigurationError, NotFound, TamperDetected
 from .store import EventStore
 from .verify import Problem, Report, verify_rows
 
@@ -269,7 +269,18 @@ def export_run(
         stats["manifest"] = manifest
         yield json.dumps({"manifest": manifest.to_json()}, ensure_ascii=False).encode() + b"\n"
 
-    _write_atomically(out, lines())
+    def intact(written: Path) -> None:
+        # An export vouches for what it holds (with --key, by signature): never for a log
+        # that fails its own chain.
+        report = verify_export(written)
+        if not report.ok:
+            raise TamperDetected(
+                f"the log of {run or 'the store'} fails its own check, so nothing was exported: "
+                f"its event number {report.line} in position order: {report.problem}. "
+                "`agentledger verify-log` shows where the log was changed"
+            )
+
+    _write_atomically(out, lines(), check=intact)
     result: Manifest = stats["manifest"]
     return result
 
@@ -309,9 +320,12 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def _write_atomically(path: Path, chunks: Any, *, mode: int | None = None) -> None:
+def _write_atomically(
+    path: Path, chunks: Any, *, mode: int | None = None, check: Callable[[Path], None] | None = None
+) -> None:
     # A crash, a bad run or a full disk must not leave a half-written export that looks
     # like a truncated (tampered) one: write beside the target, then rename over it.
+    # ``check`` may refuse the written file (by raising) before it takes the target's place.
     try:
         handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -322,6 +336,8 @@ def _write_atomically(path: Path, chunks: Any, *, mode: int | None = None) -> No
                 f.write(chunk)
         # As a new file would have it, unless told (mkstemp makes its file private).
         os.chmod(temp, new_file_mode() if mode is None else mode)
+        if check is not None:
+            check(Path(temp))
         os.replace(temp, path)
     except OSError as exc:
         os.unlink(temp)

@@ -97,6 +97,14 @@ def test_verify_log_reports_the_tampered_position(demo_url: str) -> None:
     code, output = invoke("verify-log", "--store", demo_url)
     assert code == 1
     assert "TAMPERED" in output and "position 4" in output and "edited" in output
+    # An export would vouch for it (with --key, by signature): refused, nothing written.
+    with EventStore.open(demo_url) as store:
+        run = store.streams()[0].stream
+    out = Path(path).parent / "run.jsonl"
+    code, output = invoke("audit", "export", run, "--out", str(out), "--store", demo_url)
+    flat = " ".join(output.split())
+    assert code == 1 and "fails its own check, so nothing was exported" in flat, output
+    assert not out.exists() and not list(out.parent.glob(".run.jsonl.*"))
 
 
 @pytest.mark.parametrize(
