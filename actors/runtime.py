@@ -872,7 +872,7 @@ class AgentActor:
         agent = agent_for(Role(role), agent_id, config, providers)
         self._worker = AgentWorker(agent, self._store, partition=partition)
         self._memory = agent.settings.memory.long_term
-        self._workspace_root = str(agent.settings.workspace_root)
+        self._config = config
         self._scheduling = "not started"  # the worker thread's, once it runs
         self._thread = _exit_on_crash(self._loop, agent.principal)
 
@@ -899,9 +899,9 @@ class AgentActor:
             "scheduling": self._scheduling,
         }
 
-    def workspace_root(self) -> str:
-        """Where this agent makes each run's workspace (``<root>/<run id>``)."""
-        return self._workspace_root
+    def config(self) -> RuntimeConfig:
+        """The settings this agent was started with (its workspace root, policy, budgets)."""
+        return self._config
 
     def hops(self) -> list[Hop]:
         """Per handled event: latency from the event's append to its handler starting."""
@@ -1303,14 +1303,14 @@ class Runtime:
                 )
         return rows
 
-    def workspace_root(self) -> str:
-        """The folder the execution agents make each run's workspace in: these agents' own,
-        which for agents found running (``agentledger serve``) need not be this config's."""
+    def running_config(self) -> RuntimeConfig:
+        """The settings the agents run with: for agents found running (``agentledger
+        serve``) those they were started with, which need not be this runtime's config."""
         import ray
 
         execution = next(name for role, _, name in self.names() if role is Role.EXECUTION)
-        root: str = ray.get(self.actors[execution].workspace_root.remote(), timeout=30)
-        return root
+        found: RuntimeConfig = ray.get(self.actors[execution].config.remote(), timeout=30)
+        return found
 
     def hops(self) -> list[Hop]:
         """Every agent's handled-event latencies."""

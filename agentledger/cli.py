@@ -716,7 +716,32 @@ def _agents(settings: Any, url: str, models: dict[str, str], address: str | None
         runtime, owned = attach_or_start(config, address)
     if not owned:
         err.print(f"[dim]using the agents served for this store (namespace {config.namespace})[/]")
+        differ = _served_differences(config, runtime.running_config())
+        if differ:
+            err.print(
+                "[yellow]the served agents keep the settings `agentledger serve` started them "
+                f"with[/], not this command's: {'; '.join(differ)}. To change them, restart "
+                "`agentledger serve` with that configuration"
+            )
     return runtime, owned
+
+
+# Settings the agents apply to every run (a run's own models are in its run.started event).
+_AGENT_SETTINGS = ("record_prompts", "context_tokens", "tool_timeout_s", "approval_ttl_s")
+_AGENT_SETTINGS += ("policy_file", "notify_command", "notify_webhook", "openai")
+
+
+def _served_differences(mine: Any, served: Any) -> list[str]:
+    """'name = served (here: mine)' for each agent setting the served agents run otherwise."""
+    differ = []
+    for name in _AGENT_SETTINGS:
+        theirs, ours = getattr(served, name), getattr(mine, name)
+        if theirs != ours:
+            if name == "openai":  # a model endpoint's settings, key included: no values
+                differ.append("[openai] differs")
+            else:
+                differ.append(f"{name} = {theirs!r} (here: {ours!r})")
+    return differ
 
 
 def _execute_run(
@@ -767,7 +792,7 @@ def _execute_run(
                 err.print(f"run [bold]{stream}[/] started")
             # A fork works in its own copy of its parent's (made when first needed). Served
             # agents may have been started elsewhere, with another workspace root: theirs.
-            root = Path(runtime.workspace_root()) / stream
+            root = Path(runtime.running_config().workspace_root) / stream
             err.print(f"[dim]workspace: {workspace.resolve() if workspace else root}[/]")
             if owned:
                 err.print(

@@ -98,8 +98,10 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
         # From another folder: the served agents' workspace root is serve's, not this one's.
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
+        # A setting the served agents do not share is said to be theirs, not taken silently.
+        (elsewhere / "hash.toml").write_text('[runtime]\nrecord_prompts = "hash"\n')
         done = subprocess.run(
-            [*CLI, "run", "write hello to hello.txt", "--store", url, "--timeout", "120"],
+            [*CLI, "run", "write hello to hello.txt", "--store", url, "--config", "hash.toml"],
             cwd=elsewhere,
             env=env,
             capture_output=True,
@@ -109,6 +111,8 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
         output = done.stdout + done.stderr
         assert done.returncode == 0, output
         assert "using the agents served for this store" in output and "completed" in output
+        flat = " ".join(output.split())
+        assert "record_prompts = 'full' (here: 'hash')" in flat, output
         workspaces = (tmp_path / ".agentledger" / "workspaces").iterdir()
         [workspace] = [w for w in workspaces if w.name != waiting]
         assert (workspace / "hello.txt").exists()
