@@ -1066,6 +1066,7 @@ def runs_command(
                         "status",
                         "goal",
                         "started_at",
+                        "forked_at",
                         "ended_at",
                         "outcome",
                         "events",

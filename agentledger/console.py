@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -200,7 +201,7 @@ def run_state_view(state: Any, board: Any, pad: Any, at: int | None) -> Group:
                 f"[red]{a.risk.value}[/]",
                 a.preview,
                 a.reasoning,
-                a.expires_at.strftime("%Y-%m-%d %H:%M") if a.expires_at else "never",
+                _when(a.expires_at, "never"),
             )
         parts.append(approvals)
     current = [e for e in board.entries.values() if e.superseded_by is None]
@@ -351,7 +352,7 @@ def runs_table(rows: list[Any]) -> Table:
     table.add_column("tasks", no_wrap=True)
     if wide:
         table.add_column("events", justify="right")
-        table.add_column("started", no_wrap=True)
+        table.add_column("started", no_wrap=True)  # a fork: when it was forked
         table.add_column("forked from", overflow="fold")
     table.add_column("goal", overflow="fold", min_width=12)
     for state in rows:
@@ -361,11 +362,16 @@ def runs_table(rows: list[Any]) -> Table:
         if wide:
             row += [
                 str(state.events),
-                state.started_at.strftime("%Y-%m-%d %H:%M") if state.started_at else "",
+                _when(state.forked_at or state.started_at),
                 f"{state.parent_run} @ {state.parent_position}" if state.parent_run else "",
             ]
         table.add_row(*row, _short(state.goal))
     return table
+
+
+def _when(at: datetime | None, otherwise: str = "") -> str:
+    """A table's time, to the minute."""
+    return at.strftime("%Y-%m-%d %H:%M") if at else otherwise
 
 
 def agents_table(rows: list[dict[str, Any]]) -> Table:
@@ -391,7 +397,7 @@ def approvals_table(waiting: list[tuple[str, Any]]) -> RenderableType:
     if out.width < 120:
         blocks: list[RenderableType] = [Text("waiting for approval", style="bold yellow")]
         for run, a in waiting:
-            expires = a.expires_at.strftime("%Y-%m-%d %H:%M") if a.expires_at else "never"
+            expires = _when(a.expires_at, "never")
             head = Text.assemble(
                 (run, "bold"), "  ", (a.action_id, "bold"), f"  {a.tool}  ", (a.risk.value, "red")
             )
@@ -418,7 +424,7 @@ def approvals_table(waiting: list[tuple[str, Any]]) -> RenderableType:
             a.preview,
             a.reasoning,
             a.requested_by,
-            a.expires_at.strftime("%Y-%m-%d %H:%M") if a.expires_at else "never",
+            _when(a.expires_at, "never"),
         )
     return table
 

@@ -217,6 +217,8 @@ class RunState(BaseModel):
     outcome: str = ""
     parent_run: str | None = None
     parent_position: int | None = None
+    forked_at: datetime | None = None
+    """When this run was forked (``started_at`` is its first run's start, inherited)."""
     tasks: dict[str, TaskInfo] = Field(default_factory=dict)
     actions: dict[str, ActionInfo] = Field(default_factory=dict)
     pending_approvals: dict[str, PendingApproval] = Field(default_factory=dict)
@@ -235,7 +237,7 @@ class RunStateProjection(Projection[RunState]):
     """Folds one run's events into its ``RunState`` (feed it the run's stream)."""
 
     name = "run_state"
-    version = 4  # 4: an ended run has no pending approvals
+    version = 5  # 4: an ended run has no pending approvals; 5: forked_at
     state_type = RunState
     reads_all_events = True  # every event counts, and activity after the end is an anomaly
     reads_headers = True  # ... by its type and place alone, for types without a handler
@@ -275,6 +277,7 @@ class RunStateProjection(Projection[RunState]):
         if state.parent_run is None:  # a fork of a fork reads its parent's run.forked too
             state.parent_run = event.payload.parent_run
             state.parent_position = event.payload.parent_position
+            state.forked_at = event.at
 
     @on(RunStarted)
     def _started(self, state: RunState, event: RunStarted) -> None:

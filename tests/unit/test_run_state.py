@@ -413,6 +413,7 @@ def test_fold_records_what_the_run_did(memory_store: EventStore) -> None:
     assert state.run == run.stream
     assert (state.parent_run, state.parent_position) == ("run-parent", 7)
     assert state.goal == "tidy the data" and state.started_at == started.at
+    assert state.forked_at == forked.at  # when the fork was made, beside its inherited start
     assert state.tasks["t1"].status.value == "assigned"
     pending = state.pending_approvals["a1"]
     assert pending.position == requested.position and pending.requested_by == EXEC
