@@ -7,7 +7,10 @@ links), a few ``/etc`` files, private ``/tmp`` and ``/dev/shm``, five ``/dev`` n
 ``pivot_root``, every capability is dropped and ``no_new_privs`` is set, so the command cannot
 read the user's files, reach the network, or remount its way out. Where namespaces are refused,
 commands run as plain subprocesses with the same limits, ``Workspace.isolated`` is False and a
-warning is logged: isolation is never claimed when it is not there.
+warning is logged: isolation is never claimed when it is not there. Without it a command starts
+in the workspace with a scrubbed environment but can read whatever the agent's user can (the
+agent's own environment in ``/proc``, the user's files) and a process it detaches (``setsid``)
+can outlive the timeout.
 """
 
 from __future__ import annotations

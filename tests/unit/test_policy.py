@@ -421,3 +421,12 @@ def test_rules_never_lower_the_level_and_adding_one_never_lowers_it(
     assert RANK[after.risk] >= RANK[before.risk]
     reordered = dict(reversed(list(arguments.items())))
     assert policy(_policy_text(rules)).assess(tool, reordered, declared) == before
+
+
+def test_the_documented_example_policy_loads_and_does_what_its_comments_say() -> None:
+    example = Path(__file__).parents[2] / "docs" / "policy.example.toml"
+    loaded = RiskPolicy.load(example)
+    assert loaded.assess("run_shell", {"command": "rm -rf build"}, MEDIUM).risk is HIGH
+    assert loaded.assess("run_shell", {"command": "ls"}, MEDIUM).risk is MEDIUM
+    assert loaded.assess("write_file", {"path": "secrets/key"}, LOW).risk is HIGH
+    assert loaded.assess("list_files", {}, MEDIUM).risk is LOW
