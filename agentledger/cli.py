@@ -789,8 +789,8 @@ def _execute_run(
     if state.status is RunStatus.WAITING_FOR_APPROVAL:
         for a in state.pending_approvals.values():
             out.print(
-                f"[bold yellow]waiting for approval[/] of {a.action_id}: {a.preview}\n"
-                f"  reasoning: {a.reasoning}"
+                f"[bold yellow]waiting for approval[/] of {a.action_id}: {escape(a.preview)}\n"
+                f"  reasoning: {escape(a.reasoning)}"
             )
         first = next(iter(state.pending_approvals))
         out.print(
@@ -840,9 +840,9 @@ def run_state_view_brief(state: Any) -> str:
         "waiting_for_approval": "bold yellow",
     }
     style = styles.get(state.status.value, "white")
-    lines = [f"[{style}]{state.status.value}[/] {state.run}: {state.goal}"]
+    lines = [f"[{style}]{state.status.value}[/] {state.run}: {escape(state.goal)}"]
     if state.outcome:
-        lines.append(state.outcome)
+        lines.append(escape(state.outcome))
     return "\n".join(lines)
 
 
@@ -1367,10 +1367,10 @@ def verify_command(
         else:
             out.print(
                 f"[bold red]diverges[/] at position {d.position} ({d.agent}, reacting to the "
-                f"event at position {d.cause_position}): {d.message}"
+                f"event at position {d.cause_position}): {escape(d.message)}"
             )
-            out.print(f"recorded:     {json.dumps(d.expected, ensure_ascii=False)}")
-            out.print(f"re-executed:  {json.dumps(d.actual, ensure_ascii=False)}")
+            out.print(f"recorded:     {escape(json.dumps(d.expected, ensure_ascii=False))}")
+            out.print(f"re-executed:  {escape(json.dumps(d.actual, ensure_ascii=False))}")
         if d is not None:
             raise typer.Exit(1)
 
@@ -1439,7 +1439,7 @@ def diff_command(
                 shown = events[start : start + 1 + after]
                 out.print(
                     f"\n[bold]{run}[/]: "
-                    + (json.dumps(view, ensure_ascii=False) if view else "(no more events)")
+                    + (escape(json.dumps(view, ensure_ascii=False)) if view else "(no more events)")
                 )
                 if shown:
                     out.print(events_table(shown, title=None, show_stream=False))
