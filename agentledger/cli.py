@@ -693,12 +693,16 @@ def _models(specs: list[str], settings: Any) -> tuple[dict[str, str], dict[str, 
     return chosen, given
 
 
-def _agents(settings: Any, url: str, models: dict[str, str], address: str | None) -> Any:
-    """Agents for this command: those served for this store, else new ones it owns."""
+def _agents(settings: Any, url: str, address: str | None) -> Any:
+    """Agents for this command: those served for this store, else new ones it owns.
+
+    Their default models are the settings file's, not this command's --model: the run records
+    those itself, and the agents also take up other runs waiting in the log (a run whose
+    command was stopped), which must not go to a model their starter never chose."""
     from agentledger.actors.runtime import attach_or_start
     from agentledger.config import runtime_config
 
-    config = runtime_config(settings, url, models)
+    config = runtime_config(settings, url, {})
     with err.status("starting the agents (coordinator, research, execution, review)…"):
         runtime, owned = attach_or_start(config, address)
     if not owned:
@@ -745,7 +749,7 @@ def _execute_run(
                 store, parent, position, by=f"human:{user}", models=given, note=note
             )
             err.print(f"fork [bold]{stream}[/] of {parent} at position {position} created")
-        runtime, owned = _agents(settings, url, chosen, address)
+        runtime, owned = _agents(settings, url, address)
         try:
             if fork is None:
                 stream = start_run(
