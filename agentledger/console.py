@@ -38,6 +38,7 @@ _HEADLINE_FIELDS = (
     "goal",
     "summary",
     "reason",
+    "error",
     "result",
     "content",
     "message",
@@ -344,6 +345,8 @@ def progress_line(e: Envelope) -> str | None:
             )
         case "model.responded":
             text = f"{escape(p.model)}: {p.output_tokens} tokens in {p.latency_ms:.0f} ms"
+        case "model.failed":  # whole: why a model gave nothing usable is the news here
+            text = f"[red]{escape(p.error)}[/]"
         case _:
             text = summarize(e)
     return f"[dim]{e.position:>6}[/] [{type_style(e.type)}]{e.type:<20}[/] [dim]{who:<16}[/] {text}"

@@ -307,3 +307,40 @@ def test_words_in_the_log_that_look_like_markup_are_shown_as_written(cli: Cli) -
         console.print(line)
     live = console.export_text()
     assert f"t1 [execution] {goal}" in live and "delete_file [/tmp/x]" in live
+
+
+def test_log_and_the_live_view_say_why_a_model_call_or_an_action_failed(cli: Cli) -> None:
+    from rich.console import Console
+
+    from agentledger.console import progress_line
+    from agentledger.events import ActionFailed, ModelFailed, RunStarted
+
+    why = "the answer does not follow the Plan schema: steps: Field required"
+    with EventStore.open(cli.url) as store:
+        [started] = store.append(
+            "run-fails", [RunStarted(actor="human:ada", payload={"goal": "g"})], expected_version=0
+        )
+        link = started.caused_by(started)
+        failed = store.append(
+            "run-fails",
+            [
+                ModelFailed(
+                    actor="agent:coordinator/1",
+                    **link,
+                    payload={"request_id": "m-1", "error": why, "retryable": True},
+                ),
+                ActionFailed(
+                    actor="agent:execution/1",
+                    **link,
+                    payload={"action_id": "a-1", "error": "no such file: notes.txt"},
+                ),
+            ],
+        )
+    shown = " ".join(ok(cli("log", "run-fails")).split())
+    assert "error=the answer does not follow the Plan schema" in shown
+    assert "error=no such file: notes.txt" in shown
+    console = Console(width=300, record=True, highlight=False)
+    for event in failed:
+        console.print(progress_line(event))
+    live = console.export_text()
+    assert why in live and "no such file: notes.txt" in live
