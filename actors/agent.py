@@ -68,6 +68,10 @@ APPROVAL_TTL = timedelta(hours=24)
 POLICY_PRINCIPAL = "system:policy"
 """Who assesses risk: the policy decides, not the agent (a low-risk call is auto-approved by it)."""
 """How long an approval request stays open before it may expire."""
+MAX_TEXT = 100_000
+"""The most characters the log keeps of a prompt or an answer (``events.catalogue.Text``)."""
+MAX_REASONING = 20_000
+"""The most characters the log keeps of a reasoning (``events.catalogue.Reasoning``)."""
 
 
 class DecisionFailed(Exception):
@@ -268,13 +272,15 @@ class Turn:
             text = base + (f"\n\n## previous answer was invalid\n{feedback}" if feedback else "")
             text += f"\n\n## {ANSWER_FORMAT}\nJSON following this schema: " + schema_text
             request_id = self.new_id("m")
+            # A prompt longer than the log keeps is recorded as with record_prompts = "hash".
+            full = self.settings.record_prompts == "full" and len(text) <= MAX_TEXT
             self.emit(
                 ModelRequested,
                 request_id=request_id,
                 provider=choice.provider.name,
                 model=choice.model,
                 prompt_hash=hashlib.sha256(text.encode()).hexdigest(),
-                prompt=text if self.settings.record_prompts == "full" else None,
+                prompt=text if full else None,
                 context_event_ids=context_ids,
             )
             request = ModelRequest(
@@ -288,6 +294,13 @@ class Turn:
             started = time.perf_counter()
             try:
                 reply = choice.provider.complete(request)
+                if len(reply.content) > MAX_TEXT:
+                    # The log cannot keep it as an answer: a failed call, so the log still
+                    # shows that the model was asked, and why nothing came of it.
+                    raise ModelError(
+                        f"the answer has {len(reply.content):,} characters, more than the "
+                        f"{MAX_TEXT:,} the log keeps of one; nothing was done with it"
+                    )
             except ModelError as exc:
                 retryable = bool(getattr(exc, "retryable", False))
                 self.emit(ModelFailed, request_id=request_id, error=str(exc), retryable=retryable)
@@ -296,7 +309,7 @@ class Turn:
             self.emit(
                 ModelResponded,
                 request_id=request_id,
-                model=reply.model,
+                model=reply.model[:200] or choice.model,  # a Name, as the log keeps it
                 content=reply.content,
                 input_tokens=reply.input_tokens,
                 output_tokens=reply.output_tokens,
@@ -355,7 +368,7 @@ class Turn:
             task_id=task_id,
             tool=tool,
             arguments=dict(arguments),
-            reasoning=reasoning,
+            reasoning=reasoning[:MAX_REASONING],  # a model's: unbounded
             idempotency_key=f"{self.run.run}/{action_id}",
         )
         assert isinstance(event, ActionProposed)

@@ -14,6 +14,7 @@ import os
 import re
 import uuid
 from collections.abc import Sequence
+from typing import Literal
 
 from agentledger.blackboard import post
 from agentledger.events import (
@@ -44,7 +45,15 @@ from agentledger.events.handlers import on
 from agentledger.projections import ActionStatus, TaskInfo, TaskStatus
 from agentledger.projections.memory import forked_from
 
-from .agent import ActionOutcome, Agent, AgentSettings, DecisionFailed, RunView, Turn
+from .agent import (
+    MAX_REASONING,
+    ActionOutcome,
+    Agent,
+    AgentSettings,
+    DecisionFailed,
+    RunView,
+    Turn,
+)
 from .decisions import (
     CHECKS,
     FEEDBACK,
@@ -99,14 +108,20 @@ class Coordinator(Agent):
         steps = list(plan.steps)
         reasoning = plan.reasoning
         if len(steps) <= 3:
-            role = "execution" if any(s.role == "execution" for s in steps) else "research"
+            role: Literal["research", "execution"] = (
+                "execution" if any(s.role == "execution" for s in steps) else "research"
+            )
             reasoning = (
                 f"{len(steps)} logical step(s), so no decomposition: one {role} worker takes the "
                 f"whole goal. Planner: {plan.reasoning}"
-            )
+            )[:MAX_REASONING]
             if prefix:  # a replan: what the planner now proposes, not the goal that failed
                 goal = "\n".join(s.goal for s in steps)[:20_000]
-            steps = [PlannedStep(task_id="t1", goal=goal, role=role, reasoning=reasoning)]
+            # Not validated as a model's step (at most 5,000 characters): the run's goal, up
+            # to the 20,000 a task's goal may have.
+            steps = [
+                PlannedStep.model_construct(task_id="t1", goal=goal, role=role, reasoning=reasoning)
+            ]
         renamed = {s.task_id: f"{prefix}{s.task_id}" for s in steps}
         for step in steps:
             turn.emit(
@@ -115,7 +130,7 @@ class Coordinator(Agent):
                 goal=step.goal,
                 role=step.role,
                 depends_on=[renamed[d] for d in step.depends_on],
-                reasoning=step.reasoning or reasoning,
+                reasoning=(step.reasoning or reasoning)[:MAX_REASONING],
             )
         lines = [
             f"{renamed[s.task_id]} [{s.role}] {s.goal}"
@@ -157,7 +172,7 @@ class Coordinator(Agent):
                     TaskAssigned,
                     task_id=task.task_id,
                     role=task.role,
-                    reasoning=f"sent back by review: {event.payload.reasons}",
+                    reasoning=f"sent back by review: {event.payload.reasons}"[:MAX_REASONING],
                 )
             else:
                 turn.emit(

@@ -706,12 +706,16 @@ def _models(specs: list[str], settings: Any) -> tuple[dict[str, str], dict[str, 
     return chosen, given
 
 
-def _agents(settings: Any, url: str, models: dict[str, str], address: str | None) -> Any:
-    """Agents for this command: those served for this store, else new ones it owns."""
+def _agents(settings: Any, url: str, address: str | None) -> Any:
+    """Agents for this command: those served for this store, else new ones it owns.
+
+    Their default models are the settings file's, not this command's --model: the run records
+    those itself, and the agents also take up other runs waiting in the log (a run whose
+    command was stopped), which must not go to a model their starter never chose."""
     from agentledger.actors.runtime import attach_or_start
     from agentledger.config import runtime_config
 
-    config = runtime_config(settings, url, models)
+    config = runtime_config(settings, url, {})
     with err.status("starting the agents (coordinator, research, execution, review)…"):
         runtime, owned = attach_or_start(config, address)
     if not owned:
@@ -720,8 +724,8 @@ def _agents(settings: Any, url: str, models: dict[str, str], address: str | None
         if differ:
             err.print(
                 "[yellow]the served agents keep the settings `agentledger serve` started them "
-                f"with[/], not this command's: {'; '.join(differ)}. To change them, restart "
-                "`agentledger serve` with that configuration"
+                f"with[/], not this command's: {escape('; '.join(differ))}. To change them, "
+                "restart `agentledger serve` with that configuration"
             )
     return runtime, owned
 
@@ -783,7 +787,7 @@ def _execute_run(
                 store, parent, position, by=f"human:{user}", models=given, note=note
             )
             err.print(f"fork [bold]{stream}[/] of {parent} at position {position} created")
-        runtime, owned = _agents(settings, url, chosen, address)
+        runtime, owned = _agents(settings, url, address)
         try:
             if fork is None:
                 stream = start_run(
@@ -828,8 +832,8 @@ def _execute_run(
     if state.status is RunStatus.WAITING_FOR_APPROVAL:
         for a in state.pending_approvals.values():
             out.print(
-                f"[bold yellow]waiting for approval[/] of {a.action_id}: {a.preview}\n"
-                f"  reasoning: {a.reasoning}"
+                f"[bold yellow]waiting for approval[/] of {a.action_id}: {escape(a.preview)}\n"
+                f"  reasoning: {escape(a.reasoning)}"
             )
         first = next(iter(state.pending_approvals))
         out.print(
@@ -888,9 +892,9 @@ def run_state_view_brief(state: Any) -> str:
         "waiting_for_approval": "bold yellow",
     }
     style = styles.get(state.status.value, "white")
-    lines = [f"[{style}]{state.status.value}[/] {state.run}: {state.goal}"]
+    lines = [f"[{style}]{state.status.value}[/] {state.run}: {escape(state.goal)}"]
     if state.outcome:
-        lines.append(state.outcome)
+        lines.append(escape(state.outcome))
     return "\n".join(lines)
 
 
@@ -1416,10 +1420,10 @@ def verify_command(
         else:
             out.print(
                 f"[bold red]diverges[/] at position {d.position} ({d.agent}, reacting to the "
-                f"event at position {d.cause_position}): {d.message}"
+                f"event at position {d.cause_position}): {escape(d.message)}"
             )
-            out.print(f"recorded:     {json.dumps(d.expected, ensure_ascii=False)}")
-            out.print(f"re-executed:  {json.dumps(d.actual, ensure_ascii=False)}")
+            out.print(f"recorded:     {escape(json.dumps(d.expected, ensure_ascii=False))}")
+            out.print(f"re-executed:  {escape(json.dumps(d.actual, ensure_ascii=False))}")
         if d is not None:
             raise typer.Exit(1)
 
@@ -1488,7 +1492,7 @@ def diff_command(
                 shown = events[start : start + 1 + after]
                 out.print(
                     f"\n[bold]{run}[/]: "
-                    + (json.dumps(view, ensure_ascii=False) if view else "(no more events)")
+                    + (escape(json.dumps(view, ensure_ascii=False)) if view else "(no more events)")
                 )
                 if shown:
                     out.print(events_table(shown, title=None, show_stream=False))

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
@@ -38,6 +39,7 @@ _HEADLINE_FIELDS = (
     "goal",
     "summary",
     "reason",
+    "error",
     "result",
     "content",
     "message",
@@ -64,7 +66,9 @@ def summarize(event: Envelope, width: int = 100) -> str:
     if "risk" in payload:
         parts.append(f"risk={payload['risk']}")
     text = "  ".join(parts) if parts else _short(payload)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    # Escaped: payloads hold models' and users' words, which rich would read as markup (a
+    # "[/x]" in a goal made every command that shows it end in a traceback).
+    return escape(text if len(text) <= width else text[: width - 1] + "…")
 
 
 def counted(n: int, noun: str) -> str:
@@ -167,11 +171,11 @@ def run_state_view(state: Any, board: Any, pad: Any, at: int | None) -> Group:
     style = _STATUS_STYLES.get(state.status.value, "white")
     header = Table.grid(padding=(0, 2))
     header.add_row("status", f"[{style}]{state.status.value}[/]")
-    header.add_row("goal", state.goal or "[dim](not started)[/]")
+    header.add_row("goal", escape(state.goal) if state.goal else "[dim](not started)[/]")
     if state.parent_run:
         header.add_row("forked from", f"{state.parent_run} at position {state.parent_position}")
     if state.outcome:
-        header.add_row("outcome", state.outcome)
+        header.add_row("outcome", escape(state.outcome))
     header.add_row("events", str(state.events))
     parts: list[Any] = [Panel(header, title=f"{state.run} {when}", title_align="left")]
     if state.tasks:
@@ -180,7 +184,11 @@ def run_state_view(state: Any, board: Any, pad: Any, at: int | None) -> Group:
             tasks.add_column(col, overflow="fold")
         for t in state.tasks.values():
             tasks.add_row(
-                t.task_id, t.role.value, t.status.value, ", ".join(t.depends_on), t.result or t.goal
+                t.task_id,
+                t.role.value,
+                t.status.value,
+                ", ".join(t.depends_on),
+                escape(t.result or t.goal),
             )
         parts.append(tasks)
     if state.pending_approvals:
@@ -197,10 +205,10 @@ def run_state_view(state: Any, board: Any, pad: Any, at: int | None) -> Group:
         for a in state.pending_approvals.values():
             approvals.add_row(
                 a.action_id,
-                a.tool,
+                escape(a.tool),
                 f"[red]{a.risk.value}[/]",
-                a.preview,
-                a.reasoning,
+                escape(a.preview),
+                escape(a.reasoning),
                 _when(a.expires_at, "never"),
             )
         parts.append(approvals)
@@ -213,11 +221,13 @@ def run_state_view(state: Any, board: Any, pad: Any, at: int | None) -> Group:
         scratch.add_column("value", overflow="fold")
         scratch.add_column("by", style="dim")
         for key, value in pad.values.items():
-            scratch.add_row(key, value.value, value.author)
+            scratch.add_row(escape(key), escape(value.value), value.author)
         parts.append(scratch)
     anomalies = [*state.anomalies, *board.anomalies]
     if anomalies:
-        lines = "\n".join(f"position {a.position}: {a.event_type}: {a.message}" for a in anomalies)
+        lines = "\n".join(
+            f"position {a.position}: {a.event_type}: {escape(a.message)}" for a in anomalies
+        )
         parts.append(
             Panel(
                 lines,
@@ -242,8 +252,12 @@ def blackboard_table(entries: list[Any], *, title: str) -> Table:
     ):
         table.add_column(col, **kw)  # type: ignore[arg-type]
     for e in entries:
-        content = e.content if e.superseded_by is None else f"[strike]{e.content}[/]"
-        table.add_row(str(e.position), e.kind.value, e.topic, content, e.reasoning, e.author)
+        content = escape(e.content)
+        if e.superseded_by is not None:
+            content = f"[strike]{content}[/]"
+        table.add_row(
+            str(e.position), e.kind.value, escape(e.topic), content, escape(e.reasoning), e.author
+        )
     return table
 
 
@@ -270,7 +284,7 @@ def context_view(context: Any) -> Group:
     return Group(
         usage,
         Text("from: " + "; ".join(refs), style="dim") if refs else Text(""),
-        Panel(context.text(), title="prompt context", title_align="left"),
+        Panel(Text(context.text()), title="prompt context", title_align="left"),
     )
 
 
@@ -281,7 +295,7 @@ def recorded_prompt_view(asked: Any) -> Group:
     check = "[green]SHA-256 matches[/]" if ok else "[bold red]SHA-256 DOES NOT MATCH[/]"
     head = Table.grid(padding=(0, 2))
     head.add_row("asked by", f"{asked.actor} at position {asked.position}")
-    head.add_row("request", f"{p.request_id} to {p.provider}:{p.model}")
+    head.add_row("request", escape(f"{p.request_id} to {p.provider}:{p.model}"))
     head.add_row("prompt", f"{len(p.prompt):,} characters, {check}")
     n = len(p.context_event_ids)
     head.add_row("context from", f"{counted(n, 'event')} of the log")
@@ -300,7 +314,7 @@ def memories_table(hits: list[Any]) -> Table:
     ):
         table.add_column(col, **kw)  # type: ignore[arg-type]
     for h in hits:
-        table.add_row(f"{h.score:.4f}", h.memory_id, h.text, h.user or "", str(h.position))
+        table.add_row(f"{h.score:.4f}", h.memory_id, escape(h.text), h.user or "", str(h.position))
     return table
 
 
@@ -313,25 +327,32 @@ def progress_line(e: Envelope) -> str | None:
         return None
     who = e.actor.removeprefix("agent:")
     p: Any = e.payload
-    match e.type:
+    match e.type:  # every recorded word escaped: models and users write them, not markup
         case "task.planned":
             after = f" (after {', '.join(p.depends_on)})" if p.depends_on else ""
-            text = f"{p.task_id} [{p.role.value}] {p.goal}{after}"
+            text = escape(f"{p.task_id} [{p.role.value}] {p.goal}{after}")
         case "task.assigned":
-            text = f"{p.task_id} → {p.role.value}: {p.reasoning}"
+            text = escape(f"{p.task_id} → {p.role.value}: {p.reasoning}")
         case "task.completed":
-            text = f"{p.task_id}: {_short(p.result)}"
+            text = escape(f"{p.task_id}: {_short(p.result)}")
         case "task.reviewed":
             verdict = "[green]accepted[/]" if p.accepted else "[red]sent back[/]"
-            text = f"{p.task_id} {verdict}: {_short(p.reasons)}"
+            text = f"{escape(p.task_id)} {verdict}: {escape(_short(p.reasons))}"
         case "action.proposed":
-            text = f"{p.tool} {_short(p.arguments)}  [dim]{_short(p.reasoning)}[/]"
+            text = (
+                f"{escape(p.tool)} {escape(_short(p.arguments))}  "
+                f"[dim]{escape(_short(p.reasoning))}[/]"
+            )
         case "action.executed":
-            text = f"{p.action_id} ran in {p.duration_ms:.0f} ms: {_short(p.result)}"
+            text = escape(f"{p.action_id} ran in {p.duration_ms:.0f} ms: {_short(p.result)}")
         case "approval.requested":
-            text = f"[bold yellow]{p.tool} needs a human's approval[/] ({p.action_id}): {p.preview}"
+            text = f"[bold yellow]{escape(p.tool)} needs a human's approval[/] " + escape(
+                f"({p.action_id}): {p.preview}"
+            )
         case "model.responded":
-            text = f"{p.model}: {p.output_tokens} tokens in {p.latency_ms:.0f} ms"
+            text = f"{escape(p.model)}: {p.output_tokens} tokens in {p.latency_ms:.0f} ms"
+        case "model.failed":  # whole: why a model gave nothing usable is the news here
+            text = f"[red]{escape(p.error)}[/]"
         case _:
             text = summarize(e)
     return f"[dim]{e.position:>6}[/] [{type_style(e.type)}]{e.type:<20}[/] [dim]{who:<16}[/] {text}"
@@ -365,7 +386,7 @@ def runs_table(rows: list[Any]) -> Table:
                 _when(state.forked_at or state.started_at),
                 f"{state.parent_run} @ {state.parent_position}" if state.parent_run else "",
             ]
-        table.add_row(*row, _short(state.goal))
+        table.add_row(*row, escape(_short(state.goal)))
     return table
 
 
@@ -386,7 +407,7 @@ def agents_table(rows: list[dict[str, Any]]) -> Table:
             str(r["position"]),
             str(r["handled"]),
             str(r["failures"]),
-            r.get("last_error") or "",
+            escape(r.get("last_error") or ""),
         )
     return table
 
@@ -405,8 +426,8 @@ def approvals_table(waiting: list[tuple[str, Any]]) -> RenderableType:
             body = Table.grid(padding=(0, 1))
             body.add_column(style="dim", no_wrap=True)
             body.add_column(overflow="fold")
-            body.add_row("preview", a.preview)
-            body.add_row("reasoning", a.reasoning)
+            body.add_row("preview", escape(a.preview))
+            body.add_row("reasoning", escape(a.reasoning))
             body.add_row("asked by", f"{a.requested_by}, expires {expires}")
             blocks += [head, Padding(body, (0, 0, 1, 2))]
         return Group(*blocks)
@@ -419,10 +440,10 @@ def approvals_table(waiting: list[tuple[str, Any]]) -> RenderableType:
         table.add_row(
             run,
             a.action_id,
-            a.tool,
+            escape(a.tool),
             f"[red]{a.risk.value}[/]",
-            a.preview,
-            a.reasoning,
+            escape(a.preview),
+            escape(a.reasoning),
             a.requested_by,
             _when(a.expires_at, "never"),
         )
@@ -471,6 +492,6 @@ def decisions_table(events: list[Any], limit: int = 10) -> Table:
             f"[{type_style(e.type)}]{e.type}[/]",
             e.actor,
             summarize(e, 70),
-            _short(why) if why else "",
+            escape(_short(why)) if why else "",
         )
     return table

@@ -249,3 +249,99 @@ def test_replay_says_where_each_agents_summary_ends_by_the_runs_versions(
     # In the fork, every inherited event has the fork's position; versions still tell them apart.
     forked = " ".join(ok(cli("replay", fork)).split())
     assert f"its history up to event {end.version + 1} summarized in event" in forked
+
+
+def test_words_in_the_log_that_look_like_markup_are_shown_as_written(cli: Cli) -> None:
+    """Models and users write goals, reasonings and previews: a "[/b]" in one ended every
+    command that showed it in a rich MarkupError traceback, and "[execution]" vanished."""
+    from datetime import UTC, datetime, timedelta
+
+    from rich.console import Console
+
+    from agentledger.console import progress_line
+    from agentledger.events import ApprovalRequested, RunStarted, TaskPlanned
+
+    goal = "Write [/b] and [bold]x[/bold] to a.txt"
+    with EventStore.open(cli.url) as store:
+        run = "run-markup"
+        [started] = store.append(
+            run, [RunStarted(actor="human:ada", payload={"goal": goal})], expected_version=0
+        )
+        link = started.caused_by(started)
+        store.append(
+            run,
+            [
+                TaskPlanned(
+                    actor="agent:coordinator/1",
+                    **link,
+                    payload={"task_id": "t1", "role": "execution", "goal": goal},
+                ),
+                ApprovalRequested(
+                    actor="agent:execution/1",
+                    **link,
+                    payload={
+                        "action_id": "a1",
+                        "action_hash": "0" * 64,
+                        "tool": "delete_file",
+                        "risk": "high",
+                        "preview": "delete_file [/tmp/x]",
+                        "reasoning": "the model said [red]so[/red]",
+                        "expires_at": datetime.now(UTC) + timedelta(days=1),
+                    },
+                ),
+            ],
+        )
+        events = store.read(run)
+    for args in (["state", run], ["log", run], ["runs"], ["approvals"], ["blackboard", run]):
+        shown = ok(cli(*args))
+        assert "Traceback" not in shown
+    state = " ".join(ok(cli("state", run)).split())
+    assert goal in state and "delete_file [/tmp/x]" in state
+    assert "the model said [red]so[/red]" in state
+    approvals = " ".join(ok(cli("approvals")).split())
+    assert "delete_file [/tmp/x]" in approvals and "[red]so[/red]" in approvals
+
+    console = Console(width=300, record=True, highlight=False)
+    for event in events:
+        line = progress_line(event)
+        assert line is not None
+        console.print(line)
+    live = console.export_text()
+    assert f"t1 [execution] {goal}" in live and "delete_file [/tmp/x]" in live
+
+
+def test_log_and_the_live_view_say_why_a_model_call_or_an_action_failed(cli: Cli) -> None:
+    from rich.console import Console
+
+    from agentledger.console import progress_line
+    from agentledger.events import ActionFailed, ModelFailed, RunStarted
+
+    why = "the answer does not follow the Plan schema: steps: Field required"
+    with EventStore.open(cli.url) as store:
+        [started] = store.append(
+            "run-fails", [RunStarted(actor="human:ada", payload={"goal": "g"})], expected_version=0
+        )
+        link = started.caused_by(started)
+        failed = store.append(
+            "run-fails",
+            [
+                ModelFailed(
+                    actor="agent:coordinator/1",
+                    **link,
+                    payload={"request_id": "m-1", "error": why, "retryable": True},
+                ),
+                ActionFailed(
+                    actor="agent:execution/1",
+                    **link,
+                    payload={"action_id": "a-1", "error": "no such file: notes.txt"},
+                ),
+            ],
+        )
+    shown = " ".join(ok(cli("log", "run-fails")).split())
+    assert "error=the answer does not follow the Plan schema" in shown
+    assert "error=no such file: notes.txt" in shown
+    console = Console(width=300, record=True, highlight=False)
+    for event in failed:
+        console.print(progress_line(event))
+    live = console.export_text()
+    assert why in live and "no such file: notes.txt" in live

@@ -3,6 +3,7 @@ real processes, real Ray, the SQLite file, the offline model."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -416,6 +417,56 @@ def test_run_exits_3_and_says_how_to_decide_when_an_action_waits(
     assert code == 3, output
     assert "waiting for approval" in flat and "agentledger approve run-" in flat
     assert "agentledger deny run-" in flat and (workspace / "old.txt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_a_runs_models_are_not_given_to_other_runs_waiting_in_the_log(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The agents `run` starts also take up runs left waiting in the log (their command was
+    stopped); those keep their own models, never this command's --model (another endpoint,
+    another bill, another party reading the goal)."""
+    from fake_openai_server import ChatServer, completion
+
+    from agentledger.actors.runtime import start_run
+
+    plan = {"reasoning": "one", "steps": [{"task_id": "t1", "goal": "x", "role": "execution"}]}
+    server = ChatServer(lambda request: completion(json.dumps(plan)))
+    config = tmp_path / "agentledger.toml"
+    config.write_text(
+        f'[openai]\nbase_url = "{server.base_url}"\nmax_retries = 0\n'
+        f'[runtime]\nworkspace_root = "{tmp_path / "ws"}"\n'
+    )
+    with EventStore.open(sqlite_url) as store:
+        waiting = start_run(store, "Write private to p.txt").stream  # no model chosen: offline
+    try:
+        code, output = invoke(
+            "run",
+            "Write x to a.txt",
+            "--model",
+            "coordinator=openai:chosen",
+            "--config",
+            str(config),
+            "--store",
+            sqlite_url,
+            "--timeout",
+            "200",
+        )
+    finally:
+        server.stop()
+    assert code == 0, output
+    with EventStore.open(sqlite_url) as store:
+        [started] = [s.stream for s in store.streams("run-") if s.stream != waiting]
+        # Agents handle the log in order: the waiting run was planned before this one.
+        planned = {
+            e.stream: e.payload.provider
+            for e in store.read_all(types=["model.requested"])
+            if e.actor.startswith("agent:coordinator/")
+        }
+    assert planned == {waiting: "offline", started: "openai"}
+    assert len(server.chat_requests) == 1
+    assert "private" not in json.dumps(server.chat_requests[0].body)
 
 
 @pytest.mark.slow

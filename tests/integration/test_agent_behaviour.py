@@ -125,6 +125,52 @@ def test_an_unreachable_model_endpoint_is_recorded_and_fails_the_run(run_with: A
     assert "could not plan" in end.payload.reason and "127.0.0.1:9" in end.payload.reason
 
 
+def test_answers_and_prompts_longer_than_the_log_keeps_are_recorded_not_a_crash(
+    tmp_path: Path, run_with: Any
+) -> None:
+    """An answer over the log's 100,000 characters failed the handler with a pydantic error,
+    and the model call it had made vanished from the log (so verify diverged); a prompt over
+    it did the same before the call."""
+    huge = json.dumps({"reasoning": "x" * 150_000, "steps": ONE_STEP["steps"]})
+    status, events, _ = run_with(Brain(plan=huge))
+    assert status is RunStatus.FAILED
+    (asked,) = _of(events, "model.requested")
+    (failed,) = _of(events, "model.failed")
+    assert failed.payload.request_id == asked.payload.request_id
+    assert "150,0" in failed.payload.error and "100,000" in failed.payload.error
+    assert "could not plan" in _of(events, "run.failed")[0].payload.reason
+    runs = [(events[0].stream, 8_000)]
+
+    # A goal of 20,000 characters (more than a model's step may have) with a planner's long
+    # reasoning; then findings of 45,000 characters each that a big context budget takes in
+    # whole, so that the last step is asked in a prompt of more than 100,000: it is kept by
+    # its hash only.
+    goal = "Do the thing. " + "word " * 3_990
+    steps = [{"task_id": f"t{i}", "goal": f"find part {i}", "role": "research"} for i in (1, 2, 3)]
+    steps.append({"task_id": "t4", "goal": "write", "role": "execution", "depends_on": ["t3"]})
+    for i in (2, 3):
+        steps[i - 1]["depends_on"] = [f"t{i - 1}"]
+    plans = [json.dumps({"reasoning": "r" * 19_990, "steps": ONE_STEP["steps"]})]
+    plans.append(json.dumps({"reasoning": "four", "steps": steps}))
+    answer = json.dumps({"reasoning": "r", "answer": "found " * 7_500, "sources": ["s"]})
+    act = _act({"tool": "write_file", "arguments": {"path": "a.txt", "content": "x"}})
+    status, events, _ = run_with(Brain(plan=plans[0], act=act), goal=goal)
+    assert status is RunStatus.COMPLETED, _of(events, "run.failed")
+    assert _of(events, "task.planned")[0].payload.goal == goal.strip()
+    runs.append((events[0].stream, 8_000))
+    status, events, _ = run_with(
+        Brain(plan=plans[1], research=answer, act=act), context_tokens=200_000
+    )
+    runs.append((events[0].stream, 200_000))
+    assert status is RunStatus.COMPLETED, _of(events, "run.failed")
+    asked = _of(events, "model.requested")
+    assert any(e.payload.prompt is None for e in asked), [len(e.payload.prompt) for e in asked]
+    with EventStore.open(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+        for run, budget in runs:
+            report = verify_run(store, run, context_tokens=budget)
+            assert report.ok, report.divergence
+
+
 def test_malformed_model_output_is_recorded_and_retried(run_with: Any) -> None:
     brain = Brain(
         plan=["this is not JSON", json.dumps(ONE_STEP)],
