@@ -825,11 +825,14 @@ class ExpiryWatcher:
                 continue
             run, action_id = key
             version = self.store.stream_version(run)
-            decided = any(
-                e.type in _DECISIONS and getattr(e.payload, "action_id", None) == action_id
+            # Decided, or its run ended: the run's end may lie beyond what ``_note`` has seen
+            # (a later page of the log, for a watcher that starts on an old one).
+            settled = any(
+                (e.type in _DECISIONS and getattr(e.payload, "action_id", None) == action_id)
+                or e.type in _RUN_ENDS
                 for e in self.store.read(run, from_version=request.version + 1)
             )
-            if not decided:
+            if not settled:
                 event = ApprovalExpired(
                     actor=self.principal,
                     payload={"action_id": action_id, "action_hash": digest},

@@ -340,6 +340,48 @@ def test_a_request_left_open_in_an_ended_run_never_expires(tmp_path: Path) -> No
         assert store.verify().ok
 
 
+def test_a_request_whose_run_ended_on_a_later_page_of_the_log_never_expires(
+    tmp_path: Path,
+) -> None:
+    # A watcher (re)started on a log reads it a page at a time: an overdue request on one page
+    # and its run's end on the next must not be expired in between.
+    from agentledger.events.store import _SUBSCRIPTION_PAGE
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    request = {"action_hash": "a" * 64, "tool": "delete_file", "risk": "high", "expires_at": past}
+
+    def started() -> RunStarted:
+        return RunStarted(actor="human:ada", payload={"goal": "tidy up"})
+
+    def asked() -> ApprovalRequested:
+        return ApprovalRequested(actor="agent:execution/1", payload={**request, "action_id": "a1"})
+
+    def cancelled() -> RunCancelled:
+        return RunCancelled(actor="human:ada", payload={"reason": "not needed"})
+
+    with EventStore.open(url) as store:
+        store.append("run-ended", [started(), asked()], expected_version=0)
+        for i in range(_SUBSCRIPTION_PAGE - 1):  # the rest of the watcher's first page
+            store.append(f"run-other-{i}", [started(), cancelled()], expected_version=0)
+        store.append("run-ended", [cancelled()], expected_version=2)  # on its second page
+        store.append("run-open", [started(), asked()], expected_version=0)
+        stop = threading.Event()
+        watcher = ExpiryWatcher(EventStore.open(url))
+        thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+        thread.start()
+        try:  # once the last run's request has expired, the watcher has read every page
+            state = follow_run(store, "run-open", until=frozenset({RunStatus.RUNNING}), timeout=30)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+        assert state.status is RunStatus.RUNNING
+        events = store.read("run-ended")
+        assert [e.type for e in events] == ["run.started", "approval.requested", "run.cancelled"]
+        assert RunStateProjection().fold(events).anomalies == []
+        assert watcher.expired == 1  # run-open's only
+
+
 def test_pause_then_resume_continues_the_run(tmp_path: Path, threaded_agents: Any) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     docs, workspace = prepare_demo(tmp_path)
