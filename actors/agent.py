@@ -65,9 +65,9 @@ D = TypeVar("D", bound=BaseModel)
 Flush = Callable[[list[Envelope]], object]
 """Appends a turn's events so far, with the handled event's position (given by the runtime)."""
 APPROVAL_TTL = timedelta(hours=24)
+"""How long an approval request stays open before it may expire."""
 POLICY_PRINCIPAL = "system:policy"
 """Who assesses risk: the policy decides, not the agent (a low-risk call is auto-approved by it)."""
-"""How long an approval request stays open before it may expire."""
 MAX_TEXT = 100_000
 """The most characters the log keeps of a prompt or an answer (``events.catalogue.Text``)."""
 MAX_REASONING = 20_000
@@ -473,7 +473,7 @@ class Turn:
         return ActionOutcome(p.action_id, result=result)
 
     def _failed(self, action_id: str, error: str) -> ActionOutcome:
-        self.emit(ActionFailed, action_id=action_id, error=error[:100_000], retryable=False)
+        self.emit(ActionFailed, action_id=action_id, error=error[:MAX_TEXT], retryable=False)
         return ActionOutcome(action_id, error=error)
 
 
