@@ -47,6 +47,7 @@ from agentledger.projections.memory import forked_from
 
 from .agent import (
     MAX_REASONING,
+    MAX_TEXT,
     ActionOutcome,
     Agent,
     AgentSettings,
@@ -142,8 +143,8 @@ class Coordinator(Agent):
                 actor=self.principal,
                 kind=EntryKind.DECISION,
                 topic="plan" if not prefix else f"replan of {prefix.removesuffix(_REPLAN)}",
-                content="\n".join(lines),
-                reasoning=reasoning,
+                content="\n".join(lines)[:MAX_TEXT],  # a model's plan may be longer
+                reasoning=reasoning[:MAX_REASONING],
                 cause=turn.cause,
             )
         )

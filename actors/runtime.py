@@ -1312,7 +1312,14 @@ class Runtime:
         import ray
 
         execution = next(name for role, _, name in self.names() if role is Role.EXECUTION)
-        found: RuntimeConfig = ray.get(self.actors[execution].config.remote(), timeout=30)
+        try:
+            asked = self.actors[execution].config
+        except AttributeError:  # a handle has the methods of the class the actor was made of
+            raise ConfigurationError(
+                f"the agents served in namespace {self.config.namespace} run an older "
+                "agentledger than this command; restart `agentledger serve` to update them"
+            ) from None
+        found: RuntimeConfig = ray.get(asked.remote(), timeout=30)
         return found
 
     def hops(self) -> list[Hop]:

@@ -293,7 +293,8 @@ class RunStateProjection(Projection[RunState]):
 
     @on(RunCompleted)
     def _completed(self, state: RunState, event: RunCompleted) -> None:
-        _set(state, ended_at=event.at, outcome=event.payload.summary)
+        # As for a failed or cancelled run: nothing left open in it can be decided any more.
+        _set(state, ended_at=event.at, outcome=event.payload.summary, pending_approvals={})
 
     @on(RunFailed, RunCancelled)
     def _ended(self, state: RunState, event: RunFailed | RunCancelled) -> None:

@@ -426,7 +426,13 @@ def test_rules_never_lower_the_level_and_adding_one_never_lowers_it(
 def test_the_documented_example_policy_loads_and_does_what_its_comments_say() -> None:
     example = Path(__file__).parents[2] / "docs" / "policy.example.toml"
     loaded = RiskPolicy.load(example)
-    assert loaded.assess("run_shell", {"command": "rm -rf build"}, MEDIUM).risk is HIGH
-    assert loaded.assess("run_shell", {"command": "ls"}, MEDIUM).risk is MEDIUM
+    assert loaded.assess("run_shell", {"command": "ls"}, MEDIUM).risk is HIGH  # [tools]
+    # Without that line, the lighter rule asks a human for matching commands only.
+    lines = example.read_text().splitlines(keepends=True)
+    lighter = RiskPolicy.from_text(
+        "".join(line for line in lines if not line.startswith("run_shell =")), source="x.toml"
+    )
+    assert lighter.assess("run_shell", {"command": "rm -rf build"}, MEDIUM).risk is HIGH
+    assert lighter.assess("run_shell", {"command": "ls"}, MEDIUM).risk is MEDIUM
     assert loaded.assess("write_file", {"path": "secrets/key"}, LOW).risk is HIGH
     assert loaded.assess("list_files", {}, MEDIUM).risk is LOW
