@@ -543,8 +543,8 @@ def memory_search_command(
 ) -> None:
     """Search long-term memory (hybrid vector + full-text by default)."""
     from agentledger.events import InvalidEvent
-    from agentledger.projections.checkpoints import PositionOutOfRange
     from agentledger.projections.memory import LongTermMemory, embedder_from_env
+    from agentledger.projections.runner import check_position
 
     def body() -> None:
         from agentledger.config import cache_dir
@@ -552,11 +552,8 @@ def memory_search_command(
         if mode not in ("hybrid", "vector", "text"):
             raise InvalidEvent(f"unknown mode {mode!r}; use hybrid, vector or text")
         with _store(store_url) as store:
-            head = store.head_position()
-            if at is not None and at > head:  # as state --at does: not an empty answer
-                raise PositionOutOfRange(
-                    f"position {at} is outside the log, which runs from 0 to {head}"
-                )
+            if at is not None:  # as state --at does: not an empty answer
+                check_position(store, at)
             memory = LongTermMemory(cache_dir(store.url) / "lancedb", embedder_from_env())
             if memory.rebuild_notice:
                 err.print(f"[yellow]{memory.rebuild_notice}[/]")

@@ -222,6 +222,16 @@ class ProjectionRunner(Generic[S]):
         return self.catch_up(progress)
 
 
+def check_position(store: EventStore, position: int) -> None:
+    """Raise ``PositionOutOfRange`` unless ``position`` is in the log (0 to its head): an
+    answer "as of" a position past the end would look like a real, empty one."""
+    head = store.head_position()
+    if not 0 <= position <= head:
+        raise PositionOutOfRange(
+            f"position {position} is outside the log, which runs from 0 to {head}"
+        )
+
+
 def as_of(
     store: EventStore,
     projection: Projection[S],
@@ -235,11 +245,7 @@ def as_of(
     (``KeysAsOf``): a run's state as of any position costs a row and its later events, however
     many runs the log holds.
     """
-    head = store.head_position()
-    if position < 0 or position > head:
-        raise PositionOutOfRange(
-            f"position {position} is outside the log, which runs from 0 to {head}"
-        )
+    check_position(store, position)
     if checkpoints is not None and projection.keyed:
         return projection.from_keys(KeysAsOf(store, projection, checkpoints, position))
     state, start = None, 0
@@ -303,11 +309,8 @@ def stream_as_of(store: EventStore, stream: str, position: int | None = None) ->
     Raises ``NotFound`` for a stream with no events and ``PositionOutOfRange`` for a position
     beyond the end of the log.
     """
-    head = store.head_position()
-    if position is not None and not 0 <= position <= head:
-        raise PositionOutOfRange(
-            f"position {position} is outside the log, which runs from 0 to {head}"
-        )
+    if position is not None:
+        check_position(store, position)
     events = store.read(stream)
     if not events:
         raise NotFound(
