@@ -29,6 +29,8 @@ from pydantic import BaseModel, JsonValue, ValidationError
 
 from agentledger.blackboard import BlackboardProjection, Board
 from agentledger.events import (
+    MAX_REASONING,
+    MAX_TEXT,
     ActionExecuted,
     ActionFailed,
     ActionProposed,
@@ -68,10 +70,6 @@ APPROVAL_TTL = timedelta(hours=24)
 """How long an approval request stays open before it may expire."""
 POLICY_PRINCIPAL = "system:policy"
 """Who assesses risk: the policy decides, not the agent (a low-risk call is auto-approved by it)."""
-MAX_TEXT = 100_000
-"""The most characters the log keeps of a prompt or an answer (``events.catalogue.Text``)."""
-MAX_REASONING = 20_000
-"""The most characters the log keeps of a reasoning (``events.catalogue.Reasoning``)."""
 
 
 class DecisionFailed(Exception):

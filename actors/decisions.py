@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from agentledger.events import MAX_REASONING
+
 Purpose = Literal["plan", "research", "act", "review", "summarize"]
 
 # Section names shared by the roles (which write them) and the offline provider (which reads
@@ -46,7 +48,7 @@ class PlannedStep(_Decision):
 class Plan(_Decision):
     """The coordinator's decomposition of a goal."""
 
-    reasoning: Annotated[str, Field(max_length=20_000)]
+    reasoning: Annotated[str, Field(max_length=MAX_REASONING)]
     steps: Annotated[list[PlannedStep], Field(min_length=1, max_length=2_000)]
 
 
@@ -61,14 +63,14 @@ class ToolCall(_Decision):
 class Actions(_Decision):
     """The execution agent's tool calls for a sub-task, in order."""
 
-    reasoning: Annotated[str, Field(max_length=20_000)]
+    reasoning: Annotated[str, Field(max_length=MAX_REASONING)]
     actions: Annotated[list[ToolCall], Field(max_length=50)]
 
 
 class Findings(_Decision):
     """The research agent's answer, with the sources it rests on."""
 
-    reasoning: Annotated[str, Field(max_length=20_000)]
+    reasoning: Annotated[str, Field(max_length=MAX_REASONING)]
     answer: Annotated[str, Field(min_length=1, max_length=50_000)]
     sources: list[str] = Field(default_factory=list)
 
@@ -77,7 +79,7 @@ class Verdict(_Decision):
     """The review agent's judgement of one result against its sub-goal."""
 
     accepted: bool
-    reasons: Annotated[str, Field(min_length=1, max_length=20_000)]
+    reasons: Annotated[str, Field(min_length=1, max_length=MAX_REASONING)]
 
 
 class Summary(_Decision):

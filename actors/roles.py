@@ -18,6 +18,8 @@ from typing import Literal
 
 from agentledger.blackboard import post
 from agentledger.events import (
+    MAX_REASONING,
+    MAX_TEXT,
     ActionFailed,
     ActionOutcomeUnknown,
     ActionProposed,
@@ -46,8 +48,6 @@ from agentledger.projections import ActionStatus, TaskInfo, TaskStatus
 from agentledger.projections.memory import forked_from
 
 from .agent import (
-    MAX_REASONING,
-    MAX_TEXT,
     ActionOutcome,
     Agent,
     AgentSettings,
@@ -117,7 +117,7 @@ class Coordinator(Agent):
                 f"whole goal. Planner: {plan.reasoning}"
             )[:MAX_REASONING]
             if prefix:  # a replan: what the planner now proposes, not the goal that failed
-                goal = "\n".join(s.goal for s in steps)[:20_000]
+                goal = "\n".join(s.goal for s in steps)[:MAX_REASONING]
             # Not validated as a model's step (at most 5,000 characters): the run's goal, up
             # to the 20,000 a task's goal may have.
             steps = [
@@ -319,7 +319,7 @@ class Coordinator(Agent):
             tags=["run-summary"],
             user=state.user or None,
         )
-        turn.emit(RunCompleted, summary=summary[:100_000], artifacts=artifacts)
+        turn.emit(RunCompleted, summary=summary[:MAX_TEXT], artifacts=artifacts)
 
 
 def plan_problem(steps: Sequence[PlannedStep]) -> str | None:

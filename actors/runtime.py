@@ -29,6 +29,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentledger.events import (
+    MAX_REASONING,
+    MAX_TEXT,
     AlreadyProcessed,
     ApprovalExpired,
     ConcurrencyConflict,
@@ -70,7 +72,7 @@ RUN_PREFIX = "run-"
 DEFAULT_MODEL = "offline:offline-rules"
 NAMESPACE = "agentledger"
 EXPIRY_ACTOR = "expiry-1"
-MAX_GOAL_CHARS = 20_000
+MAX_GOAL_CHARS = MAX_REASONING  # as run.started's goal field
 _CACHED_RUNS = 256
 _ACTION_TYPES = (
     "action.proposed",
@@ -698,11 +700,11 @@ class AgentWorker:
             return [
                 TaskFailed(
                     actor=self.consumer,
-                    payload={"task_id": task_id, "reason": reason[:100_000], "retryable": False},
+                    payload={"task_id": task_id, "reason": reason[:MAX_TEXT], "retryable": False},
                     **cause,
                 )
             ]
-        return [RunFailed(actor=self.consumer, payload={"reason": reason[:100_000]}, **cause)]
+        return [RunFailed(actor=self.consumer, payload={"reason": reason[:MAX_TEXT]}, **cause)]
 
     def _skip(self, position: int) -> None:
         self._untracked = position

@@ -4,6 +4,8 @@ from ._backends import StreamSummary
 from .catalogue import (
     EVENT_ADAPTER,
     EVENT_TYPES,
+    MAX_REASONING,
+    MAX_TEXT,
     ActionExecuted,
     ActionFailed,
     ActionOutcomeUnknown,
@@ -68,6 +70,8 @@ from .verify import Finding, Problem, Report
 __all__ = [
     "EVENT_ADAPTER",
     "EVENT_TYPES",
+    "MAX_REASONING",
+    "MAX_TEXT",
     "STORE_ENV",
     "ActionExecuted",
     "ActionFailed",

@@ -15,9 +15,16 @@ from pydantic import Field, JsonValue, TypeAdapter, model_validator
 
 from .envelope import Envelope, Payload, PrincipalKind, UTCDateTime
 
-Text = Annotated[str, Field(max_length=100_000)]
+MAX_TEXT = 100_000
+"""The most characters a text field keeps (a prompt, an answer, a result, an error)."""
+MAX_REASONING = 20_000
+"""The most characters of a reasoning, and of a goal."""
+
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
-Reasoning = Annotated[str, Field(max_length=20_000, description="why the agent decided this")]
+Reasoning = Annotated[
+    str, Field(max_length=MAX_REASONING, description="why the agent decided this")
+]
 Hash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -52,7 +59,7 @@ class EntryKind(StrEnum):
 
 
 class RunStartedPayload(Payload):
-    goal: Annotated[str, Field(min_length=1, max_length=20_000)]
+    goal: Annotated[str, Field(min_length=1, max_length=MAX_REASONING)]
     user: Name = "anonymous"
     models: dict[str, str] = Field(default_factory=dict, description="role -> provider:model")
     labels: dict[str, str] = Field(default_factory=dict)
@@ -183,7 +190,7 @@ class RunForked(Envelope):
 
 class TaskPlannedPayload(Payload):
     task_id: Name
-    goal: Annotated[str, Field(min_length=1, max_length=20_000)]
+    goal: Annotated[str, Field(min_length=1, max_length=MAX_REASONING)]
     role: Role
     depends_on: list[str] = Field(default_factory=list)
     reasoning: Reasoning = ""
@@ -247,7 +254,7 @@ class TaskFailed(Envelope):
 class TaskReviewedPayload(Payload):
     task_id: Name
     accepted: bool
-    reasons: Annotated[str, Field(min_length=1, max_length=20_000)]
+    reasons: Annotated[str, Field(min_length=1, max_length=MAX_REASONING)]
     checks: list[Annotated[str, Field(max_length=2_000)]] = Field(
         default_factory=list, description="each check the reviewer ran, with PASS or FAIL"
     )
@@ -440,7 +447,7 @@ class ApprovalGranted(Envelope):
 class ApprovalDeniedPayload(Payload):
     action_id: Name
     action_hash: Hash
-    reason: Annotated[str, Field(min_length=1, max_length=20_000)]
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_REASONING)]
 
 
 class ApprovalDenied(Envelope):
@@ -520,7 +527,7 @@ class ScratchpadUpdated(Envelope):
 
 class MemoryStoredPayload(Payload):
     memory_id: Name
-    text: Annotated[str, Field(min_length=1, max_length=100_000)]
+    text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
     tags: list[str] = Field(default_factory=list)
     user: Name | None = None
     source_event_id: uuid.UUID | None = None
