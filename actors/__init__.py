@@ -15,9 +15,17 @@ from .runtime import (
     ensure_ray,
     follow_run,
     start_run,
+    workers_for,
 )
 from .sandbox import SandboxViolation, ToolError, ToolTimeout, Workspace
-from .tools import Tool, ToolContext, ToolRegistry, action_hash, default_registry
+from .tools import (
+    Tool,
+    ToolArguments,
+    ToolContext,
+    ToolRegistry,
+    action_hash,
+    default_registry,
+)
 
 __all__ = [
     "ROLE_CLASSES",
@@ -48,6 +56,7 @@ __all__ = [
     "SandboxViolation",
     "ScriptedProvider",
     "Tool",
+    "ToolArguments",
     "ToolContext",
     "ToolError",
     "ToolRegistry",
@@ -59,4 +68,5 @@ __all__ = [
     "ensure_ray",
     "follow_run",
     "start_run",
+    "workers_for",
 ]

@@ -54,6 +54,7 @@ from .errors import (
     UnknownEventType,
     UnsupportedSchemaVersion,
 )
+from .handlers import on
 from .store import (
     STORE_ENV,
     ConsumerPosition,
@@ -129,5 +130,6 @@ __all__ = [
     "UnknownEventType",
     "UnsupportedSchemaVersion",
     "default_store_url",
+    "on",
     "principal_kind",
 ]
