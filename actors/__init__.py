@@ -2,6 +2,7 @@
 runtime that runs each agent as a Ray actor following the log."""
 
 from .agent import Agent, AgentSettings, DecisionFailed, ModelChoice, RunView, Turn
+from .extensions import Extension
 from .memory_manager import MemoryManager
 from .models import ModelError, ModelProvider, ModelReply, ModelRequest, ModelSpec
 from .offline import OfflineProvider
@@ -36,6 +37,7 @@ __all__ = [
     "Coordinator",
     "DecisionFailed",
     "Execution",
+    "Extension",
     "MemoryManager",
     "ModelChoice",
     "ModelError",
