@@ -2,6 +2,7 @@
 runtime that runs each agent as a Ray actor following the log."""
 
 from .agent import Agent, AgentSettings, DecisionFailed, ModelChoice, RunView, Turn
+from .extensions import Extension
 from .memory_manager import MemoryManager
 from .models import ModelError, ModelProvider, ModelReply, ModelRequest, ModelSpec
 from .offline import OfflineProvider
@@ -15,9 +16,17 @@ from .runtime import (
     ensure_ray,
     follow_run,
     start_run,
+    workers_for,
 )
 from .sandbox import SandboxViolation, ToolError, ToolTimeout, Workspace
-from .tools import Tool, ToolContext, ToolRegistry, action_hash, default_registry
+from .tools import (
+    Tool,
+    ToolArguments,
+    ToolContext,
+    ToolRegistry,
+    action_hash,
+    default_registry,
+)
 
 __all__ = [
     "ROLE_CLASSES",
@@ -28,6 +37,7 @@ __all__ = [
     "Coordinator",
     "DecisionFailed",
     "Execution",
+    "Extension",
     "MemoryManager",
     "ModelChoice",
     "ModelError",
@@ -48,6 +58,7 @@ __all__ = [
     "SandboxViolation",
     "ScriptedProvider",
     "Tool",
+    "ToolArguments",
     "ToolContext",
     "ToolError",
     "ToolRegistry",
@@ -59,4 +70,5 @@ __all__ = [
     "ensure_ray",
     "follow_run",
     "start_run",
+    "workers_for",
 ]

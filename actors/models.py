@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Collection
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,11 +78,15 @@ _SPEC = re.compile(r"^(?P<role>[^=:\s]+)=(?P<provider>[^=:\s]+)(?::(?P<model>\S+
 _OFFLINE_MODEL = "offline-rules"  # the one model of the offline provider: it may go unnamed
 
 
-def parse_model_spec(text: str, *, source: str = "--model") -> ModelSpec:
+def parse_model_spec(
+    text: str, *, source: str = "--model", providers: Collection[str] | None = PROVIDERS
+) -> ModelSpec:
     """Parse ``research=openai:gpt-4o-mini`` (clear errors for unknown roles or providers;
     ``research=offline`` names the offline provider's one model).
 
-    ``source`` names where the text came from (an option or a config file line) in errors.
+    ``source`` names where the text came from (an option or a config file line) in errors;
+    ``providers`` are the names allowed (extensions add theirs: ``extensions.provider_names``);
+    ``None`` lets any name through, for a caller that checks it once extensions are imported.
     """
     match = _SPEC.match(text.strip())
     if match is None:
@@ -93,9 +98,10 @@ def parse_model_spec(text: str, *, source: str = "--model") -> ModelSpec:
         raise ConfigurationError(
             f"{source} {text!r}: unknown role {role!r}; roles: " + ", ".join(r.value for r in Role)
         )
-    if provider not in PROVIDERS:
+    if providers is not None and provider not in providers:
         raise ConfigurationError(
-            f"{source} {text!r}: unknown provider {provider!r}; providers: {', '.join(PROVIDERS)}"
+            f"{source} {text!r}: unknown provider {provider!r}; providers: {', '.join(providers)}"
+            " (a provider of your own is added by an extension: docs/extending.md)"
         )
     model = match["model"]
     if model is None:

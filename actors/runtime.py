@@ -57,14 +57,13 @@ from agentledger.projections.run_state import TERMINAL
 from agentledger.projections.runner import run_events
 
 from .agent import Agent, AgentSettings, ModelChoice, RunView
+from .extensions import Extension, load_extensions, role_class, tool_registry
 from .memory_manager import MemoryManager
 from .models import ModelProvider, ModelSpec
 from .notify import DECISION_TYPES, Notifier, open_requests
 from .offline import OfflineProvider
 from .policy import RiskPolicy
 from .providers import ProviderSettings, provider_for
-from .roles import ROLE_CLASSES
-from .tools import default_registry
 
 _log = logging.getLogger(__name__)
 
@@ -137,6 +136,11 @@ class RuntimeConfig(BaseModel):
     num_cpus: float = Field(default=0.0, ge=0, description="CPUs a Ray actor reserves")
     memory_mb: int | None = Field(default=None, ge=64, description="memory a Ray actor reserves")
     max_restarts: int = Field(default=-1, ge=-1, description="-1: restart forever")
+    extensions: tuple[str, ...] = Field(
+        default=(),
+        description="module:object names of Extensions (tools, providers, agent classes), "
+        "imported in each agent's process",
+    )
 
     def replicas_of(self, role: Role) -> int:
         """How many agents of ``role`` run (runs are partitioned among them)."""
@@ -151,10 +155,14 @@ class ModelRouter:
     else the run's own choice (``run.started``), else the runtime's default, else ``offline``."""
 
     def __init__(
-        self, config: RuntimeConfig, extra: Mapping[str, ModelProvider] | None = None
+        self,
+        config: RuntimeConfig,
+        extra: Mapping[str, ModelProvider] | None = None,
+        extensions: Sequence[Extension] = (),
     ) -> None:
         self._config = config
         self._extra = dict(extra or {})
+        self._factories = {n: f for e in extensions for n, f in e.providers.items()}
         self._providers: dict[str, ModelProvider] = {}
         self._lock = threading.Lock()
 
@@ -174,6 +182,14 @@ class ModelRouter:
                 return self._extra[name]
             if name == "offline":
                 return self._providers.setdefault("offline", OfflineProvider())
+            if name in self._factories and name not in self._providers:
+                made = self._factories[name]()
+                if not isinstance(made, ModelProvider):
+                    raise ConfigurationError(
+                        f"the extension provider {name!r} made a {type(made).__name__}, which "
+                        "is not a ModelProvider (it needs a name and complete(request))"
+                    )
+                self._providers[name] = made
             if name not in self._providers:
                 spec = ModelSpec(role=role, provider=name, model=model)
                 self._providers[name] = provider_for(spec, self._config.openai)
@@ -187,16 +203,17 @@ def agent_for(
     providers: Mapping[str, ModelProvider] | None = None,
 ) -> Agent:
     """Build the agent of ``role`` with its models, tools and memory."""
+    extensions = load_extensions(config.extensions, source="RuntimeConfig.extensions")
     long_term = None
     if role is Role.RESEARCH and config.memory_dir:
         long_term = LongTermMemory(Path(config.memory_dir) / f"{role.value}-{agent_id}")
-    tools = default_registry()
+    tools = tool_registry(extensions)
     policy = RiskPolicy()
     if config.policy_file:
         policy = RiskPolicy.load(Path(config.policy_file))
         policy.check_tools(tools.names())
     settings = AgentSettings(
-        models=ModelRouter(config, providers),
+        models=ModelRouter(config, providers, extensions),
         tools=tools,
         policy=policy,
         memory=MemoryManager(long_term),
@@ -206,7 +223,7 @@ def agent_for(
         record_prompts=config.record_prompts,
         approval_ttl=timedelta(seconds=config.approval_ttl_s),
     )
-    return ROLE_CLASSES[role](agent_id, settings)
+    return role_class(role, extensions)(agent_id, settings)
 
 
 def workers_for(

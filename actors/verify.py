@@ -21,7 +21,7 @@ from __future__ import annotations
 import tempfile
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -36,12 +36,13 @@ from agentledger.projections.runner import run_events
 
 from .agent import Agent, AgentSettings, ModelChoice, RunView
 from .decisions import SOURCES, sections
+from .extensions import Extension, role_class, tool_registry
 from .memory_manager import MemoryManager
 from .models import ModelEndpointError, ModelReply, ModelRequest
 from .policy import RiskPolicy
-from .roles import ROLE_CLASSES, Research
+from .roles import Research
 from .sandbox import ToolError
-from .tools import InvalidToolArguments, ToolContext, ToolRegistry, default_registry
+from .tools import InvalidToolArguments, ToolContext, ToolRegistry
 
 # Measured, not decided: differ on every execution.
 _TIMINGS = frozenset({"duration_ms", "latency_ms"})
@@ -231,6 +232,7 @@ class _Shared:
     record_prompts: Literal["full", "hash"]
     approval_ttl: timedelta
     policy: RiskPolicy
+    extensions: Sequence[Extension] = ()
 
 
 @dataclass(frozen=True)
@@ -281,15 +283,19 @@ def verify_run(
     approval_ttl: timedelta = timedelta(hours=24),
     record_prompts: Literal["full", "hash"] = "full",
     policy: RiskPolicy | None = None,
+    extensions: Sequence[Extension] = (),
 ) -> VerifyReport:
     """Re-execute every agent reaction of ``run`` and compare (see the module docstring).
 
-    The settings must be those the run was executed with (the context budget shapes prompts).
+    The settings must be those the run was executed with (the context budget shapes prompts,
+    and the extensions' tools and agent classes what the agents do).
     """
     lineage = _lineage(store, run)
     report = VerifyReport(run)
     with tempfile.TemporaryDirectory(prefix="agentledger-verify-") as scratch:
-        shared = _Shared(context_tokens, record_prompts, approval_ttl, policy or RiskPolicy())
+        shared = _Shared(
+            context_tokens, record_prompts, approval_ttl, policy or RiskPolicy(), extensions
+        )
         for segment in lineage:
             reactions = report.reactions
             found: Divergence | None = None
@@ -349,7 +355,7 @@ def _verify_role(
 
     settings = AgentSettings(
         models=models,
-        tools=_ReplayTools(default_registry(), replay, recording.interrupted),
+        tools=_ReplayTools(tool_registry(shared.extensions), replay, recording.interrupted),
         memory=MemoryManager(long_term),
         workspace_root=scratch / "workspaces",
         context_tokens=shared.context_tokens,
@@ -357,7 +363,7 @@ def _verify_role(
         approval_ttl=shared.approval_ttl,
         policy=shared.policy,
     )
-    agent: Agent = ROLE_CLASSES[role](principal.split("/", 1)[1], settings)
+    agent: Agent = role_class(role, shared.extensions)(principal.split("/", 1)[1], settings)
     types = agent.handled_types()
     cache = _RunCache(events[0].stream)
     for index, event in enumerate(events):

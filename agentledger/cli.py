@@ -688,12 +688,15 @@ EXIT_TIMEOUT = 4  # --timeout passed before the run ended
 def _models(specs: list[str], settings: Any) -> tuple[dict[str, str], dict[str, str]]:
     """Role -> provider:model: configured and given by --model options merged, and those given
     alone (a fork's overrides); checked now (not when an agent needs it)."""
+    from agentledger.actors.extensions import provider_names
     from agentledger.actors.models import ModelSpec, parse_model_spec
     from agentledger.actors.providers import provider_for
+    from agentledger.config import extensions_of
 
+    known = provider_names(extensions_of(settings))
     given = {}
     for text in specs:
-        spec = parse_model_spec(text)
+        spec = parse_model_spec(text, providers=known)
         given[spec.role.value] = f"{spec.provider}:{spec.model}"
     chosen = {**settings.models, **given}
     for role, text in chosen.items():
@@ -729,7 +732,7 @@ def _agents(settings: Any, url: str, address: str | None) -> Any:
 
 # Settings the agents apply to every run (a run's own models are in its run.started event).
 _AGENT_SETTINGS = ("record_prompts", "context_tokens", "tool_timeout_s", "approval_ttl_s")
-_AGENT_SETTINGS += ("policy_file", "notify_command", "notify_webhook", "openai")
+_AGENT_SETTINGS += ("policy_file", "notify_command", "notify_webhook", "openai", "extensions")
 
 
 def _served_differences(mine: Any, served: Any) -> list[str]:
@@ -1381,7 +1384,7 @@ def verify_command(
 
     from agentledger.actors.policy import RiskPolicy
     from agentledger.actors.verify import verify_run
-    from agentledger.config import load_settings
+    from agentledger.config import extensions_of, load_settings
 
     def body() -> None:
         settings = load_settings(config)
@@ -1395,6 +1398,7 @@ def verify_command(
                 approval_ttl=timedelta(seconds=rt.approval_ttl_s),
                 record_prompts=rt.record_prompts,
                 policy=policy,
+                extensions=extensions_of(settings),
             )
         d = report.divergence
         if as_json:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agentledger.actors.models import parse_model_spec
+from agentledger.actors.extensions import Extension, load_extensions, provider_names, tool_registry
+from agentledger.actors.models import PROVIDERS, parse_model_spec
 from agentledger.actors.notify import check_webhook
 from agentledger.actors.policy import RiskPolicy
 from agentledger.actors.providers import ProviderSettings
@@ -69,6 +71,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     store: str | None = Field(default=None, description="event store URL")
+    extensions: list[str] = Field(
+        default_factory=list,
+        description="module:object names of agentledger.actors.Extension objects (your tools, "
+        "model providers, agent classes); docs/extending.md",
+    )
     models: dict[str, str] = Field(default_factory=dict, description="role = 'provider:model'")
     openai: ProviderSettings = ProviderSettings()
     runtime: RuntimeSection = RuntimeSection()
@@ -119,8 +126,17 @@ def load_settings(path: Path | None = None) -> Settings:
     except ValidationError as exc:
         problems = "; ".join(_problem(e["loc"], e["type"], e["msg"]) for e in exc.errors()[:10])
         raise ConfigurationError(f"{chosen}: {problems}") from None
+    for name in settings.extensions:
+        if not re.fullmatch(r"[\w.]+:[\w.]+", name):
+            raise ConfigurationError(
+                f"{chosen} extensions: {name!r} is not module:object, e.g. 'mytools:extension'"
+            )
+    # With extensions, their providers and tools are known only once they are imported, which
+    # commands that read the log do not need (nor the extension's package): the commands that
+    # start agents or re-execute them check those names then (``extensions_of``).
+    providers = None if settings.extensions else PROVIDERS
     for role, text in settings.models.items():
-        parse_model_spec(f"{role}={text}", source=f"{chosen} [models]")
+        parse_model_spec(f"{role}={text}", source=f"{chosen} [models]", providers=providers)
     for role in settings.runtime.replicas:
         if role not in {r.value for r in Role}:
             raise ConfigurationError(
@@ -134,10 +150,27 @@ def load_settings(path: Path | None = None) -> Settings:
         policy_path = Path(settings.runtime.policy)
         if not policy_path.is_absolute():
             policy_path = chosen.parent / policy_path
-        RiskPolicy.load(policy_path).check_tools(default_registry().names())
+        policy = RiskPolicy.load(policy_path)
+        if not settings.extensions:
+            policy.check_tools(default_registry().names())
         runtime = settings.runtime.model_copy(update={"policy": str(policy_path)})
         settings = settings.model_copy(update={"runtime": runtime})
     return settings.model_copy(update={"source": str(chosen)})
+
+
+def extensions_of(settings: Settings) -> list[Extension]:
+    """The extensions ``settings`` name, imported, with the model choices and policy file
+    checked against their providers and tools (for commands that start or re-execute agents)."""
+    where = settings.source or "settings"
+    extensions = load_extensions(settings.extensions, source=f"{where} extensions")
+    if extensions:
+        providers = provider_names(extensions)
+        for role, text in settings.models.items():
+            parse_model_spec(f"{role}={text}", source=f"{where} [models]", providers=providers)
+        if settings.runtime.policy:
+            policy = RiskPolicy.load(Path(settings.runtime.policy))
+            policy.check_tools(tool_registry(extensions).names())
+    return extensions
 
 
 def store_namespace(store_url: str) -> str:
@@ -185,4 +218,5 @@ def runtime_config(settings: Settings, store_url: str, models: dict[str, str]) -
         num_cpus=rt.num_cpus,
         memory_mb=rt.memory_mb,
         max_restarts=rt.max_restarts,
+        extensions=tuple(settings.extensions),
     )

@@ -56,6 +56,7 @@ from .errors import (
     UnknownEventType,
     UnsupportedSchemaVersion,
 )
+from .handlers import on
 from .store import (
     STORE_ENV,
     ConsumerPosition,
@@ -133,5 +134,6 @@ __all__ = [
     "UnknownEventType",
     "UnsupportedSchemaVersion",
     "default_store_url",
+    "on",
     "principal_kind",
 ]
