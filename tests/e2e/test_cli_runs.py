@@ -208,7 +208,7 @@ def test_a_broken_config_file_is_named_with_the_problem(sqlite_url: str, tmp_pat
         ),
         ('[openai]\nkey = "x"\n', "openai.key: unknown setting; [openai] takes base_url,"),
         ('[approvers.ada]\nos_user = ["ada"]\n', "[approvers.ada] takes roles, os_users,"),
-        ('stor = "x"\n', "stor: unknown setting; the top level takes store, models,"),
+        ('stor = "x"\n', "stor: unknown setting; the top level takes store, extensions, models,"),
         (
             "[runtime]\nreplicas = { execution = 0 }\n",
             "runtime.replicas.execution: Input should be",
