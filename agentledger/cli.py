@@ -457,12 +457,9 @@ def context_command(
     from agentledger.actors.memory_manager import MemoryManager
     from agentledger.config import load_settings
     from agentledger.console import recorded_prompt_view
-    from agentledger.projections.memory import LongTermMemory, embedder_from_env
     from agentledger.projections.runner import stream_as_of
 
     def body() -> None:
-        from agentledger.config import cache_dir
-
         if agent not in {r.value for r in Role}:
             roles = ", ".join(r.value for r in Role)
             raise NotFound(f"unknown agent role {agent!r}; roles: {roles}")
@@ -484,21 +481,69 @@ def context_command(
                 where = f"at position {at}" if at is not None else "yet"
                 err.print(f"[dim]the {agent} agent asked no model in {run} {where}[/]")
             sub_goal = goal or _working_on(events, agent, asked)
-            memory = LongTermMemory(cache_dir(store.url) / "lancedb", embedder_from_env())
-            memory.catch_up(store)
             view = events
             if asked is not None and goal is None:  # as it was when the agent asked
-                view = events[: events.index(asked)]  # by index: a fork's share positions
+                view = _view_when_asked(events, asked)
                 err.print(
                     f"[dim]the prompt of position {asked.position} was recorded by its hash "
                     "only: its context, assembled again from the log[/]"
                 )
-            context = MemoryManager(memory).assemble(
-                view, agent, sub_goal, budget or settings.runtime.context_tokens, user=None
-            )
+            started = next((e for e in events if e.type == "run.started"), None)
+            with _long_term_as_of(store, agent, view) as memory:
+                context = MemoryManager(memory).assemble(
+                    view,
+                    agent,
+                    sub_goal,
+                    budget or settings.runtime.context_tokens,
+                    user=started.payload.user if started is not None else None,
+                )
         out.print(context_view(context))
 
     _run(body)
+
+
+def _view_when_asked(events: list[Any], asked: Any) -> list[Any]:
+    """The run as the agent saw it when it sent ``asked`` (``AgentWorker``'s view): the events
+    up to the one it handled, its own reactions to earlier events that follow it, and the
+    summary its turn wrote just before asking; not the others' events that came meanwhile, nor
+    what its turn emitted before (an earlier attempt's request and answer, a tool call). By
+    index: a fork's inherited events share one position."""
+    end = events.index(asked)
+    cause = next((i for i in range(end) if events[i].id == asked.causation_id), None)
+    if cause is None:
+        return events[:end]
+    turn = [e for e in events[cause + 1 : end] if e.actor == asked.actor]
+    view = events[: cause + 1]
+    cause_id = asked.causation_id
+    view += [e for e in turn if e.causation_id != cause_id]
+    if turn and turn[-1].type == "context.summarized" and turn[-1].causation_id == cause_id:
+        view.append(turn[-1])
+    return view
+
+
+@contextmanager
+def _long_term_as_of(store: EventStore, role: str, view: list[Any]) -> Iterator[Any]:
+    """The long-term memory ``role``'s agent searched when it saw ``view``: none but the
+    research agent's, holding the memories up to the event it handled (full-text scores
+    count every row of the table, so a table holding later memories ranks differently)."""
+    import tempfile
+
+    from agentledger.config import cache_dir
+    from agentledger.projections.memory import LongTermMemory, embedder_from_env
+
+    if role != "research":  # the only role with long-term memory (``runtime.agent_for``)
+        yield None
+        return
+    handled = next((e.position for e in reversed(view) if e.position is not None), 0)
+    memory = LongTermMemory(cache_dir(store.url) / "lancedb", embedder_from_env())
+    memory.catch_up(store, to_position=handled)
+    if memory.position <= handled:
+        yield memory
+        return
+    with tempfile.TemporaryDirectory(prefix="agentledger-memory-") as scratch:
+        memory = LongTermMemory(scratch, embedder_from_env())
+        memory.catch_up(store, to_position=handled)
+        yield memory
 
 
 def _working_on(events: list[Any], role: str, asked: Any) -> str:

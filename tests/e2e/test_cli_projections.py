@@ -5,15 +5,20 @@ temporary folder."""
 from __future__ import annotations
 
 import json
+import random
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from agentledger.actors.providers import ScriptedProvider
+from agentledger.actors.runtime import ENDED, follow_run, start_run
 from agentledger.cli import app
-from agentledger.events import EventStore
-from agentledger.projections import PerStream, RunStateProjection
+from agentledger.events import EventStore, MemoryStored, ModelRequested, Role
+from agentledger.projections import PerStream, RunStateProjection, RunStatus
 from agentledger.projections.checkpoints import CheckpointStore
 from agentledger.projections.runner import ProjectionRunner
 from agentledger.sample import write_sample_run
@@ -85,25 +90,98 @@ def test_blackboard(cli: Cli, run: str) -> None:
 
 def test_context_of_an_agent_at_a_position(cli: Cli, run: str) -> None:
     output = ok(cli("context", run, "--agent", "execution", "--at", "12", "--budget", "2000"))
-    assert "position 12" in output and "/2000 tokens" in output
+    flat = " ".join(output.split())  # the title wraps to the width of the table
+    assert "position 12:" in flat and "/2000 tokens" in flat
     # No model request of the agent's in this sample: the context is assembled for the task
     # the agent was working on at 12 (t2, named by its action), not its latest planned one.
     assert "asked no model" in output
     assert "Count records older than 2 years" in output and "Delete the stale" not in output
     assert "[12] action.proposed by agent:execution/e1" in output
     assert "[13]" not in output and "1284" not in output  # nothing after position 12
-    assert "mem1" in output  # long-term memory as of position 12
+    assert "mem1" not in output  # the research agent's long-term memory: not the executor's
+    research = ok(
+        cli("context", run, "--agent", "research", "--at", "12", "--goal", "customer retention")
+    )
+    assert "mem1" in research  # long-term memory as of position 12
 
     later = ok(cli("context", run, "--agent", "execution", "--budget", "2000"))
     # The budget of the settings file given (the agents' own), when --budget is not.
     settings = cli.cache.parent / "settings.toml"
     settings.write_text("[runtime]\ncontext_tokens = 1500\n")
-    assert "/1500 tokens" in ok(
-        cli("context", run, "--agent", "execution", "--config", str(settings))
-    )
+    configured = ok(cli("context", run, "--agent", "execution", "--config", str(settings)))
+    assert "/1500 tokens" in " ".join(configured.split())
     assert "[14] action.executed" in later and "stale_count: 1284" in later
     again = ok(cli("context", run, "--agent", "execution", "--at", "12", "--budget", "2000"))
     assert again == output  # reproducible: the same context at the same position
+
+
+def test_a_context_recorded_by_its_hash_is_rebuilt_as_the_agent_got_it(
+    cli: Cli, tmp_path: Path, threaded_agents: Any, scenario_brain: Any
+) -> None:
+    rng = random.Random(3)
+    words = ("retention", "period", "who", "approves", "deletions", "findings", "customer")
+
+    def remember(store: EventStore, first: int, count: int) -> None:
+        memories = [
+            MemoryStored(
+                actor="agent:coordinator/1",
+                payload={
+                    "memory_id": f"mem{i}",
+                    "text": " ".join(rng.choice(words) for _ in range(6)),
+                    "user": ("ann", "bob")[i % 2],
+                },
+            )
+            for i in range(first, first + count)
+        ]
+        store.append("run-memories", memories)
+
+    with EventStore.open(cli.url) as store:
+        remember(store, 0, 60)
+    providers = {"scripted": ScriptedProvider(scenario_brain())}
+    scripted = {role.value: "scripted:brain" for role in Role}
+    # A small budget: the agents summarize their history as the run goes.
+    with (
+        threaded_agents(cli.url, tmp_path / "agents", providers, context_tokens=300),
+        EventStore.open(cli.url) as store,
+    ):
+        run = start_run(store, "tidy up", user="ann", models=scripted).stream
+        assert follow_run(store, run, until=ENDED, timeout=60).status is RunStatus.COMPLETED
+        # Memories stored later, by other runs: full-text scores count every row of a table,
+        # so one that holds them ranks the memories of the past otherwise.
+        remember(store, 60, 200)
+        # The same log with the prompts kept by their hashes only (record_prompts = "hash").
+        hashed = Cli(f"sqlite:///{tmp_path / 'hashed.db'}", tmp_path / "hashed-cache")
+        with EventStore.open(hashed.url) as copy:
+            for e in store.read_all():
+                if isinstance(e, ModelRequested):
+                    e = e.model_copy(
+                        update={"payload": e.payload.model_copy(update={"prompt": None})}
+                    )
+                copy.append(e.stream, [e])
+        asked = [e for e in store.read(run) if isinstance(e, ModelRequested)]
+    assert {e.actor for e in asked} == {f"agent:{role.value}/1" for role in Role}
+    summarized = 0
+    for request in asked:
+        role = request.actor.split(":")[1].split("/")[0]
+        prompt = request.payload.prompt
+        assert prompt is not None
+        shown = ok(
+            hashed(
+                "context", run, "--agent", role, "--at", str(request.position), "--budget", "300"
+            )
+        )
+        assert "recorded by its hash only" in shown
+        # What it was assembled from: the memories, the summary and the recent events the
+        # agent's prompt held.
+        memories = re.findall(r"\(memory (mem\d+), position", prompt)
+        rebuilt = re.search(r"memories ([^;\n]+)", shown)
+        assert (rebuilt.group(1).split(", ") if rebuilt else []) == memories, (role, shown)
+        summary = re.search(r"## summary of earlier history", prompt) is not None
+        summarized += summary
+        assert ("summary event" in shown) == summary, (role, request.position, shown)
+        recent = len(request.payload.context_event_ids)
+        assert (f"{recent} recent event" in shown) == bool(recent), (role, shown)
+    assert summarized and any("(memory mem" in (e.payload.prompt or "") for e in asked)
 
 
 def test_memory_search(cli: Cli, run: str) -> None:

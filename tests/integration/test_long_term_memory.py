@@ -252,3 +252,24 @@ def test_ann_search_with_the_index_finds_what_exact_search_finds(
     # Filters still apply with the index.
     hits = memory.search("customer", k=50, user="bob", mode="vector")
     assert hits and {m.user for m in hits} == {"bob"}
+
+
+def test_a_full_text_index_of_every_row_is_not_built_again_by_the_next_process(
+    memory_store: EventStore, tmp_path: Path
+) -> None:
+    append_memories(memory_store, 40)
+    memory = LongTermMemory(tmp_path / "lancedb")
+    memory.catch_up(memory_store)
+    before = results(memory)
+    version = memory._table.version
+    # Another command (a new object on the same directory, caught up): searches answer the
+    # same, and the index is not written again (a second per 30,000 memories, a table version).
+    again = LongTermMemory(tmp_path / "lancedb")
+    assert again.catch_up(memory_store) == 0
+    assert results(again) == before
+    assert again._table.version == version
+    # One memory more: the index is built again over every row.
+    append_memories(memory_store, 1, start=40, seed=2)
+    assert again.catch_up(memory_store) == 1
+    again.search("customer", mode="text")
+    assert again._table.index_stats("text_idx").num_indexed_rows == 41
