@@ -93,8 +93,19 @@ class Notifier:
         self.failed = 0
 
     def run(self, stop: threading.Event) -> None:
-        """Deliver notices until ``stop`` is set, from where it left off (or from now)."""
-        start = self.store.position_of(CONSUMER) or self.store.head_position()
+        """Deliver notices until ``stop`` is set, from where it left off (or from now); while
+        another process's notifier delivers on this store (another ``serve``), stand by."""
+        lease = self.store.lease(CONSUMER)
+        while lease is None:  # both would send every notice
+            if stop.wait(1.0):
+                return
+            lease = self.store.lease(CONSUMER)
+        try:
+            self._deliver_from(self.store.position_of(CONSUMER) or self.store.head_position(), stop)
+        finally:
+            lease.release()
+
+    def _deliver_from(self, start: int, stop: threading.Event) -> None:
         # A quarter of a second is soon enough for a person: not woken by every append.
         with self.store.subscribe(start, [*NOTICE_TYPES, "run.forked"], wake=False) as subscription:
             while not stop.is_set():

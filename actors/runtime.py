@@ -40,6 +40,7 @@ from agentledger.events import (
     Event,
     EventStore,
     InvalidEvent,
+    Lease,
     NotAuthorized,
     NotFound,
     RiskLevel,
@@ -94,6 +95,7 @@ _END_TOPICS = tuple(f"{t}@" for t in ("run.cancelled", "run.completed", "run.fai
 # (bench/hop.py --in-process). Cyclic garbage is still collected, a little later. Set only in
 # the processes the runtime owns (the agents' actors), never in a caller's process.
 _AGENT_GC_THRESHOLD = (10_000, 10, 10)
+_LEASE_RETRY_S = 1.0  # how often an agent standing by asks for its lease again
 _TRACK_EVERY = 200  # skipped events between position records (a restart re-reads at most this)
 
 
@@ -330,18 +332,57 @@ class AgentWorker:
     # --------------------------------------------------------------- loop
 
     def run(self, stop: threading.Event, poll_timeout: float = 0.5) -> None:
-        """Recover what a crash interrupted, then handle events until ``stop`` is set."""
-        self.position = self.store.position_of(self.consumer)
-        _log.info("%s starts after position %d", self.consumer, self.position)
-        self.recover()
-        subscription = self.store.subscribe(self.position)
-        self._subscription = subscription
+        """Take this agent's lease, recover what a crash interrupted, then handle events
+        until ``stop`` is set."""
+        lease = self._lease(stop)
+        if lease is None:
+            return
         try:
-            while not stop.is_set():
-                self._follow(subscription, stop, poll_timeout)
+            self.position = self.store.position_of(self.consumer)
+            _log.info("%s starts after position %d", self.consumer, self.position)
+            if self._memory is not None:
+                # Only up to where it goes on (each reaction catches up to its event): a table
+                # ahead of the event handled ranks its search differently (full-text scores
+                # count every row, not only those as of the event). Under the lease: two
+                # processes adding the same rows to one table would store them twice.
+                self._memory.catch_up(self.store, to_position=self.position)
+            self.recover()
+            subscription = self.store.subscribe(self.position)
+            self._subscription = subscription
+            try:
+                while not stop.is_set():
+                    self._follow(subscription, stop, poll_timeout)
+            finally:
+                subscription.close()
+                self._track_skipped()
         finally:
-            subscription.close()
-            self._track_skipped()
+            lease.release()
+
+    def _lease(self, stop: threading.Event) -> Lease | None:
+        """This agent's lease in the store, once no other process holds it (None if ``stop``
+        came first). Two processes following the log as one agent (a second ``serve`` or
+        ``run`` with agents of its own on another Ray) would each call the model for the
+        same events, and the one starting would take the other's action in progress for one
+        a crash cut short (outcome unknown, a human asked to run it again). The lease goes
+        with its process, however that dies: a restarted agent takes over at once."""
+        waiting = False
+        while not stop.is_set():
+            lease = self.store.lease(self.consumer)
+            if lease is not None:
+                if waiting:
+                    self.last_error = None
+                    _log.warning("%s took over the log", self.consumer)
+                return lease
+            if not waiting:
+                waiting = True
+                self.last_error = (
+                    f"standing by: another process follows the log as {self.consumer} (another "
+                    "`agentledger serve` or `run` with agents of its own on this store); this "
+                    "one takes over when that one stops"
+                )
+                _log.warning("%s: %s", self.consumer, self.last_error)
+            stop.wait(_LEASE_RETRY_S)
+        return None
 
     def _follow(
         self, subscription: Subscription, stop: threading.Event, poll_timeout: float
@@ -893,19 +934,12 @@ class AgentActor:
         self._store = EventStore.open(config.store_url)
         agent = agent_for(Role(role), agent_id, config, providers)
         self._worker = AgentWorker(agent, self._store, partition=partition)
-        self._memory = agent.settings.memory.long_term
         self._config = config
         self._scheduling = "not started"  # the worker thread's, once it runs
         self._thread = _exit_on_crash(self._loop, agent.principal)
 
     def _loop(self) -> None:
         self._scheduling = _batch_scheduling()
-        if self._memory is not None:
-            # Only up to where the worker goes on (each reaction catches up to its event): a
-            # table ahead of the event handled ranks its search differently (full-text scores
-            # count every row, not only those as of the event).
-            tracked = self._store.position_of(self._worker.consumer)
-            self._memory.catch_up(self._store, to_position=tracked)
         self._worker.run(self._stop)
 
     def ready(self) -> str:

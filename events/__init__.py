@@ -1,6 +1,6 @@
 """The event log: typed events, the EventStore, subscriptions, upcasting and tamper evidence."""
 
-from ._backends import StreamSummary
+from ._backends import Lease, StreamSummary
 from .catalogue import (
     EVENT_ADAPTER,
     EVENT_TYPES,
@@ -98,6 +98,7 @@ __all__ = [
     "EventStore",
     "Finding",
     "InvalidEvent",
+    "Lease",
     "Link",
     "MemoryStored",
     "ModelFailed",

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import logging
 import math
 import os
 import random
 import select
+import socket
 import sqlite3
 import struct
 import sys
@@ -95,6 +97,27 @@ class ClockWaiter(Waiter):
 _FILTER_PAGE = 1000  # rows looked through per query when a backend filters in Python
 
 
+class Lease(ABC):
+    """An exclusive claim on a name (a consumer's), held until released or until the holding
+    process dies, however it dies: the operating system or the database server drops it."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give the name up (idempotent)."""
+
+
+class _HeldLease(Lease):
+    """A lease kept by holding something open: a locked file, a database session."""
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close: Callable[[], None] | None = close
+
+    def release(self) -> None:
+        close, self._close = self._close, None
+        if close is not None:
+            close()
+
+
 class Backend(ABC):
     """A storage backend: a process recorder plus what the recorder does not offer."""
 
@@ -165,6 +188,11 @@ class Backend(ABC):
         """The newest position ``consumer`` recorded (0 if none)."""
         return self.reader.max_tracking_id(consumer) or 0
 
+    @abstractmethod
+    def try_lease(self, name: str) -> Lease | None:
+        """The lease of ``name`` if no one (no other process, no other store object) holds
+        it, else None at once."""
+
     def notify_local(self) -> None:  # noqa: B027 - optional hook
         """Wake this process's waiters after a local append (a latency shortcut, not a need)."""
 
@@ -204,9 +232,22 @@ class MemoryBackend(Backend):
         self.recorder = self.reader = POPOProcessRecorder()
         self._listeners: list[threading.Event] = []
         self._lock = threading.Lock()
+        self._leases: set[str] = set()
 
     def waiter(self) -> Waiter:
         return _EventWaiter(self._listeners, self._lock)
+
+    def try_lease(self, name: str) -> Lease | None:
+        with self._lock:
+            if name in self._leases:
+                return None
+            self._leases.add(name)
+
+        def close() -> None:
+            with self._lock:
+                self._leases.discard(name)
+
+        return _HeldLease(close)
 
     def notify_local(self) -> None:
         with self._lock:
@@ -634,6 +675,36 @@ class SQLiteBackend(Backend):
                 if attempt == 4:
                     raise
                 time.sleep(0.05 * (attempt + 1))
+
+    def try_lease(self, name: str) -> Lease | None:
+        # An flock on a file per name beside the store: the kernel drops it when the process
+        # dies, however it dies, and it is not inherited by the commands tools run (os.open's
+        # descriptors are not inheritable). A store without a file has one process.
+        if self._notify_path is None:
+            return _HeldLease(lambda: None)
+        import fcntl
+
+        folder = Path(f"{self.path}-leases")
+        try:
+            folder.mkdir(exist_ok=True)
+            fd = os.open(
+                folder / hashlib.sha256(name.encode()).hexdigest()[:32],
+                os.O_RDWR | os.O_CREAT,
+                0o600,
+            )
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot take the lease of {name!r} in {folder}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as exc:  # a file system without locks: no guard, as before leases
+            log.warning("no lease for %s (%s): file locks refused: %s", name, folder, exc)
+        with contextlib.suppress(OSError):  # who holds it, for a person looking
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{name} pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        return _HeldLease(lambda: os.close(fd))
 
     def waiter(self) -> Waiter:
         waiter = _SQLiteWaiter(str(self.path), self._local, self._notify_path)
@@ -1082,6 +1153,23 @@ class PostgresBackend(Backend):
             ),
         ).fetchone()
         return bool(found and found[0])
+
+    def try_lease(self, name: str) -> Lease | None:
+        # A session advisory lock on a connection of its own: the server drops it when the
+        # session ends, so when the holding process dies (its connection closes).
+        import psycopg
+
+        key = f"agentledger-lease:{self.settings.schema}:{name}"
+        try:
+            conn = self._connect()
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
+            held = bool(row.fetchone()[0])
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot take the lease of {name!r}: {exc}") from exc
+        if not held:
+            conn.close()
+            return None
+        return _HeldLease(conn.close)
 
     def waiter(self) -> Waiter:
         return _PostgresWaiter(self._connect, self.recorder.channel_name)

@@ -33,7 +33,14 @@ from eventsourcing.persistence import (
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
-from ._backends import DEFAULT_SQLITE_PATH, Backend, ClockWaiter, StreamSummary, open_backend
+from ._backends import (
+    DEFAULT_SQLITE_PATH,
+    Backend,
+    ClockWaiter,
+    Lease,
+    StreamSummary,
+    open_backend,
+)
 from ._codec import (
     CURRENT_TOPICS,
     EnvelopeMapper,
@@ -642,6 +649,12 @@ class EventStore:
     def position_of(self, consumer: str) -> int:
         """The last position ``consumer`` recorded (0 if none)."""
         return self._backend.tracked_position(consumer)
+
+    def lease(self, name: str) -> Lease | None:
+        """An exclusive claim on ``name`` (a consumer's), or None at once if another process
+        or store object holds it. Held until released or the holder dies, however it dies:
+        so only one process at a time follows the log as one consumer."""
+        return self._backend.try_lease(name)
 
     def verify(self, progress: Callable[[int], None] | None = None) -> Report:
         """Check every event's hash and every stream's chain (see ``agentledger.events.verify``)."""

@@ -1029,6 +1029,65 @@ class StoreContract(ABC):
         assert store.position_of("projector") == 9
         assert store.head_position() == 0
 
+    # ------------------------------------------------------------ leases
+
+    def test_a_lease_is_held_by_one_holder_until_released(self, store: EventStore) -> None:
+        held = store.lease("agent:execution/1")
+        assert held is not None
+        assert store.lease("agent:execution/1") is None  # held: refused at once
+        other = store.lease("agent:review/1")  # another name is another lease
+        assert other is not None
+        held.release()
+        held.release()  # idempotent
+        again = store.lease("agent:execution/1")
+        assert again is not None
+        again.release()
+        other.release()
+
+    def test_a_lease_is_exclusive_across_processes_and_dies_with_its_holder(
+        self, store: EventStore
+    ) -> None:
+        # Agents of one name on two Ray instances would both handle every event; a lease
+        # the operating system or the server drops when its holder dies, however it dies,
+        # lets a restarted agent take over at once.
+        self.require_multiprocess()
+        holder = (
+            "import sys, time; from agentledger.events import EventStore\n"
+            "s = EventStore.open(sys.argv[1])\n"
+            "lease = s.lease('agent:execution/1')\n"
+            "print('held' if lease else 'refused', flush=True)\n"
+            "time.sleep(600)\n"
+        )
+        with EventStore.open(store.url) as second:
+            mine = second.lease("agent:execution/1")  # another store object, same process
+            assert mine is not None
+            assert store.lease("agent:execution/1") is None
+            process = subprocess.Popen(
+                [sys.executable, "-c", holder, store.url], stdout=subprocess.PIPE, text=True
+            )
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "refused"
+            process.kill()
+            process.wait(timeout=30)
+            mine.release()
+        process = subprocess.Popen(
+            [sys.executable, "-c", holder, store.url], stdout=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None
+        try:
+            assert process.stdout.readline().strip() == "held"
+            assert store.lease("agent:execution/1") is None
+        finally:
+            process.kill()  # SIGKILL: no release, no clean-up
+            process.wait(timeout=30)
+        lease = None
+        deadline = time.monotonic() + 30  # the server notices a closed connection soon
+        while lease is None and time.monotonic() < deadline:
+            lease = store.lease("agent:execution/1")
+            time.sleep(0.05)
+        assert lease is not None
+        lease.release()
+
     # ------------------------------------------------------------ upcasting
 
     def test_rows_of_older_schemas_read_as_current_events(self, store: EventStore) -> None:

@@ -150,3 +150,56 @@ def test_a_kill_during_a_side_effect_leaves_its_outcome_unknown_for_a_human(
             kill(process)
     assert state.status is RunStatus.COMPLETED, state.outcome
     assert (workspace / "effects.log").read_text() == "done\ndone\n"  # once more, as approved
+
+
+@pytest.mark.slow
+def test_a_second_agents_process_on_the_store_stands_by_and_takes_over_when_the_first_dies(
+    tmp_path: Path,
+) -> None:
+    # Two `agentledger run` (or `serve`) with agents of their own on one store: the second
+    # one's agents took the first one's command in progress for one a crash cut short
+    # (outcome unknown, a human asked to run it again) and called the model for the same
+    # events. Only one process follows the log as each agent; the other stands by.
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    fold = RunStateProjection()
+    with EventStore.open(url) as store:
+        run = start_run(store, "run `sleep 2 && echo one >> effects.log`", workspace=workspace)
+        first = spawn(url, tmp_path)
+        second = None
+        try:
+            deadline = time.monotonic() + 60
+            while not any(e.type == "action.risk_assessed" for e in store.read(run.stream)):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            second = spawn(url, tmp_path)  # while `sleep 2` runs in the first
+            while (state := fold.fold(store.read(run.stream))).status not in ENDS:
+                assert time.monotonic() < deadline, state.status
+                time.sleep(0.1)
+            events = store.read(run.stream)
+            assert state.status is RunStatus.COMPLETED, state.outcome
+            assert not [e for e in events if e.type == "action.outcome_unknown"]
+            assert not state.pending_approvals
+            assert (workspace / "effects.log").read_text() == "one\n"
+            # Each event was handled by one process: one model call per reaction.
+            requests = Counter(e.causation_id for e in events if e.type == "model.requested")
+            assert set(requests.values()) == {1}, requests
+            # The first dies; the second takes over and runs what comes next.
+            kill(first)
+            first = None
+            other = start_run(store, "run `echo two >> effects.log`", workspace=workspace)
+            while (state := fold.fold(store.read(other.stream))).status not in ENDS:
+                assert time.monotonic() < deadline + 60, state.status
+                time.sleep(0.1)
+        finally:
+            for process in (first, second):
+                if process is not None:
+                    kill(process)
+        assert state.status is RunStatus.COMPLETED, state.outcome
+        assert (workspace / "effects.log").read_text() == "one\ntwo\n"
+        assert verify_run(store, run.stream).ok
+        assert verify_run(store, other.stream).ok
+
+
+ENDS = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)

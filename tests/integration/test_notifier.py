@@ -7,6 +7,7 @@ import json
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from agentledger.actors.notify import CONSUMER, Notifier, check_webhook
 from agentledger.actors.runtime import follow_run, start_run
 from agentledger.demo import DEMO_GOAL, prepare_demo
-from agentledger.events import ConfigurationError, EventStore
+from agentledger.events import ConfigurationError, EventStore, NotificationSent
 
 
 class Inbox(BaseHTTPRequestHandler):
@@ -79,6 +80,53 @@ def test_notices_reach_a_command_and_a_loopback_webhook_once(
     lines = [json.loads(line) for line in sink.read_text().splitlines() if line.strip()]
     assert lines == Inbox.received
     assert second.delivered == 0
+
+
+def test_two_notifiers_on_one_store_send_each_notice_once(tmp_path: Path) -> None:
+    # Two `serve` on one store (each with its notifier) sent every notice twice, and the
+    # slower one then crashed on the position the other had recorded.
+    sink = tmp_path / "notices.jsonl"
+    script = tmp_path / "sink.py"
+    script.write_text(f"import sys\nopen({str(sink)!r}, 'a').write(sys.stdin.read() + '\\n')\n")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    stops = [threading.Event(), threading.Event()]
+    with EventStore.open(url) as store:
+        store.record_position(CONSUMER, 1)
+        notifiers = [
+            Notifier(EventStore.open(url), command=f"{sys.executable} {script}") for _ in stops
+        ]
+        threads = [
+            threading.Thread(target=n.run, args=(stop,), daemon=True)
+            for n, stop in zip(notifiers, stops, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        run = start_run(store, "anything").stream
+        for n in range(3):
+            note = NotificationSent(
+                actor="agent:execution/1",
+                payload={"action_id": f"a{n}", "channel": "inbox", "message": f"ran {n}"},
+            )
+            store.append(run, [note])
+            deadline = time.monotonic() + 30
+            while sum(x.delivered for x in notifiers) <= n and time.monotonic() < deadline:
+                time.sleep(0.05)
+        # Stopped, the one that delivered hands over; the other delivers what comes next.
+        (active,) = [i for i, x in enumerate(notifiers) if x.delivered]
+        stops[active].set()
+        threads[active].join(timeout=10)
+        store.append(run, [note.model_copy(update={"id": uuid.uuid4()})])
+        deadline = time.monotonic() + 30
+        while notifiers[1 - active].delivered < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stops[1 - active].set()
+        threads[1 - active].join(timeout=10)
+        for x in notifiers:
+            x.store.close()
+    assert [x.delivered for x in notifiers][active] == 3
+    assert notifiers[1 - active].delivered == 1
+    lines = [json.loads(line) for line in sink.read_text().splitlines() if line.strip()]
+    assert [n["message"] for n in lines] == ["ran 0", "ran 1", "ran 2", "ran 2"]
 
 
 @pytest.mark.parametrize(
