@@ -366,6 +366,10 @@ def _verify_role(
     agent: Agent = role_class(role, shared.extensions)(principal.split("/", 1)[1], settings)
     types = agent.handled_types()
     cache = _RunCache(events[0].stream)
+    # Where this agent has recorded handling the log up to (the run verified, not an ancestor):
+    # an event after it with no reaction is not handled yet (a run waiting for its agents).
+    tracked = store.position_of(principal) if segment.upto is None else None
+    pending: list[int] = []
     for index, event in enumerate(events):
         if segment.upto is not None and event.version > segment.upto:
             break
@@ -398,6 +402,9 @@ def _verify_role(
                     None,
                     "a reaction was recorded to an event this agent does not handle",
                 )
+            continue
+        if not recorded and tracked is not None and (event.position or 0) > tracked:
+            pending.append(event.position or 0)
             continue
         view = cache.view()
         replay.load(recorded)
@@ -450,6 +457,12 @@ def _verify_role(
             report.reactions += 1
             report.events += len(recorded)
             cache.pending.extend(e for e in recorded if e.version > event.version)
+    if pending:
+        report.notes.append(
+            f"{principal} has not handled position{'s' if len(pending) > 1 else ''} "
+            f"{', '.join(map(str, pending))} yet (it has recorded up to {tracked}): not "
+            "re-executed"
+        )
     return None
 
 

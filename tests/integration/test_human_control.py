@@ -194,6 +194,27 @@ def test_a_denied_run_verifies_whether_it_asked_again_or_not(
     assert report.ok, report.divergence
 
 
+def test_verify_of_a_run_whose_agents_have_not_taken_up_a_grant_yet(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    # Approved while no agent runs: the grant waits in the log. Re-executing the execution
+    # agent's handler on it is no check of anything recorded (it reported a divergence).
+    from agentledger.actors.verify import verify_run
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    docs, workspace = prepare_demo(tmp_path)
+    with EventStore.open(url) as store:
+        with threaded_agents(url, tmp_path):
+            run = start_run(store, DEMO_GOAL, docs=docs, workspace=workspace).stream
+            (pending,) = follow_run(store, run, timeout=60).pending_approvals.values()
+        granted = decide(store, run, pending.action_id, ADA, grant=True, note="fine")
+        report = verify_run(store, run)
+    assert report.ok, report.divergence
+    assert any(
+        f"has not handled position {granted.position} yet" in note for note in report.notes
+    ), report.notes
+
+
 def test_a_denial_made_while_the_run_is_paused_is_acted_on_when_it_resumes(demo: Any) -> None:
     steer(demo.store, demo.run, ADA, "pause", "let me think")
     decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=False, note="keep it")
