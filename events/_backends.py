@@ -1162,6 +1162,12 @@ class PostgresBackend(Backend):
         key = f"agentledger-lease:{self.settings.schema}:{name}"
         try:
             conn = self._connect()
+            # A session the network cut is found dead in ~40 s (TCP keepalives) and its lock
+            # dropped, not kept until the kernel's default two hours; the holder's next
+            # append fails meanwhile, as every other client's would.
+            conn.execute("SET tcp_keepalives_idle = 20")
+            conn.execute("SET tcp_keepalives_interval = 5")
+            conn.execute("SET tcp_keepalives_count = 4")
             row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
             held = bool(row.fetchone()[0])
         except psycopg.Error as exc:
