@@ -219,7 +219,6 @@ def test_a_denial_made_while_the_run_is_paused_is_acted_on_when_it_resumes(demo:
     steer(demo.store, demo.run, ADA, "pause", "let me think")
     decide(demo.store, demo.run, demo.pending.action_id, ADA, grant=False, note="keep it")
     steer(demo.store, demo.run, ADA, "resume")
-    state = follow_run(demo.store, demo.run, timeout=60)
     # As for a denial while it runs: the sub-task fails, the coordinator replans, and the
     # same call is not asked again.
     state = follow_run(demo.store, demo.run, until=ENDED, timeout=60)
