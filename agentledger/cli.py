@@ -730,9 +730,12 @@ EXIT_WAITING = 3
 EXIT_TIMEOUT = 4  # --timeout passed before the run ended
 
 
-def _models(specs: list[str], settings: Any) -> tuple[dict[str, str], dict[str, str]]:
+def _models(
+    specs: list[str], settings: Any, *, keys_here: bool = True
+) -> tuple[dict[str, str], dict[str, str]]:
     """Role -> provider:model: configured and given by --model options merged, and those given
-    alone (a fork's overrides); checked now (not when an agent needs it)."""
+    alone (a fork's overrides); checked now (not when an agent needs it). ``keys_here``: the
+    agents will run with this process's environment, so their endpoint's key must be in it."""
     from agentledger.actors.extensions import provider_names
     from agentledger.actors.models import ModelSpec, parse_model_spec
     from agentledger.actors.providers import provider_for
@@ -746,7 +749,7 @@ def _models(specs: list[str], settings: Any) -> tuple[dict[str, str], dict[str, 
     chosen = {**settings.models, **given}
     for role, text in chosen.items():
         provider, _, model = text.partition(":")
-        if provider == "openai":  # fails now, with the fix, if the key or URL is missing
+        if provider == "openai" and keys_here:  # fails now, with the fix, if the key is missing
             provider_for(ModelSpec(role=role, provider=provider, model=model), settings.openai)
     return chosen, given
 
@@ -773,6 +776,17 @@ def _agents(settings: Any, url: str, address: str | None) -> Any:
                 "restart `agentledger serve` with that configuration"
             )
     return runtime, owned
+
+
+def _agents_start_here(settings: Any, url: str, address: str | None) -> bool:
+    """Whether this command will start its own agents on this machine (no cluster address, no
+    agents served for the store here)."""
+    from agentledger.actors.runtime import served_address
+    from agentledger.config import runtime_config
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        return False
+    return served_address(runtime_config(settings, url, {}).namespace) is None
 
 
 # Settings the agents apply to every run (a run's own models are in its run.started event).
@@ -820,8 +834,11 @@ def _execute_run(
         validate_goal(goal)  # before anything slow starts
     if docs is not None and not docs.is_dir():
         raise NotFound(f"--docs {docs}: no such directory")
-    chosen, given = _models(models or [], settings)
     url = store_url or settings.store or default_store_url()
+    # Served agents, or agents on a cluster, read their endpoint's key where they run.
+    chosen, given = _models(
+        models or [], settings, keys_here=_agents_start_here(settings, url, address)
+    )
     if workspace is not None:  # after the models: a refused --model leaves no folder behind
         _check_workspace(workspace, url)
     _refuse_memory_store(url)

@@ -189,6 +189,27 @@ def test_run_names_the_missing_api_key(sqlite_url: str, monkeypatch: pytest.Monk
     assert code == 1 and "OPENAI_API_KEY" in output
 
 
+def test_a_run_on_a_cluster_leaves_the_api_key_to_the_agents(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Agents on a cluster read the key where they run: this shell need not have it. (The
+    # address is dead here, so the run stops there, having written nothing.)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    code, output = invoke(
+        "run",
+        "do it",
+        "--model",
+        "research=openai:gpt-4o-mini",
+        "--store",
+        sqlite_url,
+        "--address",
+        "127.0.0.1:9",
+    )
+    assert code == 1 and "OPENAI_API_KEY" not in output and "127.0.0.1:9" in output, output
+    with EventStore.open(sqlite_url) as store:
+        assert store.head_position() == 0
+
+
 def test_a_broken_config_file_is_named_with_the_problem(sqlite_url: str, tmp_path: Path) -> None:
     config = tmp_path / "agentledger.toml"
     config.write_text('[runtime]\ncontext_tokens = "lots"\n')
