@@ -243,9 +243,29 @@ def workers_for(
 
 
 def take_up_consumer(consumer: str, fork: str) -> str:
-    """The name under which ``consumer`` tracks its take-up of the events ``fork`` inherits
-    (by their versions in the fork; see ``AgentWorker._take_up``)."""
+    """The name under which ``consumer`` tracks, by their versions in the run ``fork``, the
+    events of that run it handles out of its own log order: the events a fork inherits (see
+    ``AgentWorker._take_up``), and events another replica of its role left behind, below this
+    one's own position (see ``AgentWorker._start_position``)."""
     return f"{consumer}@{fork}"
+
+
+def began_consumer(role: Role, run: str) -> str:
+    """The name under which the agents of ``role`` mark, by version, the newest event of
+    ``run`` whose handling they made durable with no event of its own (the empty flush before
+    a granted high-risk call): whichever replica of the role did, so a replica that takes the
+    run over after the number of replicas changed knows the call began."""
+    return f"agent:{role.value}@{run}"
+
+
+def replicas_tracked(store: EventStore, role: Role) -> dict[str, int]:
+    """Every agent of ``role`` that recorded a position in ``store`` (its replicas, those that
+    no longer run included), and that position; not their take-ups of forks."""
+    return {
+        name: position
+        for name, position in store.positions(f"agent:{role.value}/").items()
+        if "@" not in name
+    }
 
 
 class _RunCache:
@@ -313,6 +333,11 @@ class AgentWorker:
         self.store = store
         self.consumer = agent.principal
         self.partition = partition
+        # What every agent of this role (each replica, current or not) had recorded when this
+        # worker started: where it starts, and which take-ups of forks were under way.
+        self._role_tracked: dict[str, int] = {}
+        self._retired: dict[str, int] = {}  # replicas no longer run, still behind this one
+        self._own_start = 0  # this agent's own position when it started
         self.handled = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -338,7 +363,7 @@ class AgentWorker:
         if lease is None:
             return
         try:
-            self.position = self.store.position_of(self.consumer)
+            self.position = self._start_position()
             _log.info("%s starts after position %d", self.consumer, self.position)
             if self._memory is not None:
                 # Only up to where it goes on (each reaction catches up to its event): a table
@@ -357,6 +382,59 @@ class AgentWorker:
                 self._track_skipped()
         finally:
             lease.release()
+
+    def _start_position(self) -> int:
+        """Where to follow the log from: the lowest position any replica of this role recorded,
+        this one's own included. A run's replica depends on how many replicas run, so after that
+        number changes a run may fall to this one whose previous replica had not reached its
+        events while this one had passed them (a replica that stopped behind, then fewer
+        replicas): from its own position alone, nobody would handle them. What another replica
+        already reacted to is not handled again (``_cache``: the run's events say so)."""
+        own = self._own_start = self.store.position_of(self.consumer)
+        self._role_tracked = self.store.positions(f"agent:{self.agent.role.value}/")
+        if self.consumer not in self._role_tracked:
+            # A row from the start, at 0 if need be: a replica that dies before it records any
+            # position must still be seen behind by the others when their number changes.
+            with contextlib.suppress(AlreadyProcessed):
+                self.store.record_position(self.consumer, own)
+        replicas = {n: p for n, p in self._role_tracked.items() if "@" not in n}
+        start = min([own, *replicas.values()])
+        if start < own:
+            _log.warning(
+                "%s starts after position %d, not its own %d: %s",
+                self.consumer,
+                start,
+                own,
+                ", ".join(f"{n} recorded {p}" for n, p in sorted(replicas.items()) if p < own),
+            )
+        if self.partition[1] == 1:
+            # The only replica: the others no longer run, and once it has passed their positions
+            # it handled all they left; their positions are lifted then (see _lift_retired), or
+            # every later start would read the log again from there.
+            self._retired = {n: p for n, p in replicas.items() if n != self.consumer}
+        return start
+
+    def _lift_retired(self) -> None:
+        """Record the position of this worker, the only replica of its role, for the replicas
+        that no longer run (see ``_start_position``), once it has passed theirs: everything up
+        to it is handled. Under each one's lease: one may still run in a process of an older
+        configuration (then it is left as it is)."""
+        for name, recorded in list(self._retired.items()):
+            if self.position <= recorded:
+                continue
+            lease = self.store.lease(name)
+            if lease is None:
+                continue
+            try:
+                self.store.record_position(name, self.position)
+            except AlreadyProcessed:
+                pass
+            except StoreUnavailable as exc:
+                self.last_error = str(exc)
+                return
+            finally:
+                lease.release()
+            del self._retired[name]
 
     def _lease(self, stop: threading.Event) -> Lease | None:
         """This agent's lease in the store, once no other process holds it (None if ``stop``
@@ -405,6 +483,8 @@ class AgentWorker:
                         # Everything up to the scan mark was looked at: nothing there for us.
                         self.position = self._untracked = subscription.scanned
                     self._track_skipped()
+                    if self._retired:
+                        self._lift_retired()
                     if not narrow and self._narrow():
                         return
                     continue
@@ -488,7 +568,12 @@ class AgentWorker:
         if not handles or event.id in cache.reacted or self._halted_ahead(event):
             self._skip(position)
             return
-        self._react(event, cache, ConsumerPosition(self.consumer, position))
+        mark = ConsumerPosition(self.consumer, position)
+        if position <= self._own_start:
+            # Left behind by another replica (see _start_position): this agent's own position
+            # is past it, so its reaction is tracked for this run, by version, as a take-up's.
+            mark = ConsumerPosition(take_up_consumer(self.consumer, event.stream), event.version)
+        self._react(event, cache, mark)
 
     def _take_up(self, forked: RunForked) -> None:
         """A fork by reference: react, in order, to the events it inherits that agents of this
@@ -500,7 +585,7 @@ class AgentWorker:
         events = self.store.read(forked.stream)
         inherits = forked.inherits
         consumer = take_up_consumer(self.consumer, forked.stream)
-        done = self.store.position_of(consumer)
+        done = self._taken_up(forked.stream)
         role = f"agent:{self.agent.role.value}/"
         cache = _RunCache(forked.stream)
         mine: dict[uuid.UUID, list[Event]] = {}
@@ -526,6 +611,32 @@ class AgentWorker:
             ):
                 self._react(event, cache, ConsumerPosition(consumer, event.version))
 
+    def _taken_up(self, fork: str) -> int:
+        """How far agents of this role took ``fork`` up (by version): this replica, or another
+        that took it up before the number of replicas changed (a take-up is one walk of the
+        fork in order, by whichever replica the fork is for)."""
+        suffix = "@" + fork
+        before = [p for n, p in self._role_tracked.items() if n.endswith(suffix)]
+        return max([self.store.position_of(take_up_consumer(self.consumer, fork)), *before])
+
+    def _mark_began(self, event: Event) -> None:
+        """Mark ``event`` of its run as one whose handling this role made durable with no event
+        (see ``began_consumer``); before its tracking, so a crash between the two leaves a
+        call that never ran marked as begun (a human asked), never the reverse."""
+        delay = 0.05
+        while True:
+            try:
+                self.store.record_position(
+                    began_consumer(self.agent.role, event.stream), event.version
+                )
+                return
+            except AlreadyProcessed:
+                return  # a later event of the run was marked: this one was handled before it
+            except StoreUnavailable as exc:
+                self.last_error = str(exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def _react(self, event: Event, cache: _RunCache, mark: ConsumerPosition) -> None:
         """Handle ``event`` with the run's view and append the reaction, tracked by ``mark``
         (this worker's position, or a fork take-up's)."""
@@ -543,6 +654,8 @@ class AgentWorker:
             # far, with this event's position (once), durable now. A duplicate delivery
             # stops the handler here, before the side effect.
             nonlocal tracked
+            if not tracked and not events:
+                self._mark_began(event)
             recorded = self._append(
                 event, events, view, None if tracked else mark, after=flushed, duplicate="raise"
             )
@@ -664,9 +777,7 @@ class AgentWorker:
         for key in sorted(mine & set(last)):
             e = last[key]
             began = (e.type == "action.risk_assessed" and e.payload.risk is not RiskLevel.HIGH) or (
-                e.type == "approval.granted"
-                and self._handled(e, e.id in inherited)
-                and (e.id in inherited or self._acted_on_grant(e))
+                e.type == "approval.granted" and self._grant_begun(e, e.id in inherited)
             )
             if began and self._mine(e.stream):
                 orphans.append(e)
@@ -702,27 +813,33 @@ class AgentWorker:
                     inherited.add(x.id)
                     yield x
 
-    def _acted_on_grant(self, grant: Event) -> bool:
-        """Whether this agent's tracking passed the point where it acts on ``grant``: the grant
-        itself, or — for a grant made while the run was paused, which it passes over — the
-        resume after it (where it runs what was approved meanwhile). A tracking position past
-        a paused run's grant alone says nothing was begun."""
-        events = self.store.read(grant.stream)
-        state = RunStateProjection().fold(e for e in events if e.version <= grant.version)
-        if state.status is not RunStatus.PAUSED:
-            return True
-        resumed = next(
-            (e for e in events if e.version > grant.version and e.type == "run.resumed"), None
-        )
-        return resumed is not None and (resumed.position or 0) <= self.position
-
-    def _handled(self, event: Event, inherited: bool) -> bool:
-        """Whether this agent's tracking says it handled ``event`` (for a fork's inherited
-        event: its take-up of the fork did)."""
+    def _grant_begun(self, grant: Event, inherited: bool) -> bool:
+        """Whether an agent of this role made its handling of ``grant`` durable (the empty
+        flush before the call), so the call may have run. For a fork's inherited grant: the
+        role's take-up of the fork passed it. Otherwise where it acts on the grant — the grant
+        itself, or, for a grant made while the run was paused (passed over then), the resume
+        after it — was marked as begun by any replica of the role (``began_consumer``: the
+        replica that began it may not be the one the run is for now), reacted to by the role,
+        or passed by this agent's own tracking (logs from before the mark)."""
         if inherited:
-            consumer = take_up_consumer(self.consumer, event.stream)
-            return self.store.position_of(consumer) >= event.version
-        return (event.position or 0) <= self.position
+            return self._taken_up(grant.stream) >= grant.version
+        events = self.store.read(grant.stream)
+        acting = grant
+        state = RunStateProjection().fold(e for e in events if e.version <= grant.version)
+        if state.status is RunStatus.PAUSED:
+            resumed = next(
+                (e for e in events if e.version > grant.version and e.type == "run.resumed"),
+                None,
+            )
+            if resumed is None:
+                return False
+            acting = resumed
+        if self.store.position_of(began_consumer(self.agent.role, grant.stream)) >= acting.version:
+            return True
+        role = f"agent:{self.agent.role.value}/"
+        if any(e.causation_id == acting.id and e.actor.startswith(role) for e in events):
+            return True
+        return (acting.position or 0) <= self.store.position_of(self.consumer)
 
     def _recover_one(self, cause: Event, view: RunView) -> None:
         flushed: list[Event] = []

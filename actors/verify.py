@@ -334,7 +334,7 @@ def _verify_role(
     shared: _Shared,
     report: VerifyReport,
 ) -> Divergence | None:
-    from .runtime import _RunCache  # the same view the live worker builds
+    from .runtime import _RunCache, replicas_tracked  # the same view the live worker builds
 
     recording = segment.recording
     events, reactions = recording.events, recording.reactions
@@ -368,7 +368,12 @@ def _verify_role(
     cache = _RunCache(events[0].stream)
     # Where this agent has recorded handling the log up to (the run verified, not an ancestor):
     # an event after it with no reaction is not handled yet (a run waiting for its agents).
-    tracked = store.position_of(principal) if segment.upto is None else None
+    # Every replica of the role counts, the lowest: after the number of replicas changed, the
+    # run's events may fall to another one, which starts from there (see the runtime).
+    tracked = None
+    if segment.upto is None:
+        replicas = replicas_tracked(store, role)
+        tracked = min(replicas.values()) if replicas else store.position_of(principal)
     pending: list[int] = []
     for index, event in enumerate(events):
         if segment.upto is not None and event.version > segment.upto:
@@ -406,6 +411,14 @@ def _verify_role(
         if not recorded and tracked is not None and (event.position or 0) > tracked:
             pending.append(event.position or 0)
             continue
+        reactor = next(
+            (e.actor for e in recorded if e.actor.startswith(f"agent:{role.value}/")), None
+        )
+        if reactor is not None:
+            # As the replica that reacted (the run goes to another one when their number
+            # changes): its principal is in what it emitted.
+            agent.principal = reactor
+            agent.agent_id = reactor.split("/", 1)[1]
         view = cache.view()
         replay.load(recorded)
         settings.memory.schema_1_summaries = any(

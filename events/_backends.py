@@ -189,6 +189,11 @@ class Backend(ABC):
         return self.reader.max_tracking_id(consumer) or 0
 
     @abstractmethod
+    def tracked_positions(self, prefix: str) -> dict[str, int]:
+        """Every consumer whose name starts with ``prefix`` and the newest position it
+        recorded (the recorders have no "list consumers")."""
+
+    @abstractmethod
     def try_lease(self, name: str) -> Lease | None:
         """The lease of ``name`` if no one (no other process, no other store object) holds
         it, else None at once."""
@@ -271,6 +276,15 @@ class MemoryBackend(Backend):
             and n.originator_version > gt
             and (lte is None or n.originator_version <= lte)
         ]
+
+    def tracked_positions(self, prefix: str) -> dict[str, int]:
+        with self._lock:
+            tracked = dict(self.recorder._max_tracking_ids)  # type: ignore[attr-defined]
+        return {
+            name: position
+            for name, position in sorted(tracked.items())
+            if name.startswith(prefix) and position is not None
+        }
 
     def stream_summaries(self, prefix: str = "") -> list[StreamSummary]:
         summaries: dict[str, StreamSummary] = {}
@@ -663,6 +677,15 @@ class SQLiteBackend(Backend):
             "SELECT MAX(notification_id) FROM tracking WHERE application_name = ?", (consumer,)
         )
         return int(rows[0][0] or 0)
+
+    def tracked_positions(self, prefix: str) -> dict[str, int]:
+        rows = self._read(
+            "SELECT application_name, MAX(notification_id) FROM tracking "
+            "WHERE application_name >= ? AND application_name < ? "
+            "GROUP BY application_name ORDER BY application_name",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
 
     def _create_tables(self) -> None:
         # Processes opening a new file at once race in the recorder's first-time setup (both
@@ -1277,6 +1300,20 @@ class PostgresBackend(Backend):
             return [
                 StreamSummary(r["originator_id"], r["v"], r["f"], r["l"]) for r in cursor.fetchall()
             ]
+
+    def tracked_positions(self, prefix: str) -> dict[str, int]:
+        from psycopg import sql
+
+        statement = sql.SQL(
+            "SELECT application_name AS c, MAX(notification_id) AS p FROM {}.{} "
+            "WHERE application_name LIKE %s GROUP BY application_name ORDER BY application_name"
+        ).format(
+            sql.Identifier(self.settings.schema), sql.Identifier(self.recorder.tracking_table_name)
+        )
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._autocommit() as cursor:
+            cursor.execute(statement, (like,))
+            return {str(r["c"]): int(r["p"]) for r in cursor.fetchall()}
 
     def close(self) -> None:
         self.datastore.close()

@@ -650,6 +650,12 @@ class EventStore:
         """The last position ``consumer`` recorded (0 if none)."""
         return self._backend.tracked_position(consumer)
 
+    def positions(self, prefix: str) -> dict[str, int]:
+        """Every consumer whose name starts with ``prefix`` that recorded a position, and
+        its last position (e.g. ``agent:execution/``: every replica of a role that ever
+        followed this log, replicas that no longer run included)."""
+        return self._backend.tracked_positions(prefix)
+
     def lease(self, name: str) -> Lease | None:
         """An exclusive claim on ``name`` (a consumer's), or None at once if another process
         or store object holds it. Held until released or the holder dies, however it dies:

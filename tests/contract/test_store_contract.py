@@ -1029,6 +1029,29 @@ class StoreContract(ABC):
         assert store.position_of("projector") == 9
         assert store.head_position() == 0
 
+    def test_positions_lists_the_consumers_of_a_prefix(self, store: EventStore) -> None:
+        # A worker starting after the number of replicas changed looks at every replica of its
+        # role that ever followed the log (those that no longer run included).
+        assert store.positions("agent:execution/") == {}
+        store.record_position("agent:execution/1", 7)
+        store.record_position("agent:execution/2", 3)
+        store.record_position("agent:execution/1", 9)
+        store.append("run-1", [], tracking=ConsumerPosition("agent:execution/3@run-2", 2))
+        store.record_position("agent:executionist/1", 5)  # another prefix
+        store.record_position("agent:review/1", 4)
+        store.record_position("agent:review/2", 0)  # started; passed nothing yet
+        assert store.positions("agent:execution/") == {
+            "agent:execution/1": 9,
+            "agent:execution/2": 3,
+            "agent:execution/3@run-2": 2,
+        }
+        assert store.positions("agent:review/") == {"agent:review/1": 4, "agent:review/2": 0}
+        assert store.position_of("agent:review/2") == 0
+        store.record_position("agent:review/2", 1)
+        assert store.position_of("agent:review/2") == 1
+        # LIKE's wildcards are plain characters in a prefix.
+        assert store.positions("agent:%") == store.positions("agent:re_iew/") == {}
+
     # ------------------------------------------------------------ leases
 
     def test_a_lease_is_held_by_one_holder_until_released(self, store: EventStore) -> None:
