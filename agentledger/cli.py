@@ -1352,7 +1352,7 @@ def replay_command(
     from agentledger.console import decisions_table
     from agentledger.projections import RunStateProjection
     from agentledger.projections.memory import ScratchpadProjection
-    from agentledger.projections.runner import stream_as_of
+    from agentledger.projections.runner import check_position, stream_as_of
 
     def body() -> None:
         if to is not None and to_event is not None:
@@ -1372,8 +1372,11 @@ def replay_command(
                         "shows the ids (--json)"
                     )
                 events = everything[: index + 1]
-            else:
-                events = stream_as_of(store, run, position)
+            elif position is None:
+                events = everything
+            else:  # the stream read once, not again for the position
+                check_position(store, position)
+                events = [e for e in everything if (e.position or 0) <= position]
         if not events:
             first = everything[0].position
             raise AgentLedgerError(
