@@ -763,21 +763,21 @@ class AgentWorker:
         ran) and let the agent react: outcome unknown, then a retry or a human. Returns how
         many it found. Runs before the worker follows the log."""
         role = f"agent:{self.agent.role.value}/"
-        mine: set[tuple[str, str]] = set()
+        mine: dict[tuple[str, str], str] = {}  # the role's proposals, and their proposer
         last: dict[tuple[str, str], Event] = {}
         inherited: set[uuid.UUID] = set()  # of forks by reference: tracked by take-up
         for e in self._action_events(inherited):
             key = (e.stream, getattr(e.payload, "action_id", ""))
             if e.type == "action.proposed":
                 if e.actor.startswith(role):
-                    mine.add(key)
+                    mine[key] = e.actor
                 continue  # a proposal alone was never begun
             last[key] = e
         orphans = []
-        for key in sorted(mine & set(last)):
+        for key in sorted(mine.keys() & set(last)):
             e = last[key]
             began = (e.type == "action.risk_assessed" and e.payload.risk is not RiskLevel.HIGH) or (
-                e.type == "approval.granted" and self._grant_begun(e, e.id in inherited)
+                e.type == "approval.granted" and self._grant_begun(e, e.id in inherited, mine[key])
             )
             if began and self._mine(e.stream):
                 orphans.append(e)
@@ -813,14 +813,15 @@ class AgentWorker:
                     inherited.add(x.id)
                     yield x
 
-    def _grant_begun(self, grant: Event, inherited: bool) -> bool:
+    def _grant_begun(self, grant: Event, inherited: bool, proposer: str) -> bool:
         """Whether an agent of this role made its handling of ``grant`` durable (the empty
         flush before the call), so the call may have run. For a fork's inherited grant: the
         role's take-up of the fork passed it. Otherwise where it acts on the grant — the grant
         itself, or, for a grant made while the run was paused (passed over then), the resume
         after it — was marked as begun by any replica of the role (``began_consumer``: the
         replica that began it may not be the one the run is for now), reacted to by the role,
-        or passed by this agent's own tracking (logs from before the mark)."""
+        or passed by the tracking of both this agent and the replica that proposed the call
+        (logs from before the mark)."""
         if inherited:
             return self._taken_up(grant.stream) >= grant.version
         events = self.store.read(grant.stream)
@@ -839,7 +840,11 @@ class AgentWorker:
         role = f"agent:{self.agent.role.value}/"
         if any(e.causation_id == acting.id and e.actor.startswith(role) for e in events):
             return True
-        return (acting.position or 0) <= self.store.position_of(self.consumer)
+        # Both the replica the run was for when the call was proposed and this one passed it
+        # (the same one unless the number of replicas changed): one passing over another's
+        # run says nothing was begun.
+        passed = min(self.store.position_of(self.consumer), self.store.position_of(proposer))
+        return (acting.position or 0) <= passed
 
     def _recover_one(self, cause: Event, view: RunView) -> None:
         flushed: list[Event] = []

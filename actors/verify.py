@@ -36,7 +36,7 @@ from agentledger.projections.runner import run_events
 
 from .agent import Agent, AgentSettings, ModelChoice, RunView
 from .decisions import SOURCES, sections
-from .extensions import Extension, role_class, tool_registry
+from .extensions import Extension, provider_names, role_class, tool_registry
 from .memory_manager import MemoryManager
 from .models import ModelEndpointError, ModelReply, ModelRequest
 from .policy import RiskPolicy
@@ -320,9 +320,37 @@ def verify_run(
                     f"(its events up to version {segment.upto}) re-executed as {segment.run}'s"
                 )
             if found is not None:  # the earliest in the history: later runs go on from it
-                report.divergence = found
+                report.divergence = replace(
+                    found, message=found.message + _missing_extension(store, segment.run, shared)
+                )
                 break
     return report
+
+
+def _missing_extension(store: EventStore, run: str, shared: _Shared) -> str:
+    """Why a run may diverge for want of an extension: the tools and model providers its
+    events name that are unknown here (empty if none)."""
+    tools = tool_registry(shared.extensions)
+    providers = {*provider_names(shared.extensions), "scripted"}
+    unknown_tools: set[str] = set()
+    unknown_providers: set[str] = set()
+    for event in store.read(run):
+        if event.type == "action.proposed" and event.payload.tool not in tools:
+            unknown_tools.add(event.payload.tool)
+        elif event.type == "model.requested" and event.payload.provider not in providers:
+            unknown_providers.add(event.payload.provider)
+    if not unknown_tools and not unknown_providers:
+        return ""
+    named = [
+        f"{what} {', '.join(sorted(names))}"
+        for what, names in (("tool(s)", unknown_tools), ("model provider(s)", unknown_providers))
+        if names
+    ]
+    return (
+        f". The run used {' and '.join(named)}, unknown here: it ran with an extension this "
+        "verification lacks (name it in agentledger.toml `extensions`, its module importable; "
+        "docs/extending.md)"
+    )
 
 
 def _verify_role(

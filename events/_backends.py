@@ -118,6 +118,24 @@ class _HeldLease(Lease):
             close()
 
 
+# The descriptors of the file locks this process holds as leases (see SQLiteBackend.try_lease).
+_LEASE_FDS: set[int] = set()
+
+
+def _drop_leases_in_child() -> None:
+    # A forked child shares its parent's locked files, and an flock lasts until every
+    # descriptor of it is closed: the child's copies are closed, so a lease goes with the
+    # process that took it (released, or dead), not with a child that process forked.
+    for fd in list(_LEASE_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LEASE_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_leases_in_child)
+
+
 class Backend(ABC):
     """A storage backend: a process recorder plus what the recorder does not offer."""
 
@@ -727,7 +745,13 @@ class SQLiteBackend(Backend):
         with contextlib.suppress(OSError):  # who holds it, for a person looking
             os.ftruncate(fd, 0)
             os.write(fd, f"{name} pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        return _HeldLease(lambda: os.close(fd))
+        _LEASE_FDS.add(fd)
+
+        def close() -> None:
+            _LEASE_FDS.discard(fd)
+            os.close(fd)
+
+        return _HeldLease(close)
 
     def waiter(self) -> Waiter:
         waiter = _SQLiteWaiter(str(self.path), self._local, self._notify_path)

@@ -1111,6 +1111,35 @@ class StoreContract(ABC):
         assert lease is not None
         lease.release()
 
+    def test_a_lease_goes_with_its_holder_not_with_a_child_it_forked(
+        self, store: EventStore
+    ) -> None:
+        # A tool or a library forking the agent's process (multiprocessing's default on
+        # Linux) must not keep the agent's lease once the agent releases it or dies: the
+        # agent standing by would wait for a child it never heard of.
+        self.require_multiprocess()
+        lease = store.lease("agent:execution/1")
+        assert lease is not None
+        read, write = os.pipe()
+        up_read, up_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: say it is up, wait until told, then go without any clean-up
+            os.write(up_write, b"x")
+            os.read(read, 1)
+            os._exit(0)
+        try:
+            assert os.read(up_read, 1) == b"x"
+            lease.release()
+            with EventStore.open(store.url) as other:
+                again = other.lease("agent:execution/1")
+                assert again is not None, "the forked child kept the lease"
+                again.release()
+        finally:
+            os.write(write, b"x")
+            os.waitpid(pid, 0)
+            for fd in (read, write, up_read, up_write):
+                os.close(fd)
+
     # ------------------------------------------------------------ upcasting
 
     def test_rows_of_older_schemas_read_as_current_events(self, store: EventStore) -> None:

@@ -107,3 +107,31 @@ def test_the_command_line_example_runs_the_tool_on_ray_and_verifies(docs_folder:
     assert done.returncode == 0 and "verified" in done.stdout, done.stdout + done.stderr
     done = cli("approve", run.stream, request.payload.action_id)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_verify_without_the_extension_says_it_is_missing(docs_folder: Path, tmp_path: Path) -> None:
+    # The run recorded with the extension's tool and provider, verified where the settings do
+    # not name it: a divergence that says why (an extension missing), not a bare prompt diff.
+    output = _python(docs_folder, "in_process.py")
+    assert output.startswith("completed"), output
+    store = f"sqlite:///{docs_folder / 'inproc' / 'ledger.db'}"
+    with EventStore.open(store) as opened:
+        [run] = opened.streams("run-")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = _env(elsewhere) | {"PYTHONPATH": ""}
+    done = subprocess.run(
+        [*CLI, "verify", run.stream, "--store", store],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    text = " ".join(done.stdout.split())
+    assert "Traceback" not in done.stderr
+    assert (
+        "The run used tool(s) send_email and model provider(s) mailing, unknown here: it ran "
+        "with an extension this verification lacks"
+    ) in text, text

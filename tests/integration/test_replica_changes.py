@@ -239,3 +239,33 @@ def test_more_replicas_do_not_run_again_a_high_risk_call_another_one_began(
         assert not (workspace / "notes.tmp").exists()
         report = verify_run(store, run)
         assert report.ok, report.divergence
+
+
+def test_fewer_replicas_run_a_grant_the_stopped_replica_never_acted_on(
+    url: str, tmp_path: Path
+) -> None:
+    # Two executors; the run's (the second) stops while its high-risk call waits for a human.
+    # The grant comes; the first executor passes it over (not its run). Restarted with one
+    # executor, the grant is the first one's to act on: the call never began, so it runs, and
+    # no human is asked about an "unknown outcome" (its own position past the grant says
+    # nothing of a grant another replica's run received).
+    docs, workspace = prepare_demo(tmp_path)
+    with EventStore.open(url) as store:
+        run = _start(
+            store, DEMO_GOAL, 2, 2, workspace=str(workspace.resolve()), docs=str(docs.resolve())
+        )
+        with Agents(url, tmp_path, execution=2):
+            state = follow_run(store, run, timeout=60)
+            assert state.status is RunStatus.WAITING_FOR_APPROVAL, state.outcome
+        (pending,) = state.pending_approvals.values()
+        decide(store, run, pending.action_id, Human("ada", ("approver",)), grant=True, note="")
+        # The first executor follows the log past the grant (it is not its run's).
+        store.record_position("agent:execution/1", store.head_position())
+
+        with Agents(url, tmp_path, execution=1):
+            state = follow_run(store, run, until=ENDED, timeout=60)
+        assert not [e for e in store.read(run) if e.type == "action.outcome_unknown"]
+        assert state.status is RunStatus.COMPLETED, state.outcome
+        assert not (workspace / "notes.tmp").exists()
+        report = verify_run(store, run)
+        assert report.ok, report.divergence
