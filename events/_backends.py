@@ -1209,6 +1209,9 @@ class PostgresBackend(Backend):
         key = f"agentledger-lease:{self.settings.schema}:{name}"
         try:
             conn = self._connect()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot take the lease of {name!r}: {exc}") from exc
+        try:
             # A session the network cut is found dead in ~40 s (TCP keepalives) and its lock
             # dropped, not kept until the kernel's default two hours; the holder's next
             # append fails meanwhile, as every other client's would.
@@ -1218,6 +1221,7 @@ class PostgresBackend(Backend):
             row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
             held = bool(row.fetchone()[0])
         except psycopg.Error as exc:
+            conn.close()  # not left open behind the error
             raise StoreUnavailable(f"cannot take the lease of {name!r}: {exc}") from exc
         if not held:
             conn.close()
