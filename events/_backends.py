@@ -1069,6 +1069,12 @@ def _append_recorder_class() -> type[PostgresProcessRecorder]:
     return AppendFunctionRecorder
 
 
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern (backslash escapes, PostgreSQL's default) for names starting with
+    ``prefix`` taken literally."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 class PostgresBackend(Backend):
     """PostgreSQL through psycopg with a connection pool: for agents on several machines."""
 
@@ -1322,7 +1328,7 @@ class PostgresBackend(Backend):
         ).format(
             sql.Identifier(self.settings.schema), sql.Identifier(self.recorder.events_table_name)
         )
-        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        like = _like_prefix(prefix)
         with self._autocommit() as cursor:
             cursor.execute(statement, (like,))
             return [
@@ -1338,7 +1344,7 @@ class PostgresBackend(Backend):
         ).format(
             sql.Identifier(self.settings.schema), sql.Identifier(self.recorder.tracking_table_name)
         )
-        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        like = _like_prefix(prefix)
         with self._autocommit() as cursor:
             cursor.execute(statement, (like,))
             return {str(r["c"]): int(r["p"]) for r in cursor.fetchall()}
