@@ -403,7 +403,7 @@ class Turn:
         except InvalidToolArguments as exc:
             return self._failed(p.action_id, str(exc))
         if risk is RiskLevel.HIGH:
-            refused = self._denied_before(proposal)
+            refused = denied_call(self.run.state, p.tool, p.arguments)
             if refused is not None and not self.agent.ask_again_after_denial:
                 return self._failed(
                     p.action_id,
@@ -425,19 +425,6 @@ class Turn:
         if durable and not tools.get(p.tool).idempotent:
             self.flush()
         return self.run_tool(proposal, risk)
-
-    def _denied_before(self, proposal: ActionProposed) -> ActionInfo | None:
-        """The action of this run a human denied that is the same call (tool and arguments)
-        as ``proposal``, if any: a human's no is not asked again in the run."""
-        p = proposal.payload
-        for info in self.run.state.actions.values():
-            if (
-                info.status is ActionStatus.DENIED
-                and info.tool == p.tool
-                and info.arguments == p.arguments
-            ):
-                return info
-        return None
 
     def run_tool(self, proposal: ActionProposed, risk: RiskLevel) -> ActionOutcome:
         """Run an assessed (and, if high risk, approved) call and record what happened."""
@@ -473,6 +460,17 @@ class Turn:
     def _failed(self, action_id: str, error: str) -> ActionOutcome:
         self.emit(ActionFailed, action_id=action_id, error=error[:MAX_TEXT], retryable=False)
         return ActionOutcome(action_id, error=error)
+
+
+def denied_call(
+    state: RunState, tool: str, arguments: Mapping[str, JsonValue]
+) -> ActionInfo | None:
+    """The action of the run a human denied that is the same call (tool and arguments), if
+    any: a human's no is not asked again in the run."""
+    for info in state.actions.values():
+        if info.status is ActionStatus.DENIED and info.tool == tool and info.arguments == arguments:
+            return info
+    return None
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ from typing import Any, Literal
 from pydantic import JsonValue
 
 from agentledger.events import Envelope, Event, EventStore, Role
-from agentledger.projections import ActionStatus, RunState
+from agentledger.projections import RunState
 from agentledger.projections.memory import LongTermMemory
 from agentledger.projections.runner import run_events
 
-from .agent import Agent, AgentSettings, ModelChoice, RunView
+from .agent import Agent, AgentSettings, ModelChoice, RunView, denied_call
 from .decisions import SOURCES, sections
 from .extensions import Extension, provider_names, role_class, tool_registry
 from .memory_manager import MemoryManager
@@ -525,10 +525,7 @@ def _requested_calls(
 def _asked_again(requested: list[tuple[str, dict[str, JsonValue]]], state: RunState) -> bool:
     """Whether one of the calls is one a human had denied earlier in the run, as agents asked
     before they stopped asking again."""
-    denied = [
-        (a.tool, a.arguments) for a in state.actions.values() if a.status is ActionStatus.DENIED
-    ]
-    return any(call in denied for call in requested)
+    return any(denied_call(state, tool, arguments) is not None for tool, arguments in requested)
 
 
 def _asked_for_invalid(
