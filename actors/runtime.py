@@ -261,11 +261,13 @@ def began_consumer(role: Role, run: str) -> str:
 def replicas_tracked(store: EventStore, role: Role) -> dict[str, int]:
     """Every agent of ``role`` that recorded a position in ``store`` (its replicas, those that
     no longer run included), and that position; not their take-ups of forks."""
-    return {
-        name: position
-        for name, position in store.positions(f"agent:{role.value}/").items()
-        if "@" not in name
-    }
+    return _replicas(store.positions(f"agent:{role.value}/"))
+
+
+def _replicas(tracked: Mapping[str, int]) -> dict[str, int]:
+    """Of a role's tracked consumers, its agents' own positions (``take_up_consumer`` names,
+    ``agent@run``, are not)."""
+    return {name: position for name, position in tracked.items() if "@" not in name}
 
 
 class _RunCache:
@@ -397,7 +399,7 @@ class AgentWorker:
             # position must still be seen behind by the others when their number changes.
             with contextlib.suppress(AlreadyProcessed):
                 self.store.record_position(self.consumer, own)
-        replicas = {n: p for n, p in self._role_tracked.items() if "@" not in n}
+        replicas = _replicas(self._role_tracked)
         start = min([own, *replicas.values()])
         if start < own:
             _log.warning(
