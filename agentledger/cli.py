@@ -521,6 +521,15 @@ def _view_when_asked(events: list[Any], asked: Any) -> list[Any]:
     return view
 
 
+def _cached_memory(store_url: str) -> Any:
+    """The long-term memory table the CLI keeps for ``store_url`` (in its cache folder, as
+    projections' checkpoints are), as it is: callers catch it up."""
+    from agentledger.config import cache_dir
+    from agentledger.projections.memory import LongTermMemory, embedder_from_env
+
+    return LongTermMemory(cache_dir(store_url) / "lancedb", embedder_from_env())
+
+
 @contextmanager
 def _long_term_as_of(store: EventStore, role: str, view: list[Any]) -> Iterator[Any]:
     """The long-term memory ``role``'s agent searched when it saw ``view``: none but the
@@ -528,14 +537,13 @@ def _long_term_as_of(store: EventStore, role: str, view: list[Any]) -> Iterator[
     count every row of the table, so a table holding later memories ranks differently)."""
     import tempfile
 
-    from agentledger.config import cache_dir
     from agentledger.projections.memory import LongTermMemory, embedder_from_env
 
     if role != "research":  # the only role with long-term memory (``runtime.agent_for``)
         yield None
         return
     handled = next((e.position for e in reversed(view) if e.position is not None), 0)
-    memory = LongTermMemory(cache_dir(store.url) / "lancedb", embedder_from_env())
+    memory = _cached_memory(store.url)
     memory.catch_up(store, to_position=handled)
     if memory.position <= handled:
         yield memory
@@ -588,18 +596,16 @@ def memory_search_command(
 ) -> None:
     """Search long-term memory (hybrid vector + full-text by default)."""
     from agentledger.events import InvalidEvent
-    from agentledger.projections.memory import LongTermMemory, embedder_from_env
     from agentledger.projections.runner import check_position
 
     def body() -> None:
-        from agentledger.config import cache_dir
 
         if mode not in ("hybrid", "vector", "text"):
             raise InvalidEvent(f"unknown mode {mode!r}; use hybrid, vector or text")
         with _store(store_url) as store:
             if at is not None:  # as state --at does: not an empty answer
                 check_position(store, at)
-            memory = LongTermMemory(cache_dir(store.url) / "lancedb", embedder_from_env())
+            memory = _cached_memory(store.url)
             if memory.rebuild_notice:
                 err.print(f"[yellow]{memory.rebuild_notice}[/]")
             memory.catch_up(store)
@@ -627,9 +633,7 @@ def rebuild_command(
     from agentledger.projections import PerStream, RunStateProjection
     from agentledger.projections.checkpoints import CheckpointStore
     from agentledger.projections.memory import (
-        LongTermMemory,
         ScratchpadProjection,
-        embedder_from_env,
     )
     from agentledger.projections.runner import ProjectionRunner
 
@@ -660,9 +664,9 @@ def rebuild_command(
             ) as progress:
                 for name in chosen:
                     if name == "memory":
-                        memory = LongTermMemory(cache / "lancedb", embedder_from_env())
+                        memory = _cached_memory(store.url)
                         memory.delete()
-                        memory = LongTermMemory(cache / "lancedb", embedder_from_env())
+                        memory = _cached_memory(store.url)
                         total = sum(1 for _ in store.read_stored(types=["memory.stored"]))
                         task = progress.add_task(name, total=total)
                         added = memory.catch_up(
@@ -754,39 +758,39 @@ def _models(
     return chosen, given
 
 
-def _agents(settings: Any, url: str, address: str | None) -> Any:
-    """Agents for this command: those served for this store, else new ones it owns.
+def _agents(config: Any, address: str | None) -> tuple[Any, bool, Any]:
+    """Agents for this command: those served for this store, else new ones it owns started
+    with ``config``; and the RuntimeConfig they run with (served ones keep their own).
 
     Their default models are the settings file's, not this command's --model: the run records
     those itself, and the agents also take up other runs waiting in the log (a run whose
     command was stopped), which must not go to a model their starter never chose."""
     from agentledger.actors.runtime import attach_or_start
-    from agentledger.config import runtime_config
 
-    config = runtime_config(settings, url, {})
     with err.status("starting the agents (coordinator, research, execution, review)…"):
         runtime, owned = attach_or_start(config, address)
-    if not owned:
-        err.print(f"[dim]using the agents served for this store (namespace {config.namespace})[/]")
-        differ = _served_differences(config, runtime.running_config())
-        if differ:
-            err.print(
-                "[yellow]the served agents keep the settings `agentledger serve` started them "
-                f"with[/], not this command's: {escape('; '.join(differ))}. To change them, "
-                "restart `agentledger serve` with that configuration"
-            )
-    return runtime, owned
+    if owned:
+        return runtime, owned, config
+    err.print(f"[dim]using the agents served for this store (namespace {config.namespace})[/]")
+    running = runtime.running_config()
+    differ = _served_differences(config, running)
+    if differ:
+        err.print(
+            "[yellow]the served agents keep the settings `agentledger serve` started them "
+            f"with[/], not this command's: {escape('; '.join(differ))}. To change them, "
+            "restart `agentledger serve` with that configuration"
+        )
+    return runtime, owned, running
 
 
-def _agents_start_here(settings: Any, url: str, address: str | None) -> bool:
+def _agents_start_here(config: Any, address: str | None) -> bool:
     """Whether this command will start its own agents on this machine (no cluster address, no
     agents served for the store here)."""
     from agentledger.actors.runtime import served_address
-    from agentledger.config import runtime_config
 
     if address or os.environ.get("RAY_ADDRESS"):
         return False
-    return served_address(runtime_config(settings, url, {}).namespace) is None
+    return served_address(config.namespace) is None
 
 
 # Settings the agents apply to every run (a run's own models are in its run.started event).
@@ -824,7 +828,7 @@ def _execute_run(
     """Start a run (or, with ``fork`` = (parent, position, note), a fork of one), make sure
     agents serve it, follow it live, and say how it ended and what to do next."""
     from agentledger.actors.runtime import follow_run, start_run, validate_goal
-    from agentledger.config import load_settings
+    from agentledger.config import load_settings, runtime_config
     from agentledger.console import progress_line
     from agentledger.fork import fork_run
     from agentledger.projections import RunStatus
@@ -835,9 +839,10 @@ def _execute_run(
     if docs is not None and not docs.is_dir():
         raise NotFound(f"--docs {docs}: no such directory")
     url = store_url or settings.store or default_store_url()
+    agents_config = runtime_config(settings, url, {})  # their defaults: the settings file's
     # Served agents, or agents on a cluster, read their endpoint's key where they run.
     chosen, given = _models(
-        models or [], settings, keys_here=_agents_start_here(settings, url, address)
+        models or [], settings, keys_here=_agents_start_here(agents_config, address)
     )
     if workspace is not None:  # after the models: a refused --model leaves no folder behind
         _check_workspace(workspace, url)
@@ -849,7 +854,7 @@ def _execute_run(
                 store, parent, position, by=f"human:{user}", models=given, note=note
             )
             err.print(f"fork [bold]{stream}[/] of {parent} at position {position} created")
-        runtime, owned = _agents(settings, url, address)
+        runtime, owned, running = _agents(agents_config, address)
         try:
             if fork is None:
                 stream = start_run(
@@ -858,7 +863,7 @@ def _execute_run(
                 err.print(f"run [bold]{stream}[/] started")
             # A fork works in its own copy of its parent's (made when first needed). Served
             # agents may have been started elsewhere, with another workspace root: theirs.
-            root = Path(runtime.running_config().workspace_root) / stream
+            root = Path(running.workspace_root) / stream
             err.print(f"[dim]workspace: {workspace.resolve() if workspace else root}[/]")
             if owned:
                 err.print(
