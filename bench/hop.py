@@ -24,6 +24,10 @@ the agents' views of the run, the Memory Manager, the recorded edges and the app
 - **bytes per step**: the stored rows of the run (JSON bodies with hashes) / N, for a short and
   a long run: equal numbers mean storage grows linearly with the steps.
 
+- **machine now**: printed first, a fixed pure-Python loop and a durable SQLite commit timed at
+  the start: the per-step numbers scale with both, and this machine's speed varies several-fold
+  between hours and sessions (compare runs by these, or alternate two commits in one hour).
+
 The exit status is 0 whatever the numbers: this is a benchmark, not a test (a MISS is printed).
 """
 
@@ -327,6 +331,41 @@ def in_process(url: str, steps: int, root: Path, gc_threshold: tuple[int, int, i
     )
 
 
+def machine_speed(scratch: Path) -> str:
+    """This machine's speed now, for comparing runs of this benchmark across machines and
+    hours (the per-step numbers scale with both): a fixed pure-Python loop, best of three,
+    and a durable SQLite commit (WAL, synchronous=FULL as the store's) of a step's row."""
+    import sqlite3
+    import statistics
+
+    def loop() -> float:
+        started, total = time.perf_counter(), 0
+        for i in range(2_000_000):
+            total += i
+        return time.perf_counter() - started
+
+    python_ms = min(loop() for _ in range(3)) * 1000
+    commits: list[float] = []
+    db = sqlite3.connect(scratch / "commit.db", isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b BLOB)")
+        row = secrets.token_bytes(3000)
+        for _ in range(200):
+            started = time.perf_counter()
+            db.execute("BEGIN")
+            db.execute("INSERT INTO t (b) VALUES (?)", (row,))
+            db.execute("COMMIT")
+            commits.append(time.perf_counter() - started)
+    finally:
+        db.close()
+    return (
+        f"machine now: a pure-Python loop of 2M additions {python_ms:.0f} ms (best of 3), a "
+        f"durable SQLite commit {statistics.median(commits) * 1000:.2f} ms (median of 200)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
@@ -359,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         f"# bench/hop.py — {platform.platform()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, Ray {ray.__version__}\n"
     )
+    scratch = Path(tempfile.mkdtemp(prefix="agentledger-hop-"))
+    try:
+        print(f"{machine_speed(scratch)}\n")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     print("| backend | measure | agents | baseline | ratio | target | |")
     print("|---|---|---|---|---|---|---|")
     notes: list[str] = []
