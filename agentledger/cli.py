@@ -533,24 +533,38 @@ def _cached_memory(store_url: str) -> Any:
 @contextmanager
 def _long_term_as_of(store: EventStore, role: str, view: list[Any]) -> Iterator[Any]:
     """The long-term memory ``role``'s agent searched when it saw ``view``: none but the
-    research agent's, holding the memories up to the event it handled (full-text scores
-    count every row of the table, so a table holding later memories ranks differently)."""
+    research agent's (the only role with long-term memory, ``runtime.agent_for``), holding
+    the memories up to the event it handled."""
+    if role != "research":
+        yield None
+        return
+    handled = next((e.position for e in reversed(view) if e.position is not None), 0)
+    with _memory_as_of(store, handled) as memory:
+        yield memory
+
+
+@contextmanager
+def _memory_as_of(store: EventStore, position: int | None) -> Iterator[Any]:
+    """The long-term memory table holding the memories stored up to ``position`` (all of them
+    if None), as an agent's is when it handles the event there: the CLI's cached table if it
+    holds nothing later, else a scratch one built for the question. Not the cached table
+    filtered by position: full-text scores count every row of a table, so one holding later
+    memories ranks those of the past otherwise than the agent's search did."""
     import tempfile
 
     from agentledger.projections.memory import LongTermMemory, embedder_from_env
 
-    if role != "research":  # the only role with long-term memory (``runtime.agent_for``)
-        yield None
-        return
-    handled = next((e.position for e in reversed(view) if e.position is not None), 0)
     memory = _cached_memory(store.url)
-    memory.catch_up(store, to_position=handled)
-    if memory.position <= handled:
+    if memory.rebuild_notice:
+        err.print(f"[yellow]{escape(memory.rebuild_notice)}[/]")
+    memory.catch_up(store, to_position=position)
+    if position is None or memory.position <= position:
         yield memory
         return
     with tempfile.TemporaryDirectory(prefix="agentledger-memory-") as scratch:
         memory = LongTermMemory(scratch, embedder_from_env())
-        memory.catch_up(store, to_position=handled)
+        with err.status(f"reading the memories stored up to position {position}…"):
+            memory.catch_up(store, to_position=position)
         yield memory
 
 
@@ -605,11 +619,8 @@ def memory_search_command(
         with _store(store_url) as store:
             if at is not None:  # as state --at does: not an empty answer
                 check_position(store, at)
-            memory = _cached_memory(store.url)
-            if memory.rebuild_notice:
-                err.print(f"[yellow]{memory.rebuild_notice}[/]")
-            memory.catch_up(store)
-            hits = memory.search(query, k=k, user=user, as_of=at, mode=mode)  # type: ignore[arg-type]
+            with _memory_as_of(store, at) as memory:
+                hits = memory.search(query, k=k, user=user, as_of=at, mode=mode)  # type: ignore[arg-type]
         if as_json:
             sys.stdout.write(json.dumps([h.__dict__ for h in hits], indent=2) + "\n")
         elif not hits:

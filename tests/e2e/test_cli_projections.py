@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 
 from agentledger.actors.providers import ScriptedProvider
 from agentledger.actors.runtime import ENDED, follow_run, start_run
-from agentledger.cli import app
+from agentledger.cli import _cached_memory, app
 from agentledger.events import EventStore, MemoryStored, ModelRequested, Role
 from agentledger.projections import PerStream, RunStateProjection, RunStatus
 from agentledger.projections.checkpoints import CheckpointStore
+from agentledger.projections.memory import LongTermMemory, embedder_from_env
 from agentledger.projections.runner import ProjectionRunner
 from agentledger.sample import write_sample_run
 
@@ -193,6 +194,47 @@ def test_memory_search(cli: Cli, run: str) -> None:
         assert "mem1" in ok(cli("memory", "search", "retention", "--mode", mode))
     assert "no memories match" in ok(cli("memory", "search", "retention", "--at", "9"))
     assert "no memories match" in ok(cli("memory", "search", "retention", "--user", "zed"))
+
+
+def test_memory_search_at_ranks_as_a_search_then_did(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Full-text scores count every row of a table: memories stored later make the words they
+    hold commoner. ``--at`` searches the memories up to it as an agent's table held them then,
+    not today's table filtered by position (which ranks them otherwise)."""
+
+    def stored(i: int, text: str) -> MemoryStored:
+        return MemoryStored(
+            actor="agent:research/1", payload={"memory_id": f"m{i}", "text": text, "user": "ann"}
+        )
+
+    with EventStore.open(cli.url) as store:
+        early = store.append(
+            "run-memories",
+            [
+                stored(1, "customer data notes"),
+                stored(2, "retention data notes"),
+                stored(3, "retention misc words"),  # "customer" is the rarer word, then
+            ],
+        )
+        store.append("run-memories", [stored(10 + i, f"customer record {i}") for i in range(40)])
+    at = early[-1].position
+    ok(cli("memory", "search", "customer retention"))  # the CLI's table now holds all 43
+    monkeypatch.setenv("AGENTLEDGER_CACHE", str(cli.cache))
+    today = _cached_memory(cli.url)
+    assert today.count() == 43
+    then = LongTermMemory(tmp_path / "as-of", embedder_from_env())  # an agent's table then
+    with EventStore.open(cli.url) as store:
+        then.catch_up(store, to_position=at)
+    for mode in ("text", "hybrid"):
+        args = ("memory", "search", "customer retention", "--mode", mode, "-k", "2", "--json")
+        shown = [h["memory_id"] for h in json.loads(ok(cli(*args, "--at", str(at))))]
+        expected = [h.memory_id for h in then.search("customer retention", k=2, mode=mode)]
+        assert shown == expected, mode
+    # Today's table filtered to the same positions ranks "retention" first, not "customer".
+    filtered = today.search("customer retention", k=2, as_of=at, mode="text")
+    assert filtered[0].memory_id == "m2"
+    assert then.search("customer retention", k=2, mode="text")[0].memory_id == "m1"
 
 
 def test_rebuild_mentions_each_projection_and_leaves_fresh_checkpoints(cli: Cli, run: str) -> None:
