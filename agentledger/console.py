@@ -365,7 +365,8 @@ def _longest(ids: Iterable[str]) -> int:
 
 def runs_table(rows: list[Any]) -> Table:
     """A table of runs (RunState objects), newest first."""
-    # Narrow terminals keep the run, its status and goal (`status RUN` shows the rest).
+    # Narrow terminals keep the run, its status and the goal's start (`status RUN` shows the
+    # rest).
     wide = out.width >= 120
     table = Table(header_style="bold")
     table.add_column("run", no_wrap=True, min_width=_longest(s.run for s in rows))
@@ -375,7 +376,18 @@ def runs_table(rows: list[Any]) -> Table:
         table.add_column("events", justify="right")
         table.add_column("started", no_wrap=True)  # a fork: when it was forked
         table.add_column("forked from", overflow="fold")
-    table.add_column("goal", overflow="fold", min_width=12)
+    # One line a run, however narrow the terminal: a list is read down its first columns. The
+    # goal gets what the other columns leave (each takes its text, 3 for padding and rule).
+    widths = [
+        _longest(s.run for s in rows),
+        _longest(["status", *(s.status.value for s in rows)]),
+        len("tasks"),
+    ]
+    if wide:
+        forked = (f"{s.parent_run} @ {s.parent_position}" for s in rows if s.parent_run)
+        widths += [len("events"), len("2026-01-01 00:00"), _longest(["forked from", *forked])]
+    goal_width = max(12, out.width - sum(w + 3 for w in widths) - 4)
+    table.add_column("goal", overflow="ellipsis", no_wrap=True, max_width=goal_width)
     for state in rows:
         done = sum(1 for t in state.tasks.values() if t.status.value == "accepted")
         style = _STATUS_STYLES.get(state.status.value, "white")

@@ -258,6 +258,21 @@ def test_runs_and_status_show_a_run(sqlite_url: str) -> None:
     assert code == 1 and "run-nope" in output
 
 
+@pytest.mark.parametrize("columns", ["80", "160"])
+def test_runs_lists_one_line_a_run_however_long_its_goal(sqlite_url: str, columns: str) -> None:
+    goal = "tidy the customer records " * 20
+    with EventStore.open(sqlite_url) as store:
+        runs = [start_run(store, f"{i}: {goal}").stream for i in range(3)]
+    result = runner.invoke(app, ["runs", "--store", sqlite_url], env={"COLUMNS": columns})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for i, run in enumerate(runs):
+        [line] = [line for line in lines if run in line]
+        assert f"{i}: tidy the customer" in line and line.rstrip().endswith("… │"), line
+        assert len(line) <= int(columns)
+    assert sum(1 for line in lines if line.startswith("│")) == len(runs)
+
+
 def test_runs_on_an_empty_log_says_how_to_start(sqlite_url: str, tmp_path: Path) -> None:
     with EventStore.open(sqlite_url):
         pass  # a store with no run yet
