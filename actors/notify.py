@@ -20,7 +20,7 @@ import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
-from agentledger.events import ConfigurationError, Event, EventStore
+from agentledger.events import ConfigurationError, Event, EventStore, Lease
 
 _log = logging.getLogger(__name__)
 
@@ -94,22 +94,35 @@ class Notifier:
 
     def run(self, stop: threading.Event) -> None:
         """Deliver notices until ``stop`` is set, from where it left off (or from now); while
-        another process's notifier delivers on this store (another ``serve``), stand by."""
-        lease = self.store.lease(CONSUMER)
-        while lease is None:  # both would send every notice
-            if stop.wait(1.0):
-                return
+        another process's notifier delivers on this store (another ``serve``), stand by, and
+        likewise after losing the lease (a PostgreSQL session the server ended)."""
+        while not stop.is_set():
             lease = self.store.lease(CONSUMER)
-        try:
-            self._deliver_from(self.store.position_of(CONSUMER) or self.store.head_position(), stop)
-        finally:
-            lease.release()
+            while lease is None:  # both would send every notice
+                if stop.wait(1.0):
+                    return
+                lease = self.store.lease(CONSUMER)
+            try:
+                start = self.store.position_of(CONSUMER) or self.store.head_position()
+                self._deliver_from(start, stop, lease)
+            finally:
+                lease.release()
 
-    def _deliver_from(self, start: int, stop: threading.Event) -> None:
+    def _deliver_from(self, start: int, stop: threading.Event, lease: Lease) -> None:
         # A quarter of a second is soon enough for a person: not woken by every append.
         with self.store.subscribe(start, [*NOTICE_TYPES, "run.forked"], wake=False) as subscription:
             while not stop.is_set():
                 batch = subscription.poll(1.0)
+                # Asked before each batch (one round trip on PostgreSQL; none while idle): a
+                # notifier that lost its lease sends nothing more, though a batch it was
+                # sending when the loss came may also be sent by the one that took over
+                # (delivery is best effort; its position is recorded after each batch).
+                if batch and not lease.held():
+                    _log.warning(
+                        "the notifier lost its lease (its database session ended): stopped "
+                        "sending notices; takes it again when no other process holds it"
+                    )
+                    return
                 for event in batch:
                     if event.type == "run.forked":
                         for request in open_requests(self.store.inherited(event)):

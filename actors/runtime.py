@@ -96,6 +96,7 @@ _END_TOPICS = tuple(f"{t}@" for t in ("run.cancelled", "run.completed", "run.fai
 # the processes the runtime owns (the agents' actors), never in a caller's process.
 _AGENT_GC_THRESHOLD = (10_000, 10, 10)
 _LEASE_RETRY_S = 1.0  # how often an agent standing by asks for its lease again
+_LEASE_CHECK_S = 1.0  # how often an agent following the log asks whether its lease still holds
 _TRACK_EVERY = 200  # skipped events between position records (a restart re-reads at most this)
 
 
@@ -355,15 +356,34 @@ class AgentWorker:
         # stream -> (position, type) of its last control event in the batch being delivered
         self._controls: dict[str, tuple[int, str]] = {}
         self._skipped = 0
+        self._held: Lease | None = None  # the lease this worker follows the log under
+        self._lease_due = 0.0  # when to ask again whether it holds (time.monotonic())
+        self._lost = False  # it did not: stop following
 
     # --------------------------------------------------------------- loop
 
     def run(self, stop: threading.Event, poll_timeout: float = 0.5) -> None:
         """Take this agent's lease, recover what a crash interrupted, then handle events
-        until ``stop`` is set."""
-        lease = self._lease(stop)
-        if lease is None:
-            return
+        until ``stop`` is set. A lease lost meanwhile (see ``_leased``) stops the handling:
+        the worker stands by until it can take the lease again, then starts over."""
+        while not stop.is_set():
+            lease = self._lease(stop)
+            if lease is None:
+                return
+            try:
+                self._follow_leased(lease, stop, poll_timeout)
+            finally:
+                lease.release()
+
+    def _follow_leased(self, lease: Lease, stop: threading.Event, poll_timeout: float) -> None:
+        """Under ``lease``: start from the tracked positions, recover, then handle events
+        until ``stop`` is set or the lease is lost."""
+        self._held, self._lost = lease, False
+        self._lease_due = time.monotonic() + _LEASE_CHECK_S
+        # Taken again after a loss: what this worker knew may be stale (another process may
+        # have followed the log as this agent meanwhile); the log says what was done.
+        self._runs.clear()
+        self._untracked = self._skipped = 0
         try:
             self.position = self._start_position()
             _log.info("%s starts after position %d", self.consumer, self.position)
@@ -377,13 +397,15 @@ class AgentWorker:
             subscription = self.store.subscribe(self.position)
             self._subscription = subscription
             try:
-                while not stop.is_set():
+                while not stop.is_set() and not self._lost:
                     self._follow(subscription, stop, poll_timeout)
             finally:
                 subscription.close()
-                self._track_skipped()
+                self._subscription = None
+                if not self._lost:  # else nothing more is written as this agent
+                    self._track_skipped()
         finally:
-            lease.release()
+            self._held = None
 
     def _start_position(self) -> int:
         """Where to follow the log from: the lowest position any replica of this role recorded,
@@ -438,6 +460,40 @@ class AgentWorker:
                 lease.release()
             del self._retired[name]
 
+    def _leased(self) -> bool:
+        """Whether this worker still holds its lease, asked of the store at most every
+        ``_LEASE_CHECK_S`` (a round trip on PostgreSQL); once not, it stops following and
+        says so. (True when not following under a lease: ``_follow`` called directly.)
+
+        A PostgreSQL lease is lost when the server ends its session while this process runs
+        on (an admin's pg_terminate_backend, a restart, an idle-session timeout, keepalives
+        after a network cut); a process standing by then takes it. This check bounds how long
+        this worker goes on after the loss: up to one interval plus the handler in progress
+        (a model or tool call may take minutes). It does not close that window: meanwhile
+        both may handle the same event and call the model for it, but only one reaction is
+        appended (its tracking row, in the same transaction, makes the other append a
+        duplicate delivery, AlreadyProcessed, dropped), and a non-idempotent call is flushed
+        with that row before it runs, so the second handler stops before running it again
+        (an idempotent one may run twice: at least once, as always). The new holder, starting
+        meanwhile, may take this worker's call in progress for one a crash cut short (outcome
+        unknown: it asks a human), as a restart would.
+        """
+        if self._lost:
+            return False
+        if self._held is None or time.monotonic() < self._lease_due:
+            return True
+        self._lease_due = time.monotonic() + _LEASE_CHECK_S
+        if self._held.held():
+            return True
+        self._lost = True
+        self.last_error = (
+            f"lost the lease of {self.consumer} after position {self.position} (the database "
+            "session that held it ended): stopped following the log; takes it again when no "
+            "other process holds it"
+        )
+        _log.warning("%s: %s", self.consumer, self.last_error)
+        return False
+
     def _lease(self, stop: threading.Event) -> Lease | None:
         """This agent's lease in the store, once no other process holds it (None if ``stop``
         came first). Two processes following the log as one agent (a second ``serve`` or
@@ -452,6 +508,8 @@ class AgentWorker:
                 if waiting:
                     self.last_error = None
                     _log.warning("%s took over the log", self.consumer)
+                elif self._lost:  # nobody took it meanwhile (last_error still tells the loss)
+                    _log.warning("%s took its lost lease again", self.consumer)
                 return lease
             if not waiting:
                 waiting = True
@@ -478,7 +536,7 @@ class AgentWorker:
         types = sorted(self._types | _CONTROL_TYPES | {"run.forked"}) if narrow else []
         subscription.restart(self.position, types)
         try:
-            while not stop.is_set():
+            while not stop.is_set() and self._leased():
                 rows = subscription.poll_rows(poll_timeout)
                 if not rows:
                     if narrow and subscription.scanned > self.position:
@@ -499,7 +557,7 @@ class AgentWorker:
                 }
                 ended = False
                 for row in rows:
-                    if stop.is_set():
+                    if stop.is_set() or not self._leased():
                         return
                     if self._passes_over(row[1], row[3]):
                         self.position = row[0]

@@ -105,17 +105,36 @@ class Lease(ABC):
     def release(self) -> None:
         """Give the name up (idempotent)."""
 
+    @abstractmethod
+    def held(self) -> bool:
+        """Whether the name is still this holder's: False once released, or once what kept
+        it is gone (a PostgreSQL session the server ended). May cost a round trip to the
+        server: a holder asks now and then, not per event."""
+
 
 class _HeldLease(Lease):
-    """A lease kept by holding something open: a locked file, a database session."""
+    """A lease kept by holding something open: a locked file, a database session.
 
-    def __init__(self, close: Callable[[], None]) -> None:
+    ``check`` says whether that thing still holds the lease (while not released); once it
+    says no, the lease stays lost.
+    """
+
+    def __init__(self, close: Callable[[], None], check: Callable[[], bool] = lambda: True) -> None:
         self._close: Callable[[], None] | None = close
+        self._check = check
 
     def release(self) -> None:
         close, self._close = self._close, None
         if close is not None:
             close()
+
+    def held(self) -> bool:
+        if self._close is None:
+            return False
+        if not self._check():
+            self._check = lambda: False
+            return False
+        return True
 
 
 # The descriptors of the file locks this process holds as leases (see SQLiteBackend.try_lease).
@@ -422,7 +441,7 @@ class _SQLiteWaiter(Waiter):
     _SAFETY_POLL_S = 0.05
 
     def __init__(self, path: str, local: threading.Event, notify_path: str | None) -> None:
-        self._conn = sqlite3.connect(path, check_same_thread=False)
+        self._conn = sqlite3.connect(path, check_same_thread=False, uri=True)  # "file:" names
         self._local = local
         self._lock = threading.Lock()
         self._closed = False
@@ -581,6 +600,21 @@ def _ensure_wal(path: Path, timeout: float) -> None:
         delay = min(delay * 2, 0.2)
 
 
+def _database_file(name: str) -> Path | None:
+    """The file SQLite keeps the database ``name`` in (None: it keeps it in memory).
+
+    Names are opened as URIs (``uri=True``, as eventsourcing opens them): a ``file:`` name's
+    file is its URI path, percent-decoded, without the query (``file:/abs/ledger.db?mode=rwc``,
+    ``file:///abs/ledger.db``, ``file:rel/ledger.db``); any other name is a path as it is.
+    """
+    if ":memory:" in name or "mode=memory" in name:
+        return None
+    if not name.startswith("file:"):
+        return Path(name)
+    path = unquote(urlsplit(name).path)
+    return Path(path) if path else None  # "file:" alone: a private temporary database
+
+
 class SQLiteBackend(Backend):
     """A SQLite file in WAL mode: the embedded default, no server needed."""
 
@@ -590,8 +624,11 @@ class SQLiteBackend(Backend):
         from eventsourcing.sqlite import SQLiteDatastore, SQLiteProcessRecorder
 
         path = path.expanduser()
+        # The file itself: a "file:" URI name's folder is not the name's parent.
+        self._file = _database_file(str(path))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if self._file is not None:
+                self._file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailable(f"cannot create the folder for {path}: {exc}") from exc
         self.path = path
@@ -628,7 +665,7 @@ class SQLiteBackend(Backend):
         # The hot reads (subscription pages, heads, stream reads) go on a plain connection per
         # thread (see _read); a name SQLite keeps in memory has no file to open it on.
         name = str(path)
-        self._plain_reads = ":memory:" not in name and "mode=memory" not in name
+        self._plain_reads = self._file is not None
         # (Not for a "file:" URI name: the sidecar's path would be wrong; such a store polls.)
         plain_file = self._plain_reads and not name.startswith("file:")
         self._notify_path = f"{name}-notify" if plain_file else None
@@ -718,14 +755,16 @@ class SQLiteBackend(Backend):
                 time.sleep(0.05 * (attempt + 1))
 
     def try_lease(self, name: str) -> Lease | None:
-        # An flock on a file per name beside the store: the kernel drops it when the process
-        # dies, however it dies, and it is not inherited by the commands tools run (os.open's
-        # descriptors are not inheritable). A store without a file has one process.
-        if self._notify_path is None:
+        # An flock on a file per name beside the database file (a "file:" URI store's too):
+        # the kernel drops it when the process dies, however it dies, and it is not inherited
+        # by the commands tools run (os.open's descriptors are not inheritable). A database
+        # SQLite keeps in memory needs none: no other process can open it, so no second
+        # `serve` or `run` can follow it (what a lease keeps out).
+        if self._file is None:
             return _HeldLease(lambda: None)
         import fcntl
 
-        folder = Path(f"{self.path}-leases")
+        folder = Path(f"{self._file}-leases")
         try:
             folder.mkdir(exist_ok=True)
             fd = os.open(
@@ -751,7 +790,9 @@ class SQLiteBackend(Backend):
             _LEASE_FDS.discard(fd)
             os.close(fd)
 
-        return _HeldLease(close)
+        # An flock lasts while its descriptor is open: until released, or in a forked child
+        # (whose copies are closed at the fork).
+        return _HeldLease(close, lambda: fd in _LEASE_FDS)
 
     def waiter(self) -> Waiter:
         waiter = _SQLiteWaiter(str(self.path), self._local, self._notify_path)
@@ -1232,7 +1273,19 @@ class PostgresBackend(Backend):
         if not held:
             conn.close()
             return None
-        return _HeldLease(conn.close)
+
+        def check() -> bool:
+            # Nothing here unlocks it: the lock goes only with its session, so the session
+            # answering is the lock held. A session the server ended (pg_terminate_backend,
+            # a restart, an idle-session timeout, keepalives after a network cut) fails.
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.Error as exc:
+                log.warning("lease of %s lost: its session ended: %s", name, exc)
+                return False
+            return True
+
+        return _HeldLease(conn.close, check)
 
     def waiter(self) -> Waiter:
         return _PostgresWaiter(self._connect, self.recorder.channel_name)

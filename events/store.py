@@ -659,7 +659,9 @@ class EventStore:
     def lease(self, name: str) -> Lease | None:
         """An exclusive claim on ``name`` (a consumer's), or None at once if another process
         or store object holds it. Held until released or the holder dies, however it dies:
-        so only one process at a time follows the log as one consumer."""
+        so only one process at a time follows the log as one consumer. On PostgreSQL it is
+        also lost when the server ends its session while the holder runs: holders ask
+        ``Lease.held()`` now and then and stop following when it says no."""
         return self._backend.try_lease(name)
 
     def verify(self, progress: Callable[[int], None] | None = None) -> Report:

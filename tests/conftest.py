@@ -50,6 +50,70 @@ def postgres_url(postgres_available: None) -> Iterator[str]:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+class PostgresLeases:
+    """A PostgreSQL store's leases seen from a session of the test's own, as an admin or
+    another process sees them: who holds one, ending that session, taking one."""
+
+    def __init__(self, url: str) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        self.schema = parse_qs(urlsplit(url).query)["schema"][0]
+        self._conn = psycopg.connect(_pg_conninfo(), autocommit=True)
+        self._taker: psycopg.Connection[tuple[object, ...]] | None = None
+
+    def _key(self, name: str) -> str:
+        return f"agentledger-lease:{self.schema}:{name}"  # as PostgresBackend.try_lease's
+
+    def holder(self, name: str) -> int | None:
+        """The server process of the session that holds the lease ``name`` (None: nobody)."""
+        # A bigint advisory lock shows its key's high half as classid, its low half as objid.
+        row = self._conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND objsubid = 1 AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0)",
+            (self._key(name),),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def end_session(self, name: str) -> int:
+        """End the session that holds ``name``'s lease (an admin's pg_terminate_backend);
+        its process id."""
+        pid = self.holder(name)
+        assert pid is not None, f"nobody holds the lease of {name}"
+        assert self._conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+        return pid
+
+    def wait_and_take(self, name: str) -> threading.Thread:
+        """A thread that waits for ``name``'s lease in a session of its own and holds it from
+        the moment its holder loses it (before anyone else can), until ``give_back``."""
+        conn = self._taker = psycopg.connect(_pg_conninfo(), autocommit=True)
+        thread = threading.Thread(
+            target=conn.execute,
+            args=("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (self._key(name),)),
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    def give_back(self) -> None:
+        """End the session ``wait_and_take`` holds the lease in."""
+        if self._taker is not None:
+            self._taker.close()
+
+    def close(self) -> None:
+        self.give_back()
+        self._conn.close()
+
+
+@pytest.fixture
+def postgres_leases(postgres_url: str) -> Iterator[PostgresLeases]:
+    """The leases of the store at ``postgres_url``, seen from outside (see PostgresLeases)."""
+    leases = PostgresLeases(postgres_url)
+    yield leases
+    leases.close()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: object) -> str:
     """A store URL on a fresh SQLite file."""

@@ -1057,10 +1057,12 @@ class StoreContract(ABC):
     def test_a_lease_is_held_by_one_holder_until_released(self, store: EventStore) -> None:
         held = store.lease("agent:execution/1")
         assert held is not None
+        assert held.held()
         assert store.lease("agent:execution/1") is None  # held: refused at once
         other = store.lease("agent:review/1")  # another name is another lease
         assert other is not None
         held.release()
+        assert not held.held() and other.held()
         held.release()  # idempotent
         again = store.lease("agent:execution/1")
         assert again is not None
@@ -1662,6 +1664,41 @@ class TestSQLiteStore(StoreContract):
         gc.collect()
         assert len(closed) == 1
 
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "file:{folder}/ledger.db?mode=rwc",
+            "file://{folder}/ledger.db",
+            "file:{quoted}/ledger.db?cache=private",
+            "file:rel%20dir/ledger.db",  # relative to the working folder
+        ],
+    )
+    def test_a_file_uri_store_leases_beside_its_database_file(
+        self, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A store named by a SQLite "file:" URI took every lease at once (each store object,
+        # each process: no guard), and made its folder at the name's "parent" ("file:/…" under
+        # the working folder), not the file's. Its leases are the file's, whatever names it.
+        monkeypatch.chdir(tmp_path)
+        folder = tmp_path / "a b" / "c"  # not there yet
+        name = name.format(folder=folder, quoted=str(folder).replace(" ", "%20"))
+        file = (tmp_path / "rel dir" if name.startswith("file:rel") else folder) / "ledger.db"
+        with EventStore.open(f"sqlite:///{name}") as store:
+            store.append("run-a", [started()])
+            assert file.is_file() and not (tmp_path / "file:").exists()
+            lease = store.lease("agent:execution/1")
+            assert lease is not None and lease.held()
+            assert (file.parent / "ledger.db-leases").is_dir()
+            assert store.lease("agent:execution/1") is None
+            with EventStore.open(f"sqlite:///{file}") as plain:  # the same file, named plainly
+                assert [e.type for e in plain.read("run-a")] == ["run.started"]
+                assert plain.lease("agent:execution/1") is None
+                lease.release()
+                again = plain.lease("agent:execution/1")
+                assert again is not None
+                assert store.lease("agent:execution/1") is None
+                again.release()
+
     def test_reads_of_ended_threads_leave_no_connection_open(self, store: EventStore) -> None:
         # Hot reads go on a connection per thread (no pool lock, BEGIN or ROLLBACK around
         # each): a server answering each request on a new thread must not gather them.
@@ -1704,6 +1741,28 @@ class TestPostgresStore(StoreContract):
 
     def raw_log(self, store: EventStore) -> RawLog:
         return PostgresRawLog(store)
+
+    def test_a_lease_whose_session_the_server_ends_is_no_longer_held(
+        self, store: EventStore, postgres_leases: Any
+    ) -> None:
+        # The server ends a session while its process runs on (an admin, a restart, an idle
+        # timeout, keepalives after a network cut): the lock is gone and another process may
+        # take it. The holder must be able to tell, or two processes follow as one agent.
+        lease = store.lease("agent:execution/1")
+        assert lease is not None and lease.held()
+        postgres_leases.end_session("agent:execution/1")
+        deadline = time.monotonic() + 30
+        while postgres_leases.holder("agent:execution/1") is not None:
+            assert time.monotonic() < deadline, "the ended session kept its lock"
+            time.sleep(0.02)
+        assert not lease.held()
+        assert not lease.held()  # lost stays lost
+        with EventStore.open(store.url) as other:
+            taken = other.lease("agent:execution/1")
+            assert taken is not None and taken.held()
+            lease.release()  # the lost one's release leaves the new holder's alone
+            assert taken.held() and store.lease("agent:execution/1") is None
+            taken.release()
 
 
 def test_every_backend_joins_the_contract() -> None:
