@@ -508,7 +508,11 @@ class AgentWorker:
                 if waiting:
                     self.last_error = None
                     _log.warning("%s took over the log", self.consumer)
-                elif self._lost:  # nobody took it meanwhile (last_error still tells the loss)
+                elif self._lost:  # nobody took it meanwhile
+                    self.last_error = (
+                        f"lost the lease of {self.consumer} after position {self.position} "
+                        "(the database session that held it ended), and took it again"
+                    )
                     _log.warning("%s took its lost lease again", self.consumer)
                 return lease
             if not waiting:

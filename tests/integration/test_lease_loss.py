@@ -87,6 +87,7 @@ def test_a_worker_whose_lease_session_ends_takes_it_again_if_nobody_did(
         run = start_run(store, "summarise the notes").stream
         agent.until(lambda: _reacted(store, run))
         assert _reacted(store, run)
+        assert "took it again" in (worker.last_error or "")  # not "stopped following"
     worker.store.close()
 
 
