@@ -100,19 +100,10 @@ def _store_url(url: str | None, config: Path | None = None) -> str:
 
 def _missing_store(url: str | None) -> Path | None:
     """The SQLite file that ``url`` names if it does not exist (None otherwise)."""
-    path = _sqlite_file(_store_url(url))
+    from agentledger.events._backends import sqlite_file
+
+    path = sqlite_file(_store_url(url))
     return path if path is not None and not path.exists() else None
-
-
-def _sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite store URL, read as the store reads it (None for other stores and
-    SQLite URIs such as file:…)."""
-    from agentledger.events._backends import sqlite_path
-
-    path = sqlite_path(url)
-    if not path or path.startswith("file:") or path == ":memory:":
-        return None
-    return Path(path).expanduser()
 
 
 def _run(action: Callable[[], T]) -> T:
@@ -942,7 +933,9 @@ def _check_workspace(workspace: Path, store_url: str) -> None:
     """``--workspace`` made (if new) and writable, or a clear error before the run starts."""
     if workspace.exists() and not workspace.is_dir():
         raise ConfigurationError(f"--workspace {workspace}: not a folder")
-    store = _sqlite_file(store_url)
+    from agentledger.events._backends import sqlite_file
+
+    store = sqlite_file(store_url)
     if store is not None and workspace.resolve() in store.resolve().parents:
         # Sandboxed commands may write anything in the workspace: with the log there, they
         # could rewrite it or append an approval no human gave.

@@ -30,8 +30,10 @@ def cache_dir(store_url: str) -> Path:
     override = os.environ.get(CACHE_ENV, "").strip()
     if override:
         return Path(override)
-    if store_url.startswith("sqlite:///"):
-        path = Path(store_url.removeprefix("sqlite:///"))
+    from agentledger.events._backends import sqlite_file
+
+    path = sqlite_file(store_url)
+    if path is not None:
         return path.parent / f"{path.stem}.cache"
     digest = hashlib.sha256(store_url.encode()).hexdigest()[:12]
     return Path(".agentledger") / "cache" / digest
@@ -182,23 +184,36 @@ def store_namespace(store_url: str) -> str:
 
 
 def _canonical(store_url: str) -> str:
-    from agentledger.events._backends import parse_postgres_url, sqlite_path
+    from agentledger.events._backends import parse_postgres_url, sqlite_file
 
-    path = sqlite_path(store_url)
-    if path:
-        return "sqlite:///" + str(Path(path).expanduser().resolve())
+    path = sqlite_file(store_url)
+    if path is not None:  # a file: URI names it as its plain path does
+        return "sqlite:///" + str(path.resolve())
     if store_url.strip().lower().startswith(("postgresql://", "postgres://")):
         pg = parse_postgres_url(store_url.strip())
         return f"postgresql://{pg.user}@{pg.host}:{pg.port}/{pg.dbname}?schema={pg.schema}"
     return store_url.strip()
 
 
+def _absolute(store_url: str) -> str:
+    """``store_url`` with a SQLite file named by its absolute path (a ``file:`` URI keeps its
+    options: ``?mode=rw``, ``&nolock=1``…); other stores as they are."""
+    from urllib.parse import quote, urlsplit
+
+    from agentledger.events._backends import sqlite_file, sqlite_path
+
+    path, file = sqlite_path(store_url), sqlite_file(store_url)
+    if not path or file is None:
+        return store_url
+    if not path.startswith("file:"):
+        return "sqlite:///" + str(file.resolve())
+    query = urlsplit(path).query
+    return f"sqlite:///file:{quote(str(file.resolve()))}" + (f"?{query}" if query else "")
+
+
 def runtime_config(settings: Settings, store_url: str, models: dict[str, str]) -> RuntimeConfig:
     """The runtime configuration for a store, with absolute paths (agents run elsewhere)."""
-    from agentledger.events._backends import sqlite_path
-
-    if sqlite_path(store_url):  # the agents' processes may not share this one's folder
-        store_url = _canonical(store_url)
+    store_url = _absolute(store_url)  # the agents' processes may not share this one's folder
     rt = settings.runtime
     return RuntimeConfig(
         store_url=store_url,

@@ -1416,6 +1416,16 @@ def sqlite_path(url: str) -> str | None:
     return path[1:] if path.startswith("/") else path
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file a ``sqlite://`` store URL names, as the store opens it (a ``file:``
+    URI's path, see ``_database_file``); None for other stores and in-memory databases."""
+    path = sqlite_path(url)
+    if not path:
+        return None
+    file = _database_file(path)
+    return file.expanduser() if file is not None else None
+
+
 def open_backend(url: str) -> Backend:
     """The backend for a store URL: ``sqlite:///path``, ``postgresql://…`` or ``memory://``."""
     url = url.strip()

@@ -173,8 +173,13 @@ def test_run_refuses_a_workspace_that_holds_the_store(sqlite_url: str, tmp_path:
     # Sandboxed commands write anywhere in the workspace: with the log in it, they could
     # rewrite it or append an approval no human gave. Through a symlink too.
     (tmp_path / "link").symlink_to(tmp_path)
-    for workspace in (tmp_path, tmp_path / "link"):
-        code, output = invoke("run", "do it", "--workspace", str(workspace), "--store", sqlite_url)
+    as_uri = f"sqlite:///file:{sqlite_url.removeprefix('sqlite:///')}?mode=rwc"
+    for workspace, url in (
+        (tmp_path, sqlite_url),
+        (tmp_path / "link", sqlite_url),
+        (tmp_path, as_uri),
+    ):
+        code, output = invoke("run", "do it", "--workspace", str(workspace), "--store", url)
         assert code == 1, output
         assert "holds the event store" in " ".join(output.split())
     with EventStore.open(sqlite_url) as store:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agentledger.config import store_namespace
+from agentledger.config import Settings, cache_dir, runtime_config, store_namespace
+from agentledger.events._backends import sqlite_file
 
 
 def test_a_sqlite_file_is_named_by_its_absolute_path(
@@ -33,3 +34,21 @@ def test_a_postgres_database_is_named_without_its_password_or_scheme_spelling() 
     assert len({store_namespace(url) for url in same}) == 1
     for other in ("postgresql://ada@127.0.0.1/test?schema=s2", "postgresql://bob@127.0.0.1/test"):
         assert store_namespace(other) != store_namespace(same[0])
+
+
+def test_a_sqlite_file_uri_is_the_file_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    plain = store_namespace("sqlite:///l.db")
+    for uri in (
+        "sqlite:///file:l.db",
+        f"sqlite:///file:{tmp_path}/l.db?mode=rwc",
+        f"sqlite:///file://{tmp_path}/l.db",
+    ):
+        assert store_namespace(uri) == plain, uri
+        # The agents get the absolute file, with the URI's options; the cache is beside it.
+        config = runtime_config(Settings(), uri, {})
+        assert sqlite_file(config.store_url) == tmp_path / "l.db"
+        assert config.store_url.endswith("?mode=rwc") == uri.endswith("?mode=rwc")
+        assert cache_dir(uri).resolve() == tmp_path / "l.cache"
