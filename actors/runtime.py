@@ -97,6 +97,9 @@ _END_TOPICS = tuple(f"{t}@" for t in ("run.cancelled", "run.completed", "run.fai
 _AGENT_GC_THRESHOLD = (10_000, 10, 10)
 _LEASE_RETRY_S = 1.0  # how often an agent standing by asks for its lease again
 _LEASE_CHECK_S = 1.0  # how often an agent following the log asks whether its lease still holds
+# How often a replica looks whether the replicas that no longer run can be lifted (one write
+# and a read per replica of its role while one is behind, not one per event).
+_LIFT_CHECK_S = 2.0
 _TRACK_EVERY = 200  # skipped events between position records (a restart re-reads at most this)
 
 
@@ -259,6 +262,15 @@ def began_consumer(role: Role, run: str) -> str:
     return f"agent:{role.value}@{run}"
 
 
+def share_consumer(consumer: str, count: int) -> str:
+    """The name under which ``consumer``, one of ``count`` replicas of its role, records how far
+    it handled its share of the runs among ``count`` (its own position may be ahead from
+    another number of replicas, when runs that are its own now were another's): a replica that
+    no longer runs is lifted once every one of the ``count`` passed it (see
+    ``AgentWorker._lift_retired``)."""
+    return f"{consumer}@of-{count}"
+
+
 def replicas_tracked(store: EventStore, role: Role) -> dict[str, int]:
     """Every agent of ``role`` that recorded a position in ``store`` (its replicas, those that
     no longer run included), and that position; not their take-ups of forks."""
@@ -267,7 +279,7 @@ def replicas_tracked(store: EventStore, role: Role) -> dict[str, int]:
 
 def _replicas(tracked: Mapping[str, int]) -> dict[str, int]:
     """Of a role's tracked consumers, its agents' own positions (``take_up_consumer`` names,
-    ``agent@run``, are not)."""
+    ``agent@run``, and ``share_consumer`` names, ``agent@of-n``, are not)."""
     return {name: position for name, position in tracked.items() if "@" not in name}
 
 
@@ -340,6 +352,9 @@ class AgentWorker:
         # worker started: where it starts, and which take-ups of forks were under way.
         self._role_tracked: dict[str, int] = {}
         self._retired: dict[str, int] = {}  # replicas no longer run, still behind this one
+        self._siblings: list[str] = []  # with several replicas: every one of them, this included
+        self._lift_at = 0.0  # when to look again whether the retired ones can be lifted
+        self._shared = 0  # the position this replica last recorded for its share
         self._own_start = 0  # this agent's own position when it started
         self.handled = 0
         self.failures = 0
@@ -431,26 +446,59 @@ class AgentWorker:
                 own,
                 ", ".join(f"{n} recorded {p}" for n, p in sorted(replicas.items()) if p < own),
             )
-        if self.partition[1] == 1:
-            # The only replica: the others no longer run, and once it has passed their positions
-            # it handled all they left; their positions are lifted then (see _lift_retired), or
-            # every later start would read the log again from there.
+        # The replicas that no longer run are lifted once those that run have passed them (see
+        # _lift_retired), or every later start would read the log again from there.
+        count = self.partition[1]
+        if count == 1:
             self._retired = {n: p for n, p in replicas.items() if n != self.consumer}
+        else:
+            # The runtime names replica i of n "<role>/<i + 1>": the others are retired.
+            prefix = f"agent:{self.agent.role.value}/"
+            siblings = [f"{prefix}{i + 1}" for i in range(count)]
+            if self.consumer in siblings:
+                self._siblings = siblings
+                self._retired = {n: p for n, p in replicas.items() if n not in siblings}
         return start
 
     def _lift_retired(self) -> None:
-        """Record the position of this worker, the only replica of its role, for the replicas
-        that no longer run (see ``_start_position``), once it has passed theirs: everything up
-        to it is handled. Under each one's lease: one may still run in a process of an older
-        configuration (then it is left as it is)."""
+        """Record, for the replicas that no longer run (see ``_start_position``), a position
+        every replica that runs now has passed: everything up to it is handled (each run a
+        retired one left is now one of theirs).
+
+        The only replica knows it by its own position. Several know it by the share each
+        recorded since it started with this number of replicas (``share_consumer``), not by
+        their own positions: one that was ahead of the retired one before the number changed
+        has not handled yet the runs it took over from it (and may not run yet). Looked at every
+        ``_LIFT_CHECK_S`` at most. Under each retired one's lease: one may still run in a
+        process of an older configuration (then it is left as it is)."""
+        now = time.monotonic()
+        if now < self._lift_at:
+            return
+        self._lift_at = now + _LIFT_CHECK_S
+        handled = self.position
+        if self._siblings:
+            count = len(self._siblings)
+            try:
+                if self.position > self._shared:
+                    with contextlib.suppress(AlreadyProcessed):
+                        self.store.record_position(
+                            share_consumer(self.consumer, count), self.position
+                        )
+                    self._shared = self.position
+                handled = min(
+                    self.store.position_of(share_consumer(name, count)) for name in self._siblings
+                )
+            except StoreUnavailable as exc:
+                self.last_error = str(exc)
+                return
         for name, recorded in list(self._retired.items()):
-            if self.position <= recorded:
+            if handled <= recorded:
                 continue
             lease = self.store.lease(name)
             if lease is None:
                 continue
             try:
-                self.store.record_position(name, self.position)
+                self.store.record_position(name, handled)
             except AlreadyProcessed:
                 pass
             except StoreUnavailable as exc:

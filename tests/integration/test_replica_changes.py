@@ -27,6 +27,8 @@ from agentledger.actors.runtime import (
     RuntimeConfig,
     agent_for,
     follow_run,
+    replicas_tracked,
+    share_consumer,
 )
 from agentledger.actors.verify import verify_run
 from agentledger.control import Human, decide
@@ -108,11 +110,24 @@ def _replica_of(stream: str, count: int) -> int:
     return int.from_bytes(hashlib.sha256(stream.encode()).digest()[:8], "big") % count + 1
 
 
-def _start(store: EventStore, goal: str, replica: int, count: int, **payload: Any) -> str:
-    """Start a run that replica ``replica`` of ``count`` runs."""
+def _start(
+    store: EventStore,
+    goal: str,
+    replica: int,
+    count: int,
+    *,
+    later: tuple[int, int] | None = None,
+    **payload: Any,
+) -> str:
+    """Start a run that replica ``replica`` of ``count`` runs (and, ``later``, replica
+    ``later[0]`` of ``later[1]``)."""
     for n in itertools.count():
         stream = f"run-replicas-{n}"
-        if _replica_of(stream, count) == replica and not store.stream_version(stream):
+        if (
+            _replica_of(stream, count) == replica
+            and (later is None or _replica_of(stream, later[1]) == later[0])
+            and not store.stream_version(stream)
+        ):
             break
     started = RunStarted(actor="human:ada", payload={"goal": goal, "user": "ada", **payload})
     store.append(stream, [started], expected_version=0)
@@ -173,6 +188,74 @@ def test_fewer_replicas_take_up_what_a_replica_stopped_behind_on(url: str, tmp_p
         for run in (behind, ahead):
             report = verify_run(store, run)
             assert report.ok, report.divergence
+
+
+def test_fewer_replicas_lift_a_retired_one_once_every_one_left_passed_it(
+    url: str, tmp_path: Path
+) -> None:
+    # Three executors; the third dies during the model call on its run's assignment while the
+    # others go on past it. Restarted with two, the run falls to the second one. The third's
+    # position must be lifted once both have passed it (before: never, so every later start,
+    # and verify, went back to it), and not before: the first one passing it, or the second's
+    # own position (ahead of it from the three), says nothing of the run the second took over.
+    (tmp_path / "ws").mkdir()
+    dying = Dying()
+
+    def providers(role: Role, n: int) -> Mapping[str, ModelProvider] | None:
+        return {"offline": dying} if role is Role.EXECUTION and n == 3 else None
+
+    with EventStore.open(url) as store:
+        behind = _start(
+            store, "write s3 to s3.md", 3, 3, later=(2, 2), workspace=str(tmp_path / "ws")
+        )
+        with Agents(url, tmp_path, execution=3, providers=providers) as agents:
+            _until(lambda: agents.killed == ["agent:execution/3"], "execution/3 dies")
+            ahead = _start(store, "write s1 to s1.md", 1, 3, workspace=str(tmp_path / "ws"))
+            state = follow_run(store, ahead, until=ENDED, timeout=60)
+            assert state.status is RunStatus.COMPLETED, state.outcome
+            last = store.head_position()
+            for n in (1, 2):
+                _until(
+                    lambda n=n: store.position_of(f"agent:execution/{n}") >= last,
+                    f"execution/{n} goes on",
+                )
+        (assigned,) = [e for e in store.read(behind) if e.type == "task.assigned"]
+        retired = store.position_of("agent:execution/3")
+        assert retired < (assigned.position or 0) < store.position_of("agent:execution/2")
+
+        # The second executor stands by (its lease held, as by a process still running), so
+        # the run waits; the first passes the assignment: no lift.
+        held = store.lease("agent:execution/2")
+        assert held is not None
+        with Agents(url, tmp_path, execution=2) as agents:
+            first = agents.worker("agent:execution/1")
+            _until(lambda: first.position > (assigned.position or 0), "execution/1 passes it")
+            time.sleep(5)  # more than two looks at whether it can lift (every 2 s)
+            assert store.position_of("agent:execution/3") == retired
+            assert RunStateProjection().fold(store.read(behind)).status is RunStatus.RUNNING
+
+            held.release()  # the second takes over, handles the run, passes the assignment
+            state = follow_run(store, behind, until=ENDED, timeout=60)
+            assert state.status is RunStatus.COMPLETED, state.outcome
+            _until(
+                lambda: store.position_of("agent:execution/3") > (assigned.position or 0),
+                "execution/3 lifted",
+            )
+            assert store.position_of("agent:execution/3") <= min(
+                store.position_of(share_consumer(f"agent:execution/{n}", 2)) for n in (1, 2)
+            )
+        # The next start (and verify) no longer go back to where the third stopped.
+        assert min(replicas_tracked(store, Role.EXECUTION).values()) > (assigned.position or 0)
+        assert (tmp_path / "ws" / "s3.md").exists()
+        events = store.read(behind)
+        executors = {e.actor for e in events if e.actor.startswith("agent:execution/")}
+        assert executors == {"agent:execution/2"}
+        types = [e.type for e in events]
+        assert types.count("task.assigned") == types.count("task.completed") == 1
+        for run in (behind, ahead):
+            report = verify_run(store, run)
+            assert report.ok, report.divergence
+            assert not any("not handled" in note for note in report.notes), report.notes
 
 
 def test_more_replicas_do_not_run_again_a_high_risk_call_another_one_began(
