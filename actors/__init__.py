@@ -1,7 +1,15 @@
 """Agents: the Agent base and four roles, model providers, tools, the Memory Manager, and the
 runtime that runs each agent as a Ray actor following the log."""
 
-from .agent import Agent, AgentSettings, DecisionFailed, ModelChoice, RunView, Turn
+from .agent import (
+    Agent,
+    AgentSettings,
+    DecisionFailed,
+    HandlerFailed,
+    ModelChoice,
+    RunView,
+    Turn,
+)
 from .extensions import Extension
 from .memory_manager import MemoryManager
 from .models import ModelError, ModelProvider, ModelReply, ModelRequest, ModelSpec
@@ -38,6 +46,7 @@ __all__ = [
     "DecisionFailed",
     "Execution",
     "Extension",
+    "HandlerFailed",
     "MemoryManager",
     "ModelChoice",
     "ModelError",

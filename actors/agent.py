@@ -35,6 +35,7 @@ from agentledger.events import (
     ActionFailed,
     ActionProposed,
     ActionRiskAssessed,
+    AlreadyProcessed,
     ApprovalRequested,
     Envelope,
     Event,
@@ -70,6 +71,25 @@ APPROVAL_TTL = timedelta(hours=24)
 """How long an approval request stays open before it may expire."""
 POLICY_PRINCIPAL = "system:policy"
 """Who assesses risk: the policy decides, not the agent (a low-risk call is auto-approved by it)."""
+
+
+MODEL_CALL_TYPES = frozenset(
+    {"context.summarized", "model.requested", "model.responded", "model.failed"}
+)
+"""The events that record a turn's model calls: each request (with the prompt or its hash),
+its answer or failure, and a summary of older history a prompt was built from."""
+
+
+class HandlerFailed(Exception):
+    """A handler raised ``error``. ``model_calls``: the events recording the model calls its
+    turn made and had not flushed, in order, which the runtime appends before the failure: the
+    tokens spent and the answers received stay in the log; nothing else the failed turn
+    decided does."""
+
+    def __init__(self, error: Exception, model_calls: list[Envelope]) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+        self.model_calls = model_calls
 
 
 class DecisionFailed(Exception):
@@ -205,6 +225,10 @@ class Turn:
     def add(self, event: Envelope) -> None:
         """Emit an event built elsewhere (e.g. a blackboard post)."""
         self.emitted.append(event)
+
+    def model_calls(self) -> list[Envelope]:
+        """The events recording this turn's model calls (``MODEL_CALL_TYPES``) not flushed yet."""
+        return [e for e in self.emitted if e.type in MODEL_CALL_TYPES]
 
     def new_id(self, prefix: str) -> str:
         """An id unique in the run and the same on every re-execution of this handler."""
@@ -498,6 +522,8 @@ class Agent:
     """Request approval of a call a human already denied in the run."""
     validate_before_approval = True
     """Check a call's arguments before requesting approval (earlier: only once granted)."""
+    keep_model_calls_of_failed_turns = True
+    """Keep the model calls of a turn whose handler raised (earlier: only the failure)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -534,12 +560,18 @@ class Agent:
 
     def handle(self, event: Event, run: RunView, flush: Flush | None = None) -> list[Envelope]:
         """Run the handler for ``event`` and return the events it emitted (after any that
-        ``flush`` already made durable)."""
+        ``flush`` already made durable). ``HandlerFailed`` if the handler raised."""
         name = self._handlers.get(event.type)
         if name is None or not self.wants(event, run):
             return []
         turn = Turn(self, event, run, self.settings, flush)
-        getattr(self, name)(event, turn)
+        try:
+            getattr(self, name)(event, turn)
+        except AlreadyProcessed:
+            raise  # from flush: another instance handled this event, not a failure
+        except Exception as exc:
+            calls = turn.model_calls() if self.keep_model_calls_of_failed_turns else []
+            raise HandlerFailed(exc, calls) from exc
         return turn.emitted
 
     def recover(self, cause: Event, run: RunView, flush: Flush | None = None) -> list[Envelope]:

@@ -57,7 +57,7 @@ from agentledger.projections.memory import LongTermMemory, Scratchpad, Scratchpa
 from agentledger.projections.run_state import TERMINAL
 from agentledger.projections.runner import run_events
 
-from .agent import Agent, AgentSettings, ModelChoice, RunView
+from .agent import Agent, AgentSettings, HandlerFailed, ModelChoice, RunView
 from .extensions import Extension, load_extensions, role_class, tool_registry
 from .memory_manager import MemoryManager
 from .models import ModelProvider, ModelSpec
@@ -281,6 +281,44 @@ def _replicas(tracked: Mapping[str, int]) -> dict[str, int]:
     """Of a role's tracked consumers, its agents' own positions (``take_up_consumer`` names,
     ``agent@run``, and ``share_consumer`` names, ``agent@of-n``, are not)."""
     return {name: position for name, position in tracked.items() if "@" not in name}
+
+
+def failed_reaction(principal: str, event: Event, view: RunView, exc: Exception) -> list[Envelope]:
+    """What an agent's worker appends when handling ``event`` raised ``exc``: the model calls
+    the turn had made (``HandlerFailed.model_calls``), then the failure naming the error. Verify
+    rebuilds a failed reaction with it."""
+    calls = exc.model_calls if isinstance(exc, HandlerFailed) else []
+    return [*calls, *_failure(principal, event, view, _described(exc))]
+
+
+def _described(exc: Exception) -> str:
+    """``Type: message`` of what a handler raised (not of the ``HandlerFailed`` around it)."""
+    error = exc.error if isinstance(exc, HandlerFailed) else exc
+    return f"{type(error).__name__}: {error}"
+
+
+def failure_reason(principal: str, event: Event, error: str) -> str:
+    """The reason of the failure an agent's worker records when it could not handle ``event``."""
+    return f"{principal} could not handle {event.type} at position {event.position}: {error}"
+
+
+def _failure(principal: str, event: Event, view: RunView, error: str) -> list[Envelope]:
+    """``task.failed`` for the sub-task ``event`` is about, else ``run.failed`` (nothing once
+    the run is no longer active)."""
+    task_id = getattr(event.payload, "task_id", None)
+    if not view.active:
+        return []
+    cause = event.caused_by(event)
+    reason = failure_reason(principal, event, error)
+    if isinstance(task_id, str) and event.type in ("task.assigned", "task.completed"):
+        return [
+            TaskFailed(
+                actor=principal,
+                payload={"task_id": task_id, "reason": reason[:MAX_TEXT], "retryable": False},
+                **cause,
+            )
+        ]
+    return [RunFailed(actor=principal, payload={"reason": reason[:MAX_TEXT]}, **cause)]
 
 
 class _RunCache:
@@ -784,7 +822,7 @@ class AgentWorker:
             return  # another instance of this agent handled it (a duplicate delivery)
         except Exception as exc:  # one handler's failure is an event, not a crash
             self.failures += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_error = _described(exc)
             _log.error(
                 "%s failed on %s at %d:\n%s",
                 self.consumer,
@@ -792,7 +830,7 @@ class AgentWorker:
                 position,
                 traceback.format_exc(),
             )
-            emitted = self._failure(event, view, f"{type(exc).__name__}: {exc}")
+            emitted = failed_reaction(self.consumer, event, view, exc)
         if not emitted and not tracked:
             if live:
                 self._skip(position)
@@ -858,7 +896,9 @@ class AgentWorker:
                 # The agent produced an event the log refuses: record why, not the event.
                 self.failures += 1
                 self.last_error = str(exc)
-                emitted = self._failure(event, view, f"invalid event from the agent: {exc}")
+                emitted = _failure(
+                    self.consumer, event, view, f"invalid event from the agent: {exc}"
+                )
                 if not emitted:
                     if tracking is not None:
                         self.store.record_position(tracking.consumer, tracking.position)
@@ -979,24 +1019,6 @@ class AgentWorker:
                 if row_stream == event.stream and topic.startswith(_CONTROL_TOPICS):
                     last = topic.partition("@")[0]
         return last is not None and last != "run.resumed"
-
-    def _failure(self, event: Event, view: RunView, error: str) -> list[Envelope]:
-        task_id = getattr(event.payload, "task_id", None)
-        if not view.active:
-            return []
-        cause = event.caused_by(event)
-        reason = (
-            f"{self.consumer} could not handle {event.type} at position {event.position}: {error}"
-        )
-        if isinstance(task_id, str) and event.type in ("task.assigned", "task.completed"):
-            return [
-                TaskFailed(
-                    actor=self.consumer,
-                    payload={"task_id": task_id, "reason": reason[:MAX_TEXT], "retryable": False},
-                    **cause,
-                )
-            ]
-        return [RunFailed(actor=self.consumer, payload={"reason": reason[:MAX_TEXT]}, **cause)]
 
     def _skip(self, position: int) -> None:
         self._untracked = position

@@ -34,7 +34,15 @@ from agentledger.projections import RunState
 from agentledger.projections.memory import LongTermMemory
 from agentledger.projections.runner import run_events
 
-from .agent import Agent, AgentSettings, ModelChoice, RunView, denied_call
+from .agent import (
+    MODEL_CALL_TYPES,
+    Agent,
+    AgentSettings,
+    HandlerFailed,
+    ModelChoice,
+    RunView,
+    denied_call,
+)
 from .decisions import SOURCES, sections
 from .extensions import Extension, provider_names, role_class, tool_registry
 from .memory_manager import MemoryManager
@@ -53,6 +61,10 @@ _HALTS = frozenset({"run.paused", "run.cancelled"})
 
 class _Diverged(Exception):
     """Re-execution asked for something the recording does not have."""
+
+
+class _Unanswered(_Diverged):
+    """Re-execution asked a model more often than the recording shows."""
 
 
 class _Interrupted(Exception):
@@ -135,7 +147,7 @@ class _ReplayProvider:
             raise ModelEndpointError(
                 p.error, endpoint="(recorded)", status=None, attempts=1, retryable=p.retryable
             )
-        raise _Diverged("the handler asked a model more often than the recording shows")
+        raise _Unanswered("the handler asked a model more often than the recording shows")
 
 
 class _ReplayTools(ToolRegistry):
@@ -362,7 +374,8 @@ def _verify_role(
     shared: _Shared,
     report: VerifyReport,
 ) -> Divergence | None:
-    from .runtime import _RunCache, replicas_tracked  # the same view the live worker builds
+    # The same view, and the same failed reaction, as the live worker's.
+    from .runtime import _RunCache, failed_reaction, failure_reason, replicas_tracked
 
     recording = segment.recording
     events, reactions = recording.events, recording.reactions
@@ -457,20 +470,42 @@ def _verify_role(
         requested = _requested_calls(recorded, view.state)
         agent.ask_again_after_denial = _asked_again(requested, view.state)
         agent.validate_before_approval = not _asked_for_invalid(requested, settings.tools)
+        agent.keep_model_calls_of_failed_turns = _model_calls_kept(recorded)
         flushed: list[Envelope] = []
         if long_term is not None:
             long_term.catch_up(store, to_position=event.position or 0)
         try:
             emitted = agent.handle(event, view, flushed.extend)
-        except _Diverged as exc:
-            return _diverged(principal, event, recorded[0] if recorded else None, None, str(exc))
-        except _Interrupted as exc:
-            # Live, the process died here: what it had made durable is the whole reaction.
-            emitted = []
-            report.notes.append(
-                f"position {event.position}: the reaction stopped at action {exc} (a crash; its "
-                "outcome was recorded as unknown)"
-            )
+        except HandlerFailed as failed:
+            error = failed.error
+            if isinstance(error, _Interrupted):
+                # Live, the process died here: what it had made durable is the whole reaction.
+                emitted = []
+                report.notes.append(
+                    f"position {event.position}: the reaction stopped at action {error} (a "
+                    "crash; its outcome was recorded as unknown)"
+                )
+            elif (
+                isinstance(error, _Unanswered)
+                and not agent.keep_model_calls_of_failed_turns
+                and _failed_live(recorded, failure_reason(agent.principal, event, ""))
+            ):
+                # Recorded before failed turns kept their model calls: the answer the handler
+                # got here is not in the log, so what it did next cannot be re-executed. What
+                # it had flushed is compared, and the failure as recorded.
+                emitted = list(recorded[-1:])
+                report.notes.append(
+                    f"position {event.position}: the handler failed after a model call whose "
+                    "answer was not recorded (before failed turns kept their model calls); "
+                    "re-executed up to that call"
+                )
+            elif isinstance(error, _Diverged):
+                return _diverged(
+                    principal, event, recorded[0] if recorded else None, None, str(error)
+                )
+            else:
+                # The handler raised: as live, the model calls its turn made, then the failure.
+                emitted = failed_reaction(agent.principal, event, view, failed)
         emitted = [*flushed, *emitted]
         if emitted and not recorded and any(e.type in _HALTS for e in events[index + 1 :]):
             report.notes.append(
@@ -540,6 +575,26 @@ def _asked_for_invalid(
             except InvalidToolArguments:
                 return True
     return False
+
+
+def _model_calls_kept(recorded: list[Event]) -> bool:
+    """Whether the reaction was recorded by agents that keep the model calls of a failed turn
+    (it matters only if the handler fails): then the last event before the failure (or the
+    last, when the run had ended and no failure was added) is one of their records. Before,
+    the failure came alone or after what the turn had flushed (nothing, or up to an action's
+    risk assessment)."""
+    return any(e.type in MODEL_CALL_TYPES for e in recorded[-2:])
+
+
+def _failed_live(recorded: list[Event], reason: str) -> bool:
+    """Whether the reaction ends with the failure a worker records when a handler raised
+    (``reason``: how its reason begins)."""
+    last = recorded[-1] if recorded else None
+    return (
+        last is not None
+        and last.type in ("task.failed", "run.failed")
+        and str(getattr(last.payload, "reason", "")).startswith(reason)
+    )
 
 
 def _memories_listed_first(recorded: list[Event]) -> bool:
