@@ -389,7 +389,8 @@ class AgentWorker:
         # What every agent of this role (each replica, current or not) had recorded when this
         # worker started: where it starts, and which take-ups of forks were under way.
         self._role_tracked: dict[str, int] = {}
-        self._retired: dict[str, int] = {}  # replicas no longer run, still behind this one
+        self._retired: dict[str, int] = {}  # replicas no longer run: their positions
+        self._lifted: set[str] = set()  # those of them this worker lifted since it started
         self._siblings: list[str] = []  # with several replicas: every one of them, this included
         self._lift_at = 0.0  # when to look again whether the retired ones can be lifted
         self._shared = 0  # the position this replica last recorded for its share
@@ -457,6 +458,8 @@ class AgentWorker:
                 self._subscription = None
                 if not self._lost:  # else nothing more is written as this agent
                     self._track_skipped()
+                    if self._retired:
+                        self._lift_retired(final=True)
         finally:
             self._held = None
 
@@ -487,6 +490,7 @@ class AgentWorker:
         # The replicas that no longer run are lifted once those that run have passed them (see
         # _lift_retired), or every later start would read the log again from there.
         count = self.partition[1]
+        self._lifted = set()
         if count == 1:
             self._retired = {n: p for n, p in replicas.items() if n != self.consumer}
         else:
@@ -498,7 +502,7 @@ class AgentWorker:
                 self._retired = {n: p for n, p in replicas.items() if n not in siblings}
         return start
 
-    def _lift_retired(self) -> None:
+    def _lift_retired(self, final: bool = False) -> None:
         """Record, for the replicas that no longer run (see ``_start_position``), a position
         every replica that runs now has passed: everything up to it is handled (each run a
         retired one left is now one of theirs).
@@ -508,9 +512,12 @@ class AgentWorker:
         their own positions: one that was ahead of the retired one before the number changed
         has not handled yet the runs it took over from it (and may not run yet). Looked at every
         ``_LIFT_CHECK_S`` at most. Under each retired one's lease: one may still run in a
-        process of an older configuration (then it is left as it is)."""
+        process of an older configuration (then it is left as it is).
+
+        Lifted again as this worker goes on (every ``_TRACK_EVERY`` positions, and when it
+        stops: ``final``), or the next start would read the log again from the first lift."""
         now = time.monotonic()
-        if now < self._lift_at:
+        if now < self._lift_at and not final:
             return
         self._lift_at = now + _LIFT_CHECK_S
         handled = self.position
@@ -532,6 +539,8 @@ class AgentWorker:
         for name, recorded in list(self._retired.items()):
             if handled <= recorded:
                 continue
+            if name in self._lifted and handled - recorded < _TRACK_EVERY and not final:
+                continue  # lifted already: again once well ahead (one write, not one a check)
             lease = self.store.lease(name)
             if lease is None:
                 continue
@@ -544,7 +553,8 @@ class AgentWorker:
                 return
             finally:
                 lease.release()
-            del self._retired[name]
+            self._retired[name] = handled
+            self._lifted.add(name)
 
     def _leased(self) -> bool:
         """Whether this worker still holds its lease, asked of the store at most every

@@ -180,6 +180,15 @@ def test_fewer_replicas_take_up_what_a_replica_stopped_behind_on(url: str, tmp_p
             # next start does not read the log again from there.
             last = store.head_position()
             _until(lambda: store.position_of("agent:execution/2") >= last, "execution/2 lifted")
+            # And lifted again as the one left goes on (here: when it stops), not left at
+            # the first lift for every later start to read the log again from there.
+            more = _start(store, "write s3 to s3.md", 1, 1, workspace=str(tmp_path / "ws"))
+            state = follow_run(store, more, until=ENDED, timeout=60)
+            assert state.status is RunStatus.COMPLETED, state.outcome
+            end = store.head_position()
+            first = agents.worker("agent:execution/1")
+            _until(lambda: first.position >= end, "execution/1 reads to the end")
+        assert store.position_of("agent:execution/2") >= end > last
         assert (tmp_path / "ws" / "s2.md").exists()
         events = store.read(behind)
         executors = {e.actor for e in events if e.actor.startswith("agent:execution/")}
