@@ -78,18 +78,59 @@ MODEL_CALL_TYPES = frozenset(
 )
 """The events that record a turn's model calls: each request (with the prompt or its hash),
 its answer or failure, and a summary of older history a prompt was built from."""
+ACTION_RECORD_TYPES = frozenset(
+    {
+        "action.proposed",
+        "action.risk_assessed",
+        "action.executed",
+        "action.failed",
+        "notification.sent",
+    }
+)
+"""The events that record a tool call: proposal, risk assessment, outcome, and the notice a
+medium-risk call sends once it ran."""
+_OUTCOME_TYPES = frozenset({"action.executed", "action.failed"})
+
+FailedTurnRecords = Literal["all", "model calls", "none"]
+"""Which records of a turn whose handler raised the runtime keeps (``failed_turn_records``):
+all of them; only its model calls (as agents did from 4e93675 until its tool calls were kept
+too); none, only the failure (as before that)."""
+
+
+def failed_turn_records(
+    emitted: Sequence[Envelope], kept: FailedTurnRecords = "all"
+) -> list[Envelope]:
+    """Of the events a failed turn emitted and had not flushed, the records of what happened,
+    in the order they were emitted: its model calls, and each tool call whose outcome it
+    recorded (``action.executed`` / ``action.failed``) with that call's proposal, assessment
+    and notice among them. Not its decisions (completions, posts, approval requests, …), nor a
+    call proposed without an outcome: a proposal alone would look like a call a crash
+    interrupted, and recovery would ask a human about a call that never ran."""
+    if kept == "none":
+        return []
+    ran = (
+        {getattr(e.payload, "action_id", None) for e in emitted if e.type in _OUTCOME_TYPES}
+        if kept == "all"
+        else set()
+    )
+    return [
+        e
+        for e in emitted
+        if e.type in MODEL_CALL_TYPES
+        or (e.type in ACTION_RECORD_TYPES and getattr(e.payload, "action_id", None) in ran)
+    ]
 
 
 class HandlerFailed(Exception):
-    """A handler raised ``error``. ``model_calls``: the events recording the model calls its
-    turn made and had not flushed, in order, which the runtime appends before the failure: the
-    tokens spent and the answers received stay in the log; nothing else the failed turn
-    decided does."""
+    """A handler raised ``error``. ``records``: the records of what its turn did and had not
+    flushed (``failed_turn_records``: its model calls and the tool calls that ran), in order,
+    which the runtime appends before the failure: the tokens spent, the answers received and
+    the side effects stay in the log; nothing else the failed turn decided does."""
 
-    def __init__(self, error: Exception, model_calls: list[Envelope]) -> None:
+    def __init__(self, error: Exception, records: list[Envelope]) -> None:
         super().__init__(f"{type(error).__name__}: {error}")
         self.error = error
-        self.model_calls = model_calls
+        self.records = records
 
 
 class DecisionFailed(Exception):
@@ -225,10 +266,6 @@ class Turn:
     def add(self, event: Envelope) -> None:
         """Emit an event built elsewhere (e.g. a blackboard post)."""
         self.emitted.append(event)
-
-    def model_calls(self) -> list[Envelope]:
-        """The events recording this turn's model calls (``MODEL_CALL_TYPES``) not flushed yet."""
-        return [e for e in self.emitted if e.type in MODEL_CALL_TYPES]
 
     def new_id(self, prefix: str) -> str:
         """An id unique in the run and the same on every re-execution of this handler."""
@@ -522,8 +559,9 @@ class Agent:
     """Request approval of a call a human already denied in the run."""
     validate_before_approval = True
     """Check a call's arguments before requesting approval (earlier: only once granted)."""
-    keep_model_calls_of_failed_turns = True
-    """Keep the model calls of a turn whose handler raised (earlier: only the failure)."""
+    records_of_failed_turns: FailedTurnRecords = "all"
+    """Which records of a turn whose handler raised are kept (earlier: its model calls only,
+    and before that none, only the failure)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -570,8 +608,8 @@ class Agent:
         except AlreadyProcessed:
             raise  # from flush: another instance handled this event, not a failure
         except Exception as exc:
-            calls = turn.model_calls() if self.keep_model_calls_of_failed_turns else []
-            raise HandlerFailed(exc, calls) from exc
+            records = failed_turn_records(turn.emitted, self.records_of_failed_turns)
+            raise HandlerFailed(exc, records) from exc
         return turn.emitted
 
     def recover(self, cause: Event, run: RunView, flush: Flush | None = None) -> list[Envelope]:

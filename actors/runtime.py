@@ -57,7 +57,14 @@ from agentledger.projections.memory import LongTermMemory, Scratchpad, Scratchpa
 from agentledger.projections.run_state import TERMINAL
 from agentledger.projections.runner import run_events
 
-from .agent import Agent, AgentSettings, HandlerFailed, ModelChoice, RunView
+from .agent import (
+    Agent,
+    AgentSettings,
+    HandlerFailed,
+    ModelChoice,
+    RunView,
+    failed_turn_records,
+)
 from .extensions import Extension, load_extensions, role_class, tool_registry
 from .memory_manager import MemoryManager
 from .models import ModelProvider, ModelSpec
@@ -284,11 +291,24 @@ def _replicas(tracked: Mapping[str, int]) -> dict[str, int]:
 
 
 def failed_reaction(principal: str, event: Event, view: RunView, exc: Exception) -> list[Envelope]:
-    """What an agent's worker appends when handling ``event`` raised ``exc``: the model calls
-    the turn had made (``HandlerFailed.model_calls``), then the failure naming the error. Verify
-    rebuilds a failed reaction with it."""
-    calls = exc.model_calls if isinstance(exc, HandlerFailed) else []
-    return [*calls, *_failure(principal, event, view, _described(exc))]
+    """What an agent's worker appends when handling ``event`` raised ``exc``: the records of
+    what the turn did (``HandlerFailed.records``: its model calls and the tool calls that ran),
+    then the failure naming the error. Verify rebuilds a failed reaction with it."""
+    records = exc.records if isinstance(exc, HandlerFailed) else []
+    return [*records, *_failure(principal, event, view, _described(exc))]
+
+
+def refused_reactions(
+    agent: Agent, event: Event, view: RunView, emitted: Sequence[Envelope], error: Exception
+) -> list[list[Envelope]]:
+    """What an agent's worker appends instead when the store refused the events ``emitted``
+    by ``agent`` in reaction to ``event`` (``error``: ``InvalidEvent`` / ``NotAuthorized``), in
+    the order it tries them: the records of what the turn did (``failed_turn_records``) then
+    the failure; if the store refuses those too (a record was the invalid event), the failure
+    alone. Verify rebuilds a refused reaction with it."""
+    failure = _failure(agent.principal, event, view, f"invalid event from the agent: {error}")
+    records = failed_turn_records(emitted, agent.records_of_failed_turns)
+    return [[*records, *failure], failure] if records else [failure]
 
 
 def _described(exc: Exception) -> str:
@@ -890,6 +910,7 @@ class AgentWorker:
         newest = after[-1] if after else (view.events[-1] if view.events else None)
         known: int | None = newest.version if newest is not None else None
         delay = 0.05
+        instead: list[list[Envelope]] | None = None  # once the store refused ``emitted``
         while True:
             try:
                 try:
@@ -903,12 +924,15 @@ class AgentWorker:
                     raise
                 return []
             except (InvalidEvent, NotAuthorized) as exc:
-                # The agent produced an event the log refuses: record why, not the event.
-                self.failures += 1
-                self.last_error = str(exc)
-                emitted = _failure(
-                    self.consumer, event, view, f"invalid event from the agent: {exc}"
-                )
+                # The agent produced an event the log refuses: record why, and what its turn
+                # did, not the event.
+                if instead is None:
+                    self.failures += 1
+                    self.last_error = str(exc)
+                    instead = refused_reactions(self.agent, event, view, emitted, exc)
+                elif not instead:
+                    raise  # the failure alone was refused: a bug of ours, not the agent's
+                emitted = instead.pop(0)
                 if not emitted:
                     if tracking is not None:
                         self.store.record_position(tracking.consumer, tracking.position)

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import JsonValue
 
-from agentledger.events import Envelope, Event, EventStore, Role
+from agentledger.events import Envelope, Event, EventStore, InvalidEvent, NotAuthorized, Role
 from agentledger.projections import RunState
 from agentledger.projections.memory import LongTermMemory
 from agentledger.projections.runner import run_events
@@ -38,6 +38,8 @@ from .agent import (
     MODEL_CALL_TYPES,
     Agent,
     AgentSettings,
+    FailedTurnRecords,
+    Flush,
     HandlerFailed,
     ModelChoice,
     RunView,
@@ -65,6 +67,10 @@ class _Diverged(Exception):
 
 class _Unanswered(_Diverged):
     """Re-execution asked a model more often than the recording shows."""
+
+
+class _NotRecorded(_Diverged):
+    """Re-execution ran a tool call whose outcome the recording does not have."""
 
 
 class _Interrupted(Exception):
@@ -166,7 +172,9 @@ class _ReplayTools(ToolRegistry):
         if recorded is None and action_id in self.interrupted:
             raise _Interrupted(action_id)
         if recorded is None:
-            raise _Diverged(f"the handler ran {name} ({action_id}), which the recording never ran")
+            raise _NotRecorded(
+                f"the handler ran {name} ({action_id}), which the recording never ran"
+            )
         if recorded.type == "action.failed":
             raise ToolError(recorded.payload.error)
         result: JsonValue = recorded.payload.result  # type: ignore[union-attr]
@@ -375,7 +383,7 @@ def _verify_role(
     report: VerifyReport,
 ) -> Divergence | None:
     # The same view, and the same failed reaction, as the live worker's.
-    from .runtime import _RunCache, failed_reaction, failure_reason, replicas_tracked
+    from .runtime import _RunCache, failed_reaction, replicas_tracked
 
     recording = segment.recording
     events, reactions = recording.events, recording.reactions
@@ -470,12 +478,13 @@ def _verify_role(
         requested = _requested_calls(recorded, view.state)
         agent.ask_again_after_denial = _asked_again(requested, view.state)
         agent.validate_before_approval = not _asked_for_invalid(requested, settings.tools)
-        agent.keep_model_calls_of_failed_turns = _model_calls_kept(recorded)
+        agent.records_of_failed_turns = _records_kept(recorded)
         flushed: list[Envelope] = []
+        flush = _flush_as_live(store, agent, event, view, flushed)
         if long_term is not None:
             long_term.catch_up(store, to_position=event.position or 0)
         try:
-            emitted = agent.handle(event, view, flushed.extend)
+            emitted = _as_appended(store, agent, event, view, agent.handle(event, view, flush))
         except HandlerFailed as failed:
             error = failed.error
             if isinstance(error, _Interrupted):
@@ -486,17 +495,21 @@ def _verify_role(
                     "crash; its outcome was recorded as unknown)"
                 )
             elif (
-                isinstance(error, _Unanswered)
-                and not agent.keep_model_calls_of_failed_turns
-                and _failed_live(recorded, failure_reason(agent.principal, event, ""))
-            ):
-                # Recorded before failed turns kept their model calls: the answer the handler
-                # got here is not in the log, so what it did next cannot be re-executed. What
-                # it had flushed is compared, and the failure as recorded.
-                emitted = list(recorded[-1:])
+                rest := _older_failure(recorded, [*flushed, *failed.records], error, agent, event)
+            ) is not None:
+                # Recorded by agents that kept less of a failed turn: the answer or the result
+                # the handler got here is not in the log, so what it did next cannot be
+                # re-executed. What it had done up to there is compared, the rest (its later
+                # model calls and the failure) taken as recorded.
+                emitted = [*failed.records, *rest]
+                what, outcome = (
+                    ("model call", "answer")
+                    if isinstance(error, _Unanswered)
+                    else ("tool call", "result")
+                )
                 report.notes.append(
-                    f"position {event.position}: the handler failed after a model call whose "
-                    "answer was not recorded (before failed turns kept their model calls); "
+                    f"position {event.position}: the handler failed after a {what} whose "
+                    f"{outcome} was not recorded (before failed turns kept their {what}s); "
                     "re-executed up to that call"
                 )
             elif isinstance(error, _Diverged):
@@ -577,24 +590,77 @@ def _asked_for_invalid(
     return False
 
 
-def _model_calls_kept(recorded: list[Event]) -> bool:
-    """Whether the reaction was recorded by agents that keep the model calls of a failed turn
-    (it matters only if the handler fails): then the last event before the failure (or the
-    last, when the run had ended and no failure was added) is one of their records. Before,
-    the failure came alone or after what the turn had flushed (nothing, or up to an action's
-    risk assessment)."""
-    return any(e.type in MODEL_CALL_TYPES for e in recorded[-2:])
+def _records_kept(recorded: list[Event]) -> FailedTurnRecords:
+    """Which records of a failed turn the agents that recorded the reaction kept (it matters
+    only if the handler fails): all, when the last event before the failure (or the last, when
+    the run had ended and no failure was added) is one of the records kept last — a model
+    call's, or a tool call's outcome or notice; else none, as before 4e93675 (the failure
+    alone, or after what the turn had flushed: nothing, or up to an action's risk assessment).
+    Agents of 4e93675 kept the model calls only: their reactions are re-executed as today's,
+    which differ only where a tool ran (see ``_older_failure``)."""
+    return "all" if any(e.type in MODEL_CALL_TYPES | _OUTCOMES for e in recorded[-2:]) else "none"
 
 
-def _failed_live(recorded: list[Event], reason: str) -> bool:
-    """Whether the reaction ends with the failure a worker records when a handler raised
-    (``reason``: how its reason begins)."""
-    last = recorded[-1] if recorded else None
-    return (
-        last is not None
-        and last.type in ("task.failed", "run.failed")
-        and str(getattr(last.payload, "reason", "")).startswith(reason)
-    )
+_OUTCOMES = frozenset({"action.executed", "action.failed", "notification.sent"})
+"""The records of a tool call that ran: its outcome, and the notice a medium-risk one sends."""
+
+
+def _older_failure(
+    recorded: list[Event], done: list[Envelope], error: Exception, agent: Agent, cause: Event
+) -> list[Event] | None:
+    """The rest of a failed reaction, after ``done`` (what re-execution emitted until the
+    handler hit ``error``), when agents that kept less of a failed turn recorded it: its later
+    model calls and the failure, which re-execution cannot reach. ``None`` if it is not such
+    a reaction. ``error``: the handler asked for a model's answer, which agents before 4e93675
+    did not keep; or it ran a tool call whose outcome is not recorded, which agents before
+    4e93675 and of 4e93675 did not keep (today's do: a failure after a tool call's outcome
+    was recorded by them)."""
+    from .runtime import failure_reason
+
+    if isinstance(error, _Unanswered):
+        older = agent.records_of_failed_turns == "none"
+    else:
+        older = isinstance(error, _NotRecorded) and not (
+            len(recorded) > 1 and recorded[-2].type in _OUTCOMES
+        )
+    rest = recorded[len(done) :]
+    if not older or not rest or any(e.type not in MODEL_CALL_TYPES for e in rest[:-1]):
+        return None
+    last, reason = rest[-1], failure_reason(agent.principal, cause, "")
+    if last.type not in ("task.failed", "run.failed"):
+        return None
+    return rest if str(getattr(last.payload, "reason", "")).startswith(reason) else None
+
+
+def _flush_as_live(
+    store: EventStore, agent: Agent, cause: Event, view: RunView, flushed: list[Envelope]
+) -> Flush:
+    """A turn's flush that does what the live worker's does (``_as_appended``), into
+    ``flushed``."""
+    return lambda events: flushed.extend(_as_appended(store, agent, cause, view, events))
+
+
+def _as_appended(
+    store: EventStore, agent: Agent, cause: Event, view: RunView, emitted: list[Envelope]
+) -> list[Envelope]:
+    """What the live worker appended of the events ``emitted`` in reaction to ``cause``:
+    those, or, if the store refuses them, what it appends instead (``refused_reactions``)."""
+    from .runtime import refused_reactions
+
+    if not emitted:
+        return emitted
+    try:
+        store.check(cause.stream, emitted)
+        return emitted
+    except (InvalidEvent, NotAuthorized) as exc:
+        *tried, last = refused_reactions(agent, cause, view, emitted, exc)
+    for instead in tried:
+        try:
+            store.check(cause.stream, instead)
+            return instead
+        except (InvalidEvent, NotAuthorized):
+            continue
+    return last
 
 
 def _memories_listed_first(recorded: list[Event]) -> bool:

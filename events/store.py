@@ -217,23 +217,13 @@ class EventStore:
         if isinstance(first, RunForked) and first.inherits:
             # A fork by reference chains on from the parent's event it inherits last.
             prev_hash = first.payload.parent_hash
-        states: list[bytes] = []
-        stored: list[StoredEvent] = []
+        states, prev_hash = self._sealed(stream, events, version, prev_hash)
         stored_state = self._mapper.stored_state
-        for index, event in enumerate(events):
-            version += 1
-            if event.at.tzinfo is not UTC:
-                event = restamped(event, at=event.at.astimezone(UTC))
-            try:
-                state, prev_hash = seal_as(event, stream, version, prev_hash)
-            except PydanticSerializationError as exc:
-                # e.g. a lone surrogate in a JSON value (a file name that is not UTF-8)
-                raise InvalidEvent(
-                    f"event #{index} ({event.type}) for stream {stream!r} cannot be encoded: "
-                    f"{exc}; nothing was written"
-                ) from None
-            states.append(state)
-            stored.append(stored_state(stream, version, CURRENT_TOPICS[event.type], state))
+        stored = [
+            stored_state(stream, version + i, CURRENT_TOPICS[event.type], state)
+            for i, (event, state) in enumerate(zip(events, states, strict=True), start=1)
+        ]
+        version += len(events)
         # Parsed back from the sealed bytes, all in one call: what is returned carries the
         # hash, exactly as readers will see it.
         sealed = self._validated(stream, events, states)
@@ -288,6 +278,41 @@ class EventStore:
                     raise
                 raise StoreUnavailable(f"the store {self.url} failed the append: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def check(self, stream: str, events: Sequence[Envelope]) -> None:
+        """Raise what ``append`` raises for ``events`` themselves (``InvalidEvent``,
+        ``NotAuthorized``), writing nothing: the same checks of stream name, catalogue, fields,
+        encoding and principals, not those of the stream's version or a fork's link. Verify
+        tells with it which reactions the store refused."""
+        self._check_stream(stream)
+        if not events:
+            raise InvalidEvent("append needs at least one event (or a tracking position)")
+        for index, event in enumerate(events):
+            self._check_event(stream, index, event)
+        states, _ = self._sealed(stream, events, 0, None)
+        self._validated(stream, events, states)
+
+    @staticmethod
+    def _sealed(
+        stream: str, events: Sequence[Envelope], version: int, prev_hash: str | None
+    ) -> tuple[list[bytes], str | None]:
+        """The stored states of ``events`` appended after ``version`` (whose hash is
+        ``prev_hash``), each chained on the one before, and the last one's hash."""
+        states: list[bytes] = []
+        for index, event in enumerate(events):
+            version += 1
+            if event.at.tzinfo is not UTC:
+                event = restamped(event, at=event.at.astimezone(UTC))
+            try:
+                state, prev_hash = seal_as(event, stream, version, prev_hash)
+            except PydanticSerializationError as exc:
+                # e.g. a lone surrogate in a JSON value (a file name that is not UTF-8)
+                raise InvalidEvent(
+                    f"event #{index} ({event.type}) for stream {stream!r} cannot be encoded: "
+                    f"{exc}; nothing was written"
+                ) from None
+            states.append(state)
+        return states, prev_hash
 
     def _check_link(
         self,

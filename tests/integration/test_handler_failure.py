@@ -1,13 +1,16 @@
-"""A handler that raises after asking a model: the model calls its turn made stay in the log,
-before the failure, and nothing else it decided does; verify reproduces that reaction, and
-the reactions recorded before the calls were kept (the failure alone) still verify.
+"""A handler that raises after asking a model or running a tool: the records of what its turn
+did (the model calls, and each tool call that ran) stay in the log, before the failure, and
+nothing else it decided does; the same when the store refuses an event the agent emitted.
+Verify reproduces those reactions, and the reactions recorded when less was kept (the failure
+alone; the model calls only) still verify.
 
-The agent is a user's research agent (an extension) with a bug; the workers run in threads of
+The agents are a user's research agents (extensions) with a bug; the workers run in threads of
 the test process on a real SQLite log, with a scripted model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from agentledger.actors.models import ModelRequest
 from agentledger.actors.runtime import ENDED, follow_run, start_run
 from agentledger.actors.verify import verify_run
 from agentledger.events import (
+    ApprovalGranted,
     Event,
     EventStore,
     Role,
@@ -56,7 +60,48 @@ class CheckedResearch(Research):
         turn.emit(TaskCompleted, task_id=task.task_id, result=checked.answer, sources=[cited])
 
 
+class SearchingResearch(Research):
+    """Asks for a draft, looks it up in the run's documents, then cites the first hit: its bug
+    is a search that finds nothing (after a model call and a tool call, with a second search
+    proposed and never run)."""
+
+    @on(TaskAssigned)
+    def research(self, event: TaskAssigned, turn: Turn) -> None:
+        task = turn.run.task(event.payload.task_id)
+        assert task is not None
+        draft: Findings = turn.ask("research", Prompt().add(SUB_GOAL, task.goal))
+        search = turn.propose("search_docs", {"query": draft.answer}, "look it up", task.task_id)
+        found = turn.execute(search)
+        turn.propose("search_docs", {"query": task.goal}, "look again", task.task_id)
+        turn.emit(ScratchpadUpdated, key=f"findings.{task.task_id}", value=draft.answer)
+        assert isinstance(found.result, list)
+        cited = found.result[0]  # IndexError: the search found nothing
+        turn.emit(TaskCompleted, task_id=task.task_id, result=draft.answer, sources=[str(cited)])
+
+
+class SelfApprovingResearch(Research):
+    """Asks for a draft, looks it up, and grants itself an approval: its bug is an event the
+    store refuses (only a human may append approval.granted)."""
+
+    @on(TaskAssigned)
+    def research(self, event: TaskAssigned, turn: Turn) -> None:
+        task = turn.run.task(event.payload.task_id)
+        assert task is not None
+        draft: Findings = turn.ask("research", Prompt().add(SUB_GOAL, task.goal))
+        search = turn.propose("search_docs", {"query": task.goal}, "look it up", task.task_id)
+        turn.execute(search)
+        turn.emit(ScratchpadUpdated, key=f"findings.{task.task_id}", value=draft.answer)
+        turn.emit(
+            ApprovalGranted,
+            action_id=search.payload.action_id,
+            action_hash=hashlib.sha256(b"anything").hexdigest(),
+        )
+        turn.emit(TaskCompleted, task_id=task.task_id, result=draft.answer, sources=["memo.md"])
+
+
 extension = Extension(agents={Role.RESEARCH: CheckedResearch})
+searching = Extension(agents={Role.RESEARCH: SearchingResearch})
+self_approving = Extension(agents={Role.RESEARCH: SelfApprovingResearch})
 
 
 def brain(request: ModelRequest) -> str:
@@ -72,14 +117,19 @@ def brain(request: ModelRequest) -> str:
     )
 
 
-def _run(tmp_path: Path, threaded_agents: Any) -> tuple[str, list[Event], str]:
+def _run(
+    tmp_path: Path, threaded_agents: Any, name: str = "extension"
+) -> tuple[str, list[Event], str]:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     providers = {"scripted": ScriptedProvider(brain)}
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "memo.md").write_text("find it here\n")  # no line with "draft"
     with (
-        threaded_agents(url, tmp_path, providers, extensions=(f"{__name__}:extension",)),
+        threaded_agents(url, tmp_path, providers, extensions=(f"{__name__}:{name}",)),
         EventStore.open(url) as store,
     ):
-        run = start_run(store, "find it", models=MODELS).stream
+        run = start_run(store, "find it", models=MODELS, docs=docs).stream
         state = follow_run(store, run, until=ENDED, timeout=60)
         events = store.read(run)
         tracked = store.position_of("agent:research/1")
@@ -90,18 +140,23 @@ def _run(tmp_path: Path, threaded_agents: Any) -> tuple[str, list[Event], str]:
 
 
 def _reactions(events: list[Event]) -> list[list[Event]]:
-    """Research's reaction to each assignment."""
+    """Research's reaction to each assignment (with the policy's assessments in it)."""
     return [
-        [x for x in events if x.causation_id == e.id and x.actor.startswith("agent:research/")]
+        [
+            x
+            for x in events
+            if x.causation_id == e.id
+            and (x.actor.startswith("agent:research/") or x.actor == "system:policy")
+        ]
         for e in events
         if e.type == "task.assigned"
     ]
 
 
-def _verify(url: str, run: str) -> list[str]:
+def _verify(url: str, run: str, name: str = "extension") -> list[str]:
     """Verify the run (ok, every reaction re-executed) and return its notes."""
     with EventStore.open(url) as store:
-        report = verify_run(store, run, extensions=load_extensions([f"{__name__}:extension"]))
+        report = verify_run(store, run, extensions=load_extensions([f"{__name__}:{name}"]))
     assert report.ok, report.divergence
     assert report.reactions == 5  # coordinator: plan, replan, give up; research: two failures
     return report.notes
@@ -138,7 +193,7 @@ def test_a_failed_turn_keeps_its_model_calls_before_the_failure(
 def test_failed_turns_recorded_without_their_model_calls_still_verify(
     tmp_path: Path, threaded_agents: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(CheckedResearch, "keep_model_calls_of_failed_turns", False)  # as before
+    monkeypatch.setattr(CheckedResearch, "records_of_failed_turns", "none")  # as before
     url, events, run = _run(tmp_path, threaded_agents)
     for reaction in _reactions(events):
         assert [e.type for e in reaction] == [
@@ -151,3 +206,69 @@ def test_failed_turns_recorded_without_their_model_calls_still_verify(
     notes = _verify(url, run)
     # The check's answer is not in the log: re-executed up to that call, failure as recorded.
     assert len(notes) == 2 and all("answer was not recorded" in n for n in notes), notes
+
+
+def test_a_failed_turn_keeps_the_tool_calls_that_ran_before_the_failure(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    url, events, run = _run(tmp_path, threaded_agents, "searching")
+    for reaction in _reactions(events):
+        # The model call, then the search that ran (proposal, assessment, result) once, then
+        # the failure: not the second search, proposed and never run, nor the findings.
+        assert [e.type for e in reaction] == [
+            "model.requested",
+            "model.responded",
+            "action.proposed",
+            "action.risk_assessed",
+            "action.executed",
+            "task.failed",
+        ]
+        proposed, assessed, executed = reaction[2:5]
+        action_id = proposed.payload.action_id
+        assert assessed.payload.action_id == executed.payload.action_id == action_id
+        assert proposed.payload.arguments == {"query": "draft"}
+        assert assessed.actor == "system:policy" and assessed.payload.risk.value == "low"
+        assert executed.payload.result == []
+        assert "IndexError" in reaction[-1].payload.reason
+    assert len([e for e in events if e.type == "action.proposed"]) == 2  # one per assignment
+    assert not [e for e in events if e.type in ("scratchpad.updated", "task.completed")]
+    assert _verify(url, run, "searching") == []  # re-executed to the same reactions
+
+
+@pytest.mark.parametrize("kept", ["none", "model calls"])
+def test_failed_turns_recorded_without_their_tool_calls_still_verify(
+    tmp_path: Path, threaded_agents: Any, monkeypatch: pytest.MonkeyPatch, kept: str
+) -> None:
+    # As agents did before 4e93675 ("none": the failure alone) and with it (the model calls).
+    monkeypatch.setattr(SearchingResearch, "records_of_failed_turns", kept)
+    url, events, run = _run(tmp_path, threaded_agents, "searching")
+    calls = ["model.requested", "model.responded"] if kept == "model calls" else []
+    for reaction in _reactions(events):
+        assert [e.type for e in reaction] == [*calls, "task.failed"]
+    monkeypatch.undo()  # verify with today's agents
+    notes = _verify(url, run, "searching")
+    # The search's result (or the model's answer before it) is not in the log: re-executed
+    # up to that call, the rest as recorded.
+    what = "tool call whose result" if kept == "model calls" else "model call whose answer"
+    assert len(notes) == 2 and all(f"after a {what} was not" in n for n in notes), notes
+
+
+def test_a_turn_whose_event_the_store_refuses_keeps_its_records_before_the_failure(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    url, events, run = _run(tmp_path, threaded_agents, "self_approving")
+    for reaction in _reactions(events):
+        # What the turn did, then why it failed; none of what it decided (the approval the
+        # store refused, the findings, the completion).
+        assert [e.type for e in reaction] == [
+            "model.requested",
+            "model.responded",
+            "action.proposed",
+            "action.risk_assessed",
+            "action.executed",
+            "task.failed",
+        ]
+        reason = reaction[-1].payload.reason
+        assert "invalid event from the agent" in reason and "approval.granted" in reason
+    assert not [e for e in events if e.type.startswith("approval.")]
+    assert _verify(url, run, "self_approving") == []  # verify tells the refusal as the store did

@@ -16,9 +16,11 @@ import pytest
 from agentledger.events import (
     ActionExecuted,
     ActionProposed,
+    ApprovalGranted,
     EventStore,
     InvalidEvent,
     ModelResponded,
+    NotAuthorized,
     RunPaused,
     RunStarted,
     TaskPlanned,
@@ -105,6 +107,28 @@ def test_an_event_that_cannot_be_encoded_is_invalid_and_named(memory_store: Even
     ]
     with pytest.raises(InvalidEvent, match=r"event #1 \(action\.executed\).*cannot be encoded"):
         memory_store.append("run-1", batch)
+    assert memory_store.head_position() == 0
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")  # made unvalidated, on purpose
+def test_check_refuses_what_append_refuses_and_writes_nothing(memory_store: EventStore) -> None:
+    # Verify tells with it which of an agent's reactions the store refused live.
+    memory_store.check("run-1", [RunPaused(actor="system"), RunPaused(actor="system")])
+    for make in UNVALIDATED.values():
+        with pytest.raises(InvalidEvent):
+            memory_store.check("run-1", [make()])
+    unencodable = ActionExecuted(
+        actor="agent:execution/e1", payload={"action_id": "a1", "result": ["\ud800"]}
+    )
+    with pytest.raises(InvalidEvent, match=r"event #1 \(action\.executed\).*cannot be encoded"):
+        memory_store.check("run-1", [RunPaused(actor="system"), unencodable])
+    granted = ApprovalGranted(
+        actor="agent:research/r1", payload={"action_id": "a1", "action_hash": "0" * 64}
+    )
+    with pytest.raises(NotAuthorized, match=r"may not append approval\.granted"):
+        memory_store.check("run-1", [granted])
+    with pytest.raises(InvalidEvent, match="stream name"):
+        memory_store.check("run-1\n", [RunPaused(actor="system")])
     assert memory_store.head_position() == 0
 
 
