@@ -1205,7 +1205,7 @@ def approvals_command(
 
     Also the latest notifications of medium-risk actions that ran.
     """
-    from agentledger.console import approvals_table
+    from agentledger.console import approvals_table, notices_table
     from agentledger.control import run_state
 
     def body() -> None:
@@ -1230,7 +1230,7 @@ def approvals_command(
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
             return
         if notices:
-            out.print(events_table(notices, title="notifications (medium-risk actions that ran)"))
+            out.print(notices_table(notices))
         if waiting:
             out.print(approvals_table(waiting))
             out.print(

@@ -363,6 +363,30 @@ def _longest(ids: Iterable[str]) -> int:
     return max((len(i) for i in ids), default=0)
 
 
+def _rest_width(widths: Iterable[int]) -> int:
+    """The width a table's last column has on this terminal beside columns of ``widths`` (each
+    takes its text, and 3 for its padding and rule; 4 more for the borders): its one line."""
+    return max(12, out.width - sum(w + 3 for w in widths) - 4)
+
+
+def notices_table(events: list[Any]) -> Table:
+    """``notification.sent`` events, one line each (the inbox lists them above what waits)."""
+    table = Table(title="notifications (medium-risk actions that ran)", header_style="bold")
+    widths = [
+        _longest(["pos", *(str(e.position) for e in events)]),
+        _longest(e.stream for e in events),
+        _longest(["action", *(e.payload.action_id or "" for e in events)]),
+    ]
+    table.add_column("pos", justify="right", style="dim", no_wrap=True)
+    table.add_column("run", no_wrap=True, min_width=widths[1])
+    table.add_column("action", no_wrap=True, min_width=widths[2])
+    table.add_column("message", no_wrap=True, overflow="ellipsis", max_width=_rest_width(widths))
+    for e in events:
+        message = " ".join(e.payload.message.split())  # one line, whatever the tool printed
+        table.add_row(str(e.position), e.stream, e.payload.action_id or "", escape(message))
+    return table
+
+
 def runs_table(rows: list[Any]) -> Table:
     """A table of runs (RunState objects), newest first."""
     # Narrow terminals keep the run, its status and the goal's start (`status RUN` shows the
@@ -386,8 +410,7 @@ def runs_table(rows: list[Any]) -> Table:
     if wide:
         forked = (f"{s.parent_run} @ {s.parent_position}" for s in rows if s.parent_run)
         widths += [len("events"), len("2026-01-01 00:00"), _longest(["forked from", *forked])]
-    goal_width = max(12, out.width - sum(w + 3 for w in widths) - 4)
-    table.add_column("goal", overflow="ellipsis", no_wrap=True, max_width=goal_width)
+    table.add_column("goal", overflow="ellipsis", no_wrap=True, max_width=_rest_width(widths))
     for state in rows:
         done = sum(1 for t in state.tasks.values() if t.status.value == "accepted")
         style = _STATUS_STYLES.get(state.status.value, "white")

@@ -343,7 +343,16 @@ def test_a_waiting_run_holds_no_process_and_continues_after_approval(tmp_path: P
         [run] = [s.stream for s in store.streams("run-")]
     code, output = invoke("approvals", "--store", url)
     assert code == 0 and "delete_file" in output and "offline rules" in output
-    assert "notification.sent" in output  # the medium-risk actions that ran, in the inbox
+    # The medium-risk actions that ran, in the inbox: one line each, on 80 columns too.
+    with EventStore.open(url) as store:
+        notices = list(store.read_all(types=["notification.sent"]))
+    assert notices
+    narrow = runner.invoke(app, ["approvals", "--store", url], env={"COLUMNS": "80"}).output
+    for shown in (output, narrow):
+        assert "notifications (medium-risk actions that ran)" in shown
+        for notice in notices:
+            [line] = [line for line in shown.splitlines() if notice.payload.action_id in line]
+            assert f" {notice.position} │ {notice.stream} │" in line and "ran" in line, line
     from agentledger.control import run_state
 
     with EventStore.open(url) as store:
