@@ -133,6 +133,14 @@ class HandlerFailed(Exception):
         self.records = records
 
 
+class FlushRefused(Exception):
+    """The store refused what a turn flushed (an event it emitted is invalid, or not the
+    agent's to append): the runtime recorded the failure instead, with the turn's records.
+    Raised by the flush, it ends the turn there, before the side effect the flush was for: a
+    call that must not run blindly never runs without its proposal in the log, and nothing
+    the turn decides after it lands after its failure."""
+
+
 class DecisionFailed(Exception):
     """A model gave no usable decision after its retries (the reason is already recorded)."""
 
@@ -605,8 +613,9 @@ class Agent:
         turn = Turn(self, event, run, self.settings, flush)
         try:
             getattr(self, name)(event, turn)
-        except AlreadyProcessed:
-            raise  # from flush: another instance handled this event, not a failure
+        except (AlreadyProcessed, FlushRefused):
+            # From flush: another instance handled this event, or the failure is recorded.
+            raise
         except Exception as exc:
             records = failed_turn_records(turn.emitted, self.records_of_failed_turns)
             raise HandlerFailed(exc, records) from exc

@@ -60,6 +60,7 @@ from agentledger.projections.runner import run_events
 from .agent import (
     Agent,
     AgentSettings,
+    FlushRefused,
     HandlerFailed,
     ModelChoice,
     RunView,
@@ -309,6 +310,12 @@ def refused_reactions(
     failure = _failure(agent.principal, event, view, f"invalid event from the agent: {error}")
     records = failed_turn_records(emitted, agent.records_of_failed_turns)
     return [[*records, *failure], failure] if records else [failure]
+
+
+def refused_instead(emitted: Sequence[Envelope], appended: Sequence[Envelope]) -> bool:
+    """Whether what was ``appended`` for the events ``emitted`` is something else: the store
+    refused them and the failure was appended instead (``refused_reactions``)."""
+    return [e.id for e in emitted] != [e.id for e in appended]
 
 
 def _described(exc: Exception) -> str:
@@ -837,10 +844,17 @@ class AgentWorker:
             if not tracked and not events:
                 self._mark_began(event)
             recorded = self._append(
-                event, events, view, None if tracked else mark, after=flushed, duplicate="raise"
+                event,
+                events,
+                view,
+                None if tracked else mark,
+                after=flushed,
+                duplicate="raise",
             )
             tracked = True
             flushed.extend(recorded)
+            if refused_instead(events, recorded):
+                raise FlushRefused  # the failure is recorded: the turn ends here
 
         try:
             if self._memory is not None:
@@ -850,6 +864,8 @@ class AgentWorker:
             emitted = self.agent.handle(event, view, flush)
         except AlreadyProcessed:
             return  # another instance of this agent handled it (a duplicate delivery)
+        except FlushRefused:
+            emitted = []  # what the store took instead of the flush is the whole reaction
         except Exception as exc:  # one handler's failure is an event, not a crash
             self.failures += 1
             self.last_error = _described(exc)

@@ -40,6 +40,7 @@ from .agent import (
     AgentSettings,
     FailedTurnRecords,
     Flush,
+    FlushRefused,
     HandlerFailed,
     ModelChoice,
     RunView,
@@ -485,6 +486,8 @@ def _verify_role(
             long_term.catch_up(store, to_position=event.position or 0)
         try:
             emitted = _as_appended(store, agent, event, view, agent.handle(event, view, flush))
+        except FlushRefused:
+            emitted = []  # as live: what the store took instead of the flush is the reaction
         except HandlerFailed as failed:
             error = failed.error
             if isinstance(error, _Interrupted):
@@ -636,8 +639,16 @@ def _flush_as_live(
     store: EventStore, agent: Agent, cause: Event, view: RunView, flushed: list[Envelope]
 ) -> Flush:
     """A turn's flush that does what the live worker's does (``_as_appended``), into
-    ``flushed``."""
-    return lambda events: flushed.extend(_as_appended(store, agent, cause, view, events))
+    ``flushed``: ``FlushRefused`` ends the turn when the store took the failure instead."""
+    from .runtime import refused_instead
+
+    def flush(events: list[Envelope]) -> None:
+        appended = _as_appended(store, agent, cause, view, events)
+        flushed.extend(appended)
+        if refused_instead(events, appended):
+            raise FlushRefused
+
+    return flush
 
 
 def _as_appended(

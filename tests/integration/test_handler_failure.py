@@ -16,17 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import JsonValue
 
 from agentledger.actors import Extension, Research, ScriptedProvider, Turn
 from agentledger.actors.decisions import FEEDBACK, SUB_GOAL, Findings, Prompt, sections
 from agentledger.actors.extensions import load_extensions
 from agentledger.actors.models import ModelRequest
 from agentledger.actors.runtime import ENDED, follow_run, start_run
+from agentledger.actors.tools import Tool, ToolArguments, ToolContext
 from agentledger.actors.verify import verify_run
 from agentledger.events import (
     ApprovalGranted,
     Event,
     EventStore,
+    RiskLevel,
     Role,
     ScratchpadUpdated,
     TaskAssigned,
@@ -272,3 +275,70 @@ def test_a_turn_whose_event_the_store_refuses_keeps_its_records_before_the_failu
         assert "invalid event from the agent" in reason and "approval.granted" in reason
     assert not [e for e in events if e.type.startswith("approval.")]
     assert _verify(url, run, "self_approving") == []  # verify tells the refusal as the store did
+
+
+# ---------------------------------------------------------------- a refused flush
+
+STAMPED: list[str] = []  # the calls the tool below ran (in this process's threads)
+
+
+class StampArgs(ToolArguments):
+    to: str
+
+
+class StampPage(Tool[StampArgs]):
+    """A side effect that must not be repeated blindly: flushed before it runs."""
+
+    name = "stamp_page"
+    description = "Stamp a page (test tool)."
+    risk = RiskLevel.LOW
+    idempotent = False
+    arguments = StampArgs
+
+    def run(self, args: StampArgs, ctx: ToolContext) -> JsonValue:
+        """Record the call."""
+        STAMPED.append(args.to)
+        return {"stamped": args.to}
+
+
+class SelfApprovingStamper(Research):
+    """Grants itself an approval (refused by the store), then stamps: the call is flushed
+    first (not idempotent), and that flush holds the refused approval."""
+
+    @on(TaskAssigned)
+    def research(self, event: TaskAssigned, turn: Turn) -> None:
+        task = turn.run.task(event.payload.task_id)
+        assert task is not None
+        draft: Findings = turn.ask("research", Prompt().add(SUB_GOAL, task.goal))
+        stamp = turn.propose("stamp_page", {"to": "memo"}, "stamp it", task.task_id)
+        turn.emit(
+            ApprovalGranted,
+            action_id=stamp.payload.action_id,
+            action_hash=hashlib.sha256(b"anything").hexdigest(),
+        )
+        turn.execute(stamp, durable=True)
+        turn.emit(TaskCompleted, task_id=task.task_id, result=draft.answer, sources=["memo.md"])
+
+
+self_approving_stamper = Extension(
+    agents={Role.RESEARCH: SelfApprovingStamper}, tools=[StampPage()]
+)
+
+
+def test_a_turn_whose_flush_the_store_refuses_stops_before_its_side_effect(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    # The store refused what the turn flushed before a call that must not run blindly (here:
+    # an approval the agent granted itself). The worker recorded the failure instead, and the
+    # handler went on: the call ran though its proposal never reached the log, and the
+    # turn's decisions (an action.executed with no proposal, task.completed) were appended
+    # after the task.failed.
+    STAMPED.clear()
+    url, events, run = _run(tmp_path, threaded_agents, "self_approving_stamper")
+    assert STAMPED == [], "the call ran though the flush before it was refused"
+    for reaction in _reactions(events):
+        # What the flush held that the log takes (the model call), then why it failed.
+        assert [e.type for e in reaction] == ["model.requested", "model.responded", "task.failed"]
+        assert "invalid event from the agent" in reaction[-1].payload.reason
+    assert not [e for e in events if e.type in ("action.executed", "task.completed")]
+    assert _verify(url, run, "self_approving_stamper") == []  # re-executed: stops there too
