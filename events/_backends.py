@@ -1422,8 +1422,9 @@ def sqlite_file(url: str) -> Path | None:
     path = sqlite_path(url)
     if not path:
         return None
-    file = _database_file(path)
-    return file.expanduser() if file is not None else None
+    # As open_backend and SQLiteBackend read it: "~" is expanded in a plain path only (SQLite
+    # takes a URI's "~" as a folder of that name).
+    return _database_file(str(Path(path).expanduser()))
 
 
 def open_backend(url: str) -> Backend:

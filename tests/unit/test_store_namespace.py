@@ -52,3 +52,28 @@ def test_a_sqlite_file_uri_is_the_file_it_names(
         assert sqlite_file(config.store_url) == tmp_path / "l.db"
         assert config.store_url.endswith("?mode=rwc") == uri.endswith("?mode=rwc")
         assert cache_dir(uri).resolve() == tmp_path / "l.cache"
+
+
+def test_a_sqlite_file_uri_with_a_tilde_is_the_file_the_store_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite does not expand "~" in a URI (nor does the store: only a plain path's), so
+    # "file:~/l.db" is "./~/l.db". sqlite_file expanded it to the home folder: the agents were
+    # given that other file (runtime_config), and the CLI checked and cached beside it.
+    from agentledger.events import EventStore
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    url = "sqlite:///file:~/l.db?mode=rwc"
+    with EventStore.open(url):
+        pass
+    (opened,) = [p for p in tmp_path.rglob("l.db")]
+    file = sqlite_file(url)
+    assert file is not None and file.resolve() == opened
+    assert sqlite_file(runtime_config(Settings(), url, {}).store_url) == opened
+    assert cache_dir(url).resolve() == work / "~" / "l.cache"
+    for plain in ("sqlite:///~/p.db", "sqlite:///file:p.db"):  # as before
+        assert sqlite_file(plain) in (home / "p.db", Path("p.db"))
