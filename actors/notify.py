@@ -20,7 +20,7 @@ import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
-from agentledger.events import ConfigurationError, Event, EventStore, Lease
+from agentledger.events import AlreadyProcessed, ConfigurationError, Event, EventStore, Lease
 
 _log = logging.getLogger(__name__)
 
@@ -130,7 +130,9 @@ class Notifier:
                     else:
                         self.deliver(event)
                 if batch:
-                    self.store.record_position(CONSUMER, batch[-1].position or start)
+                    # A notifier that took over meanwhile may have recorded past it already.
+                    with contextlib.suppress(AlreadyProcessed):
+                        self.store.record_position(CONSUMER, batch[-1].position or start)
 
     def deliver(self, event: Event) -> None:
         """Send one notice to every channel (failures are logged, never raised)."""
