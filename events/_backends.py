@@ -1413,7 +1413,20 @@ def sqlite_path(url: str) -> str | None:
     if not url.lower().startswith("sqlite://"):
         return None
     path = url[len("sqlite://") :]
-    return path[1:] if path.startswith("/") else path
+    path = path[1:] if path.startswith("/") else path
+    if path[:7].lower() == "file://":
+        # A file: URI's authority, as SQLite reads it: empty or "localhost" (the same file);
+        # any other is SQLite's "invalid uri authority". Dropped here, so that no reader of
+        # the name (pathlib collapses "//") takes the authority for the path's first folder.
+        authority, slash, rest = path[7:].partition("/")
+        if authority.lower() not in ("", "localhost"):
+            raise ConfigurationError(
+                f"the store URL {url!r} names the host {authority!r} in its file: URI; SQLite "
+                "opens local files only: write file:/path/to/ledger.db (or file:///path, "
+                "file://localhost/path)"
+            )
+        path = "file:" + slash + rest
+    return path
 
 
 def sqlite_file(url: str) -> Path | None:

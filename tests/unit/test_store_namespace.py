@@ -45,6 +45,7 @@ def test_a_sqlite_file_uri_is_the_file_it_names(
         "sqlite:///file:l.db",
         f"sqlite:///file:{tmp_path}/l.db?mode=rwc",
         f"sqlite:///file://{tmp_path}/l.db",
+        f"sqlite:///file://localhost{tmp_path}/l.db",
     ):
         assert store_namespace(uri) == plain, uri
         # The agents get the absolute file, with the URI's options; the cache is beside it.
@@ -77,3 +78,20 @@ def test_a_sqlite_file_uri_with_a_tilde_is_the_file_the_store_opens(
     assert cache_dir(url).resolve() == work / "~" / "l.cache"
     for plain in ("sqlite:///~/p.db", "sqlite:///file:p.db"):  # as before
         assert sqlite_file(plain) in (home / "p.db", Path("p.db"))
+
+
+def test_a_file_uri_naming_localhost_opens_the_local_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pathlib collapses "file://localhost/x" to "file:/localhost/x": the store opened (and
+    # created) /localhost/x, where SQLite itself opens /x.
+    from agentledger.events import ConfigurationError, EventStore
+
+    monkeypatch.chdir(tmp_path)
+    with EventStore.open(f"sqlite:///file://LOCALHOST{tmp_path}/l.db?mode=rwc") as store:
+        assert store.head_position() == 0
+    assert (tmp_path / "l.db").is_file()
+    assert sqlite_file(f"sqlite:///file://localhost{tmp_path}/l.db") == tmp_path / "l.db"
+    with pytest.raises(ConfigurationError, match=r"names the host 'db\.example' .* local files"):
+        EventStore.open("sqlite:///file://db.example/srv/l.db")
+    assert not Path("/srv/l.db").exists() and not (tmp_path / "srv").exists()
