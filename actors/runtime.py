@@ -299,6 +299,10 @@ def failed_reaction(principal: str, event: Event, view: RunView, exc: Exception)
     return [*records, *_failure(principal, event, view, _described(exc))]
 
 
+REFUSED_BY_THE_STORE = "invalid event from the agent: "
+"""How the failure appended instead of a reaction the store refused begins its error."""
+
+
 def refused_reactions(
     agent: Agent, event: Event, view: RunView, emitted: Sequence[Envelope], error: Exception
 ) -> list[list[Envelope]]:
@@ -307,7 +311,7 @@ def refused_reactions(
     the order it tries them: the records of what the turn did (``failed_turn_records``) then
     the failure; if the store refuses those too (a record was the invalid event), the failure
     alone. Verify rebuilds a refused reaction with it."""
-    failure = _failure(agent.principal, event, view, f"invalid event from the agent: {error}")
+    failure = _failure(agent.principal, event, view, f"{REFUSED_BY_THE_STORE}{error}")
     records = failed_turn_records(emitted, agent.records_of_failed_turns)
     return [[*records, *failure], failure] if records else [failure]
 

@@ -384,7 +384,7 @@ def _verify_role(
     report: VerifyReport,
 ) -> Divergence | None:
     # The same view, and the same failed reaction, as the live worker's.
-    from .runtime import _RunCache, failed_reaction, replicas_tracked
+    from .runtime import REFUSED_BY_THE_STORE, _RunCache, failed_reaction, replicas_tracked
 
     recording = segment.recording
     events, reactions = recording.events, recording.reactions
@@ -510,10 +510,20 @@ def _verify_role(
                     if isinstance(error, _Unanswered)
                     else ("tool call", "result")
                 )
+                # Not recorded by older agents, or refused by the store with the turn's other
+                # records (the failure alone was appended then): its reason tells which.
+                _, refused, why = str(getattr(rest[-1].payload, "reason", "")).partition(
+                    REFUSED_BY_THE_STORE
+                )
+                because = (
+                    "the store refused the turn's records: "
+                    + (why if len(why) <= 200 else why[:199] + "…")
+                    if refused
+                    else f"before failed turns kept their {what}s"
+                )
                 report.notes.append(
                     f"position {event.position}: the handler failed after a {what} whose "
-                    f"{outcome} was not recorded (before failed turns kept their {what}s); "
-                    "re-executed up to that call"
+                    f"{outcome} was not recorded ({because}); re-executed up to that call"
                 )
             elif isinstance(error, _Diverged):
                 return _diverged(

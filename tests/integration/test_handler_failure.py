@@ -121,10 +121,10 @@ def brain(request: ModelRequest) -> str:
 
 
 def _run(
-    tmp_path: Path, threaded_agents: Any, name: str = "extension"
+    tmp_path: Path, threaded_agents: Any, name: str = "extension", answer: Any = brain
 ) -> tuple[str, list[Event], str]:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    providers = {"scripted": ScriptedProvider(brain)}
+    providers = {"scripted": ScriptedProvider(answer)}
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "memo.md").write_text("find it here\n")  # no line with "draft"
@@ -342,3 +342,67 @@ def test_a_turn_whose_flush_the_store_refuses_stops_before_its_side_effect(
         assert "invalid event from the agent" in reaction[-1].payload.reason
     assert not [e for e in events if e.type in ("action.executed", "task.completed")]
     assert _verify(url, run, "self_approving_stamper") == []  # re-executed: stops there too
+
+
+# ---------------------------------------------------------------- a failed turn's records refused
+
+
+class DeepArgs(ToolArguments):
+    query: str
+
+
+class DeepLookup(Tool[DeepArgs]):
+    """Answers with JSON nested deeper than the log keeps (200 levels): a valid result for
+    Python, an event the store refuses."""
+
+    name = "deep_lookup"
+    description = "Look something up (test tool)."
+    risk = RiskLevel.LOW
+    idempotent = True
+    arguments = DeepArgs
+
+    def run(self, args: DeepArgs, ctx: ToolContext) -> JsonValue:
+        """The deep answer."""
+        result: JsonValue = args.query
+        for _ in range(200):
+            result = [result]
+        return result
+
+
+class DeepResearch(Research):
+    """Asks for a draft, looks it up, then cites the lookup's first source: its bug is a
+    lookup that gives none, after a tool call whose record the store refuses."""
+
+    @on(TaskAssigned)
+    def research(self, event: TaskAssigned, turn: Turn) -> None:
+        task = turn.run.task(event.payload.task_id)
+        assert task is not None
+        draft: Findings = turn.ask("research", Prompt().add(SUB_GOAL, task.goal))
+        lookup = turn.propose("deep_lookup", {"query": draft.answer}, "look it up", task.task_id)
+        found = turn.execute(lookup)
+        assert isinstance(found.result, dict)  # AssertionError: a list came back
+        turn.emit(TaskCompleted, task_id=task.task_id, result=draft.answer, sources=["memo.md"])
+
+
+deep = Extension(agents={Role.RESEARCH: DeepResearch}, tools=[DeepLookup()])
+
+
+def test_a_failed_turn_whose_records_the_store_refuses_verifies(
+    tmp_path: Path, threaded_agents: Any
+) -> None:
+    # Verify rebuilt a failed turn's reaction (its records, then the failure) without asking
+    # the store whether it takes it: live, the store refused the tool call's record, and the
+    # failure alone was appended; verify reported a divergence on a run that had none.
+    url, events, run = _run(tmp_path, threaded_agents, "deep")
+    for reaction in _reactions(events):
+        assert [e.type for e in reaction] == ["task.failed"]
+        reason = reaction[-1].payload.reason
+        assert "invalid event from the agent" in reason and "action.executed" in reason
+    notes = _verify(url, run, "deep")
+    # The draft's answer went with the refused records: re-executed up to that call, the rest
+    # taken as recorded, and said why (the note said the log was one of agents older than
+    # failed turns' records).
+    assert len(notes) == 2, notes
+    for note in notes:
+        assert "after a model call whose answer was not recorded (the store refused" in note
+        assert "action.executed" in note and "before failed turns" not in note
