@@ -9,6 +9,7 @@ what became ready, sends rejected work back, replans a failure once, and complet
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -87,6 +88,10 @@ class Coordinator(Agent):
     """Plans the goal, routes sub-tasks to the role that can do them, and ends the run."""
 
     role = Role.COORDINATOR
+
+    def __init__(self, agent_id: str, settings: AgentSettings) -> None:
+        super().__init__(agent_id, settings)
+        self._plans: collections.OrderedDict[str, PlanIndex] = collections.OrderedDict()
 
     @on(RunStarted)
     def plan(self, event: RunStarted, turn: Turn) -> None:
@@ -270,33 +275,31 @@ class Coordinator(Agent):
         self._adopt(turn, plan, task.goal, prefix=f"{task.task_id}{_REPLAN}")
 
     def _advance(self, turn: Turn) -> None:
-        tasks = turn.run.state.tasks
-        # Two passes over the plan at most (a long plan has many tasks): what is done and
-        # what is still planned, then whether any task not done is an original one.
-        done, planned, failed = set(), [], False
-        for task_id, info in tasks.items():
-            status = info.status
-            if status is TaskStatus.ACCEPTED:
-                done.add(task_id)
-            elif status is TaskStatus.PLANNED:
-                planned.append(info)
-            elif status is TaskStatus.FAILED:
-                failed = True
-        if failed:
-            done = _done_tasks(tasks)  # failed tasks whose replacements are all accepted
-        if not any(_REPLAN not in t for t in tasks if t not in done):
+        """Complete the run when every task of the plan is done, else assign each planned task
+        whose dependencies are (``next_steps``)."""
+        complete, ready = self._plan_of(turn.run).next_steps(turn.run.state.tasks)
+        if complete:
             self._complete(turn)
             return
-        for task in planned:
-            if done.issuperset(task.depends_on):
-                turn.emit(
-                    TaskAssigned,
-                    task_id=task.task_id,
-                    role=task.role,
-                    reasoning="its dependencies "
-                    + ", ".join(task.depends_on)
-                    + f" are done; the {task.role.value} agent has the capability",
-                )
+        for task in ready:
+            turn.emit(
+                TaskAssigned,
+                task_id=task.task_id,
+                role=task.role,
+                reasoning="its dependencies "
+                + ", ".join(task.depends_on)
+                + f" are done; the {task.role.value} agent has the capability",
+            )
+
+    def _plan_of(self, run: RunView) -> PlanIndex:
+        """This run's ``PlanIndex``, read on from where this agent's last turn in it stopped."""
+        plans = self._plans
+        index = plans.pop(run.run, None) or PlanIndex()
+        index.read_on(run)
+        plans[run.run] = index
+        while len(plans) > _PLANS_KEPT:
+            plans.popitem(last=False)
+        return index
 
     def _complete(self, turn: Turn) -> None:
         state = turn.run.state
@@ -353,6 +356,128 @@ def plan_problem(steps: Sequence[PlannedStep]) -> str | None:
     if len(done) < len(waiting):
         return "the dependencies form a cycle among " + ", ".join(sorted(set(waiting) - done))
     return None
+
+
+def next_steps_by_scan(tasks: dict[str, TaskInfo]) -> tuple[bool, list[TaskInfo]]:
+    """Whether the plan is done (every task accepted, or failed and replaced by steps that all
+    are; steps of a replan need not all be), else the planned tasks whose dependencies are
+    done, in plan order: read from every task (``PlanIndex`` reads on from its last turn)."""
+    # Two passes over the plan at most: what is done and what is still planned, then whether
+    # any task not done is an original one.
+    done, planned, failed = set(), [], False
+    for task_id, info in tasks.items():
+        status = info.status
+        if status is TaskStatus.ACCEPTED:
+            done.add(task_id)
+        elif status is TaskStatus.PLANNED:
+            planned.append(info)
+        elif status is TaskStatus.FAILED:
+            failed = True
+    if failed:
+        done = _done_tasks(tasks)  # failed tasks whose replacements are all accepted
+    if not any(_REPLAN not in t for t in tasks if t not in done):
+        return True, []
+    return False, [task for task in planned if done.issuperset(task.depends_on)]
+
+
+_TASK_EVENTS = (TaskPlanned, TaskAssigned, TaskCompleted, TaskReviewed, TaskFailed)
+_PLANS_KEPT = 256  # runs whose plan index a coordinator keeps (as the runtime keeps views)
+
+
+class PlanIndex:
+    """What ``next_steps_by_scan`` reads from every task of a plan, kept from one turn of the
+    coordinator to the next and read on from the run's new events only: the tasks they name
+    are looked at again, and those depending on them. A chain of 1,000 steps read 1,000 tasks
+    a turn (an eighth of the runtime's CPU a step, bench/hop.py). The same answers as the
+    scan (a test compares them on random plans); with a failed task it scans (replans)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._first: uuid.UUID | None = None  # the run's first event, and the last one read
+        self._last: uuid.UUID | None = None
+        self._read = 0  # how many of the run's events were read (those settled, see RunView)
+        self._order: dict[str, int] = {}  # each task's place in the plan
+        self._dependents: dict[str, set[str]] = {}  # task id -> tasks that depend on it
+        self._ready: set[str] = set()  # planned, and every dependency accepted
+        self._open: set[str] = set()  # original tasks (not steps of a replan) not accepted
+        self._failed: set[str] = set()
+
+    def read_on(self, run: RunView) -> None:
+        """Take in ``run``'s events since the last reading (or all of them, if this is not
+        the same run read further: another lineage, a view that changed before its end)."""
+        events, tasks = run.events, run.state.tasks
+        settled = max(0, min(run.settled, len(events)))
+        same = (
+            self._first is not None
+            and bool(events)
+            and events[0].id == self._first
+            and 0 < self._read <= settled
+            and events[self._read - 1].id == self._last
+        )
+        if not same:
+            self._reset()
+            for task_id, info in tasks.items():
+                self._order[task_id] = len(self._order)
+                for dependency in info.depends_on:
+                    self._dependents.setdefault(dependency, set()).add(task_id)
+            for task_id in tasks:
+                self._look_at(tasks, task_id)
+        else:
+            # The settled events since the last reading, and the others after them (read
+            # again next time: they may yet move). Looking at a task again is idempotent.
+            for event in events[self._read :]:
+                if not isinstance(event, _TASK_EVENTS):
+                    continue
+                task_id = event.payload.task_id
+                planned = tasks.get(task_id) if isinstance(event, TaskPlanned) else None
+                if planned is not None:
+                    self._order.setdefault(task_id, len(self._order))
+                    for dependency in planned.depends_on:
+                        self._dependents.setdefault(dependency, set()).add(task_id)
+                self._look_at(tasks, task_id)
+                for dependent in self._dependents.get(task_id, ()):
+                    self._look_at(tasks, dependent)
+        if events and settled:
+            self._first, self._read, self._last = events[0].id, settled, events[settled - 1].id
+        else:
+            self._first = None  # nothing settled to read on from: read it all next time
+
+    def _look_at(self, tasks: dict[str, TaskInfo], task_id: str) -> None:
+        info = tasks.get(task_id)
+        status = info.status if info is not None else None
+        _put(self._failed, task_id, status is TaskStatus.FAILED)
+        _put(
+            self._open,
+            task_id,
+            info is not None and status is not TaskStatus.ACCEPTED and _REPLAN not in task_id,
+        )
+        ready = (
+            info is not None
+            and status is TaskStatus.PLANNED
+            and all(
+                (dependency := tasks.get(d)) is not None
+                and dependency.status is TaskStatus.ACCEPTED
+                for d in info.depends_on
+            )
+        )
+        _put(self._ready, task_id, ready)
+
+    def next_steps(self, tasks: dict[str, TaskInfo]) -> tuple[bool, list[TaskInfo]]:
+        """``next_steps_by_scan(tasks)``, for the ``tasks`` of the run last read."""
+        if self._failed:
+            return next_steps_by_scan(tasks)  # done may include failed tasks: see _done_tasks
+        if not self._open:
+            return True, []
+        return False, [tasks[t] for t in sorted(self._ready, key=self._order.__getitem__)]
+
+
+def _put(members: set[str], item: str, member: bool) -> None:
+    if member:
+        members.add(item)
+    else:
+        members.discard(item)
 
 
 def _done_tasks(tasks: dict[str, TaskInfo]) -> set[str]:
