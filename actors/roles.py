@@ -89,10 +89,6 @@ class Coordinator(Agent):
 
     role = Role.COORDINATOR
 
-    def __init__(self, agent_id: str, settings: AgentSettings) -> None:
-        super().__init__(agent_id, settings)
-        self._plans: collections.OrderedDict[str, PlanIndex] = collections.OrderedDict()
-
     @on(RunStarted)
     def plan(self, event: RunStarted, turn: Turn) -> None:
         """Decompose the goal (when it needs more than three steps) and assign what is ready."""
@@ -293,7 +289,7 @@ class Coordinator(Agent):
 
     def _plan_of(self, run: RunView) -> PlanIndex:
         """This run's ``PlanIndex``, read on from where this agent's last turn in it stopped."""
-        plans = self._plans
+        plans = self.__dict__.setdefault("_plans", collections.OrderedDict())
         index = plans.pop(run.run, None) or PlanIndex()
         index.read_on(run)
         plans[run.run] = index
@@ -302,6 +298,7 @@ class Coordinator(Agent):
         return index
 
     def _complete(self, turn: Turn) -> None:
+        self.__dict__.get("_plans", {}).pop(turn.run.run, None)  # read no further
         state = turn.run.state
         lines, artifacts = [], []
         for task in state.tasks.values():
@@ -392,6 +389,7 @@ class PlanIndex:
     scan (a test compares them on random plans); with a failed task it scans (replans)."""
 
     def __init__(self) -> None:
+        self.readings_from_scratch = 0  # readings of every task (the rest: of new events)
         self._reset()
 
     def _reset(self) -> None:
@@ -415,9 +413,14 @@ class PlanIndex:
             and events[0].id == self._first
             and 0 < self._read <= settled
             and events[self._read - 1].id == self._last
+            # A planning (rare: the plan, a replan) is read from scratch: the plan's order is
+            # where the fold put each task, which a planning it refused, or one of this
+            # agent's own not settled yet (others' may land before it), does not tell.
+            and not any(isinstance(e, TaskPlanned) for e in events[self._read :])
         )
         if not same:
             self._reset()
+            self.readings_from_scratch += 1
             for task_id, info in tasks.items():
                 self._order[task_id] = len(self._order)
                 for dependency in info.depends_on:
@@ -426,16 +429,12 @@ class PlanIndex:
                 self._look_at(tasks, task_id)
         else:
             # The settled events since the last reading, and the others after them (read
-            # again next time: they may yet move). Looking at a task again is idempotent.
+            # again next time: they may yet move). Looking at a task again is idempotent; the
+            # tasks and their dependencies are those read (no planning since).
             for event in events[self._read :]:
                 if not isinstance(event, _TASK_EVENTS):
                     continue
                 task_id = event.payload.task_id
-                planned = tasks.get(task_id) if isinstance(event, TaskPlanned) else None
-                if planned is not None:
-                    self._order.setdefault(task_id, len(self._order))
-                    for dependency in planned.depends_on:
-                        self._dependents.setdefault(dependency, set()).add(task_id)
                 self._look_at(tasks, task_id)
                 for dependent in self._dependents.get(task_id, ()):
                     self._look_at(tasks, dependent)
