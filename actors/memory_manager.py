@@ -458,24 +458,28 @@ class MemoryManager:
         ):
             return known.text, known.tokens
         values = pad.values
-        if known is not None and known.limit == limit and known.cut is not None:
+        keys: list[str] | None = None
+        if known is not None and known.limit == limit:
             added = pad.updates - known.updates
             if 0 < added == len(values) - known.size:
                 # Every update since added a key (a replacement or a removal would make the
-                # counts differ): the newest keys in the dict's order. If they all sort after
-                # the first key that did not fit, the section is what it was.
+                # counts differ): the newest keys in the dict's order, put in their places.
+                # A reading is replaced by the next one of the same object: its keys and
+                # lines are taken over, not copied (a long run's scratchpad has a key per
+                # step: the copies and set differences grew with it).
                 newest = list(itertools.islice(reversed(values), added))
-                if min(newest) > known.cut:
-                    keys = list(known.keys)
-                    for key in newest:
-                        bisect.insort(keys, key)
+                keys, lines = known.keys, known.lines
+                for key in newest:
+                    bisect.insort(keys, key)
+                if known.cut is not None and min(newest) > known.cut:
+                    # All after the first key that did not fit: the section is what it was.
                     _remember(
-                        self._pads,
-                        id(pad),
-                        replace(known, updates=pad.updates, size=len(values), keys=keys),
+                        self._pads, id(pad), replace(known, updates=pad.updates, size=len(values))
                     )
                     return known.text, known.tokens
-        if known is None:
+        if keys is not None:
+            pass  # read on above
+        elif known is None:
             keys, lines = sorted(values), {}
         else:
             keys, lines = known.keys, dict(known.lines)
