@@ -333,7 +333,7 @@ class Turn:
         base = prompt.text()
         if context is not None:
             base = f"{base}\n\n{context.text()}"
-        context_ids = [uuid.UUID(i) for i in context.event_ids] if context else []
+        context_ids = list(context.event_ids) if context else []
         feedback = ""
         for attempt in range(1, self.settings.model_attempts + 1):
             text = base + (f"\n\n## previous answer was invalid\n{feedback}" if feedback else "")

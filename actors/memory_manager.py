@@ -123,7 +123,7 @@ class Context:
     position: int
     budget: int
     sections: list[Section] = field(default_factory=list)
-    event_ids: list[str] = field(default_factory=list)
+    event_ids: list[uuid.UUID] = field(default_factory=list)
     memories: list[Memory] = field(default_factory=list)
     summary_event_id: str | None = None
 
@@ -293,7 +293,7 @@ class MemoryManager:
         lines = [self.line(e) for e in recent]
         cost = sum(self.count(line) for line in lines) + max(0, len(lines) - 1)
         if add("recent history", "\n".join(lines), remaining, cost):
-            context.event_ids = [str(e.id) for e in recent]
+            context.event_ids = [e.id for e in recent]
         return context
 
     def line(self, event: Event) -> str:

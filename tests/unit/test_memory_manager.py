@@ -339,7 +339,7 @@ def test_sections_are_drawn_from_the_log_and_long_term_memory(
     assert context.memories and all(
         m.memory_id in context.sections[2].text for m in context.memories
     )
-    assert context.event_ids == [str(e.id) for e in mine(run.events(), "execution")]
+    assert context.event_ids == [e.id for e in mine(run.events(), "execution")]
     assert "count stale customer records" in context.text()
 
 
@@ -379,7 +379,7 @@ def test_plan_summary_below_and_above_the_threshold(memory_store: EventStore) ->
     assert context.summary_event_id == str(recorded.id)
     [section] = [s for s in context.sections if s.name == "summary of earlier history"]
     assert section.text == summarizer.text
-    by_id = {str(e.id): e for e in run.events()}
+    by_id = {e.id: e for e in run.events()}
     assert context.event_ids
     assert all((by_id[i].position or 0) > summary.payload.to_position for i in context.event_ids)
     check_budget(context)
@@ -494,7 +494,7 @@ def test_summaries_end_where_they_end_inside_a_fork(memory_store: EventStore) ->
     assert 0 < covered < len(own)
     memory_store.append(fork, [summary])
     events = memory_store.read(fork)
-    kept = [str(e.id) for e in own[covered:]]
+    kept = [e.id for e in own[covered:]]
     warm = manager.assemble(events, "execution", "next", budget, settled=len(events))
     fresh = MemoryManager().assemble(events, "execution", "next", budget)
     assert warm.event_ids == fresh.event_ids == kept[-len(fresh.event_ids) :]
