@@ -1699,6 +1699,30 @@ class TestSQLiteStore(StoreContract):
                 assert store.lease("agent:execution/1") is None
                 again.release()
 
+    def test_appends_of_ended_threads_leave_no_connection_open(self, store: EventStore) -> None:
+        # Appends, too, go on a connection per thread (no pool queue, transaction and cursor
+        # wrappers around each): threads that append once each must not gather them.
+        errors: list[BaseException] = []
+
+        def append(i: int) -> None:
+            try:
+                store.append(f"run-{i}", [started()], expected_version=0)
+                store.record_position(f"agent:research/{i}", i + 1)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        for i in range(20):
+            thread = threading.Thread(target=append, args=(i,))
+            thread.start()
+            thread.join()
+        assert errors == []
+        assert store.head_position() == 20
+        assert store.position_of("agent:research/19") == 20
+        open_now = store.backend._read_conns  # type: ignore[attr-defined]
+        assert len([t for t, _, _ in open_now if not t.is_alive()]) <= 1
+        store.close()
+        assert store.backend._read_conns == []  # type: ignore[attr-defined]
+
     def test_reads_of_ended_threads_leave_no_connection_open(self, store: EventStore) -> None:
         # Hot reads go on a connection per thread (no pool lock, BEGIN or ROLLBACK around
         # each): a server answering each request on a new thread must not gather them.
@@ -1714,7 +1738,10 @@ class TestSQLiteStore(StoreContract):
             thread.join()
         assert seen == [2] * 20
         open_now = store.backend._read_conns  # type: ignore[attr-defined]
-        assert len(open_now) <= 1 and all(t.is_alive() for t, _, _ in open_now[:-1])
+        # The last ended thread's stays until the next thread opens one; the append's thread
+        # (this one) keeps its connection for writes.
+        ended = [t for t, _, _ in open_now if not t.is_alive()]
+        assert len(ended) <= 1 and len(open_now) <= 2
         store.close()
         assert store.backend._read_conns == []  # type: ignore[attr-defined]
         # Closed: a thread that never read gets no new connection (it would never be closed).
