@@ -293,7 +293,7 @@ class Turn:
             events,
             role,
             self.settings.context_tokens,
-            ExtractiveSummarizer(),
+            ExtractiveSummarizer(memory.count),  # the manager's counter, its counts kept
             actor=self.agent.principal,
             settled=self.run.settled,
         )

@@ -442,10 +442,10 @@ class MemoryManager:
         tokens, and their tokens.
 
         Read again from the last reading of the same scratchpad object (folds count every
-        update in ``Scratchpad.updates``): keys added or removed since are found by set
-        differences, and a line is made again only for a key whose value was replaced. A
-        long run's scratchpad has a key per step; before, every turn sorted and formatted
-        them.
+        update in ``Scratchpad.updates``): when every update since added a key, those keys
+        are put in their places; otherwise keys added or removed are found by set
+        differences. A line is made again only for a key whose value was replaced. A long
+        run's scratchpad has a key per step; before, every turn sorted and formatted them.
         """
         known = self._pads.get(id(pad))
         if known is not None and known.pad is not pad:
@@ -468,6 +468,9 @@ class MemoryManager:
                 # lines are taken over, not copied (a long run's scratchpad has a key per
                 # step: the copies and set differences grew with it).
                 newest = list(itertools.islice(reversed(values), added))
+                # Taken out until this reading is done: if it raises (a counter's error), no
+                # reading whose keys were changed stays behind for the next turn.
+                del self._pads[id(pad)]
                 keys, lines = known.keys, known.lines
                 for key in newest:
                     bisect.insort(keys, key)
@@ -482,7 +485,8 @@ class MemoryManager:
         elif known is None:
             keys, lines = sorted(values), {}
         else:
-            keys, lines = known.keys, dict(known.lines)
+            keys, lines = known.keys, known.lines  # replaced by this reading: taken over
+            del self._pads[id(pad)]  # (and not left behind changed, as above)
             present = set(keys)  # set operations in C: a long run's scratchpad has many keys
             gone, new = present - values.keys(), values.keys() - present
             if gone:

@@ -384,7 +384,13 @@ def _verify_role(
     report: VerifyReport,
 ) -> Divergence | None:
     # The same view, and the same failed reaction, as the live worker's.
-    from .runtime import REFUSED_BY_THE_STORE, _RunCache, failed_reaction, replicas_tracked
+    from .runtime import (
+        REFUSED_BY_THE_STORE,
+        _RunCache,
+        failed_reaction,
+        failure_reason,
+        replicas_tracked,
+    )
 
     recording = segment.recording
     events, reactions = recording.events, recording.reactions
@@ -512,13 +518,13 @@ def _verify_role(
                 )
                 # Not recorded by older agents, or refused by the store with the turn's other
                 # records (the failure alone was appended then): its reason tells which.
-                _, refused, why = str(getattr(rest[-1].payload, "reason", "")).partition(
-                    REFUSED_BY_THE_STORE
-                )
+                refused = failure_reason(agent.principal, event, REFUSED_BY_THE_STORE)
+                reason = str(getattr(rest[-1].payload, "reason", ""))
+                why = reason[len(refused) :]
                 because = (
                     "the store refused the turn's records: "
                     + (why if len(why) <= 200 else why[:199] + "…")
-                    if refused
+                    if reason.startswith(refused)  # not a failure that merely quotes one
                     else f"before failed turns kept their {what}s"
                 )
                 report.notes.append(

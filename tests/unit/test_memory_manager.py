@@ -264,6 +264,37 @@ def test_the_scratchpad_section_read_again_is_the_section_read_afresh(
         assert a.sections == b.sections
 
 
+def test_a_scratchpad_reading_cut_short_by_an_error_is_not_read_on() -> None:
+    # A reading takes over the last one's keys; if it raised half-way (its token counter
+    # failed), the next turn read on from the changed keys: their lines came twice.
+    failing = [False]
+
+    def count(text: str) -> int:
+        if failing[0] and text.startswith("b:"):
+            raise RuntimeError("the counter failed")
+        return approx_tokens(text)
+
+    warm, pad, fold = MemoryManager(count=count), Scratchpad(), ScratchpadProjection()
+
+    def put(key: str, value: str) -> None:
+        nonlocal pad
+        event = ScratchpadUpdated(actor="agent:research/r1", payload={"key": key, "value": value})
+        pad = fold.apply(pad, event)
+
+    put("a", "one")
+    warm.assemble([], "research", "next", 500, scratchpad=pad)
+    put("b", "two")
+    failing[0] = True
+    with pytest.raises(RuntimeError, match="counter failed"):
+        warm.assemble([], "research", "next", 500, scratchpad=pad)
+    failing[0] = False
+    for _ in range(2):
+        a = warm.assemble([], "research", "next", 500, scratchpad=pad)
+        b = MemoryManager().assemble([], "research", "next", 500, scratchpad=pad)
+        assert a.sections == b.sections
+        assert [s.text for s in a.sections if s.name == "scratchpad"] == ["a: one\nb: two"]
+
+
 def test_own_reactions_not_yet_delivered_are_read_on_every_turn(memory_store: EventStore) -> None:
     # An agent's view is what it was delivered, in log order (settled), then its own
     # reactions not delivered yet, which may later arrive before others' events (a fork's
