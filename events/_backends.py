@@ -364,25 +364,33 @@ def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Cursor], A
     """``work(cursor)`` in a transaction of ``conn`` (in autocommit mode), committed if it
     returns, rolled back if it raises; sqlite3 errors as eventsourcing's recorders raise them
     (as its ``SQLiteTransaction`` does: a duplicate position or version is an IntegrityError,
-    a lock not obtained in time an OperationalError)."""
-    cursor = conn.cursor()
+    a lock not obtained in time an OperationalError). The caller holds ``conn`` alone (see
+    ``SQLiteBackend._writing``)."""
     try:
-        cursor.execute("BEGIN")  # deferred, as eventsourcing's: the first insert takes the lock
+        cursor = conn.cursor()
         try:
-            result = work(cursor)
-        except BaseException:
+            if conn.in_transaction:
+                # Left open by an interrupt between BEGIN and what guards it: nothing of it
+                # was written; never carry on inside it.
+                conn.rollback()
+            cursor.execute("BEGIN")  # deferred, as eventsourcing's: the first insert locks
+            try:
+                result = work(cursor)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # e.g. closed meanwhile
+                    if conn.in_transaction:
+                        conn.rollback()
+                raise
+            cursor.execute("COMMIT")
+            return result
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                cursor.close()
+    except sqlite3.Error as exc:
+        with contextlib.suppress(sqlite3.Error):  # COMMIT itself failed: nothing kept
             if conn.in_transaction:
                 conn.rollback()
-            raise
-        cursor.execute("COMMIT")
-        return result
-    except sqlite3.Error as exc:
-        if conn.in_transaction:  # COMMIT itself failed (e.g. SQLITE_BUSY): nothing kept
-            with contextlib.suppress(sqlite3.Error):
-                conn.rollback()
         raise _persistence_error(exc) from exc
-    finally:
-        cursor.close()
 
 
 class _FileWatch:
@@ -549,7 +557,8 @@ def _of_kinds(topic: str, kinds: Sequence[str]) -> str:
 
 
 def _batch_recorder(
-    datastore: Any, connection: Callable[[], sqlite3.Connection] | None = None
+    datastore: Any,
+    connection: Callable[[], contextlib.AbstractContextManager[sqlite3.Connection]] | None = None,
 ) -> Any:
     """eventsourcing's SQLite process recorder, inserting a batch of one stream's consecutive
     versions with one ``executemany`` (the recorder executes its insert once per event to learn
@@ -557,7 +566,7 @@ def _batch_recorder(
     then known from the last one's (consecutive under the write lock, checked on the first).
     About 2 µs less per event.
 
-    With ``connection`` (this thread's own connection to the file, see SQLiteBackend._conn),
+    With ``connection`` (this thread's own connection to the file, see SQLiteBackend._writing),
     its writes (events with their tracking row, a tracking row alone) go straight to SQLite in
     a transaction of their own: the same statements, in the same order, and the same errors as
     through eventsourcing's pool, whose connection queue, transaction and cursor wrappers cost
@@ -570,19 +579,18 @@ def _batch_recorder(
         ) -> Sequence[int] | None:
             if connection is None:
                 return super().insert_events(stored_events, **kwargs)
-            ids: Sequence[int] | None = _in_transaction(
-                connection(),
-                lambda c: self._insert_events(SQLiteCursor(c), stored_events, **kwargs),
-            )
+            with connection() as conn:
+                ids: Sequence[int] | None = _in_transaction(
+                    conn, lambda c: self._insert_events(SQLiteCursor(c), stored_events, **kwargs)
+                )
             return ids
 
         def insert_tracking(self, tracking: Any) -> None:
             if connection is None:
                 super().insert_tracking(tracking)
                 return
-            _in_transaction(
-                connection(), lambda c: self._insert_tracking(SQLiteCursor(c), tracking)
-            )
+            with connection() as conn:
+                _in_transaction(conn, lambda c: self._insert_tracking(SQLiteCursor(c), tracking))
 
         def _insert_events(
             self, c: Any, stored_events: Sequence[Any], **kwargs: Any
@@ -700,6 +708,10 @@ class SQLiteBackend(Backend):
 
         self._reads = threading.local()
         self._writes = threading.local()
+        # Threads of this process append one at a time, handed over at once (as the pool's
+        # writer lock did): waiting on the file lock instead, they slept in SQLite's busy
+        # handler (1 to 100 ms at a time), in no order.
+        self._write_lock = threading.Lock()
         # Every plain connection of this store (a thread's reads or writes), closed by close().
         self._read_conns: list[tuple[threading.Thread, sqlite3.Connection, int]] = []
         self._read_conns_lock = threading.Lock()
@@ -710,7 +722,7 @@ class SQLiteBackend(Backend):
             # Writes go on a plain connection per thread too (see _batch_recorder), for a file;
             # a name SQLite keeps in memory is shared through the pool's connections only.
             self.recorder: SQLiteProcessRecorder = _batch_recorder(
-                self.datastore, self._write_conn if self._file is not None else None
+                self.datastore, self._writing if self._file is not None else None
             )
             self._create_tables()
             # Reads get their own pool: eventsourcing's pool queues every request behind a
@@ -757,6 +769,30 @@ class SQLiteBackend(Backend):
             return conn.execute(statement, params).fetchall()
         except sqlite3.Error as exc:
             raise _persistence_error(exc) from exc
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection for writes, held alone for one transaction."""
+        local = self._writes
+        if getattr(local, "active", False):
+            # An append from inside another of this thread (a signal handler, a callback):
+            # its BEGIN would fail, and the rollback that follows would end the outer
+            # transaction, whose rest would then commit piecemeal.
+            raise OperationalError(
+                "an append of this thread is under way (this one was made from inside it); "
+                "nothing was written"
+            )
+        if not self._write_lock.acquire(timeout=self.LOCK_TIMEOUT_S):
+            raise OperationalError("database is locked: another thread of this process appends")
+        try:
+            conn = self._write_conn()
+            local.active = True
+            try:
+                yield conn
+            finally:
+                local.active = False
+        finally:
+            self._write_lock.release()
 
     def _write_conn(self) -> sqlite3.Connection:
         """This thread's connection for writes (see ``_batch_recorder``); made on first use."""

@@ -1699,6 +1699,51 @@ class TestSQLiteStore(StoreContract):
                 assert store.lease("agent:execution/1") is None
                 again.release()
 
+    def test_an_append_made_inside_another_of_its_thread_is_refused_alone(
+        self, store: EventStore
+    ) -> None:
+        # One connection per thread: an append from inside another (a signal handler, a
+        # callback) would fail its BEGIN, and the rollback after it would end the outer
+        # transaction, whose tracking row would then commit without its events.
+        from agentledger.events import StoreUnavailable
+
+        under_way = store.backend._writing()  # type: ignore[attr-defined]  # an append
+        with under_way, pytest.raises(StoreUnavailable, match=r"under way.*nothing was written"):
+            store.append(
+                "run-b", [started()], expected_version=0, tracking=ConsumerPosition("c", 1)
+            )
+        assert store.read("run-b") == [] and store.position_of("c") == 0
+        store.append("run-b", [started()], expected_version=0, tracking=ConsumerPosition("c", 1))
+        assert len(store.read("run-b")) == 1 and store.position_of("c") == 1
+
+    def test_a_transaction_left_open_on_the_thread_is_not_carried_on(
+        self, store: EventStore
+    ) -> None:
+        # An interrupt between BEGIN and what guards it leaves the connection in a transaction
+        # (holding nothing): the next append must begin its own, not fail or join that one.
+        conn = store.backend._write_conn()  # type: ignore[attr-defined]
+        conn.execute("BEGIN")
+        store.append("run-c", [started()], expected_version=0)
+        assert not conn.in_transaction
+        with EventStore.open(store.url) as other:  # committed, as another process sees it
+            assert len(other.read("run-c")) == 1
+
+    def test_threads_of_one_process_append_in_turn(self, store: EventStore) -> None:
+        def append(i: int) -> None:
+            for j in range(25):
+                store.append(
+                    f"run-t{i}",
+                    [started()] if j == 0 else [note(f"k{j}", "v")],
+                    expected_version=j,
+                    tracking=ConsumerPosition(f"agent:research/{i}", j + 1),
+                )
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            list(pool.map(append, range(6)))
+        assert store.head_position() == 150
+        assert all(store.position_of(f"agent:research/{i}") == 25 for i in range(6))
+        assert all(len(store.read(f"run-t{i}")) == 25 for i in range(6))
+
     def test_appends_of_ended_threads_leave_no_connection_open(self, store: EventStore) -> None:
         # Appends, too, go on a connection per thread (no pool queue, transaction and cursor
         # wrappers around each): threads that append once each must not gather them.
