@@ -360,6 +360,55 @@ def _persistence_error(exc: sqlite3.Error) -> PersistenceError:
     return PersistenceError(exc)
 
 
+class _Gate:
+    """Counts the operations under way on a store's connections, so that ``close()`` closes
+    them only once none uses them: sqlite3 frees what a statement holds when its connection is
+    closed, and a thread still executing on it crashed the process (eventsourcing's pool, too,
+    closes the connections in use)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Anew (a forked child: the parent's threads, and what they held, are not in it)."""
+        self._cond = threading.Condition()
+        self._users = 0
+        self._closing = False
+
+    @contextlib.contextmanager
+    def use(self, what: str) -> Iterator[None]:
+        with self._cond:
+            if self._closing:
+                raise ConnectionPoolClosedError(f"the store {what} is closed")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                if not self._users:
+                    self._cond.notify_all()
+
+    def close(self, timeout: float) -> bool:
+        """Let no operation begin, and wait for those under way (False: some still are)."""
+        with self._cond:
+            self._closing = True
+            return self._cond.wait_for(lambda: not self._users, timeout)
+
+
+def _gated_datastore(gate: _Gate, what: str, **settings: Any) -> Any:
+    """eventsourcing's SQLite datastore whose transactions pass ``gate``."""
+    from eventsourcing.sqlite import SQLiteDatastore
+
+    class GatedDatastore(SQLiteDatastore):
+        @contextlib.contextmanager
+        def transaction(self, *, commit: bool = False) -> Iterator[Any]:
+            with gate.use(what), super().transaction(commit=commit) as cursor:
+                yield cursor
+
+    return GatedDatastore(**settings)
+
+
 def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Cursor], Any]) -> Any:
     """``work(cursor)`` in a transaction of ``conn`` (in autocommit mode), committed if it
     returns, rolled back if it raises; sqlite3 errors as eventsourcing's recorders raise them
@@ -695,27 +744,28 @@ class SQLiteBackend(Backend):
         self.url = f"sqlite:///{path}"
 
         def datastore() -> SQLiteDatastore:
-            return SQLiteDatastore(
-                str(path),
+            return _gated_datastore(  # type: ignore[no-any-return]
+                self._gate,
+                self.url,
+                db_name=str(path),
                 lock_timeout=self.LOCK_TIMEOUT_S,
                 originator_id_type="text",
                 pool_size=2,
                 max_overflow=6,
-                # Threads of one process queue for the single writer connection; wait as long
-                # as SQLite itself waits for the file lock, not the pool's default 5 s.
+                # The pool's writes (the tables' creation; every write of a database SQLite
+                # keeps in memory) queue for its writer connection; wait as long as SQLite
+                # itself waits for the file lock, not the pool's default 5 s.
                 pool_timeout=self.LOCK_TIMEOUT_S,
             )
 
+        self._gate = _Gate()
         self._reads = threading.local()
         self._writes = threading.local()
-        # Threads of this process append one at a time, handed over at once (as the pool's
-        # writer lock did): waiting on the file lock instead, they slept in SQLite's busy
-        # handler (1 to 100 ms at a time), in no order.
-        self._write_lock = threading.Lock()
         # Every plain connection of this store (a thread's reads or writes), closed by close().
-        self._read_conns: list[tuple[threading.Thread, sqlite3.Connection, int]] = []
-        self._read_conns_lock = threading.Lock()
+        self._conns: list[tuple[threading.Thread, sqlite3.Connection, int]] = []
         self._closed = False
+        self._forks = -1
+        self._locks_for_this_process()
         try:
             _ensure_wal(path, self.LOCK_TIMEOUT_S)
             self.datastore = datastore()
@@ -759,56 +809,73 @@ class SQLiteBackend(Backend):
                 raw.row_factory = None
                 raw.execute(statement, params)
                 return raw.fetchall()
-        conn: sqlite3.Connection | None = getattr(self._reads, "conn", None)
-        if self._closed:
-            raise ConnectionPoolClosedError(f"the store {self.url} is closed")
-        try:
-            if conn is None or self._reads.forks != _FORKS[0]:
-                conn = self._reads.conn = self._open_reads()
-                self._reads.forks = _FORKS[0]
-            return conn.execute(statement, params).fetchall()
-        except sqlite3.Error as exc:
-            raise _persistence_error(exc) from exc
+        self._locks_for_this_process()
+        with self._gate.use(self.url):
+            try:
+                return self._thread_conn(self._reads).execute(statement, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _persistence_error(exc) from exc
+
+    def _locks_for_this_process(self) -> None:
+        # A forked child gets locks of its own: the parent's may have been held by a thread
+        # that does not exist in the child (it would wait for it forever).
+        if self._forks == _FORKS[0]:
+            return
+        self._forks = _FORKS[0]
+        # Threads appending through this store take turns, handed over at once (as the
+        # pool's writer lock did): waiting on the file lock instead, they slept in SQLite's
+        # busy handler (1 to 100 ms at a time), in no order. Another store object, or
+        # another process, still waits on the file lock.
+        self._write_lock = threading.Lock()
+        self._conns_lock = threading.Lock()
+        self._writes.active = False  # the forking thread's, if it forked mid-append
+        self._gate.reset()
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection for writes, held alone for one transaction."""
+        self._locks_for_this_process()
         local = self._writes
         if getattr(local, "active", False):
             # An append from inside another of this thread (a signal handler, a callback):
             # its BEGIN would fail, and the rollback that follows would end the outer
-            # transaction, whose rest would then commit piecemeal.
+            # transaction, whose rest would then commit piecemeal (or it would wait for the
+            # lock its own thread holds).
             raise OperationalError(
                 "an append of this thread is under way (this one was made from inside it); "
                 "nothing was written"
             )
-        if not self._write_lock.acquire(timeout=self.LOCK_TIMEOUT_S):
-            raise OperationalError("database is locked: another thread of this process appends")
+        local.active = True
         try:
-            conn = self._write_conn()
-            local.active = True
-            try:
-                yield conn
-            finally:
-                local.active = False
+            with self._gate.use(self.url):
+                if not self._write_lock.acquire(timeout=self.LOCK_TIMEOUT_S):
+                    raise OperationalError(
+                        "database is locked: another thread appends through this store"
+                    )
+                try:
+                    yield self._thread_conn(local, writes=True)
+                finally:
+                    self._write_lock.release()
         finally:
-            self._write_lock.release()
+            local.active = False
 
-    def _write_conn(self) -> sqlite3.Connection:
-        """This thread's connection for writes (see ``_batch_recorder``); made on first use."""
-        conn: sqlite3.Connection | None = getattr(self._writes, "conn", None)
+    def _thread_conn(self, local: threading.local, *, writes: bool = False) -> sqlite3.Connection:
+        """This thread's plain connection in ``local`` (its reads', or its writes'), made on
+        first use, and again in a forked child (a connection is not carried over)."""
         if self._closed:
             raise ConnectionPoolClosedError(f"the store {self.url} is closed")
-        if conn is None or self._writes.forks != _FORKS[0]:
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or local.forks != _FORKS[0]:
             try:
-                conn = self._writes.conn = self._open_reads(writes=True)
+                conn = local.conn = self._open_connection(writes=writes)
             except sqlite3.Error as exc:
                 raise _persistence_error(exc) from exc
-            self._writes.forks = _FORKS[0]
+            local.forks = _FORKS[0]
         return conn
 
-    def _open_reads(self, *, writes: bool = False) -> sqlite3.Connection:
-        with self._read_conns_lock:
+    def _open_connection(self, *, writes: bool) -> sqlite3.Connection:
+        self._locks_for_this_process()
+        with self._conns_lock:
             if self._closed:
                 raise ConnectionPoolClosedError(f"the store {self.url} is closed")
             conn = sqlite3.connect(
@@ -826,12 +893,12 @@ class SQLiteBackend(Backend):
             # not started by Python never end for `threading`, and keep theirs until close()).
             # Those a fork carried over are the parent's: kept, never closed nor collected here.
             live = []
-            for thread, other, forks in self._read_conns:
+            for thread, other, forks in self._conns:
                 if forks != _FORKS[0] or thread.is_alive():
                     live.append((thread, other, forks))
                 else:
                     other.close()
-            self._read_conns = [*live, (threading.current_thread(), conn, _FORKS[0])]
+            self._conns = [*live, (threading.current_thread(), conn, _FORKS[0])]
             return conn
 
     def head_position(self) -> int:
@@ -993,12 +1060,16 @@ class SQLiteBackend(Backend):
         return [StreamSummary(r[0], r[1], r[2], r[3]) for r in rows]
 
     def close(self) -> None:
+        self._locks_for_this_process()
+        self._closed = True
+        # The operations under way end first (see _Gate); none begins after.
+        if not self._gate.close(self.LOCK_TIMEOUT_S):
+            log.warning("closing the store %s while a thread still uses it", self.url)
         self.datastore.close()
         self.read_datastore.close()
-        with self._read_conns_lock:
-            self._closed = True
-            conns = self._read_conns
-            self._read_conns = [c for c in conns if c[2] != _FORKS[0]]  # a parent's: kept
+        with self._conns_lock:
+            conns = self._conns
+            self._conns = [c for c in conns if c[2] != _FORKS[0]]  # a parent's: kept
         for _, conn, forks in conns:
             if forks == _FORKS[0]:
                 conn.close()
@@ -1518,7 +1589,8 @@ class PostgresBackend(Backend):
 
 def sqlite_path(url: str) -> str | None:
     """The path a ``sqlite://`` store URL names, as ``open_backend`` reads it (None for other
-    schemes): ``sqlite:///rel/path`` and ``sqlite:////abs/path``, as SQLAlchemy reads them."""
+    schemes): ``sqlite:///rel/path`` and ``sqlite:////abs/path``, as SQLAlchemy reads them.
+    ``ConfigurationError`` for a ``file:`` URI naming a host (SQLite opens local files only)."""
     url = url.strip()
     if not url.lower().startswith("sqlite://"):
         return None

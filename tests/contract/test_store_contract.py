@@ -15,6 +15,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -1721,7 +1722,8 @@ class TestSQLiteStore(StoreContract):
     ) -> None:
         # An interrupt between BEGIN and what guards it leaves the connection in a transaction
         # (holding nothing): the next append must begin its own, not fail or join that one.
-        conn = store.backend._write_conn()  # type: ignore[attr-defined]
+        backend: Any = store.backend
+        conn = backend._thread_conn(backend._writes, writes=True)
         conn.execute("BEGIN")
         store.append("run-c", [started()], expected_version=0)
         assert not conn.in_transaction
@@ -1744,6 +1746,77 @@ class TestSQLiteStore(StoreContract):
         assert all(store.position_of(f"agent:research/{i}") == 25 for i in range(6))
         assert all(len(store.read(f"run-t{i}")) == 25 for i in range(6))
 
+    def test_a_store_closed_while_another_thread_appends_does_not_crash_the_process(
+        self, store: EventStore
+    ) -> None:
+        # close() closed the connection an append was using: SQLite freed what its statement
+        # held, and the process died (SIGSEGV, about one time in two). Run where a crash
+        # cannot take the test run with it.
+        script = """
+import sys, threading, time
+from agentledger.events import EventStore, RunStarted
+store = EventStore.open(sys.argv[1])
+ended = []
+def appends():
+    i = 0
+    while True:
+        try:
+            store.append(f"run-{sys.argv[2]}-{i}",
+                         [RunStarted(actor="human:ada", payload={"goal": "g"})],
+                         expected_version=0)
+        except Exception as exc:
+            ended.append(type(exc).__name__)
+            return
+        i += 1
+thread = threading.Thread(target=appends)
+thread.start()
+time.sleep(0.05)
+store.close()
+thread.join(30)
+print(ended[0] if ended else "still appending")
+"""
+        store.close()
+        for attempt in range(5):
+            done = subprocess.run(
+                [sys.executable, "-c", script, store.url, str(attempt)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert done.stdout.strip() in ("ConnectionPoolClosedError", "StoreUnavailable"), done
+
+    def test_a_forked_child_appends_while_a_parent_thread_held_the_write_lock(
+        self, store: EventStore
+    ) -> None:
+        # A child forked while another thread of the parent was mid-append inherited the held
+        # lock, and waited for a thread it does not have (30 s a try, retried: minutes).
+        backend: Any = store.backend
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with backend._writing():
+                holding.set()
+                release.wait(30)
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        assert holding.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the child: append, and say how it went by the exit status
+            code = 1
+            try:
+                signal.alarm(20)  # never the test's hang
+                store.append("run-child", [started()], expected_version=0)
+                code = 0
+            finally:
+                os._exit(code)
+        release.set()
+        thread.join(10)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert len(store.read("run-child")) == 1
+
     def test_appends_of_ended_threads_leave_no_connection_open(self, store: EventStore) -> None:
         # Appends, too, go on a connection per thread (no pool queue, transaction and cursor
         # wrappers around each): threads that append once each must not gather them.
@@ -1763,10 +1836,10 @@ class TestSQLiteStore(StoreContract):
         assert errors == []
         assert store.head_position() == 20
         assert store.position_of("agent:research/19") == 20
-        open_now = store.backend._read_conns  # type: ignore[attr-defined]
+        open_now = store.backend._conns  # type: ignore[attr-defined]
         assert len([t for t, _, _ in open_now if not t.is_alive()]) <= 1
         store.close()
-        assert store.backend._read_conns == []  # type: ignore[attr-defined]
+        assert store.backend._conns == []  # type: ignore[attr-defined]
 
     def test_reads_of_ended_threads_leave_no_connection_open(self, store: EventStore) -> None:
         # Hot reads go on a connection per thread (no pool lock, BEGIN or ROLLBACK around
@@ -1782,13 +1855,13 @@ class TestSQLiteStore(StoreContract):
             thread.start()
             thread.join()
         assert seen == [2] * 20
-        open_now = store.backend._read_conns  # type: ignore[attr-defined]
+        open_now = store.backend._conns  # type: ignore[attr-defined]
         # The last ended thread's stays until the next thread opens one; the append's thread
         # (this one) keeps its connection for writes.
         ended = [t for t, _, _ in open_now if not t.is_alive()]
         assert len(ended) <= 1 and len(open_now) <= 2
         store.close()
-        assert store.backend._read_conns == []  # type: ignore[attr-defined]
+        assert store.backend._conns == []  # type: ignore[attr-defined]
         # Closed: a thread that never read gets no new connection (it would never be closed).
         failed: list[BaseException] = []
 
@@ -1802,7 +1875,7 @@ class TestSQLiteStore(StoreContract):
         thread.start()
         thread.join()
         assert [type(e).__name__ for e in failed] == ["ConnectionPoolClosedError"]
-        assert store.backend._read_conns == []  # type: ignore[attr-defined]
+        assert store.backend._conns == []  # type: ignore[attr-defined]
 
 
 @pytest.mark.postgres
