@@ -364,46 +364,63 @@ class _Gate:
     """Counts the operations under way on a store's connections, so that ``close()`` closes
     them only once none uses them: sqlite3 frees what a statement holds when its connection is
     closed, and a thread still executing on it crashed the process (eventsourcing's pool, too,
-    closes the connections in use)."""
+    closes the connections in use). A context manager of its own (``with gate:``): the
+    hottest reads pass it (0.8 µs, against 2.2 through a generator and a Condition)."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str) -> None:
+        self._what = what
         self.reset()
 
     def reset(self) -> None:
         """Anew (a forked child: the parent's threads, and what they held, are not in it)."""
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._idle = threading.Event()  # set while closing and no operation is under way
         self._users = 0
         self._closing = False
 
-    @contextlib.contextmanager
-    def use(self, what: str) -> Iterator[None]:
-        with self._cond:
+    def __enter__(self) -> None:
+        with self._lock:
             if self._closing:
-                raise ConnectionPoolClosedError(f"the store {what} is closed")
+                raise ConnectionPoolClosedError(f"the store {self._what} is closed")
             self._users += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._users -= 1
-                if not self._users:
-                    self._cond.notify_all()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._closing and not self._users:
+                self._idle.set()
 
     def close(self, timeout: float) -> bool:
         """Let no operation begin, and wait for those under way (False: some still are)."""
-        with self._cond:
+        with self._lock:
             self._closing = True
-            return self._cond.wait_for(lambda: not self._users, timeout)
+            if not self._users:
+                self._idle.set()
+        return self._idle.wait(timeout)
 
 
-def _gated_datastore(gate: _Gate, what: str, **settings: Any) -> Any:
+_LIVE_SQLITE: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    # In the child, before any other thread exists: the parent's locks may have been held by
+    # threads the child does not have, and its count of operations under way counts theirs.
+    for backend in list(_LIVE_SQLITE):
+        backend._locks_for_this_process()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _gated_datastore(gate: _Gate, **settings: Any) -> Any:
     """eventsourcing's SQLite datastore whose transactions pass ``gate``."""
     from eventsourcing.sqlite import SQLiteDatastore
 
     class GatedDatastore(SQLiteDatastore):
         @contextlib.contextmanager
         def transaction(self, *, commit: bool = False) -> Iterator[Any]:
-            with gate.use(what), super().transaction(commit=commit) as cursor:
+            with gate, super().transaction(commit=commit) as cursor:
                 yield cursor
 
     return GatedDatastore(**settings)
@@ -746,7 +763,6 @@ class SQLiteBackend(Backend):
         def datastore() -> SQLiteDatastore:
             return _gated_datastore(  # type: ignore[no-any-return]
                 self._gate,
-                self.url,
                 db_name=str(path),
                 lock_timeout=self.LOCK_TIMEOUT_S,
                 originator_id_type="text",
@@ -758,14 +774,14 @@ class SQLiteBackend(Backend):
                 pool_timeout=self.LOCK_TIMEOUT_S,
             )
 
-        self._gate = _Gate()
+        self._gate = _Gate(self.url)
         self._reads = threading.local()
         self._writes = threading.local()
         # Every plain connection of this store (a thread's reads or writes), closed by close().
         self._conns: list[tuple[threading.Thread, sqlite3.Connection, int]] = []
         self._closed = False
-        self._forks = -1
         self._locks_for_this_process()
+        _LIVE_SQLITE.add(self)
         try:
             _ensure_wal(path, self.LOCK_TIMEOUT_S)
             self.datastore = datastore()
@@ -809,19 +825,15 @@ class SQLiteBackend(Backend):
                 raw.row_factory = None
                 raw.execute(statement, params)
                 return raw.fetchall()
-        self._locks_for_this_process()
-        with self._gate.use(self.url):
+        with self._gate:
             try:
                 return self._thread_conn(self._reads).execute(statement, params).fetchall()
             except sqlite3.Error as exc:
                 raise _persistence_error(exc) from exc
 
     def _locks_for_this_process(self) -> None:
-        # A forked child gets locks of its own: the parent's may have been held by a thread
-        # that does not exist in the child (it would wait for it forever).
-        if self._forks == _FORKS[0]:
-            return
-        self._forks = _FORKS[0]
+        # Made here, and anew in a forked child (_reset_after_fork): the parent's may have
+        # been held by a thread that does not exist in the child (it would wait forever).
         # Threads appending through this store take turns, handed over at once (as the
         # pool's writer lock did): waiting on the file lock instead, they slept in SQLite's
         # busy handler (1 to 100 ms at a time), in no order. Another store object, or
@@ -834,7 +846,6 @@ class SQLiteBackend(Backend):
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection for writes, held alone for one transaction."""
-        self._locks_for_this_process()
         local = self._writes
         if getattr(local, "active", False):
             # An append from inside another of this thread (a signal handler, a callback):
@@ -847,7 +858,7 @@ class SQLiteBackend(Backend):
             )
         local.active = True
         try:
-            with self._gate.use(self.url):
+            with self._gate:
                 if not self._write_lock.acquire(timeout=self.LOCK_TIMEOUT_S):
                     raise OperationalError(
                         "database is locked: another thread appends through this store"
@@ -874,7 +885,6 @@ class SQLiteBackend(Backend):
         return conn
 
     def _open_connection(self, *, writes: bool) -> sqlite3.Connection:
-        self._locks_for_this_process()
         with self._conns_lock:
             if self._closed:
                 raise ConnectionPoolClosedError(f"the store {self.url} is closed")
@@ -1060,11 +1070,16 @@ class SQLiteBackend(Backend):
         return [StreamSummary(r[0], r[1], r[2], r[3]) for r in rows]
 
     def close(self) -> None:
-        self._locks_for_this_process()
         self._closed = True
-        # The operations under way end first (see _Gate); none begins after.
+        # The operations under way end first (see _Gate); none begins after. One that still
+        # runs after the lock timeout (a read of minutes) is interrupted, then waited for.
         if not self._gate.close(self.LOCK_TIMEOUT_S):
-            log.warning("closing the store %s while a thread still uses it", self.url)
+            with self._conns_lock:
+                running = [c for _, c, forks in self._conns if forks == _FORKS[0]]
+            for conn in running:
+                conn.interrupt()
+            if not self._gate.close(5.0):
+                log.warning("closing the store %s while a thread still uses it", self.url)
         self.datastore.close()
         self.read_datastore.close()
         with self._conns_lock:
