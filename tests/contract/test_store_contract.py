@@ -1817,6 +1817,40 @@ print(ended[0] if ended else "still appending")
         assert os.waitstatus_to_exitcode(status) == 0
         assert len(store.read("run-child")) == 1
 
+    def test_a_forked_child_counts_only_its_own_operations_under_way(
+        self, store: EventStore
+    ) -> None:
+        # The child's count was reset by its first plain read, while another thread of it was
+        # inside a pool read: that read then left the count at -1, and close() no longer
+        # waited for what was under way (the crash above, again).
+        backend: Any = store.backend
+        store.append("run-w", [started()], expected_version=0)
+        broken = 0
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    signal.alarm(20)
+                    stop = threading.Event()
+
+                    def reads(stop: threading.Event) -> None:
+                        while not stop.is_set():
+                            list(store.read_stored())
+
+                    thread = threading.Thread(target=reads, args=(stop,))
+                    thread.start()
+                    time.sleep(0.01)
+                    store.head_position()
+                    stop.set()
+                    thread.join()
+                    code = 0 if backend._gate._users == 0 else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            broken += os.waitstatus_to_exitcode(status) != 0
+        assert broken == 0
+
     def test_appends_of_ended_threads_leave_no_connection_open(self, store: EventStore) -> None:
         # Appends, too, go on a connection per thread (no pool queue, transaction and cursor
         # wrappers around each): threads that append once each must not gather them.
