@@ -480,23 +480,22 @@ class MemoryManager:
                         self._pads, id(pad), replace(known, updates=pad.updates, size=len(values))
                     )
                     return known.text, known.tokens
-        if keys is not None:
-            pass  # read on above
-        elif known is None:
-            keys, lines = sorted(values), {}
-        else:
-            keys, lines = known.keys, known.lines  # replaced by this reading: taken over
-            del self._pads[id(pad)]  # (and not left behind changed, as above)
-            present = set(keys)  # set operations in C: a long run's scratchpad has many keys
-            gone, new = present - values.keys(), values.keys() - present
-            if gone:
-                keys = [k for k in keys if k not in gone]
-                for key in gone:
-                    lines.pop(key, None)
-            if new:
-                keys = list(keys)
-                for key in new:
-                    bisect.insort(keys, key)
+        if keys is None:
+            if known is None:
+                keys, lines = sorted(values), {}
+            else:  # replacements or removals since: read on by set differences
+                keys, lines = known.keys, known.lines  # replaced by this reading: taken over
+                del self._pads[id(pad)]  # (and not left behind changed, as above)
+                present = set(keys)  # set operations in C: a scratchpad may have many keys
+                gone, new = present - values.keys(), values.keys() - present
+                if gone:
+                    keys = [k for k in keys if k not in gone]
+                    for key in gone:
+                        lines.pop(key, None)
+                if new:
+                    keys = list(keys)
+                    for key in new:
+                        bisect.insort(keys, key)
         kept, used, cut = [], 0, None
         for key in keys:
             value = values[key]

@@ -425,7 +425,6 @@ class PlanIndex:
                 self._order[task_id] = len(self._order)
                 for dependency in info.depends_on:
                     self._dependents.setdefault(dependency, set()).add(task_id)
-            for task_id in tasks:
                 self._look_at(tasks, task_id)
         else:
             # The settled events since the last reading, and the others after them (read

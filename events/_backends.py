@@ -337,8 +337,21 @@ class MemoryBackend(Backend):
 
 
 _FORKS = [0]  # forks of this process so far, in the child: a connection is not carried over
+_LIVE_SQLITE: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Before any other thread exists in the child: the fork is counted (the parent's
+    # connections are not used), and each store makes its locks anew (the parent's may have
+    # been held by threads the child does not have; its count of operations under way counts
+    # theirs).
+    _FORKS[0] += 1
+    for backend in list(_LIVE_SQLITE):
+        backend._locks_for_this_process()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _SQLITE_ERRORS: tuple[tuple[type[Exception], type[PersistenceError]], ...] = (
     (sqlite3.InterfaceError, InterfaceError),
@@ -397,20 +410,6 @@ class _Gate:
             if not self._users:
                 self._idle.set()
         return self._idle.wait(timeout)
-
-
-_LIVE_SQLITE: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    # In the child, before any other thread exists: the parent's locks may have been held by
-    # threads the child does not have, and its count of operations under way counts theirs.
-    for backend in list(_LIVE_SQLITE):
-        backend._locks_for_this_process()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _gated_datastore(gate: _Gate, **settings: Any) -> Any:
@@ -832,7 +831,7 @@ class SQLiteBackend(Backend):
                 raise _persistence_error(exc) from exc
 
     def _locks_for_this_process(self) -> None:
-        # Made here, and anew in a forked child (_reset_after_fork): the parent's may have
+        # Made here, and anew in a forked child (_after_fork_in_child): the parent's may have
         # been held by a thread that does not exist in the child (it would wait forever).
         # Threads appending through this store take turns, handed over at once (as the
         # pool's writer lock did): waiting on the file lock instead, they slept in SQLite's
