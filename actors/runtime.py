@@ -94,6 +94,8 @@ _ACTION_TYPES = (
     "approval.expired",
 )
 _CONTROL_TYPES = frozenset({"run.paused", "run.cancelled", "run.resumed"})
+_MEMORY_TYPES = frozenset({"memory.stored"})
+_MEMORY_TOPIC = "memory.stored@"
 _CONTROL_TOPICS = tuple(f"{t}@" for t in sorted(_CONTROL_TYPES))
 _END_TOPICS = tuple(f"{t}@" for t in ("run.cancelled", "run.completed", "run.failed"))
 # An agent's process keeps each run's events decoded (its views) and allocates a lot per turn:
@@ -435,6 +437,10 @@ class AgentWorker:
         # Long-term memory (the research agent's): caught up to each event it reacts to.
         memory = getattr(agent.settings, "memory", None)
         self._memory: LongTermMemory | None = getattr(memory, "long_term", None)
+        # Up to where the subscription showed every row since the table's last catch-up, and
+        # the first memory.stored among them (0: none).
+        self._memory_seen = 0
+        self._memory_due = 0
         self._runs: collections.OrderedDict[str, _RunCache] = collections.OrderedDict()
         self._untracked = 0  # newest position passed over without recording it
         self._subscription: Subscription | None = None
@@ -478,6 +484,7 @@ class AgentWorker:
                 # count every row, not only those as of the event). Under the lease: two
                 # processes adding the same rows to one table would store them twice.
                 self._memory.catch_up(self.store, to_position=self.position)
+            self._memory_seen, self._memory_due = self.position, 0
             self.recover()
             subscription = self.store.subscribe(self.position)
             self._subscription = subscription
@@ -664,8 +671,9 @@ class AgentWorker:
         (its view of the run needs them all), until its runs have ended.
         """
         narrow = self._narrow()
-        types = sorted(self._types | _CONTROL_TYPES | {"run.forked"}) if narrow else []
-        subscription.restart(self.position, types)
+        memory = self._memory is not None  # its rows are noted (see _catch_up_memory)
+        kinds = self._types | _CONTROL_TYPES | {"run.forked"} | (_MEMORY_TYPES if memory else set())
+        subscription.restart(self.position, sorted(kinds) if narrow else [])
         try:
             while not stop.is_set() and self._leased():
                 rows = subscription.poll_rows(poll_timeout)
@@ -673,6 +681,8 @@ class AgentWorker:
                     if narrow and subscription.scanned > self.position:
                         # Everything up to the scan mark was looked at: nothing there for us.
                         self.position = self._untracked = subscription.scanned
+                        if memory:
+                            self._memory_seen = max(self._memory_seen, subscription.scanned)
                     self._track_skipped()
                     if self._retired:
                         self._lift_retired()
@@ -690,6 +700,10 @@ class AgentWorker:
                 for row in rows:
                     if stop.is_set() or not self._leased():
                         return
+                    if memory:
+                        if not self._memory_due and row[3].startswith(_MEMORY_TOPIC):
+                            self._memory_due = row[0]
+                        self._memory_seen = row[0]
                     if self._passes_over(row[1], row[3]):
                         self.position = row[0]
                         self._skip(row[0])
@@ -810,6 +824,19 @@ class AgentWorker:
         before = [p for n, p in self._role_tracked.items() if n.endswith(suffix)]
         return max([self.store.position_of(take_up_consumer(self.consumer, fork)), *before])
 
+    def _catch_up_memory(self, memory: LongTermMemory, position: int) -> None:
+        """Long-term memory caught up to ``position``: with no read of the log when this
+        worker's subscription showed every row up to it and none was ``memory.stored`` since
+        the table last caught up (the subscription follows them, whatever runs it follows);
+        the read was a round trip a turn on PostgreSQL. A worker driven by ``deliver`` alone
+        (no subscription) reads each time."""
+        if self._memory_seen >= position and not 0 < self._memory_due <= position:
+            memory.passed(position)
+            return
+        memory.catch_up(self.store, to_position=position)
+        if self._memory_due <= position:
+            self._memory_due = 0  # a row after ``position`` (none on the live path) stays due
+
     def _mark_began(self, event: Event) -> None:
         """Mark ``event`` of its run as one whose handling this role made durable with no event
         (see ``began_consumer``); before its tracking, so a crash between the two leaves a
@@ -864,7 +891,7 @@ class AgentWorker:
             if self._memory is not None:
                 # Its searches are as of this event: every memory stored up to it is in its
                 # table, however long ago this worker started (as in verify's).
-                self._memory.catch_up(self.store, to_position=position)
+                self._catch_up_memory(self._memory, position)
             emitted = self.agent.handle(event, view, flush)
         except AlreadyProcessed:
             return  # another instance of this agent handled it (a duplicate delivery)

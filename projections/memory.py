@@ -417,6 +417,13 @@ class LongTermMemory:
             self._scanned = max(self._scanned, to_position)
         return added
 
+    def passed(self, to_position: int) -> None:
+        """Note that the log holds no ``memory.stored`` event after this table's position up
+        to ``to_position`` (inclusive): the caller read every such event there itself (an
+        agent's subscription, which follows them), so a ``catch_up`` to it would read nothing
+        (on PostgreSQL, one round trip a turn)."""
+        self._scanned = max(self._scanned, to_position)
+
     def _add(self, events: Sequence[MemoryStored]) -> int:
         # One LanceDB write per batch, never per event: each add is a new table version.
         if not events:

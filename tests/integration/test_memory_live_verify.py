@@ -5,6 +5,7 @@ it sees what other runs stored before it, as any run started then would."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,5 +106,91 @@ def test_memories_stored_after_a_search_do_not_change_it_in_verify(
     # Stored later, they would put the last two of these in the other order.
     with EventStore.open(url) as store:
         store.append("notes-ann", [note(f"fact filler {i} 1") for i in range(30)])
+        report = verify_run(store, run)
+        assert report.ok, report.divergence
+
+
+def _note(text: str, memory_id: str | None = None) -> MemoryStored:
+    return MemoryStored(
+        actor="human:ann",
+        payload={"memory_id": memory_id or f"mem-{text}", "text": text, "tags": []},
+    )
+
+
+def _noting_brain(base: Any, url: str, steps: int) -> Any:
+    """A chain of research steps (``base``: the scenario brain); in the research agent's
+    second turn, a person stores a memory (in a stream of their own), so that it lands
+    between that turn's event and the next."""
+
+    class NotingBrain(base):  # type: ignore[misc, valid-type]
+        research_turns = 0
+
+        def __call__(self, request: Any) -> str:
+            if request.purpose == "research":
+                self.research_turns += 1
+                if self.research_turns == 2:
+                    with EventStore.open(url) as store:
+                        store.append("notes-ann", [_note("look up fact notes", "mem-midway")])
+            return str(super().__call__(request))
+
+    return NotingBrain(steps=steps)
+
+
+def test_a_memory_stored_between_turns_is_found_and_quiet_turns_read_no_log(
+    tmp_path: Path, threaded_agents: Any, scenario_brain: Any
+) -> None:
+    # The research worker's subscription shows it every row, memory.stored included: a turn
+    # after which none was stored searches without reading the log again (a round trip a
+    # turn on PostgreSQL); the turn after one was stored catches up and finds it.
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    brain = _noting_brain(scenario_brain, url, steps=5)
+    agents = threaded_agents(url, tmp_path, {"scripted": ScriptedProvider(brain)})
+    (research,) = [w for w in agents.workers if w.consumer.startswith("agent:research/")]
+    reads: list[int | None] = []
+    read_all = research.store.read_all
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        if list(kwargs.get("types") or ()) == ["memory.stored"]:
+            reads.append(kwargs.get("to_position"))
+        return read_all(*args, **kwargs)
+
+    research.store.read_all = counted  # type: ignore[method-assign]
+    with agents, EventStore.open(url) as store:
+        run = _run(store, "chain")
+        prompts = _research_prompts(store.read(run))
+    assert brain.research_turns == 5 and len(prompts) == 5
+    # One read of the log in five turns: in the third, the first after the note (the start's
+    # catch-up had nothing to read, at position 0).
+    assert len(reads) == 1, reads
+    assert ["mem-midway" in p for p in prompts] == [False, False, True, True, True]
+    with EventStore.open(url) as store:
+        report = verify_run(store, run)
+        assert report.ok, report.divergence
+
+
+def test_memories_stored_while_the_research_agent_waits_for_work_are_found(
+    tmp_path: Path, threaded_agents: Any, scenario_brain: Any
+) -> None:
+    # With no run in progress a worker follows only the types it handles (and run control):
+    # memory.stored among them for the research agent, or it would take the rows it was not
+    # shown for rows without memories, and its first turn would search without them.
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    providers = {"scripted": ScriptedProvider(scenario_brain(steps=1))}
+    texts = ["lookup report: look at fact", "fact fact 1 delta notes"]
+    with threaded_agents(url, tmp_path, providers) as agents, EventStore.open(url) as store:
+        (research,) = [w for w in agents.workers if w.consumer.startswith("agent:research/")]
+        started = store.head_position()
+        # Following the log (past its start) before the notes are stored.
+        deadline = time.monotonic() + 30
+        while research._subscription is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        store.append("notes-ann", [_note(t) for t in texts])
+        store.append("other", [_note("unrelated", "mem-other")])  # a later row, nothing to do
+        time.sleep(0.3)  # the idle worker passes over them (narrow)
+        assert research.position > started
+        run = _run(store, "look up fact 1")
+        (prompt,) = _research_prompts(store.read(run))
+    assert all(f"mem-{t}" in prompt for t in texts)
+    with EventStore.open(url) as store:
         report = verify_run(store, run)
         assert report.ok, report.divergence
