@@ -78,6 +78,13 @@ class Waiter(ABC):
     def wait(self, timeout: float) -> None:
         """Return when the log may have changed since ``arm``, or after ``timeout`` seconds."""
 
+    def woken_for(self, kinds: Sequence[str]) -> bool:
+        """Whether what woke this waiter since ``arm`` may concern events of ``kinds`` (types,
+        all when empty): True unless it can tell that none did. When False, it forgets what
+        woke it (the next ``wait`` waits for what comes after). A waiter told only "the log
+        changed" (and a timeout) always says True."""
+        return True
+
     def close(self) -> None:  # noqa: B027 - optional hook: most waiters hold nothing
         """Release what the waiter holds."""
 
@@ -1185,12 +1192,18 @@ def _mask(url: str) -> str:
 
 class _PostgresWaiter(Waiter):
     # A dedicated connection LISTENs on the recorder's channel: every insert transaction
-    # NOTIFYs it on commit (eventsourcing's recorder does that), which sets our flag.
+    # NOTIFYs it on commit, which sets our flag. Ours (AppendFunctionRecorder) say which types
+    # the append held, so a subscription to other types need not read (``woken_for``);
+    # eventsourcing's own recorder, or an older agentledger, notifies with no payload: then
+    # any subscription reads.
     def __init__(self, connect: Any, channel: str) -> None:
         import psycopg
         from psycopg import sql
 
         self._flag = threading.Event()
+        self._lock = threading.Lock()
+        self._types: set[str] = set()  # notified since arm()
+        self._unknown = False  # a notification since arm() said no types
         self._stop = threading.Event()
         self._conn: psycopg.Connection[Any] = connect()
         self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
@@ -1200,15 +1213,38 @@ class _PostgresWaiter(Waiter):
     def _listen(self) -> None:
         try:
             while not self._stop.is_set():
-                for _ in self._conn.notifies(timeout=0.25, stop_after=1):
-                    self._flag.set()
+                for notify in self._conn.notifies(timeout=0.25, stop_after=1):
+                    with self._lock:
+                        if notify.payload:
+                            self._types.update(notify.payload.split(","))
+                        else:
+                            self._unknown = True
+                        self._flag.set()
         except Exception:  # connection closed under us on close(), or the server went away
             if not self._stop.is_set():
                 log.warning("LISTEN connection lost; subscription falls back to polling")
-            self._flag.set()
+            with self._lock:
+                self._unknown = True
+                self._flag.set()
 
     def arm(self) -> None:
-        self._flag.clear()
+        with self._lock:
+            self._flag.clear()
+            self._types.clear()
+            self._unknown = False
+
+    def woken_for(self, kinds: Sequence[str]) -> bool:
+        with self._lock:
+            if (
+                not kinds
+                or self._unknown
+                or not self._thread.is_alive()
+                or not self._types.isdisjoint(kinds)
+            ):
+                return True
+            self._flag.clear()  # only other types' appends (or nothing, a timeout) since arm()
+            self._types.clear()
+            return False
 
     def wait(self, timeout: float) -> None:
         # If the LISTEN thread died, poll every 50 ms rather than sleep for the whole timeout.
@@ -1232,7 +1268,7 @@ def _append_recorder_class() -> type[PostgresProcessRecorder]:
     from eventsourcing.persistence import StoredEvent, Tracking
     from eventsourcing.postgres import PostgresProcessRecorder
     from eventsourcing.utils import retry
-    from psycopg.sql import SQL, Identifier
+    from psycopg.sql import SQL, Identifier, Literal
 
     class AppendFunctionRecorder(PostgresProcessRecorder):
         def __init__(self, datastore: Any) -> None:
@@ -1256,7 +1292,9 @@ def _append_recorder_class() -> type[PostgresProcessRecorder]:
                     "IF coalesce(array_length(events, 1), 0) > 0 THEN "
                     # Serialise inserters so commit order equals notification_id order.
                     "  LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
-                    "  NOTIFY {channel}; "
+                    # The types appended, for subscriptions to some types (_PostgresWaiter).
+                    "  PERFORM pg_notify({channel_name}, (SELECT string_agg(DISTINCT "
+                    "    split_part(e.topic, '@', 1), ',') FROM unnest(events) AS e)); "
                     "  RETURN QUERY INSERT INTO {schema}.{table} "
                     "  (originator_id, originator_version, topic, state) "
                     "  SELECT originator_id, originator_version, topic, state FROM unnest(events) "
@@ -1270,7 +1308,7 @@ def _append_recorder_class() -> type[PostgresProcessRecorder]:
                     timeout=self.datastore.lock_timeout,
                     tracking=Identifier(self.tracking_table_name),
                     table=Identifier(self.events_table_name),
-                    channel=Identifier(self.channel_name),
+                    channel_name=Literal(self.channel_name),
                 )
             )
             # The events go in binary (%b): as text, psycopg escapes each composite row with

@@ -1943,6 +1943,71 @@ class TestPostgresStore(StoreContract):
             assert taken.held() and store.lease("agent:execution/1") is None
             taken.release()
 
+    def test_a_subscription_to_some_types_reads_only_when_they_are_appended(
+        self, store: EventStore
+    ) -> None:
+        # Each append notifies the types it held: a subscription to others (an agent waiting
+        # for work) does not read after it (a round trip, and the server's work, per append
+        # per idle agent). It still reads every _REFETCH_S, and at once for its own types.
+        reads: list[int] = []
+        read_page_to_head = store.backend.read_page_to_head
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            reads.append(1)
+            return read_page_to_head(*args, **kwargs)
+
+        store.backend.read_page_to_head = counted  # type: ignore[method-assign]
+        store.append("run-1", [started()])
+        with store.subscribe(types=["run.paused"]) as sub:
+            got: list[Event] = []
+            stop = threading.Event()
+
+            def follow() -> None:
+                while not stop.is_set():
+                    got.extend(sub.poll(timeout=0.5))
+
+            follower = threading.Thread(target=follow)
+            follower.start()
+            try:
+                time.sleep(0.3)  # its first read done: waiting
+                before = len(reads)
+                for i in range(30):
+                    store.append("run-1", [note(f"k{i}", "v")])
+                    time.sleep(0.005)
+                during = len(reads) - before
+                store.append("run-1", [paused("now")])
+                deadline = time.monotonic() + 30
+                while not got and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            finally:
+                stop.set()
+                follower.join(timeout=10)
+        assert [e.type for e in got] == ["run.paused"]
+        assert during <= 5, f"{during} reads for 30 appends of other types"
+
+    def test_the_waiter_tells_which_types_woke_it(self, store: EventStore) -> None:
+        channel = store.backend.recorder.channel_name  # type: ignore[attr-defined]
+        waiter = store.backend.waiter()
+        try:
+            with store.backend._connect() as conn:  # type: ignore[attr-defined]
+
+                def notify(payload: str) -> None:
+                    waiter.arm()
+                    conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+                    waiter.wait(10)
+
+                notify("task.assigned,scratchpad.updated")
+                assert not waiter.woken_for(["run.paused"])  # and forgets them
+                assert not waiter.woken_for(["task.assigned"])
+                notify("task.assigned,run.paused")
+                assert waiter.woken_for(["run.paused"])
+                assert waiter.woken_for([])  # a subscription to every type
+                # No payload: eventsourcing's own recorder, or an older agentledger's append.
+                notify("")
+                assert waiter.woken_for(["run.paused"])
+        finally:
+            waiter.close()
+
 
 def test_every_backend_joins_the_contract() -> None:
     # pytest silently skips an abstract class: a backend that forgot a fixture would vanish.
