@@ -437,10 +437,10 @@ class AgentWorker:
         # Long-term memory (the research agent's): caught up to each event it reacts to.
         memory = getattr(agent.settings, "memory", None)
         self._memory: LongTermMemory | None = getattr(memory, "long_term", None)
-        # Up to where the subscription showed every row since the table's last catch-up, and
-        # the first memory.stored among them (0: none).
+        # Up to where the subscription showed every row since the table's catch-up at the
+        # start, and the newest memory.stored among them (0: none).
         self._memory_seen = 0
-        self._memory_due = 0
+        self._memory_last = 0
         self._runs: collections.OrderedDict[str, _RunCache] = collections.OrderedDict()
         self._untracked = 0  # newest position passed over without recording it
         self._subscription: Subscription | None = None
@@ -484,7 +484,7 @@ class AgentWorker:
                 # count every row, not only those as of the event). Under the lease: two
                 # processes adding the same rows to one table would store them twice.
                 self._memory.catch_up(self.store, to_position=self.position)
-            self._memory_seen, self._memory_due = self.position, 0
+            self._memory_seen, self._memory_last = self.position, 0
             self.recover()
             subscription = self.store.subscribe(self.position)
             self._subscription = subscription
@@ -701,8 +701,8 @@ class AgentWorker:
                     if stop.is_set() or not self._leased():
                         return
                     if memory:
-                        if not self._memory_due and row[3].startswith(_MEMORY_TOPIC):
-                            self._memory_due = row[0]
+                        if row[3].startswith(_MEMORY_TOPIC):
+                            self._memory_last = row[0]
                         self._memory_seen = row[0]
                     if self._passes_over(row[1], row[3]):
                         self.position = row[0]
@@ -826,16 +826,14 @@ class AgentWorker:
 
     def _catch_up_memory(self, memory: LongTermMemory, position: int) -> None:
         """Long-term memory caught up to ``position``: with no read of the log when this
-        worker's subscription showed every row up to it and none was ``memory.stored`` since
-        the table last caught up (the subscription follows them, whatever runs it follows);
-        the read was a round trip a turn on PostgreSQL. A worker driven by ``deliver`` alone
-        (no subscription) reads each time."""
-        if self._memory_seen >= position and not 0 < self._memory_due <= position:
+        worker's subscription showed every row up to it and the newest ``memory.stored`` among
+        them is in the table already (the subscription follows them, whatever runs it
+        follows); the read was a round trip a turn on PostgreSQL. A worker driven by
+        ``deliver`` alone (no subscription) reads each time."""
+        if self._memory_seen >= position and self._memory_last <= memory.caught_up_to:
             memory.passed(position)
             return
         memory.catch_up(self.store, to_position=position)
-        if self._memory_due <= position:
-            self._memory_due = 0  # a row after ``position`` (none on the live path) stays due
 
     def _mark_began(self, event: Event) -> None:
         """Mark ``event`` of its run as one whose handling this role made durable with no event

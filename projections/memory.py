@@ -417,6 +417,11 @@ class LongTermMemory:
             self._scanned = max(self._scanned, to_position)
         return added
 
+    @property
+    def caught_up_to(self) -> int:
+        """The log position up to which every ``memory.stored`` event is in the table."""
+        return max(self.position, self._scanned)
+
     def passed(self, to_position: int) -> None:
         """Note that the log holds no ``memory.stored`` event after this table's position up
         to ``to_position`` (inclusive): the caller read every such event there itself (an

@@ -5,14 +5,30 @@ it sees what other runs stored before it, as any run started then would."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from agentledger.actors.providers import ScriptedProvider
-from agentledger.actors.runtime import ENDED, follow_run, start_run
+from agentledger.actors.runtime import (
+    ENDED,
+    AgentWorker,
+    RuntimeConfig,
+    agent_for,
+    follow_run,
+    start_run,
+)
 from agentledger.actors.verify import verify_run
-from agentledger.events import Event, EventStore, MemoryStored
+from agentledger.events import (
+    Event,
+    EventStore,
+    MemoryStored,
+    Role,
+    RunStarted,
+    TaskAssigned,
+    TaskPlanned,
+)
 from agentledger.fork import fork_run
 from agentledger.projections import RunStatus
 
@@ -194,3 +210,66 @@ def test_memories_stored_while_the_research_agent_waits_for_work_are_found(
     with EventStore.open(url) as store:
         report = verify_run(store, run)
         assert report.ok, report.divergence
+
+
+def test_a_reaction_below_the_rows_seen_still_finds_each_memory_up_to_it(
+    tmp_path: Path, scenario_brain: Any
+) -> None:
+    # A worker that saw the log past two memories (a and b, each before a task of its run)
+    # and then reacts to the first task, then the second: the first turn's catch-up (to
+    # the first task) must not count b as in the table. Found by a review: the worker kept
+    # only whether a memory was due, and cleared it after the first catch-up.
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    config = RuntimeConfig(
+        store_url=url,
+        workspace_root=str(tmp_path / "ws"),
+        memory_dir=str(tmp_path / "mem"),
+    )
+    providers = {"scripted": ScriptedProvider(scenario_brain(steps=2))}
+    agent = agent_for(Role.RESEARCH, "1", config, providers)
+    worker = AgentWorker(agent, EventStore.open(url), partition=(0, 2))
+    # A run of the other replica's: this one follows it without reacting.
+    run = next(f"run-{i}" for i in range(100) if not worker._mine(f"run-{i}"))
+    coordinator = "agent:coordinator/1"
+    with EventStore.open(url) as store:
+        store.append(
+            run,
+            [
+                RunStarted(actor="human:ann", payload={"goal": "look up facts", "models": MODELS}),
+                *(
+                    TaskPlanned(
+                        actor=coordinator,
+                        payload={"task_id": t, "goal": f"look up fact {t}", "role": "research"},
+                    )
+                    for t in ("t1", "t2")
+                ),
+            ],
+        )
+        store.append("notes-ann", [_note("fact t1 lookup alpha", "mem-a")])
+        (first,) = store.append(
+            run, [TaskAssigned(actor=coordinator, payload={"task_id": "t1", "role": "research"})]
+        )
+        store.append("notes-ann", [_note("fact t2 lookup beta", "mem-b")])
+        (second,) = store.append(
+            run, [TaskAssigned(actor=coordinator, payload={"task_id": "t2", "role": "research"})]
+        )
+        head = store.head_position()
+    stop = threading.Event()
+    follower = threading.Thread(target=worker.run, args=(stop,))
+    follower.start()
+    try:
+        deadline = time.monotonic() + 30
+        while worker.position < head and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        follower.join(timeout=10)
+    assert worker.handled == 0 and worker.position == head
+    worker.partition = (0, 1)  # now the run is this one's: it reacts to both tasks
+    worker.deliver(first)
+    worker.deliver(second)
+    assert worker.handled == 2
+    assert worker._memory is not None
+    found = {m.memory_id for m in worker._memory.search("fact lookup", k=10)}
+    worker.store.close()
+    assert found == {"mem-a", "mem-b"}
