@@ -933,7 +933,9 @@ class AgentWorker:
         done, done_cpu = time.time(), time.thread_time()
         self.handled += 1
         if live:
-            self._untracked = 0
+            # Its tracking row is this agent's position: what it passed over before is behind
+            # it (no record of its own needed, every _TRACK_EVERY events, as when idle).
+            self._untracked = self._skipped = 0
         cache.pending.extend(e for e in recorded if e.version > event.version)
         self.hops.append(
             Hop(
@@ -1132,7 +1134,7 @@ class AgentWorker:
             except StoreUnavailable as exc:
                 self.last_error = str(exc)
                 return
-            self._untracked = 0
+            self._untracked = self._skipped = 0
         self._skipped = 0
 
     def _mine(self, stream: str) -> bool:

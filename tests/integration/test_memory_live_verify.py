@@ -273,3 +273,52 @@ def test_a_reaction_below_the_rows_seen_still_finds_each_memory_up_to_it(
     found = {m.memory_id for m in worker._memory.search("fact lookup", k=10)}
     worker.store.close()
     assert found == {"mem-a", "mem-b"}
+
+
+def test_an_agent_that_reacts_records_no_position_for_what_it_passed_over(
+    tmp_path: Path, scenario_brain: Any
+) -> None:
+    # Its reactions' tracking rows are its position: the events it passed over between them
+    # need no record of their own (one durable write every _TRACK_EVERY events, otherwise).
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    config = RuntimeConfig(
+        store_url=url, workspace_root=str(tmp_path / "ws"), memory_dir=str(tmp_path / "mem")
+    )
+    providers = {"scripted": ScriptedProvider(scenario_brain(steps=5))}
+    worker = AgentWorker(agent_for(Role.RESEARCH, "1", config, providers), EventStore.open(url))
+    coordinator = "agent:coordinator/1"
+    tasks = [f"t{i}" for i in range(5)]
+    with EventStore.open(url) as store:
+        events = store.append(
+            "run-1",
+            [
+                RunStarted(actor="human:ann", payload={"goal": "look up facts", "models": MODELS}),
+                *(
+                    TaskPlanned(
+                        actor=coordinator,
+                        payload={"task_id": t, "goal": f"look up fact {t}", "role": "research"},
+                    )
+                    for t in tasks
+                ),
+            ],
+        )
+        for t in tasks:  # 60 events passed over before each of five tasks: 300 in all
+            events += store.append("run-1", [_note(f"note {t} {i}") for i in range(60)])
+            events += store.append(
+                "run-1",
+                [TaskAssigned(actor=coordinator, payload={"task_id": t, "role": "research"})],
+            )
+    records: list[int] = []
+    record_position = worker.store.record_position
+
+    def counted(consumer: str, position: int) -> None:
+        if consumer == worker.consumer:
+            records.append(position)
+        record_position(consumer, position)
+
+    worker.store.record_position = counted  # type: ignore[method-assign]
+    for event in events:
+        worker.deliver(event)
+    worker.store.close()
+    assert worker.handled == 5
+    assert records == []
