@@ -1134,7 +1134,7 @@ class AgentWorker:
             except StoreUnavailable as exc:
                 self.last_error = str(exc)
                 return
-            self._untracked = self._skipped = 0
+            self._untracked = 0
         self._skipped = 0
 
     def _mine(self, stream: str) -> bool:
