@@ -113,10 +113,16 @@ def _collect_between_turns() -> None:
     work and nobody waits for this one. Left to its thresholds, the collector ran inside the
     turn whose allocation crossed one (a pass over the views' newest events: 3 to 14 ms, 0.34
     ms a step of the three handlers in bench/hop.py). A turn that allocates more than half a
-    generation is still collected inside it, as before."""
-    (young, middle, _), (threshold, every, _) = gc.get_count(), gc.get_threshold()
-    if young >= threshold // 2:
-        gc.collect(1 if middle + 1 >= every else 0)
+    generation is still collected inside it, as before. The oldest generation is collected
+    here too when this collection would be the one to reach it (else, the collector never
+    running by itself, nothing would ever free old cyclic garbage: found by a review)."""
+    (young, middle, oldest), (threshold, every, every_oldest) = gc.get_count(), gc.get_threshold()
+    if young < threshold // 2:
+        return
+    generation = 0
+    if middle + 1 >= every:
+        generation = 2 if oldest + 1 >= every_oldest else 1
+    gc.collect(generation)
 
 
 _LEASE_RETRY_S = 1.0  # how often an agent standing by asks for its lease again
