@@ -1750,10 +1750,15 @@ class Runtime:
         """Stop and remove the agents."""
         import ray
 
+        # All asked at once, then waited for together (15 s in all, not 15 s each: five
+        # actors one after another could take longer than a service manager waits).
+        stopping = []
         for actor in self.actors.values():
-            # Already dead or unreachable: it is killed below anyway.
-            with contextlib.suppress(Exception):
-                ray.get(actor.stop.remote(), timeout=15)
+            with contextlib.suppress(Exception):  # already dead or unreachable: killed below
+                stopping.append(actor.stop.remote())
+        with contextlib.suppress(Exception):
+            ray.wait(stopping, num_returns=len(stopping), timeout=15)
+        for actor in self.actors.values():
             ray.kill(actor, no_restart=True)
         self.actors = {}
 
