@@ -5,7 +5,6 @@ it sees what other runs stored before it, as any run started then would."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,47 @@ def _research_prompts(events: list[Event]) -> list[str]:
         for e in events
         if e.type == "model.requested" and e.actor.startswith("agent:research/")
     ]
+
+
+def _note(text: str, memory_id: str | None = None) -> MemoryStored:
+    return MemoryStored(
+        actor="human:ann",
+        payload={"memory_id": memory_id or f"mem-{text}", "text": text, "tags": []},
+    )
+
+
+_COORDINATOR = "agent:coordinator/1"
+
+
+def _planned(store: EventStore, run: str, tasks: list[str]) -> list[Event]:
+    """A run whose plan is ``tasks`` (research look-ups), as the coordinator appends it."""
+    return store.append(
+        run,
+        [
+            RunStarted(actor="human:ann", payload={"goal": "look up facts", "models": MODELS}),
+            *(
+                TaskPlanned(
+                    actor=_COORDINATOR,
+                    payload={"task_id": t, "goal": f"look up fact {t}", "role": "research"},
+                )
+                for t in tasks
+            ),
+        ],
+    )
+
+
+def _assigned(store: EventStore, run: str, task: str) -> list[Event]:
+    return store.append(
+        run, [TaskAssigned(actor=_COORDINATOR, payload={"task_id": task, "role": "research"})]
+    )
+
+
+def _research_worker(tmp_path: Path, brain: Any, url: str, **kwargs: Any) -> AgentWorker:
+    config = RuntimeConfig(
+        store_url=url, workspace_root=str(tmp_path / "ws"), memory_dir=str(tmp_path / "mem")
+    )
+    agent = agent_for(Role.RESEARCH, "1", config, {"scripted": ScriptedProvider(brain)})
+    return AgentWorker(agent, EventStore.open(url), **kwargs)
 
 
 def _run(store: EventStore, goal: str = "chain") -> str:
@@ -107,30 +147,18 @@ def test_memories_stored_after_a_search_do_not_change_it_in_verify(
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     providers = {"scripted": ScriptedProvider(scenario_brain(steps=1))}  # the goal, one step
 
-    def note(text: str) -> MemoryStored:
-        return MemoryStored(
-            actor="human:ann", payload={"memory_id": f"mem-{text}", "text": text, "tags": []}
-        )
-
     texts = ["lookup report: look at fact", "fact fact 1 delta notes", "look notes about delta"]
     with EventStore.open(url) as store:
-        store.append("notes-ann", [note(t) for t in texts])
+        store.append("notes-ann", [_note(t) for t in texts])
     with threaded_agents(url, tmp_path, providers), EventStore.open(url) as store:
         run = _run(store, "look up fact 1")
         (prompt,) = _research_prompts(store.read(run))
     assert all(f"mem-{t}" in prompt for t in texts)
     # Stored later, they would put the last two of these in the other order.
     with EventStore.open(url) as store:
-        store.append("notes-ann", [note(f"fact filler {i} 1") for i in range(30)])
+        store.append("notes-ann", [_note(f"fact filler {i} 1") for i in range(30)])
         report = verify_run(store, run)
         assert report.ok, report.divergence
-
-
-def _note(text: str, memory_id: str | None = None) -> MemoryStored:
-    return MemoryStored(
-        actor="human:ann",
-        payload={"memory_id": memory_id or f"mem-{text}", "text": text, "tags": []},
-    )
 
 
 def _noting_brain(base: Any, url: str, steps: int) -> Any:
@@ -213,57 +241,25 @@ def test_memories_stored_while_the_research_agent_waits_for_work_are_found(
 
 
 def test_a_reaction_below_the_rows_seen_still_finds_each_memory_up_to_it(
-    tmp_path: Path, scenario_brain: Any
+    tmp_path: Path, scenario_brain: Any, background: Any
 ) -> None:
     # A worker that saw the log past two memories (a and b, each before a task of its run)
     # and then reacts to the first task, then the second: the first turn's catch-up (to
     # the first task) must not count b as in the table. Found by a review: the worker kept
     # only whether a memory was due, and cleared it after the first catch-up.
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    config = RuntimeConfig(
-        store_url=url,
-        workspace_root=str(tmp_path / "ws"),
-        memory_dir=str(tmp_path / "mem"),
-    )
-    providers = {"scripted": ScriptedProvider(scenario_brain(steps=2))}
-    agent = agent_for(Role.RESEARCH, "1", config, providers)
-    worker = AgentWorker(agent, EventStore.open(url), partition=(0, 2))
+    worker = _research_worker(tmp_path, scenario_brain(steps=2), url, partition=(0, 2))
     # A run of the other replica's: this one follows it without reacting.
     run = next(f"run-{i}" for i in range(100) if not worker._mine(f"run-{i}"))
-    coordinator = "agent:coordinator/1"
     with EventStore.open(url) as store:
-        store.append(
-            run,
-            [
-                RunStarted(actor="human:ann", payload={"goal": "look up facts", "models": MODELS}),
-                *(
-                    TaskPlanned(
-                        actor=coordinator,
-                        payload={"task_id": t, "goal": f"look up fact {t}", "role": "research"},
-                    )
-                    for t in ("t1", "t2")
-                ),
-            ],
-        )
+        _planned(store, run, ["t1", "t2"])
         store.append("notes-ann", [_note("fact t1 lookup alpha", "mem-a")])
-        (first,) = store.append(
-            run, [TaskAssigned(actor=coordinator, payload={"task_id": "t1", "role": "research"})]
-        )
+        (first,) = _assigned(store, run, "t1")
         store.append("notes-ann", [_note("fact t2 lookup beta", "mem-b")])
-        (second,) = store.append(
-            run, [TaskAssigned(actor=coordinator, payload={"task_id": "t2", "role": "research"})]
-        )
+        (second,) = _assigned(store, run, "t2")
         head = store.head_position()
-    stop = threading.Event()
-    follower = threading.Thread(target=worker.run, args=(stop,))
-    follower.start()
-    try:
-        deadline = time.monotonic() + 30
-        while worker.position < head and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        stop.set()
-        follower.join(timeout=10)
+    with background(worker.run) as following:
+        following.until(lambda: worker.position >= head)
     assert worker.handled == 0 and worker.position == head
     worker.partition = (0, 1)  # now the run is this one's: it reacts to both tasks
     worker.deliver(first)
@@ -281,33 +277,13 @@ def test_an_agent_that_reacts_records_no_position_for_what_it_passed_over(
     # Its reactions' tracking rows are its position: the events it passed over between them
     # need no record of their own (one durable write every _TRACK_EVERY events, otherwise).
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    config = RuntimeConfig(
-        store_url=url, workspace_root=str(tmp_path / "ws"), memory_dir=str(tmp_path / "mem")
-    )
-    providers = {"scripted": ScriptedProvider(scenario_brain(steps=5))}
-    worker = AgentWorker(agent_for(Role.RESEARCH, "1", config, providers), EventStore.open(url))
-    coordinator = "agent:coordinator/1"
+    worker = _research_worker(tmp_path, scenario_brain(steps=5), url)
     tasks = [f"t{i}" for i in range(5)]
     with EventStore.open(url) as store:
-        events = store.append(
-            "run-1",
-            [
-                RunStarted(actor="human:ann", payload={"goal": "look up facts", "models": MODELS}),
-                *(
-                    TaskPlanned(
-                        actor=coordinator,
-                        payload={"task_id": t, "goal": f"look up fact {t}", "role": "research"},
-                    )
-                    for t in tasks
-                ),
-            ],
-        )
+        events = _planned(store, "run-1", tasks)
         for t in tasks:  # 60 events passed over before each of five tasks: 300 in all
             events += store.append("run-1", [_note(f"note {t} {i}") for i in range(60)])
-            events += store.append(
-                "run-1",
-                [TaskAssigned(actor=coordinator, payload={"task_id": t, "role": "research"})],
-            )
+            events += _assigned(store, "run-1", t)
     records: list[int] = []
     record_position = worker.store.record_position
 
