@@ -22,6 +22,16 @@ from agentledger.sample import write_sample_run
 
 runner = CliRunner()
 CLI = [sys.executable, "-m", "agentledger.cli"]
+# `agentledger serve` as started at a terminal, where Ctrl-C reaches it: a process inherits an
+# ignored SIGINT (the tests run as a background job of a script), and Python keeps ignoring
+# it, so that Ctrl-C would never reach serve here.
+SERVE = [
+    sys.executable,
+    "-c",
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'agentledger'; runpy.run_module('agentledger.cli', run_name='__main__')",
+    "serve",
+]
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -63,7 +73,7 @@ def test_serve_picks_up_a_run_started_from_another_shell(tmp_path: Path) -> None
     with EventStore.open(url) as store:  # a run that waits for agents: serve takes it up
         waiting = start_run(store, "write early to early.txt").stream
     serve = subprocess.Popen(
-        [*CLI, "serve", "--store", url],
+        [*SERVE, "--store", url],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -301,7 +311,7 @@ def test_run_help_lists_its_options() -> None:
 def _serve_until(tmp_path: Path, url: str, done: Any, timeout: float = 300) -> None:
     """Run `agentledger serve` until ``done(store)`` is true, then stop it with Ctrl-C."""
     serve = subprocess.Popen(
-        [*CLI, "serve", "--store", url],
+        [*SERVE, "--store", url],
         cwd=tmp_path,
         env=_env(),
         stdout=subprocess.DEVNULL,
