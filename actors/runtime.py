@@ -94,8 +94,8 @@ _ACTION_TYPES = (
     "approval.expired",
 )
 _CONTROL_TYPES = frozenset({"run.paused", "run.cancelled", "run.resumed"})
-_MEMORY_TYPES = frozenset({"memory.stored"})
-_MEMORY_TOPIC = "memory.stored@"
+_MEMORY_TYPE = "memory.stored"
+_MEMORY_TOPIC = f"{_MEMORY_TYPE}@"
 _CONTROL_TOPICS = tuple(f"{t}@" for t in sorted(_CONTROL_TYPES))
 _END_TOPICS = tuple(f"{t}@" for t in ("run.cancelled", "run.completed", "run.failed"))
 # An agent's process keeps each run's events decoded (its views) and allocates a lot per turn:
@@ -694,7 +694,7 @@ class AgentWorker:
         """
         narrow = self._narrow()
         memory = self._memory is not None  # its rows are noted (see _catch_up_memory)
-        kinds = self._types | _CONTROL_TYPES | {"run.forked"} | (_MEMORY_TYPES if memory else set())
+        kinds = self._types | _CONTROL_TYPES | {"run.forked", *([_MEMORY_TYPE] if memory else [])}
         subscription.restart(self.position, sorted(kinds) if narrow else [])
         try:
             while not stop.is_set() and self._leased():

@@ -706,7 +706,7 @@ class EventStore:
 
 
 _SUBSCRIPTION_PAGE = 500
-# A subscription reads at least this often while it waits, whatever woke it (see _woken).
+# A subscription reads at least this often while it waits, whatever woke it.
 _REFETCH_S = 1.0
 
 
@@ -731,7 +731,6 @@ class Subscription(Iterator[Event]):
         self._buffer: deque[tuple[int, str, int, str, bytes]] = deque()
         self._stopped = threading.Event()
         self._waiter = store.backend.waiter() if wake else ClockWaiter()
-        self._refetch_at = 0.0
 
     def _fetch(self) -> bool:
         self._waiter.arm()
@@ -801,21 +800,22 @@ class Subscription(Iterator[Event]):
         while not self._buffer and not self._stopped.is_set():
             if self._fetch():
                 return
-            self._refetch_at = time.monotonic() + _REFETCH_S
+            # Read again when the waiter woke for rows this subscription may want (one to some
+            # types is told on PostgreSQL which types each append held: it need not read after
+            # each append of others), or _REFETCH_S after this read (the scan mark moves on,
+            # and a waiter that missed something is caught up).
+            refetch_at = time.monotonic() + _REFETCH_S
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
                 self._waiter.wait(min(remaining, 0.25))
-                if self._stopped.is_set() or self._woken():
+                if (
+                    self._stopped.is_set()
+                    or time.monotonic() >= refetch_at
+                    or self._waiter.woken_for(self._kinds)
+                ):
                     break
-
-    def _woken(self) -> bool:
-        """Whether to read again now: the waiter woke for rows this subscription may want
-        (a subscription to some types is told on PostgreSQL which types each append held, so
-        it need not read after each append of others), or ``_REFETCH_S`` passed since the
-        last read (the scan mark moves on, and a waiter that missed something is caught up)."""
-        return time.monotonic() >= self._refetch_at or self._waiter.woken_for(self._kinds)
 
     def buffered(self) -> list[tuple[str, str]]:
         """(stream, topic) of the rows fetched but not yet taken: a look ahead, e.g. for a
