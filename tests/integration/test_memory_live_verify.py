@@ -88,6 +88,14 @@ def _research_worker(tmp_path: Path, brain: Any, url: str, **kwargs: Any) -> Age
     return AgentWorker(agent, EventStore.open(url), **kwargs)
 
 
+def _verifies(url: str, *runs: str) -> None:
+    """Each run re-executes to what its log records (``verify``)."""
+    with EventStore.open(url) as store:
+        for run in runs:
+            report = verify_run(store, run)
+            assert report.ok, report.divergence
+
+
 def _run(store: EventStore, goal: str = "chain") -> str:
     run = start_run(store, goal, models=MODELS).stream
     assert follow_run(store, run, until=ENDED, timeout=60).status is RunStatus.COMPLETED
@@ -105,10 +113,7 @@ def test_a_later_run_finds_an_earlier_runs_memory_live_as_verify_does(
         remembered = _memory_id(store.read(first))
         prompts = _research_prompts(store.read(second))
     assert prompts and all(f"memory {remembered}" in p for p in prompts)
-    with EventStore.open(url) as store:
-        for run in (first, second):
-            report = verify_run(store, run)
-            assert report.ok, report.divergence
+    _verifies(url, first, second)
 
 
 def test_a_fork_sees_other_runs_memories_but_not_its_parents_future(
@@ -133,9 +138,7 @@ def test_a_fork_sees_other_runs_memories_but_not_its_parents_future(
     # events) is its future: never found. The other run's, stored before the fork, is.
     assert not any(parent_memory in p for p in prompts)
     assert all(f"memory {other_memory}" in p for p in prompts)
-    with EventStore.open(url) as store:
-        report = verify_run(store, fork)
-        assert report.ok, report.divergence
+    _verifies(url, fork)
 
 
 def test_memories_stored_after_a_search_do_not_change_it_in_verify(
@@ -146,7 +149,6 @@ def test_memories_stored_after_a_search_do_not_change_it_in_verify(
     # live agent's was, never one holding the memories stored later.
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     providers = {"scripted": ScriptedProvider(scenario_brain(steps=1))}  # the goal, one step
-
     texts = ["lookup report: look at fact", "fact fact 1 delta notes", "look notes about delta"]
     with EventStore.open(url) as store:
         store.append("notes-ann", [_note(t) for t in texts])
@@ -207,9 +209,7 @@ def test_a_memory_stored_between_turns_is_found_and_quiet_turns_read_no_log(
     # catch-up had nothing to read, at position 0).
     assert len(reads) == 1, reads
     assert ["mem-midway" in p for p in prompts] == [False, False, True, True, True]
-    with EventStore.open(url) as store:
-        report = verify_run(store, run)
-        assert report.ok, report.divergence
+    _verifies(url, run)
 
 
 def test_memories_stored_while_the_research_agent_waits_for_work_are_found(
@@ -230,14 +230,14 @@ def test_memories_stored_while_the_research_agent_waits_for_work_are_found(
             time.sleep(0.01)
         store.append("notes-ann", [_note(t) for t in texts])
         store.append("other", [_note("unrelated", "mem-other")])  # a later row, nothing to do
-        time.sleep(0.3)  # the idle worker passes over them (narrow)
+        deadline = time.monotonic() + 30  # the idle worker passes over them (narrow)
+        while research.position <= started and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert research.position > started
         run = _run(store, "look up fact 1")
         (prompt,) = _research_prompts(store.read(run))
     assert all(f"mem-{t}" in prompt for t in texts)
-    with EventStore.open(url) as store:
-        report = verify_run(store, run)
-        assert report.ok, report.divergence
+    _verifies(url, run)
 
 
 def test_a_reaction_below_the_rows_seen_still_finds_each_memory_up_to_it(
