@@ -6,8 +6,9 @@ Run from the repository root::
     .venv/bin/python bench/hop.py --quick              # smoke run (100 steps, SQLite only)
     .venv/bin/python bench/hop.py --backend sqlite --steps 300 --runs 1
 
-A run of N steps is a chain of N research sub-tasks planned by a scripted coordinator: each
-step is three hops (coordinator → research → review → coordinator) and three handlers. The
+A run of N plan steps is a chain of N research sub-tasks planned by a scripted coordinator:
+each plan step is three turns, each an agent's handler and the append of its reaction, and
+three hops (coordinator → research → review → coordinator). The
 models are scripted and answer instantly, so what is measured is the runtime: subscriptions,
 the agents' views of the run, the Memory Manager, the recorded edges and the appends.
 
@@ -29,8 +30,8 @@ the agents' views of the run, the Memory Manager, the recorded edges and the app
 - **runs**: the long run is made ``--runs`` times (3 by default), each on a fresh store; the
   per-turn and per-step rows are the median run's, and one row gives every run's handlers +
   appends.
-- **bytes per step**: the stored rows of the run (JSON bodies with hashes) / N, for a short and
-  a long run: equal numbers mean storage grows linearly with the steps.
+- **bytes per plan step**: the stored rows of the run (JSON bodies with hashes) / N, for a short
+  and a long run: equal numbers mean storage grows linearly with the steps.
 
 - **machine now**: printed first, a fixed pure-Python loop and a durable SQLite commit timed at
   the start: the per-step numbers scale with both, and this machine's speed varies several-fold
@@ -272,15 +273,20 @@ def one_run(
 
 def store_alone(url: str, reactions: list[list[Any]]) -> tuple[float, float]:
     """Seconds (wall, CPU) to append the run's reactions again into an empty store, as the
-    agents appended them (one append per handled event, with a tracking position), from one
-    thread with no agent running: the store's own cost of the run on this machine, measured
-    in the same run (the baseline of the per-step overhead)."""
+    agents appended them (one append per handled event, with a tracking position and the
+    stream's version it expects, so no read of the head first), from one thread with no agent
+    running: the store's own cost of the run on this machine, measured in the same run (the
+    baseline of the per-step overhead)."""
     from agentledger.events import ConsumerPosition, EventStore
 
     with EventStore.open(url) as store:
         started, started_cpu = time.perf_counter(), time.thread_time()
-        for i, group in enumerate(reactions, start=1):
-            store.append(group[0].stream, group, tracking=ConsumerPosition("bench-alone", i))
+        versions: dict[str, int] = {}  # of each stream in this store (the run's first events
+        for i, group in enumerate(reactions, start=1):  # are not reactions: not appended)
+            stream = group[0].stream
+            version = versions.get(stream, 0)
+            store.append(stream, group, version, tracking=ConsumerPosition("bench-alone", i))
+            versions[stream] = version + len(group)
         return time.perf_counter() - started, time.thread_time() - started_cpu
 
 
@@ -478,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         c50, c99 = pct(large.commit_hops_ms, 0.5), pct(large.commit_hops_ms, 0.99)
         row(name, "hop from commit p50 (ms)", f"{c50:.2f}", f"{b50:.2f}", f"{c50 / b50:.2f}")
         row(name, "hop from commit p99 (ms)", f"{c99:.2f}", f"{b99:.2f}", f"{c99 / b99:.2f}")
-        row(name, f"{steps}-step run: ms per step (wall)", f"{large.ms_per_step:.2f}")
+        row(name, f"{steps}-plan-step run: ms per plan step (wall)", f"{large.ms_per_step:.2f}")
         over = large.handler_ms_per_step + large.append_ms_per_step
         # Per agent turn: one handled event, its handler and the append of its reaction (the
         # unit a checkpoint-per-step design checkpoints on, and the one that "stores its own
@@ -488,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         per_turn = over / turns
         row(
             name,
-            "per agent turn: handlers + appends (ms)",
+            "per agent turn: handlers + appends vs the same appends with no agent (ms)",
             f"{per_turn:.2f}",
             f"{large.store_alone_ms_per_step / turns:.2f}",
             f"{per_turn / (large.store_alone_ms_per_step / turns):.2f}",
@@ -539,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         late = sum(large.step_bytes[half:]) / max(1, len(large.step_bytes) - half)
         row(
             name,
-            f"bytes per step: steps {half + 1}-{steps} vs {half // 5 + 1}-{half}",
+            f"bytes per plan step: steps {half + 1}-{steps} vs {half // 5 + 1}-{half}",
             f"{late:,.0f}",
             f"{early:,.0f}",
             f"{late / early:.2f}",
@@ -549,22 +555,22 @@ def main(argv: list[str] | None = None) -> int:
         ratio = large.bytes_per_step / small.bytes_per_step
         row(
             name,
-            f"bytes per step, whole run: {steps} vs {short} steps",
+            f"bytes per plan step, whole run: {steps} vs {short} steps",
             f"{large.bytes_per_step:,.0f}",
             f"{small.bytes_per_step:,.0f}",
             f"{ratio:.2f}",
         )
-        row(name, f"{short}-step run: ms per step (wall)", f"{small.ms_per_step:.2f}")
+        row(name, f"{short}-plan-step run: ms per plan step (wall)", f"{small.ms_per_step:.2f}")
         row(
             name,
-            f"bytes per step, {short} steps, record_prompts=hash",
+            f"bytes per plan step, {short} steps, record_prompts=hash",
             f"{hashed.bytes_per_step:,.0f}",
             f"{small.bytes_per_step:,.0f}",
             f"{hashed.bytes_per_step / small.bytes_per_step:.2f}",
         )
         hh50 = pct(hashed.hops_ms, 0.5)
         row(name, f"hop p50, {short} steps, record_prompts=hash (ms)", f"{hh50:.2f}")
-        row(name, "events per step", f"{large.events / steps:.1f}")
+        row(name, "events per plan step", f"{large.events / steps:.1f}")
         sys.stdout.flush()
     if notes:
         print()

@@ -85,6 +85,12 @@ class Waiter(ABC):
         changed" (and a timeout) always says True."""
         return True
 
+    def signalled(self) -> bool:
+        """Whether the log may have changed since ``arm``, told without waiting: False only
+        if nothing was appended since (a reader that read everything up to ``arm`` then has
+        nothing to read). Waiters that cannot tell say True."""
+        return True
+
     def close(self) -> None:  # noqa: B027 - optional hook: most waiters hold nothing
         """Release what the waiter holds."""
 
@@ -264,6 +270,9 @@ class _EventWaiter(Waiter):
 
     def wait(self, timeout: float) -> None:
         self._event.wait(timeout)
+
+    def signalled(self) -> bool:
+        return self._event.is_set()
 
     def close(self) -> None:
         with self._lock:
@@ -550,7 +559,7 @@ class _SQLiteWaiter(Waiter):
         self._local = local
         self._lock = threading.Lock()
         self._closed = False
-        self._seen = self._version()
+        self._seen = self._armed = self._version()
         self._watch = _FileWatch.open(notify_path) if notify_path else None
         self._waiting = False
 
@@ -564,8 +573,14 @@ class _SQLiteWaiter(Waiter):
 
     def arm(self) -> None:
         # With a watch, a commit after this point is an event queued for the next wait.
+        self._armed = version = self._version()
         if self._watch is None:
-            self._seen = self._version()
+            self._seen = version
+
+    def signalled(self) -> bool:
+        # Any commit to the file since arm() (ours or another process's) changed it.
+        version = self._version()
+        return version is None or version != self._armed
 
     def wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -1232,6 +1247,10 @@ class _PostgresWaiter(Waiter):
             self._flag.clear()
             self._types.clear()
             self._unknown = False
+
+    def signalled(self) -> bool:
+        with self._lock:
+            return self._flag.is_set() or self._unknown or not self._thread.is_alive()
 
     def woken_for(self, kinds: Sequence[str]) -> bool:
         with self._lock:

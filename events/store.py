@@ -731,9 +731,14 @@ class Subscription(Iterator[Event]):
         self._buffer: deque[tuple[int, str, int, str, bytes]] = deque()
         self._stopped = threading.Event()
         self._waiter = store.backend.waiter() if wake else ClockWaiter()
+        # Whether the last read found everything appended before it (less than a page), and
+        # when it was: until the waiter is signalled, there is nothing new to read.
+        self._current = False
+        self._fetched_at = float("-inf")
 
     def _fetch(self) -> bool:
         self._waiter.arm()
+        self._fetched_at = time.monotonic()
         backend = self._store.backend
         if not self._kinds:
             rows = backend.read_page(self.scanned, _SUBSCRIPTION_PAGE, (), None)
@@ -749,6 +754,7 @@ class Subscription(Iterator[Event]):
                 self.scanned = rows[-1][0]
             else:
                 self.scanned = max(self.scanned, head)
+        self._current = len(rows) < _SUBSCRIPTION_PAGE
         self._buffer.extend(rows)
         return bool(rows)
 
@@ -777,6 +783,7 @@ class Subscription(Iterator[Event]):
         self._kinds = self._store._kinds(types)
         self._buffer.clear()
         self.position = self.scanned = after_position
+        self._current = False
 
     def poll_rows(self, timeout: float = 0.0) -> list[tuple[int, str, int, str, bytes]]:
         """Like ``poll``, but the rows undecoded, as (position, stream, version, topic, state):
@@ -797,25 +804,34 @@ class Subscription(Iterator[Event]):
 
     def _wait_for_rows(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        # Read at once when asked not to wait, when the last read did not reach the head, or
+        # when something this subscription may want was appended since; else wait for it.
+        # (Before, every call read at once: after each batch, in every subscription, a read
+        # that found nothing, a round trip on PostgreSQL.)
+        due = timeout <= 0 or not self._current or self._woken()
         while not self._buffer and not self._stopped.is_set():
-            if self._fetch():
-                return
             # Read again when the waiter woke for rows this subscription may want (one to some
             # types is told on PostgreSQL which types each append held: it need not read after
-            # each append of others), or _REFETCH_S after this read (the scan mark moves on,
-            # and a waiter that missed something is caught up).
-            refetch_at = time.monotonic() + _REFETCH_S
+            # each append of others), or _REFETCH_S after the last read (the scan mark moves
+            # on, and a waiter that missed something is caught up).
+            refetch_at = self._fetched_at + _REFETCH_S
+            if due or time.monotonic() >= refetch_at:
+                if self._fetch():
+                    return
+                refetch_at = self._fetched_at + _REFETCH_S
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
-                self._waiter.wait(min(remaining, 0.25))
-                if (
-                    self._stopped.is_set()
-                    or time.monotonic() >= refetch_at
-                    or self._waiter.woken_for(self._kinds)
-                ):
+                self._waiter.wait(min(remaining, 0.25, max(0.0, refetch_at - time.monotonic())))
+                if self._stopped.is_set() or time.monotonic() >= refetch_at or self._woken():
                     break
+            due = True
+
+    def _woken(self) -> bool:
+        """Whether something this subscription may want was appended since its last read
+        (a wait that timed out, or appends of types it does not follow, say no)."""
+        return self._waiter.signalled() and self._waiter.woken_for(self._kinds)
 
     def buffered(self) -> list[tuple[str, str]]:
         """(stream, topic) of the rows fetched but not yet taken: a look ahead, e.g. for a

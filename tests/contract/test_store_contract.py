@@ -815,6 +815,47 @@ class StoreContract(ABC):
             [later] = store.append("run-1", [paused("2")])
             assert sub.poll(timeout=5) == [later]
 
+    def test_a_subscription_that_read_to_the_head_reads_again_only_after_an_append(
+        self, store: EventStore
+    ) -> None:
+        # Each agent polls again after each batch it handled: a read then, finding nothing,
+        # was a round trip per subscription per append on PostgreSQL. Until something is
+        # appended (or _REFETCH_S passes) a subscription that read to the head waits.
+        reads: list[int] = []
+        read_page = store.backend.read_page
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            reads.append(1)
+            return read_page(*args, **kwargs)
+
+        store.backend.read_page = counted  # type: ignore[method-assign]
+        events = store.append("run-1", [started(), assigned()])
+        with store.subscribe() as sub:
+            assert [r[0] for r in sub.poll_rows(timeout=5)] == positions(events)
+            before = len(reads)
+            for _ in range(4):
+                assert sub.poll_rows(timeout=0.05) == []
+            idle = len(reads) - before
+            [later] = store.append("run-1", [paused("1")])
+            assert sub.poll(timeout=5) == [later]  # woken: read at once
+            assert sub.poll(timeout=0) == []  # asked not to wait: reads now
+            assert len(reads) - before == 2
+        assert idle == 0, f"{idle} reads with nothing appended"
+
+    def test_a_waiter_is_signalled_by_an_append_after_it_was_armed(self, store: EventStore) -> None:
+        store.append("run-1", [started()])
+        waiter = store.backend.waiter()
+        try:
+            waiter.arm()
+            assert not waiter.signalled()  # nothing appended since
+            store.append("run-1", [assigned()])
+            waiter.wait(10)  # PostgreSQL's notification comes after the commit
+            assert waiter.signalled()
+            waiter.arm()
+            assert not waiter.signalled()
+        finally:
+            waiter.close()
+
     def test_a_subscription_not_woken_by_appends_still_sees_them_soon(
         self, store: EventStore
     ) -> None:
