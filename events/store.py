@@ -739,6 +739,7 @@ class Subscription(Iterator[Event]):
     def _fetch(self) -> bool:
         self._waiter.arm()
         self._fetched_at = time.monotonic()
+        self._current = False  # until this read returns: one that raises is tried again at once
         backend = self._store.backend
         if not self._kinds:
             rows = backend.read_page(self.scanned, _SUBSCRIPTION_PAGE, (), None)
@@ -760,6 +761,11 @@ class Subscription(Iterator[Event]):
 
     def poll(self, timeout: float = 0.0) -> list[Event]:
         """The events available now, waiting up to ``timeout`` seconds for the first one.
+
+        With a timeout, a subscription that read up to the head reads again when its waiter
+        tells of an append: on PostgreSQL an event another connection committed a moment
+        before (its notification on the way, about a millisecond) may come with the next poll.
+        ``timeout=0`` always reads.
 
         A row that cannot be decoded stops the subscription *at* that row: the events before
         it are returned, and the next call raises the row's error (and keeps raising it until

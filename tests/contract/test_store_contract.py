@@ -60,6 +60,7 @@ from agentledger.events import (
     RunPaused,
     RunStarted,
     ScratchpadUpdated,
+    StoreUnavailable,
     Subscription,
     TaskAssigned,
     UnknownEventType,
@@ -841,6 +842,24 @@ class StoreContract(ABC):
             assert sub.poll(timeout=0) == []  # asked not to wait: reads now
             assert len(reads) - before == 2
         assert idle == 0, f"{idle} reads with nothing appended"
+
+    def test_a_read_that_failed_is_tried_again_at_once(self, store: EventStore) -> None:
+        # The waiter was armed before the read that raised: what that read missed must not
+        # wait for the next append, nor for the periodic read a second later.
+        store.append("run-1", [started()])
+        read_page = store.backend.read_page
+        with store.subscribe() as sub:
+            assert len(sub.poll_rows(timeout=5)) == 1
+            [later] = store.append("run-1", [assigned()])
+
+            def fails(*args: Any, **kwargs: Any) -> Any:
+                store.backend.read_page = read_page  # type: ignore[method-assign]
+                raise StoreUnavailable("the read failed")
+
+            store.backend.read_page = fails  # type: ignore[method-assign]
+            with pytest.raises(StoreUnavailable):
+                sub.poll_rows(timeout=5)
+            assert [r[0] for r in sub.poll_rows(timeout=0.5)] == [later.position]
 
     def test_a_waiter_is_signalled_by_an_append_after_it_was_armed(self, store: EventStore) -> None:
         store.append("run-1", [started()])
