@@ -24,9 +24,9 @@ the agents' views of the run, the Memory Manager, the recorded edges and the app
   overhead (the models answer instantly); beside it the same appends made again by one thread
   with no agent (the store's own cost), the wall time of the run, and the CPU time of the
   handlers' threads (the rest is waiting: for a core, with five agent processes on the
-  machine's cores, and for the disk). The issue's "per-step overhead ≤ 3 ms" is checked per
-  turn, and printed per plan step too with its own verdict (docs/benchmarks.md, "What a step
-  is").
+  machine's cores, and for the disk). The issue's "per-step overhead ≤ 3 ms" is checked in
+  both units, each row with its own verdict (docs/benchmarks.md, eighth session, on the two
+  readings of "step").
 - **runs**: the long run is made ``--runs`` times (3 by default), each on a fresh store; the
   per-turn and per-step rows are the median run's, and one row gives every run's handlers +
   appends.
@@ -488,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         over = large.handler_ms_per_step + large.append_ms_per_step
         # Per agent turn: one handled event, its handler and the append of its reaction (the
         # unit a checkpoint-per-step design checkpoints on, and the one that "stores its own
-        # events"); per plan step: the three turns of one sub-task. The issue's target is read
-        # per turn (docs/benchmarks.md says why); both are printed, each with its verdict.
+        # events"); per plan step: the three turns of one sub-task (the issue uses "step" for
+        # both): each is printed with its verdict against the same target.
         turns = large.turns / steps
         per_turn = over / turns
         row(
