@@ -78,6 +78,19 @@ PER_PROCESS = 12  # processes run truly in parallel: fewer appends give as many 
 # ---------------------------------------------------------------- events and raw rows
 
 
+def count_calls(obj: object, name: str) -> list[int]:
+    """Wrap ``obj``'s method ``name``: the list returned grows by one at each call."""
+    calls: list[int] = []
+    method = getattr(obj, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return method(*args, **kwargs)
+
+    setattr(obj, name, counted)
+    return calls
+
+
 def started(goal: str = "find the answer", actor: str = "human:ada") -> RunStarted:
     return RunStarted(actor=actor, payload={"goal": goal, "user": "ada"})
 
@@ -822,14 +835,7 @@ class StoreContract(ABC):
         # Each agent polls again after each batch it handled: a read then, finding nothing,
         # was a round trip per subscription per append on PostgreSQL. Until something is
         # appended (or _REFETCH_S passes) a subscription that read to the head waits.
-        reads: list[int] = []
-        read_page = store.backend.read_page
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            reads.append(1)
-            return read_page(*args, **kwargs)
-
-        store.backend.read_page = counted  # type: ignore[method-assign]
+        reads = count_calls(store.backend, "read_page")
         events = store.append("run-1", [started(), assigned()])
         with store.subscribe() as sub:
             assert [r[0] for r in sub.poll_rows(timeout=5)] == positions(events)
@@ -2009,14 +2015,7 @@ class TestPostgresStore(StoreContract):
         # Each append notifies the types it held: a subscription to others (an agent waiting
         # for work) does not read after it (a round trip, and the server's work, per append
         # per idle agent). It still reads every _REFETCH_S, and at once for its own types.
-        reads: list[int] = []
-        read_page_to_head = store.backend.read_page_to_head
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            reads.append(1)
-            return read_page_to_head(*args, **kwargs)
-
-        store.backend.read_page_to_head = counted  # type: ignore[method-assign]
+        reads = count_calls(store.backend, "read_page_to_head")
         store.append("run-1", [started()])
         with store.subscribe(types=["run.paused"]) as sub:
             got: list[Event] = []
