@@ -67,6 +67,7 @@ from agentledger.events import (
     UnsupportedSchemaVersion,
     _backends,
 )
+from agentledger.events import store as store_module
 from agentledger.events._backends import _FileWatch
 from agentledger.events._codec import seal
 
@@ -830,11 +831,12 @@ class StoreContract(ABC):
             assert sub.poll(timeout=5) == [later]
 
     def test_a_subscription_that_read_to_the_head_reads_again_only_after_an_append(
-        self, store: EventStore
+        self, store: EventStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         # Each agent polls again after each batch it handled: a read then, finding nothing,
         # was a round trip per subscription per append on PostgreSQL. Until something is
         # appended (or _REFETCH_S passes) a subscription that read to the head waits.
+        monkeypatch.setattr(store_module, "_REFETCH_S", 60.0)  # however slow this machine is
         reads = count_calls(store.backend, "read_page")
         events = store.append("run-1", [started(), assigned()])
         with store.subscribe() as sub:
@@ -849,9 +851,12 @@ class StoreContract(ABC):
             assert len(reads) - before == 2
         assert idle == 0, f"{idle} reads with nothing appended"
 
-    def test_a_read_that_failed_is_tried_again_at_once(self, store: EventStore) -> None:
+    def test_a_read_that_failed_is_tried_again_at_once(
+        self, store: EventStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         # The waiter was armed before the read that raised: what that read missed must not
         # wait for the next append, nor for the periodic read a second later.
+        monkeypatch.setattr(store_module, "_REFETCH_S", 60.0)
         store.append("run-1", [started()])
         read_page = store.backend.read_page
         with store.subscribe() as sub:
