@@ -36,6 +36,7 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 from psycopg import sql
 from pydantic import BaseModel
+from spies import calls_of
 
 from agentledger.events import (
     ActionProposed,
@@ -77,19 +78,6 @@ PER_WRITER = 25
 PER_PROCESS = 12  # processes run truly in parallel: fewer appends give as many conflicts
 
 # ---------------------------------------------------------------- events and raw rows
-
-
-def count_calls(obj: object, name: str) -> list[int]:
-    """Wrap ``obj``'s method ``name``: the list returned grows by one at each call."""
-    calls: list[int] = []
-    method = getattr(obj, name)
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return method(*args, **kwargs)
-
-    setattr(obj, name, counted)
-    return calls
 
 
 def started(goal: str = "find the answer", actor: str = "human:ada") -> RunStarted:
@@ -837,7 +825,7 @@ class StoreContract(ABC):
         # was a round trip per subscription per append on PostgreSQL. Until something is
         # appended (or _REFETCH_S passes) a subscription that read to the head waits.
         monkeypatch.setattr(store_module, "_REFETCH_S", 60.0)  # however slow this machine is
-        reads = count_calls(store.backend, "read_page")
+        reads = calls_of(store.backend, "read_page")
         events = store.append("run-1", [started(), assigned()])
         with store.subscribe() as sub:
             assert [r[0] for r in sub.poll_rows(timeout=5)] == positions(events)
@@ -2020,7 +2008,7 @@ class TestPostgresStore(StoreContract):
         # Each append notifies the types it held: a subscription to others (an agent waiting
         # for work) does not read after it (a round trip, and the server's work, per append
         # per idle agent). It still reads every _REFETCH_S, and at once for its own types.
-        reads = count_calls(store.backend, "read_page_to_head")
+        reads = calls_of(store.backend, "read_page_to_head")
         store.append("run-1", [started()])
         with store.subscribe(types=["run.paused"]) as sub:
             got: list[Event] = []

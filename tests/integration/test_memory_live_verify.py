@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spies import calls_of
+
 from agentledger.actors.providers import ScriptedProvider
 from agentledger.actors.runtime import (
     ENDED,
@@ -192,18 +194,11 @@ def test_a_memory_stored_between_turns_is_found_and_quiet_turns_read_no_log(
     brain = _noting_brain(scenario_brain, url, steps=5)
     agents = threaded_agents(url, tmp_path, {"scripted": ScriptedProvider(brain)})
     (research,) = [w for w in agents.workers if w.consumer.startswith("agent:research/")]
-    reads: list[int | None] = []
-    read_all = research.store.read_all
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        if list(kwargs.get("types") or ()) == ["memory.stored"]:
-            reads.append(kwargs.get("to_position"))
-        return read_all(*args, **kwargs)
-
-    research.store.read_all = counted  # type: ignore[method-assign]
+    read_alls = calls_of(research.store, "read_all")
     with agents, EventStore.open(url) as store:
         run = _run(store, "chain")
         prompts = _research_prompts(store.read(run))
+    reads = [c["to_position"] for c in read_alls if list(c["types"] or ()) == ["memory.stored"]]
     assert brain.research_turns == 5 and len(prompts) == 5
     # One read of the log in five turns: in the third, the first after the note (the start's
     # catch-up had nothing to read, at position 0).
@@ -284,17 +279,9 @@ def test_an_agent_that_reacts_records_no_position_for_what_it_passed_over(
         for t in tasks:  # 60 events passed over before each of five tasks: 300 in all
             events += store.append("run-1", [_note(f"note {t} {i}") for i in range(60)])
             events += _assigned(store, "run-1", t)
-    records: list[int] = []
-    record_position = worker.store.record_position
-
-    def counted(consumer: str, position: int) -> None:
-        if consumer == worker.consumer:
-            records.append(position)
-        record_position(consumer, position)
-
-    worker.store.record_position = counted  # type: ignore[method-assign]
+    recorded = calls_of(worker.store, "record_position")
     for event in events:
         worker.deliver(event)
     worker.store.close()
     assert worker.handled == 5
-    assert records == []
+    assert [c["position"] for c in recorded if c["consumer"] == worker.consumer] == []
