@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import weakref
 from collections.abc import Iterator
@@ -12,18 +13,29 @@ import pytest
 from agentledger.actors.runtime import _AGENT_GC_THRESHOLD, _collect_between_turns
 
 
-@pytest.fixture
-def collector() -> Iterator[None]:
-    before, enabled = gc.get_threshold(), gc.isenabled()
-    gc.disable()  # counts move only by what the test allocates
+@contextlib.contextmanager
+def _collector_set(threshold: tuple[int, int, int], *, enabled: bool) -> Iterator[None]:
+    """The collector with ``threshold``, on or off, from an empty start; as it was after."""
+    before, was_enabled = gc.get_threshold(), gc.isenabled()
+    gc.disable()
     gc.collect()
-    gc.set_threshold(1_000, 10, 10)
+    gc.set_threshold(*threshold)
+    if enabled:
+        gc.enable()
     try:
         yield
     finally:
         gc.set_threshold(*before)
-        if enabled:
+        if was_enabled:
             gc.enable()
+        else:
+            gc.disable()
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    with _collector_set((1_000, 10, 10), enabled=False):  # counts move only by the test
+        yield
 
 
 def _allocate(n: int) -> list[list[int]]:
@@ -63,16 +75,8 @@ class _Node:
 
 @pytest.fixture
 def agent_collector() -> Iterator[None]:
-    before, enabled = gc.get_threshold(), gc.isenabled()
-    gc.collect()
-    gc.set_threshold(*_AGENT_GC_THRESHOLD)
-    gc.enable()
-    try:
+    with _collector_set(_AGENT_GC_THRESHOLD, enabled=True):  # as in an agent's process
         yield
-    finally:
-        gc.set_threshold(*before)
-        if not enabled:
-            gc.disable()
 
 
 def test_old_cyclic_garbage_is_still_freed(agent_collector: None) -> None:
