@@ -79,16 +79,11 @@ class Waiter(ABC):
         """Return when the log may have changed since ``arm``, or after ``timeout`` seconds."""
 
     def woken_for(self, kinds: Sequence[str]) -> bool:
-        """Whether what woke this waiter since ``arm`` may concern events of ``kinds`` (types,
-        all when empty): True unless it can tell that none did. When False, it forgets what
-        woke it (the next ``wait`` waits for what comes after). A waiter told only "the log
-        changed" (and a timeout) always says True."""
-        return True
-
-    def signalled(self) -> bool:
-        """Whether the log may have changed since ``arm``, told without waiting: False only
-        if nothing was appended since (a reader that read everything up to ``arm`` then has
-        nothing to read). Waiters that cannot tell say True."""
+        """Whether something appended since ``arm`` may concern events of ``kinds`` (types,
+        all when empty), told without waiting: False only if the waiter can tell that nothing
+        was appended since (a reader that read everything up to ``arm`` then has nothing to
+        read), or that what was is of other types only (then it forgets it: the next ``wait``
+        waits for what comes after). A waiter that cannot tell says True."""
         return True
 
     def close(self) -> None:  # noqa: B027 - optional hook: most waiters hold nothing
@@ -271,7 +266,7 @@ class _EventWaiter(Waiter):
     def wait(self, timeout: float) -> None:
         self._event.wait(timeout)
 
-    def signalled(self) -> bool:
+    def woken_for(self, kinds: Sequence[str]) -> bool:
         return self._event.is_set()
 
     def close(self) -> None:
@@ -577,8 +572,9 @@ class _SQLiteWaiter(Waiter):
         if self._watch is None:
             self._seen = version
 
-    def signalled(self) -> bool:
-        # Any commit to the file since arm() (ours or another process's) changed it.
+    def woken_for(self, kinds: Sequence[str]) -> bool:
+        # Any commit to the file since arm() (ours or another process's) changed it; of which
+        # types, this waiter cannot tell.
         version = self._version()
         return version is None or version != self._armed
 
@@ -1248,18 +1244,13 @@ class _PostgresWaiter(Waiter):
             self._types.clear()
             self._unknown = False
 
-    def signalled(self) -> bool:
-        with self._lock:
-            return self._flag.is_set() or self._unknown or not self._thread.is_alive()
-
     def woken_for(self, kinds: Sequence[str]) -> bool:
         with self._lock:
-            if (
-                not kinds
-                or self._unknown
-                or not self._thread.is_alive()
-                or not self._types.isdisjoint(kinds)
-            ):
+            if self._unknown or not self._thread.is_alive():
+                return True
+            if not kinds:
+                return self._flag.is_set()
+            if not self._types.isdisjoint(kinds):
                 return True
             self._flag.clear()  # only other types' appends (or nothing, a timeout) since arm()
             self._types.clear()

@@ -732,7 +732,7 @@ class Subscription(Iterator[Event]):
         self._stopped = threading.Event()
         self._waiter = store.backend.waiter() if wake else ClockWaiter()
         # Whether the last read found everything appended before it (less than a page), and
-        # when it was: until the waiter is signalled, there is nothing new to read.
+        # when it was: until the waiter is woken, there is nothing new to read.
         self._current = False
         self._fetched_at = float("-inf")
 
@@ -814,7 +814,7 @@ class Subscription(Iterator[Event]):
         # when something this subscription may want was appended since; else wait for it.
         # (Before, every call read at once: after each batch, in every subscription, a read
         # that found nothing, a round trip on PostgreSQL.)
-        due = timeout <= 0 or not self._current or self._woken()
+        due = timeout <= 0 or not self._current or self._waiter.woken_for(self._kinds)
         while not self._buffer and not self._stopped.is_set():
             # Read again when the waiter woke for rows this subscription may want (one to some
             # types is told on PostgreSQL which types each append held: it need not read after
@@ -830,14 +830,13 @@ class Subscription(Iterator[Event]):
                 if remaining <= 0:
                     return
                 self._waiter.wait(min(remaining, 0.25, max(0.0, refetch_at - time.monotonic())))
-                if self._stopped.is_set() or time.monotonic() >= refetch_at or self._woken():
+                if (
+                    self._stopped.is_set()
+                    or time.monotonic() >= refetch_at
+                    or self._waiter.woken_for(self._kinds)
+                ):
                     break
             due = True
-
-    def _woken(self) -> bool:
-        """Whether something this subscription may want was appended since its last read
-        (a wait that timed out, or appends of types it does not follow, say no)."""
-        return self._waiter.signalled() and self._waiter.woken_for(self._kinds)
 
     def buffered(self) -> list[tuple[str, str]]:
         """(stream, topic) of the rows fetched but not yet taken: a look ahead, e.g. for a

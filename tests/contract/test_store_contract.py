@@ -860,17 +860,17 @@ class StoreContract(ABC):
                 sub.poll_rows(timeout=5)
             assert [r[0] for r in sub.poll_rows(timeout=0.5)] == [later.position]
 
-    def test_a_waiter_is_signalled_by_an_append_after_it_was_armed(self, store: EventStore) -> None:
+    def test_a_waiter_is_woken_by_an_append_after_it_was_armed(self, store: EventStore) -> None:
         store.append("run-1", [started()])
         waiter = store.backend.waiter()
         try:
             waiter.arm()
-            assert not waiter.signalled()  # nothing appended since
+            assert not waiter.woken_for([])  # nothing appended since
             store.append("run-1", [assigned()])
             waiter.wait(10)  # PostgreSQL's notification comes after the commit
-            assert waiter.signalled()
+            assert waiter.woken_for([])
             waiter.arm()
-            assert not waiter.signalled()
+            assert not waiter.woken_for([])
         finally:
             waiter.close()
 
