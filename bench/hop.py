@@ -400,6 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the chain with the four agents in this process, no Ray (the runtime's "
         "own CPU per step), with Python's default collector threshold and the agents' one",
     )
+    parser.add_argument(
+        "--record-prompts",
+        choices=("full", "hash"),
+        default="full",
+        help="how the long runs record each prompt: in full (the default, as agentledger's) or "
+        "by its SHA-256 and context events alone",
+    )
     parser.add_argument("--pg-url", default=os.environ.get(PG_URL_ENV, DEFAULT_PG_URL))
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -413,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         else (["sqlite", "postgres"] if args.backend == "both" else [args.backend])
     )
     short = max(20, steps // 10)
+    recorded = "in full" if args.record_prompts == "full" else "by hash"
 
     import ray
 
@@ -447,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                         backend.url(f"long{i}"),
                         steps,
                         scratch / f"long{i}",
+                        record_prompts=args.record_prompts,
                         alone_url=backend.url(f"alone{i}"),
                     )
                     for i in range(runs)
@@ -484,7 +493,11 @@ def main(argv: list[str] | None = None) -> int:
         c50, c99 = pct(large.commit_hops_ms, 0.5), pct(large.commit_hops_ms, 0.99)
         row(name, "hop from commit p50 (ms)", f"{c50:.2f}", f"{b50:.2f}", f"{c50 / b50:.2f}")
         row(name, "hop from commit p99 (ms)", f"{c99:.2f}", f"{b99:.2f}", f"{c99 / b99:.2f}")
-        row(name, f"{steps}-plan-step run: ms per plan step (wall)", f"{large.ms_per_step:.2f}")
+        row(
+            name,
+            f"{steps}-plan-step run, prompts recorded {recorded}: ms per plan step (wall)",
+            f"{large.ms_per_step:.2f}",
+        )
         over = large.handler_ms_per_step + large.append_ms_per_step
         # Per agent turn: one handled event, its handler and the append of its reaction (the
         # unit a checkpoint-per-step design checkpoints on, and the one that "stores its own
