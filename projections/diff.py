@@ -4,7 +4,10 @@ Two runs never share event ids, positions or times, and the ids an agent derives
 actions, model calls and memories differ with them; so each event is compared on its type, the
 role that appended it, and its payload with those volatile parts taken out: timestamps and
 durations, prompts (they quote positions), and derived ids, renamed in order of first
-appearance in each run (the first action is ``a#1`` in both). What remains is what was decided.
+appearance in each run (the first action is ``a#1`` in both). An event named by its id (what a
+summary covers) is named by its place in the run. A summary of an agent's history is compared
+on what it covers, not on its positions and text, which quote positions. What remains is what
+was decided.
 
 A fork is the exception: it inherits its parent's first events, ids included (after its own
 ``run.forked``). Runs that share such a history (a parent and its fork, two forks of one run, a
@@ -29,7 +32,13 @@ _VOLATILE = frozenset(
     {"latency_ms", "duration_ms", "prompt", "prompt_hash", "context_event_ids", "expires_at"}
     | {"input_tokens"}
 )
-_DERIVED_ID = re.compile(r"\b(a|m|mem)-[0-9a-f]{12}\b|\b[0-9a-f]{16}\b|\b[0-9a-f]{64}\b")
+# Left out of a summary that names the events it covers (schema 2): their positions (never
+# the same in two runs) and its text, which quotes them.
+_SUMMARY_VOLATILE = frozenset({"from_position", "to_position", "summary"})
+_UUID = r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
+_DERIVED_ID = re.compile(
+    rf"{_UUID}|\b(a|m|mem)-[0-9a-f]{{12}}\b|\b[0-9a-f]{{16}}\b|\b[0-9a-f]{{64}}\b"
+)
 _RUN_ID = re.compile(r"\brun-[A-Za-z0-9_.:@\-]+")
 
 
@@ -49,34 +58,45 @@ class Divergence:
 
 
 class _Renamer:
-    """Derived ids and run names replaced by their order of first appearance."""
+    """Derived ids and run names replaced by their order of first appearance; the ids of the
+    run's events (``places``) by their places in it."""
 
-    def __init__(self, names: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, names: dict[str, str] | None = None, places: dict[str, str] | None = None
+    ) -> None:
         self._names: dict[str, str] = dict(names or {})
+        self._places = places or {}
 
     def __call__(self, text: str) -> str:
         def name(match: re.Match[str]) -> str:
             token = match.group(0)
+            place = self._places.get(token)
+            if place is not None:
+                return place
             if token not in self._names:
-                kind = token.split("-", 1)[0] if "-" in token else "id"
+                kind = token.split("-", 1)[0] if token[:3] in ("a-", "m-", "mem") else "id"
                 self._names[token] = f"{kind}#{len(self._names) + 1}"
             return self._names[token]
 
         return _DERIVED_ID.sub(name, _RUN_ID.sub("run", text))
 
-    def copy(self) -> _Renamer:
-        """A renamer that goes on from the names given so far."""
-        return _Renamer(self._names)
+    def copy(self, places: dict[str, str]) -> _Renamer:
+        """A renamer that goes on from the names given so far, in a run with ``places``."""
+        return _Renamer(self._names, places)
+
+
+def _places(events: Sequence[Event]) -> dict[str, str]:
+    """Each event's id, by its place in ``events``."""
+    return {str(e.id): f"event#{k}" for k, e in enumerate(events)}
 
 
 def view(event: Event) -> dict[str, Any]:
     """What of ``event`` is compared, as it was logged: type, actor, payload without volatile
     parts (shown to people; ``comparable`` is what is compared)."""
-    return {
-        "type": event.type,
-        "by": event.actor,
-        "payload": _steady(event.payload.model_dump(mode="json")),
-    }
+    payload = _steady(event.payload.model_dump(mode="json"))
+    if event.type == "context.summarized" and payload.get("from_event") is not None:
+        payload = {k: v for k, v in payload.items() if k not in _SUMMARY_VOLATILE}
+    return {"type": event.type, "by": event.actor, "payload": payload}
 
 
 def _steady(value: Any) -> Any:
@@ -112,10 +132,10 @@ def first_divergence(left: Sequence[Event], right: Sequence[Event]) -> Divergenc
         shared += 1
     # The same events on both sides: their ids get the same names, so a later event that
     # refers to one of them (an approval, a summary) is compared by what it refers to.
-    rename_left = _Renamer()
+    rename_left = _Renamer(places=_places(left[start_left:]))
     for event in left[start_left : start_left + shared]:
         comparable(event, rename_left)
-    rename_right = rename_left.copy()
+    rename_right = rename_left.copy(_places(right[start_right:]))
     for index in range(shared, max(len(left) - start_left, len(right) - start_right)):
         i, j = start_left + index, start_right + index
         a = left[i] if i < len(left) else None
