@@ -832,7 +832,7 @@ def _execute_run(
     from agentledger.actors.runtime import follow_run, start_run, validate_goal
     from agentledger.config import load_settings, runtime_config
     from agentledger.console import progress_line
-    from agentledger.fork import fork_run
+    from agentledger.fork import append_fork, prepare_fork
     from agentledger.projections import RunStatus
 
     settings = load_settings(config)
@@ -850,15 +850,26 @@ def _execute_run(
         _check_workspace(workspace, url)
     _refuse_memory_store(url)
     with _store(url, create=fork is None) as store:
+        forked = None
         if fork is not None:  # checked (run, position, reaction boundary) before agents start
             parent, position, note = fork
-            stream, _ = fork_run(
+            forked = prepare_fork(
                 store, parent, position, by=f"human:{user}", models=given, note=note
             )
-            err.print(f"fork [bold]{stream}[/] of {parent} at position {position} created")
+        # Appended once agents are there: a fork whose agents could not be reached (a wrong
+        # --address) is not left in the log.
         runtime, owned, running = _agents(agents_config, address)
         try:
-            if fork is None:
+            fork_at = None
+            if forked is not None:
+                stream, recorded = append_fork(store, forked)
+                fork_at = recorded.position
+                err.print(
+                    f"fork [bold]{stream}[/] of {parent} at position {position} created; it "
+                    f"inherits the parent's first {forked.payload.prefix_version} events "
+                    f"(`agentledger log {parent}` shows them), and what follows is its own"
+                )
+            else:
                 stream = start_run(
                     store, goal, user=user, models=chosen, workspace=workspace, docs=docs
                 ).stream
@@ -876,6 +887,8 @@ def _execute_run(
                 err.print("following it (Ctrl-C stops following, not the run)\n")
 
             def show(event: Any, state: Any) -> None:
+                if fork_at is not None and event.version > 1 and event.position == fork_at:
+                    return  # inherited: the parent's, said once above
                 line = progress_line(event)
                 if line is not None:
                     out.print(line)

@@ -353,6 +353,13 @@ def progress_line(e: Envelope) -> str | None:
             text = f"{escape(p.model)}: {p.output_tokens} tokens in {p.latency_ms:.0f} ms"
         case "model.failed":  # whole: why a model gave nothing usable is the news here
             text = f"[red]{escape(p.error)}[/]"
+        case "run.forked":
+            models = ", ".join(f"{r}={m}" for r, m in sorted(p.model_overrides.items()))
+            text = escape(
+                f"fork of {p.parent_run} at position {p.parent_position}"
+                + (f", models {models}" if models else "")
+                + (f": {_short(p.note)}" if p.note else "")
+            )
         case _:
             text = summarize(e)
     return f"[dim]{e.position:>6}[/] [{type_style(e.type)}]{e.type:<20}[/] [dim]{who:<16}[/] {text}"

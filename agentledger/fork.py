@@ -32,6 +32,23 @@ def fork_run(
 ) -> tuple[str, Event]:
     """Create the fork of ``parent`` at global ``position``; return its stream and its
     ``run.forked`` event. Reads a few of the parent's events, whatever its length."""
+    return append_fork(
+        store, prepare_fork(store, parent, position, by=by, models=models, note=note)
+    )
+
+
+def prepare_fork(
+    store: EventStore,
+    parent: str,
+    position: int,
+    *,
+    by: str,
+    models: Mapping[str, str] | None = None,
+    note: str = "",
+) -> RunForked:
+    """The ``run.forked`` event of the fork of ``parent`` at ``position``, checked (the run, the
+    position, a reaction's boundary) and not appended: a command can then get what else it
+    needs (agents) before anything is in the log, and leave nothing behind if that fails."""
     version = store.version_at(parent, position)
     if version == 0:
         first = store.read(parent, 1, 1)
@@ -53,7 +70,7 @@ def fork_run(
             f"position {position} is inside one agent's reaction (it continues at position "
             f"{near[1].position}); fork before it or after it, e.g. --at {boundary}"
         )
-    forked = RunForked(
+    return RunForked(
         actor=by,
         payload={
             "parent_run": parent,
@@ -64,6 +81,11 @@ def fork_run(
             "parent_hash": near[0].hash,
         },
     )
+
+
+def append_fork(store: EventStore, forked: RunForked) -> tuple[str, Event]:
+    """Append ``forked`` (``prepare_fork``'s) as the first event of a new run; return the run's
+    stream and the event as recorded."""
     stream = f"run-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
     (recorded,) = store.append(stream, [forked], expected_version=0)
     return stream, recorded

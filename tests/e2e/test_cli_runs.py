@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from agentledger.actors.runtime import start_run
 from agentledger.cli import app
-from agentledger.events import EventStore
+from agentledger.events import EventStore, RunStarted
 from agentledger.sample import write_sample_run
 
 runner = CliRunner()
@@ -548,10 +548,29 @@ def test_fork_from_the_cli_and_its_lineage_in_runs(sqlite_url: str, tmp_path: Pa
     flat = " ".join(output.split())
     assert code == 3, output  # the parent waits for an approval there: so does its fork
     assert "fork run-" in flat and f"of {parent} at position {head}" in flat
+    # The inherited events are the parent's: said once, not shown again as the fork's.
+    assert "inherits the parent's first" in flat and "run.started" not in flat
     code, output = invoke("runs", "--store", sqlite_url)
     assert code == 0 and f"{parent} @ {head}" in " ".join(output.split())
     code, output = invoke("fork", parent, "--at", "99999", "--store", sqlite_url)
     assert code == 1 and "outside it" in output
+
+
+def test_a_fork_whose_agents_cannot_be_reached_leaves_nothing_in_the_log(sqlite_url: str) -> None:
+    with EventStore.open(sqlite_url) as store:
+        store.append("run-x", [RunStarted(actor="human:ada", payload={"goal": "g"})])
+    # In a process of its own: one where the tests' Ray is up would not look at --address.
+    done = subprocess.run(
+        [*CLI, "fork", "run-x", "--at", "1", "--address", "127.0.0.1:1", "--store", sqlite_url],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "nothing answers at the Ray address" in " ".join(done.stderr.split())
+    with EventStore.open(sqlite_url) as store:
+        assert store.head_position() == 1  # no run.forked of a fork no agent could take up
 
 
 @pytest.mark.parametrize("command", [["status", "run-1"], ["log"], ["approvals"]])
