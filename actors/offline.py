@@ -148,8 +148,18 @@ def _research(parts: dict[str, str]) -> d.Findings:
         (sum(w in set(_words(f"{s} {t}")) for w in wanted), i, s, t)
         for i, (s, t) in enumerate(lines)
     ]
-    # Best score first; equal scores keep the order the sources were given in.
-    best = sorted((item for item in scored if item[0] > 0), key=lambda x: (-x[0], x[1]))[:3]
+    # Best score first; equal scores keep the order the sources were given in. At most one
+    # memory of an earlier run: they repeat its goal word for word, so they would outrank the
+    # run's own documents each time a goal is asked again.
+    best: list[tuple[int, int, str, str]] = []
+    memories = 0
+    for item in sorted((item for item in scored if item[0] > 0), key=lambda x: (-x[0], x[1])):
+        memory = item[2].startswith("memory ")
+        if not (memory and memories):
+            best.append(item)
+            memories += memory
+        if len(best) == 3:
+            break
     if not best:
         return d.Findings(
             reasoning=_LABEL + f"none of {len(lines)} source lines shares a word with the sub-goal "
@@ -161,7 +171,7 @@ def _research(parts: dict[str, str]) -> d.Findings:
     body = "\n".join(f"- {text} ({source})" for _, _, source, text in best)
     return d.Findings(
         reasoning=_LABEL + f"ranked {len(lines)} source lines by words shared with the sub-goal "
-        f"({', '.join(wanted)}); kept the top {len(best)}",
+        f"({', '.join(wanted)}); kept the top {len(best)}, at most one of them a memory",
         answer=f"Found {len(best)} relevant {noun} for: {sub_goal}\n{body}"[:_ANSWER_LIMIT],
         sources=[source for _, _, source, _ in best],
     )

@@ -146,6 +146,22 @@ def test_research_keeps_the_three_best_overlapping_sources() -> None:
     assert findings.reasoning.startswith(LABEL)
 
 
+def test_research_keeps_one_memory_however_well_earlier_runs_match() -> None:
+    # Each earlier run of the same goal left a memory that repeats the goal word for word:
+    # one is kept, and the run's own documents fill the rest.
+    sources = "\n".join(
+        [
+            "- docs/retention.md:12: Audit logs are kept for 90 days",
+            "- docs/ops.md:3: logs rotate nightly",
+            "- memory mem-1: Run run-1 reached 'How long are audit logs kept?'",
+            "- memory mem-2: Run run-2 reached 'How long are audit logs kept?'",
+        ]
+    )
+    reply = ask("research", "How long are audit logs kept?", **{d.SOURCES: sources})
+    findings = d.Findings.model_validate_json(reply.content)
+    assert findings.sources == ["memory mem-1", "docs/retention.md:12", "docs/ops.md:3"]
+
+
 def test_research_without_a_matching_source_says_so() -> None:
     reply = ask("research", "Which GPU do we rent?", **{d.SOURCES: SOURCES})
     findings = d.Findings.model_validate_json(reply.content)
