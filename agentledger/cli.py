@@ -1273,12 +1273,14 @@ def approve_command(
 def deny_command(
     run: Annotated[str, typer.Argument(help="The run.")],
     action: Annotated[str, typer.Argument(help="The action id (see agentledger approvals).")],
-    reason: Annotated[str, typer.Option("--reason", help="Why not (the agents replan with it).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why not: the coordinator replans the task with it.")],
     as_: AsOption = None,
     store_url: StoreOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Deny one high-risk action, with the reason: it never runs; the coordinator replans."""
+    """Deny one high-risk action, with the reason: it never runs. The coordinator replans the
+    task once, told why, and the same call is never asked again; a plan that finds no other way
+    ends the run failed with your reason (the offline planner never finds one)."""
     _decide(run, action, as_, reason, grant=False, store_url=store_url, config=config)
 
 
