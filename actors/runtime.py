@@ -16,9 +16,11 @@ import gc
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 import traceback
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -81,6 +83,7 @@ DEFAULT_MODEL = "offline:offline-rules"
 NAMESPACE = "agentledger"
 EXPIRY_ACTOR = "expiry-1"
 MAX_GOAL_CHARS = MAX_REASONING  # as run.started's goal field
+_CONTROL_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # not \t \n \r
 _CACHED_RUNS = 256
 _ACTION_TYPES = (
     "action.proposed",
@@ -1771,9 +1774,10 @@ class Runtime:
 
 
 def validate_goal(goal: str) -> str:
-    """The goal, stripped; ``InvalidEvent`` saying what to change if it is empty or too long."""
+    """The goal, stripped; ``InvalidEvent`` saying what to change if it is empty (or holds
+    only characters that show nothing), too long, or holds control characters."""
     text = goal.strip()
-    if not text:
+    if not any(not c.isspace() and unicodedata.category(c) != "Cf" for c in text):
         raise InvalidEvent(
             "the goal is empty; say what the run should achieve, e.g. "
             'agentledger run "Summarise the docs into report.md"'
@@ -1782,6 +1786,13 @@ def validate_goal(goal: str) -> str:
         raise InvalidEvent(
             f"the goal is {len(text):,} characters; the limit is {MAX_GOAL_CHARS:,}. Put long "
             "material in a document folder (--docs DIR) and refer to it in the goal."
+        )
+    control = next((i for i, c in enumerate(text) if _CONTROL_CHAR.match(c)), None)
+    if control is not None:
+        raise InvalidEvent(
+            f"the goal holds the control character {text[control]!r} at character "
+            f"{control + 1:,}; a terminal would act on it wherever the goal is shown. Remove it "
+            "(tabs and new lines are fine)"
         )
     return text
 

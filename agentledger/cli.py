@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agentledger import __version__
@@ -21,6 +20,7 @@ from agentledger.console import (
     context_view,
     counted,
     err,
+    escape,
     event_json,
     event_line,
     events_table,
@@ -1273,7 +1273,9 @@ def approve_command(
 def deny_command(
     run: Annotated[str, typer.Argument(help="The run.")],
     action: Annotated[str, typer.Argument(help="The action id (see agentledger approvals).")],
-    reason: Annotated[str, typer.Option("--reason", help="Why not: the coordinator replans the task with it.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why not: the coordinator replans the task with it.")
+    ],
     as_: AsOption = None,
     store_url: StoreOption = None,
     config: ConfigOption = None,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
@@ -51,6 +52,16 @@ _HEADLINE_FIELDS = (
     "task_id",
     "action_id",
 )
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape(text: str) -> str:
+    """``text`` shown as it is written: rich's markup escaped, and control characters (other
+    than tab and new line) as ``\\xNN``, which a terminal would otherwise act on (colours,
+    clearing the screen, moving the cursor) when it shows words a model or a person wrote."""
+    return escape_markup(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
 
 
 def summarize(event: Envelope, width: int = 100) -> str:

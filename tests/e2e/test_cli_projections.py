@@ -430,6 +430,47 @@ def test_words_in_the_log_that_look_like_markup_are_shown_as_written(cli: Cli) -
     assert f"t1 [execution] {goal}" in live and "delete_file [/tmp/x]" in live
 
 
+def test_control_characters_in_the_log_are_shown_not_obeyed(cli: Cli) -> None:
+    """A model's words may hold terminal escapes (colours, clearing the screen): shown as
+    ``\\x1b``, never sent to the terminal as they are."""
+    from datetime import UTC, datetime, timedelta
+
+    from agentledger.events import ApprovalRequested, RunStarted, TaskPlanned
+
+    with EventStore.open(cli.url) as store:
+        [started] = store.append(
+            "run-esc", [RunStarted(actor="human:ada", payload={"goal": "tidy up"})]
+        )
+        link = started.caused_by(started)
+        store.append(
+            "run-esc",
+            [
+                TaskPlanned(
+                    actor="agent:coordinator/1",
+                    **link,
+                    payload={"task_id": "t1", "role": "execution", "goal": "wipe\x1b[2J\x07"},
+                ),
+                ApprovalRequested(
+                    actor="agent:execution/1",
+                    **link,
+                    payload={
+                        "action_id": "a1",
+                        "action_hash": "0" * 64,
+                        "tool": "delete_file",
+                        "risk": "high",
+                        "preview": "delete_file \x1b[31mx",
+                        "reasoning": "said \x1b]0;title\x07 so",
+                        "expires_at": datetime.now(UTC) + timedelta(days=1),
+                    },
+                ),
+            ],
+        )
+    for args in (["state", "run-esc"], ["log", "run-esc"], ["approvals"], ["status", "run-esc"]):
+        shown = ok(cli(*args))
+        assert "\x1b" not in shown and "\x07" not in shown, args
+        assert "\\x1b" in shown, args
+
+
 def test_log_and_the_live_view_say_why_a_model_call_or_an_action_failed(cli: Cli) -> None:
     from rich.console import Console
 

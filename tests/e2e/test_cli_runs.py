@@ -160,6 +160,8 @@ time.sleep(600)
     [
         (["run", ""], "the goal is empty"),
         (["run", "x" * 20_001], "the limit is 20,000"),
+        (["run", "\u200b\u202e "], "the goal is empty"),
+        (["run", "wipe \x1b[2J it"], "the goal holds the control character '\\x1b' at character 6"),
         (["run", "do it", "--model", "planner=offline:x"], "unknown role 'planner'"),
         (["run", "do it", "--model", "research=anthropic:claude"], "unknown provider 'anthropic'"),
         (["run", "do it", "--model", "research"], "is not ROLE=PROVIDER:MODEL"),
