@@ -254,6 +254,13 @@ def schema_command(
     list_types: Annotated[
         bool, typer.Option("--list", help="List event types with their schema versions.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace schema files already in the --out folder (never the event store's).",
+        ),
+    ] = False,
 ) -> None:
     """Export the event catalogue as JSON Schema (the union is printed without --out)."""
     from agentledger.events.schema import union_schema, write_schemas
@@ -268,7 +275,8 @@ def schema_command(
 
     def body() -> None:
         try:
-            written = write_schemas(out_dir)
+            # The store of $AGENTLEDGER_STORE / agentledger.toml, as the other commands take it.
+            written = write_schemas(out_dir, overwrite=force, store_url=_store_url(None))
         except OSError as exc:
             raise AgentLedgerError(f"cannot write schemas to {out_dir}: {exc}") from exc
         out.print(f"wrote {len(written)} schema files to {out_dir}")
@@ -1703,15 +1711,31 @@ def audit_export_command(
     user: Annotated[
         str, typer.Option("--as", envvar="USER", help="Who exports (recorded in the manifest).")
     ] = "anonymous",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace the --out file if it exists (never the event store's files or the "
+            "--key file).",
+        ),
+    ] = False,
     store_url: StoreOption = None,
 ) -> None:
-    """Export a run's events, with a manifest (count, head hash, digest, signature) at the end."""
+    """Export a run's events, with a manifest (count, head hash, digest, signature) at the end.
+
+    An existing --out file is refused unless --force is given.
+    """
     from agentledger.events.audit import export_run
 
     def body() -> None:
         with _store(store_url) as store:
             manifest = export_run(
-                store, run, out_file, signing_key=key, exporter=f"human:{_principal_name(user)}"
+                store,
+                run,
+                out_file,
+                signing_key=key,
+                exporter=f"human:{_principal_name(user)}",
+                overwrite=force,
             )
         signed = "signed" if manifest.signature else "unsigned"
         out.print(
@@ -1757,9 +1781,18 @@ def audit_report_command(
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write the Markdown here instead of stdout.")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace the --out file if it exists (never the event store's files)."
+        ),
+    ] = False,
     store_url: StoreOption = None,
 ) -> None:
-    """A run as Markdown for a reviewer: the plan, each action and its approval, the outcome."""
+    """A run as Markdown for a reviewer: the plan, each action and its approval, the outcome.
+
+    An existing --out file is refused unless --force is given.
+    """
     from agentledger.events.audit import write_text
     from agentledger.projections.audit import audit_report
     from agentledger.projections.runner import run_events
@@ -1767,11 +1800,12 @@ def audit_report_command(
     def body() -> None:
         with _store(store_url) as store:
             events = run_events(store, run)
+            url = store.url
         text = audit_report(events)
         if out_file is None:
             sys.stdout.write(text)
             return
-        write_text(out_file, text)
+        write_text(out_file, text, overwrite=force, store_url=url)
         out.print(f"wrote the audit report of {run} to {out_file}")
 
     _run(body)

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             assert store.verify().ok
 
         def export() -> None:
-            export_run(store, run, out, signing_key=private, exporter="human:bench")
+            # Each repeat replaces the last one's file.
+            export_run(store, run, out, signing_key=private, exporter="human:bench", overwrite=True)
 
         def verify() -> None:
             report = verify_export(out, public_key=public)

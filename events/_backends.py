@@ -54,6 +54,7 @@ from .errors import ConfigurationError, StoreUnavailable
 log = logging.getLogger(__name__)
 
 DEFAULT_SQLITE_PATH = Path(".agentledger") / "ledger.db"
+_NOTIFY_SUFFIX = "-notify"  # the file beside a database its appends touch
 _MAX_VERSION = 2**62
 
 
@@ -825,7 +826,7 @@ class SQLiteBackend(Backend):
         self._plain_reads = self._file is not None
         # (Not for a "file:" URI name: the sidecar's path would be wrong; such a store polls.)
         plain_file = self._plain_reads and not name.startswith("file:")
-        self._notify_path = f"{name}-notify" if plain_file else None
+        self._notify_path = f"{name}{_NOTIFY_SUFFIX}" if plain_file else None
 
     def _read(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         """The rows of one read statement, on this thread's own connection.
@@ -1683,6 +1684,21 @@ def sqlite_file(url: str) -> Path | None:
     # As open_backend and SQLiteBackend read it: "~" is expanded in a plain path only (SQLite
     # takes a URI's "~" as a folder of that name).
     return _database_file(str(Path(path).expanduser()))
+
+
+# The files SQLite keeps beside a database (its write-ahead log, shared memory and rollback
+# journal), and the one this backend touches to wake subscribers (SQLiteBackend._notify_path).
+_SIDECARS = ("-wal", "-shm", "-journal", _NOTIFY_SUFFIX)
+
+
+def store_files(url: str) -> list[Path]:
+    """The files a ``sqlite://`` store URL's log lives in: the database file (``sqlite_file``)
+    first, then its sidecars, existing or not; none for other stores and in-memory databases.
+    Writing any of them over destroys or corrupts the log."""
+    path = sqlite_file(url)
+    if path is None:
+        return []
+    return [path, *(path.with_name(path.name + suffix) for suffix in _SIDECARS)]
 
 
 def open_backend(url: str) -> Backend:

@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from eventsourcing.persistence import Notification
 from pydantic_core import from_json
 
+from ._backends import store_files
 from ._codec import split_state
 from .errors import AgentLedgerError, ConfigurationError, NotFound, TamperDetected
 from .store import EventStore
@@ -125,6 +126,12 @@ class _Failed(Exception):
 
 def generate_keypair(private_path: Path, public_path: Path) -> None:
     """Write a new ed25519 key pair as PEM files (the private one readable by its owner only)."""
+    if _same_file(private_path, public_path):
+        # Checked before anything is written: the public key would replace the private one.
+        raise ConfigurationError(
+            f"--private and --public both name {private_path}; the public key would replace the "
+            "private one. Give them two paths, e.g. --private k.pem --public k.pub.pem"
+        )
     for path in (private_path, public_path):
         if path.exists():
             raise ConfigurationError(
@@ -197,11 +204,16 @@ def export_run(
     signing_key: Path | None = None,
     exporter: str,
     exported_at: datetime | None = None,
+    overwrite: bool = False,
 ) -> Manifest:
     """Write ``run`` (every event of the log when ``None``) to ``out`` as a verifiable export.
 
     Nothing is left at ``out`` unless the whole export was written (temp file, then rename).
+    An existing ``out`` is refused unless ``overwrite``; the store's own files and the signing
+    key always are (see ``check_out_path``).
     """
+    keep = {signing_key: "the signing key given with --key"} if signing_key is not None else None
+    check_out_path(out, overwrite=overwrite, store_url=store.url, keep=keep)
     key = _loaded(_load_private, signing_key) if signing_key is not None else None
     rows = _run_rows(store, run) if run is not None else store.read_stored()
     digest = hashlib.sha256()
@@ -308,9 +320,60 @@ def _run_rows(store: EventStore, run: str, to_version: int | None = None) -> Ite
             after = top
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (temp file, then rename)."""
+def write_text(
+    path: Path, text: str, *, overwrite: bool = False, store_url: str | None = None
+) -> None:
+    """Write ``text`` to ``path`` whole or not at all (temp file, then rename); an existing
+    ``path`` only if ``overwrite``, and never one of the files of the store at ``store_url``."""
+    check_out_path(path, overwrite=overwrite, store_url=store_url)
     _write_atomically(path, [text.encode("utf-8")])
+
+
+def check_out_path(
+    path: Path,
+    *,
+    overwrite: bool,
+    store_url: str | None = None,
+    keep: Mapping[Path, str] | None = None,
+) -> None:
+    """Refuse (``ConfigurationError``) to write ``path`` where that would lose data: a file of
+    the store at ``store_url`` (its SQLite database and sidecars) or a file in ``keep`` (what
+    each is, for the message), always; any other existing file unless ``overwrite``.
+
+    Call it before writing anything. Paths are compared resolved (``..``, symlinks), and an
+    existing file also by identity, so another spelling of the same file is refused too.
+    """
+    files = store_files(store_url) if store_url is not None else []
+    for file in files:
+        if _same_file(path, file):
+            what = "the event store" if file == files[0] else f"{file}, a file of the event store"
+            raise ConfigurationError(
+                f"{path} is {what} ({files[0]}): writing there would destroy the log, so --force "
+                "does not apply. Choose another path for the file to write"
+            )
+    for file, what in (keep or {}).items():
+        if _same_file(path, file):
+            raise ConfigurationError(
+                f"{path} is {what} ({file}): writing there would destroy it, so --force does "
+                "not apply. Choose another path for the file to write"
+            )
+    if path.is_dir():
+        raise ConfigurationError(f"{path} is a folder; name the file to write, in it or elsewhere")
+    if path.exists() and not overwrite:
+        raise ConfigurationError(
+            f"{path} exists; not overwriting it. Choose another path, or pass --force to replace it"
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: equal once resolved, or one existing file by two
+    names (a hard link; a case-insensitive file system)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (resolve, Python < 3.13)
+        return False
 
 
 def new_file_mode() -> int:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .audit import check_out_path
 from .catalogue import EVENT_ADAPTER, EVENT_TYPES
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -23,15 +24,21 @@ def union_schema() -> dict[str, Any]:
     return {"$schema": SCHEMA_DIALECT, "$id": "agentledger:event", "title": "Event", **schema}
 
 
-def write_schemas(out_dir: Path) -> list[Path]:
-    """Write one file per event type plus ``event.schema.json`` (the union); return the paths."""
+def write_schemas(
+    out_dir: Path, *, overwrite: bool = False, store_url: str | None = None
+) -> list[Path]:
+    """Write one file per event type plus ``event.schema.json`` (the union); return the paths.
+
+    Every path is checked before any is written (``audit.check_out_path``): schema files
+    already in ``out_dir`` are replaced only if ``overwrite``, the store's files never.
+    """
+    documents = {
+        out_dir / f"{name}.schema.json": event_schema(name) for name in sorted(EVENT_TYPES)
+    }
+    documents[out_dir / "event.schema.json"] = union_schema()
+    for path in documents:
+        check_out_path(path, overwrite=overwrite, store_url=store_url)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in sorted(EVENT_TYPES):
-        path = out_dir / f"{name}.schema.json"
-        path.write_text(json.dumps(event_schema(name), indent=2, sort_keys=True) + "\n")
-        written.append(path)
-    path = out_dir / "event.schema.json"
-    path.write_text(json.dumps(union_schema(), indent=2, sort_keys=True) + "\n")
-    written.append(path)
-    return written
+    for path, document in documents.items():
+        path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return list(documents)

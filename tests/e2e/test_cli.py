@@ -84,6 +84,22 @@ def test_schema_export(tmp_path: Path) -> None:
     assert code == 0 and json.loads(output)["title"] == "Event"
 
 
+def test_schema_export_replaces_files_only_with_force(tmp_path: Path) -> None:
+    out = tmp_path / "schemas"
+    out.mkdir()
+    (out / "event.schema.json").write_text("hand-edited\n")
+    code, output = invoke("schema", "--out", str(out))
+    flat = " ".join(output.split())
+    assert code == 1, output
+    assert f"{out / 'event.schema.json'} exists" in flat and "--force" in flat
+    # Every file checked before any is written: nothing else appeared.
+    assert [p.name for p in out.iterdir()] == ["event.schema.json"]
+    assert (out / "event.schema.json").read_text() == "hand-edited\n"
+    code, output = invoke("schema", "--out", str(out), "--force")
+    assert code == 0, output
+    assert json.loads((out / "event.schema.json").read_text())["title"] == "Event"
+
+
 def test_verify_log_reports_the_tampered_position(demo_url: str) -> None:
     path = demo_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as db:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -185,5 +186,86 @@ def test_report_names_proposer_reasoning_risk_and_approver(
     text = report.read_text()
     assert "approved by `human:alice`" in text
     # Deterministic: the same events give the same text.
-    assert invoke("audit", "report", run, "--out", str(report), "--store", url)[0] == 0
+    assert invoke("audit", "report", run, "--out", str(report), "--store", url, "--force")[0] == 0
     assert report.read_text() == text
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _flat(output: str) -> str:
+    return " ".join(output.split())  # the console wraps long messages
+
+
+def test_export_and_report_never_write_over_the_store(
+    run_url: tuple[str, str], tmp_path: Path
+) -> None:
+    run, url = run_url
+    store = tmp_path / "ledger.db"
+    (tmp_path / "sub").mkdir()
+    before, files = _sha256(store), sorted(tmp_path.iterdir())
+    # The file itself, another spelling of it, and a sidecar SQLite keeps beside it; --force
+    # does not make any of them a place to write.
+    for target in (store, tmp_path / "sub" / ".." / "ledger.db", tmp_path / "ledger.db-wal"):
+        for force in ([], ["--force"]):
+            for command in (["export", run], ["report", run]):
+                args = ["audit", *command, "--out", str(target), "--store", url, *force]
+                code, output = invoke(*args)
+                assert code == 1, (args, output)
+                assert str(target) in _flat(output) and "--force does not apply" in _flat(output)
+                assert "Traceback" not in output
+    assert _sha256(store) == before
+    assert sorted(tmp_path.iterdir()) == files  # nothing written, no temp file left
+    code, output = invoke("runs", "--store", url)
+    assert code == 0 and run in output
+
+
+def test_export_never_writes_over_its_signing_key(run_url: tuple[str, str], tmp_path: Path) -> None:
+    run, url = run_url
+    private, public = tmp_path / "k.pem", tmp_path / "k.pub.pem"
+    assert invoke("audit", "keygen", "--private", str(private), "--public", str(public))[0] == 0
+    key = _sha256(private)
+    for force in ([], ["--force"]):
+        args = ["audit", "export", run, "--out", str(private), "--key", str(private), *force]
+        code, output = invoke(*args, "--store", url)
+        assert code == 1, output
+        assert str(private) in _flat(output) and "signing key" in _flat(output)
+    assert _sha256(private) == key
+    # The key still signs, and the export verifies with its public half.
+    out = tmp_path / "run.jsonl"
+    code, output = invoke(
+        "audit", "export", run, "--out", str(out), "--key", str(private), "--store", url
+    )
+    assert code == 0, output
+    assert invoke("audit", "verify", str(out), "--pubkey", str(public))[0] == 0
+
+
+def test_an_existing_out_file_is_replaced_only_with_force(
+    run_url: tuple[str, str], tmp_path: Path
+) -> None:
+    run, url = run_url
+    for command, name in ((["export", run], "run.jsonl"), (["report", run], "report.md")):
+        out = tmp_path / name
+        out.write_text("someone's notes\n")
+        code, output = invoke("audit", *command, "--out", str(out), "--store", url)
+        assert code == 1, output
+        assert f"{out} exists" in _flat(output) and "pass --force to replace it" in _flat(output)
+        assert out.read_text() == "someone's notes\n"
+        code, output = invoke("audit", *command, "--out", str(out), "--store", url, "--force")
+        assert code == 0, output
+        assert out.read_text() != "someone's notes\n"
+    assert invoke("audit", "verify", str(tmp_path / "run.jsonl"))[0] == 0
+    assert f"## Run `{run}`" in (tmp_path / "report.md").read_text()
+    for command in ("export", "report"):
+        assert "--force" in invoke("audit", command, "--help")[1]
+
+
+def test_keygen_refuses_one_file_for_both_keys(tmp_path: Path) -> None:
+    key = tmp_path / "k.pem"
+    (tmp_path / "sub").mkdir()
+    for public in (key, tmp_path / "sub" / ".." / "k.pem"):
+        code, output = invoke("audit", "keygen", "--private", str(key), "--public", str(public))
+        assert code == 1, output
+        assert f"--private and --public both name {key}" in _flat(output)
+        assert [p.name for p in tmp_path.iterdir()] == ["sub"]  # refused before any write

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,6 +120,25 @@ def test_an_unknown_run_writes_nothing(store: EventStore, tmp_path: Path) -> Non
     with pytest.raises(NotFound, match="run-nope"):
         export_run(store, "run-nope", out, exporter="human:auditor")
     assert list(out.parent.iterdir()) == []
+
+
+def test_export_run_keeps_existing_files_and_never_writes_over_the_store(tmp_path: Path) -> None:
+    # Opened by a file: URI, the store's file is still recognised under its plain name.
+    db = tmp_path / "l.db"
+    with EventStore.open(f"sqlite:///file:{db}?mode=rwc") as store:
+        run, _ = write_sample_run(store)
+        before = db.read_bytes()
+        for overwrite in (False, True):
+            with pytest.raises(ConfigurationError, match="would destroy the log"):
+                export_run(store, run, db, exporter="human:auditor", overwrite=overwrite)
+        assert db.read_bytes() == before
+        out = tmp_path / "run.jsonl"
+        out.write_text("kept\n")
+        with pytest.raises(ConfigurationError, match=f"{re.escape(str(out))} exists.*--force"):
+            export_run(store, run, out, exporter="human:auditor")  # the library's default too
+        assert out.read_text() == "kept\n"
+        export_run(store, run, out, exporter="human:auditor", overwrite=True)
+        assert verify_export(out).ok
 
 
 def test_bad_files_and_keys_get_clear_errors(

@@ -26,6 +26,7 @@ from agentledger.events import (
     ApprovalGranted,
     ApprovalRequested,
     BlackboardPosted,
+    ConfigurationError,
     ContextSummarized,
     Envelope,
     EventStore,
@@ -54,6 +55,7 @@ from agentledger.events import (
 from agentledger.events._codec import seal, seal_as
 from agentledger.events.envelope import restamped
 from agentledger.events.schema import event_schema, union_schema, write_schemas
+from agentledger.sample import write_sample_run
 
 HASH = "0123456789abcdef" * 4
 AT = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -491,3 +493,18 @@ def test_write_schemas_creates_the_folder(tmp_path: Path) -> None:
     written = write_schemas(tmp_path / "a" / "b")
     assert len(written) == len(EVENT_TYPES) + 1
     assert all(path.is_file() for path in written)
+
+
+def test_write_schemas_never_writes_over_the_store(tmp_path: Path) -> None:
+    # A store whose file has a schema file's name: even overwrite=True leaves it alone.
+    store = tmp_path / "event.schema.json"
+    with EventStore.open(f"sqlite:///{store}") as s:
+        write_sample_run(s)
+    before = store.read_bytes()
+    with pytest.raises(ConfigurationError, match="would destroy the log"):
+        write_schemas(tmp_path, overwrite=True, store_url=f"sqlite:///{store}")
+    assert store.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "event.schema.json",
+        "event.schema.json-notify",
+    ]
