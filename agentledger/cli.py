@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -777,8 +778,13 @@ def _agents(config: Any, address: str | None) -> tuple[Any, bool, Any]:
     command was stopped), which must not go to a model their starter never chose."""
     from agentledger.actors.runtime import attach_or_start
 
-    with err.status("starting the agents (coordinator, research, execution, review)…"):
+    starting = err.status("starting the agents (coordinator, research, execution, review)…")
+    with starting, _interrupts_deferred() as interrupted:
         runtime, owned = attach_or_start(config, address)
+    if interrupted:
+        if owned:
+            runtime.stop()
+        raise KeyboardInterrupt
     if owned:
         return runtime, owned, config
     err.print(f"[dim]using the agents served for this store (namespace {config.namespace})[/]")
@@ -791,6 +797,32 @@ def _agents(config: Any, address: str | None) -> tuple[Any, bool, Any]:
             "restart `agentledger serve` with that configuration"
         )
     return runtime, owned, running
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[list[int]]:
+    """A first Ctrl-C inside the block is taken when it ends (the list it yields is then not
+    empty); a second one at once. Ray's processes started half-way (its agents lingered for a
+    minute after a Ctrl-C while a local Ray started) are then stopped as a whole."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def later(signum: int, frame: Any) -> None:
+        if got:
+            raise KeyboardInterrupt
+        got.append(signum)
+        err.print(
+            "\n[yellow]stopping[/] once the agents have started (a few seconds), so that "
+            "none of Ray's processes is left behind; Ctrl-C again stops at once"
+        )
+
+    previous = signal.signal(signal.SIGINT, later)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _agents_start_here(config: Any, address: str | None) -> bool:

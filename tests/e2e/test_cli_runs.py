@@ -575,6 +575,45 @@ def test_a_fork_whose_agents_cannot_be_reached_leaves_nothing_in_the_log(sqlite_
         assert store.head_position() == 1  # no run.forked of a fork no agent could take up
 
 
+def _ray_processes_in(folder: Path) -> list[str]:
+    """Ray's processes working in ``folder`` (those a command started there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cwd").readlink() == folder:
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if "ray" in command:
+                    found.append(f"{proc.name} {command[:80]}")
+        except OSError:
+            continue  # gone, or not ours to read
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_agents_start_leaves_no_ray_process_behind(tmp_path: Path) -> None:
+    # Ray's dashboard and runtime-env agents outlived such a command by a minute.
+    command = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'agentledger'; runpy.run_module('agentledger.cli', run_name='__main__')"
+    )
+    started = subprocess.Popen(
+        [sys.executable, "-c", command, "run", "write hi to a.txt", "--store", "sqlite:///l.db"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(7.5)  # Ray is starting here (it takes 5-10 s)
+    started.send_signal(signal.SIGINT)
+    output, _ = started.communicate(timeout=120)
+    assert started.returncode == 130, output
+    deadline = time.monotonic() + 10
+    while (left := _ray_processes_in(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == [], output
+
+
 @pytest.mark.parametrize("command", [["status", "run-1"], ["log"], ["approvals"]])
 def test_reading_a_store_that_does_not_exist_says_so_and_creates_nothing(
     tmp_path: Path, command: list[str]
