@@ -12,18 +12,22 @@ import getpass
 import hashlib
 import hmac
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentledger.events import (
     AgentLedgerError,
     ApprovalDenied,
     ApprovalGranted,
     ConcurrencyConflict,
+    Envelope,
     Event,
     EventStore,
+    InvalidEvent,
     NotAuthorized,
     NotFound,
     RunCancelled,
@@ -36,6 +40,8 @@ from agentledger.projections.runner import run_events
 
 TOKEN_ENV = "AGENTLEDGER_APPROVER_TOKEN"
 APPROVER_ROLE = "approver"
+
+_E = TypeVar("_E", bound=Envelope)
 
 
 class Approver(BaseModel):
@@ -101,6 +107,31 @@ def authenticate(name: str | None, approvers: dict[str, Approver]) -> Human:
             f"[approvers.{name}] os_users, or configure a token"
         )
     return Human(name, tuple(approver.roles))
+
+
+def human_event(cls: type[_E], options: Mapping[str, str], /, **fields: Any) -> _E:
+    """``cls(**fields)``: the event a person's command records, or ``InvalidEvent`` naming the
+    option (``options``: payload field -> the command's option) whose text it cannot hold."""
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        raise InvalidEvent(_refusal(exc, options)) from None
+
+
+def _refusal(exc: ValidationError, options: Mapping[str, str]) -> str:
+    # What a person typed is refused as a run's goal is (runtime.validate_goal): by its option,
+    # its length and the limit, not by pydantic's field path.
+    first = exc.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    option = options.get(loc[1]) if len(loc) == 2 and loc[0] == "payload" else None
+    what = option or f"field {'.'.join(loc) or '(event)'}"
+    limit = first.get("ctx", {}).get("max_length")
+    if first["type"] == "string_too_long" and isinstance(first["input"], str) and limit:
+        return (
+            f"{what} is {len(first['input']):,} characters; the limit is {limit:,}. Shorten "
+            "it (say where longer material is kept, rather than paste it); nothing was written"
+        )
+    return f"{what}: {first['msg']}; nothing was written"
 
 
 def run_state(store: EventStore, run: str) -> tuple[RunState, list[Event]]:
@@ -172,10 +203,23 @@ def decide(
         if e.type == "approval.requested" and getattr(e.payload, "action_id", None) == action_id
     )
     link = cause.caused_by(cause)
+    event: Envelope
     if grant:
-        event = ApprovalGranted(actor=human.principal, payload=payload | {"comment": note}, **link)
+        event = human_event(
+            ApprovalGranted,
+            {"comment": "--comment"},
+            actor=human.principal,
+            payload=payload | {"comment": note},
+            **link,
+        )
     else:
-        event = ApprovalDenied(actor=human.principal, payload=payload | {"reason": note}, **link)
+        event = human_event(
+            ApprovalDenied,
+            {"reason": "--reason"},
+            actor=human.principal,
+            payload=payload | {"reason": note},
+            **link,
+        )
     try:
         (recorded,) = store.append(run, [event], expected_version=len(events))
     except ConcurrencyConflict:
@@ -190,7 +234,9 @@ def steer(store: EventStore, run: str, human: Human, what: str, reason: str = ""
     """Pause, resume or cancel a run (refused, with the reason, where the run cannot)."""
     kinds = {"pause": RunPaused, "resume": RunResumed, "cancel": RunCancelled}
     state, events = run_state(store, run)
-    event = kinds[what](actor=human.principal, payload={"reason": reason})
+    event = human_event(
+        kinds[what], {"reason": "--reason"}, actor=human.principal, payload={"reason": reason}
+    )
     try:
         advance(state.status, state.resume_to, state.pending_approvals, event)
     except IllegalTransition:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from agentledger.control import human_event
 from agentledger.events import AgentLedgerError, Event, EventStore, NotFound, RunForked
 
 _LOOK_AHEAD = 50  # events read at a time past the fork point, to find where a reaction ends
@@ -70,7 +71,9 @@ def prepare_fork(
             f"position {position} is inside one agent's reaction (it continues at position "
             f"{near[1].position}); fork before it or after it, e.g. --at {boundary}"
         )
-    return RunForked(
+    return human_event(  # a --note too long for the event is refused by its option
+        RunForked,
+        {"note": "--note"},
         actor=by,
         payload={
             "parent_run": parent,

@@ -464,6 +464,33 @@ def test_human_commands_refuse_clearly_and_write_nothing(sqlite_url: str) -> Non
     assert code == 1 and "already paused" in output
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["deny", "{run}", "a2", "--reason", "r" * 20_001], "--reason is 20,001 characters"),
+        (["approve", "{run}", "a2", "--comment", "c" * 100_001], "--comment is 100,001 characters"),
+        (["pause", "{run}", "--reason", "p" * 100_001], "--reason is 100,001 characters"),
+        (["fork", "{run}", "--at", "18", "--note", "n" * 100_001], "--note is 100,001 characters"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_text_longer_than_its_event_holds_is_refused_by_its_option(
+    sqlite_url: str, args: list[str], words: str
+) -> None:
+    # As a goal too long for run.started is (the limits are the events' fields').
+    with EventStore.open(sqlite_url) as store:
+        run, _ = write_sample_run(store)
+        before = store.head_position()
+    code, output = invoke(*(a.format(run=run) for a in args), "--store", sqlite_url)
+    flat = " ".join(output.split())
+    assert code == 1, output
+    limit = "20,000" if args[0] == "deny" else "100,000"
+    assert f"error: {words}; the limit is {limit}. Shorten it" in flat
+    assert "nothing was written" in flat
+    with EventStore.open(sqlite_url) as store:
+        assert store.head_position() == before and len(store.streams()) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_run_exits_3_and_says_how_to_decide_when_an_action_waits(
