@@ -1425,13 +1425,39 @@ def _exit_on_crash(target: Callable[[], None], what: str) -> threading.Thread:
     return thread
 
 
+# host:port (a bracketed IPv6 host too), as Ray's own parse_address takes it.
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+
+
+def ray_address(address: str | None = None) -> str | None:
+    """The Ray cluster to join: ``address``, else ``$RAY_ADDRESS``, else None (run locally).
+    ``ConfigurationError`` if it is of no form Ray takes, before Ray is touched (``ray.init``
+    answers a malformed address with a bare ValueError)."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None or address in ("auto", "local"):
+        return address
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme not in ("ray", "http", "https"):
+        return address  # a Ray client builder module's scheme (e.g. anyscale://): Ray's to say
+    web = scheme in ("http", "https") and bool(sep)
+    match = _HOST_PORT.fullmatch(rest if sep else address)
+    if web or match is None or not 0 < int(match[1]) < 65536:
+        hint = " (an http:// address is a web page's, e.g. the dashboard's)" if web else ""
+        raise ConfigurationError(
+            f"the Ray address {address!r} (--address or $RAY_ADDRESS) is not one Ray can join"
+            f"{hint}: give host:port (the head node's, e.g. 10.0.0.5:6379), ray://host:port "
+            "(Ray Client, e.g. ray://head:10001) or auto; leave both unset to run locally"
+        )
+    return address
+
+
 def ensure_ray(address: str | None = None, *, namespace: str = NAMESPACE) -> None:
     """Connect to Ray: ``address`` / ``$RAY_ADDRESS`` if given, else a new local instance."""
     import ray
 
+    address = ray_address(address)
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
     options = _ray_options(namespace)
     if address is None:
         ray.init(**options)
@@ -1479,7 +1505,7 @@ def attach_or_start(
     import ray
 
     runtime = Runtime(config, providers=providers)
-    explicit = address or os.environ.get("RAY_ADDRESS") or None
+    explicit = ray_address(address)
     if not ray.is_initialized():
         if explicit is not None:
             ensure_ray(explicit, namespace=config.namespace)

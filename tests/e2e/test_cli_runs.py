@@ -491,6 +491,27 @@ def test_text_longer_than_its_event_holds_is_refused_by_its_option(
         assert store.head_position() == before and len(store.streams()) == 1
 
 
+@pytest.mark.parametrize(
+    ("address", "env"),
+    [("not a url", False), ("not a url", True), ("http://head:8265", True), ("head:99999", False)],
+)
+def test_a_malformed_ray_address_is_refused_before_anything_starts(
+    sqlite_url: str, address: str, env: bool
+) -> None:
+    # Checked before Ray (ray.init answers a bare ValueError), and before the store is made.
+    given = ([], {"RAY_ADDRESS": address}) if env else (["--address", address], {})
+    result = runner.invoke(
+        app,
+        ["run", "write hi to a.txt", "--store", sqlite_url, *given[0]],
+        env={"COLUMNS": "200", **given[1]},
+    )
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"the Ray address {address!r} (--address or $RAY_ADDRESS) is not one Ray" in flat
+    assert "give host:port" in flat and "ray://host:port" in flat
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()  # no store, no run
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_run_exits_3_and_says_how_to_decide_when_an_action_waits(
