@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import re
 import select
 import socket
 import sqlite3
@@ -1151,7 +1152,15 @@ _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 
 def parse_postgres_url(url: str) -> PostgresSettings:
     """Parse ``postgresql://user:pass@host:port/db?schema=s&pool_size=n`` (clear errors)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # a bracketed host that is no IPv6 address, or an unclosed one
+        raise ConfigurationError(
+            f"store URL {_mask(url)} has an invalid host ({exc}); e.g. "
+            "postgresql://user@127.0.0.1:5432/db, or an IPv6 host in brackets: "
+            "postgresql://user@[::1]:5432/db"
+        ) from None
     try:
         port = parts.port or 5432
     except ValueError:
@@ -1159,7 +1168,7 @@ def parse_postgres_url(url: str) -> PostgresSettings:
             f"store URL has an invalid port: {_mask(url)}; e.g. postgresql://user@127.0.0.1:5432/db"
         ) from None
     dbname = unquote(parts.path.lstrip("/"))
-    if not parts.hostname or not dbname:
+    if not hostname or not dbname:
         raise ConfigurationError(
             f"store URL {_mask(url)} needs a host and a database name, "
             "e.g. postgresql://postgres@127.0.0.1:5432/agentledger"
@@ -1184,7 +1193,7 @@ def parse_postgres_url(url: str) -> PostgresSettings:
     except ValueError:
         raise ConfigurationError("pool_size in the store URL must be a whole number") from None
     return PostgresSettings(
-        host=parts.hostname,
+        host=hostname,
         port=port,
         dbname=dbname,
         user=unquote(parts.username or os.environ.get("PGUSER", "postgres")),
@@ -1196,9 +1205,13 @@ def parse_postgres_url(url: str) -> PostgresSettings:
 
 
 def _mask(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # a malformed host: the password is what lies between ':' and '@'
+        match = re.match(r"[^:/]*://[^/@:]*:([^/@]*)@", url)
+        password = match[1] if match else None
+    if password:
+        return url.replace(f":{password}@", ":***@")
     return url
 
 

@@ -130,6 +130,8 @@ def test_verify_log_reports_the_tampered_position(demo_url: str) -> None:
         ("sqlite://", "has no path"),
         ("postgresql://alice:s3cret@127.0.0.1:1/db", "cannot reach PostgreSQL at 127.0.0.1:1"),
         ("postgresql://127.0.0.1:99999/db", "invalid port"),
+        ("postgresql://postgres@[::zz]:5432/x", "[::zz]:5432/x has an invalid host"),
+        ("postgresql://alice:s3cret@[::1", "has an invalid host (Invalid IPv6 URL)"),
     ],
 )
 def test_bad_store_urls_give_clear_errors(url: str, expected: str) -> None:
