@@ -26,17 +26,31 @@ CACHE_ENV = "AGENTLEDGER_CACHE"
 
 def cache_dir(store_url: str) -> Path:
     """The cache folder for a store: ``$AGENTLEDGER_CACHE``, else beside a SQLite file, else
-    ``./.agentledger/cache/<hash of the URL>``. Everything in it is rebuilt from the log."""
+    ``./.agentledger/cache/<hash of the URL>``. Everything in it is rebuilt from the log.
+    ``ConfigurationError`` if it, or a folder it would be made in, is a file."""
     override = os.environ.get(CACHE_ENV, "").strip()
     if override:
-        return Path(override)
-    from agentledger.events._backends import sqlite_file
+        folder = Path(override)
+        named = f"${CACHE_ENV}={override}"
+        fix = f"set ${CACHE_ENV} to a folder (made if missing), or unset it"
+    else:
+        from agentledger.events._backends import sqlite_file
 
-    path = sqlite_file(store_url)
-    if path is not None:
-        return path.parent / f"{path.stem}.cache"
-    digest = hashlib.sha256(store_url.encode()).hexdigest()[:12]
-    return Path(".agentledger") / "cache" / digest
+        path = sqlite_file(store_url)
+        if path is not None:
+            folder = path.parent / f"{path.stem}.cache"
+        else:
+            digest = hashlib.sha256(store_url.encode()).hexdigest()[:12]
+            folder = Path(".agentledger") / "cache" / digest
+        named = f"{folder} (where the cache of this store goes)"
+        fix = f"move that file away, or set ${CACHE_ENV} to a folder for the cache"
+    # Checked here, where it is chosen: the projections and the memory that make their files
+    # in it would otherwise each fail in their own way (FileExistsError, NotADirectoryError).
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        inside = "" if existing == folder else f" ({existing} is a file)"
+        raise ConfigurationError(f"{named} is not a folder{inside}; {fix}")
+    return folder
 
 
 # ---------------------------------------------------------------------------- agentledger.toml

@@ -292,6 +292,24 @@ def test_bad_input_is_a_clear_error_and_leaves_the_log_alone(
         assert store.verify().ok and store.verify().events == report.events
 
 
+@pytest.mark.parametrize("args", [("rebuild",), ("memory", "search", "retention")])
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_cache_setting_that_names_a_file_is_a_clear_error(
+    cli: Cli, run: str, args: tuple[str, ...], inside: bool
+) -> None:
+    cli.cache.write_text("mine")
+    if inside:  # $AGENTLEDGER_CACHE is a folder to be made in that file
+        cli.cache = cli.cache / "sub"
+    result = cli(*args)
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    where = f" ({cli.cache.parent} is a file)" if inside else ""
+    assert f"error: $AGENTLEDGER_CACHE={cli.cache} is not a folder{where}" in flat
+    assert (cli.cache.parent if inside else cli.cache).read_text() == "mine"
+    with EventStore.open(cli.url) as store:
+        assert store.head_position() == 18
+
+
 def test_rebuild_repairs_an_unreadable_checkpoints_file(cli: Cli, run: str) -> None:
     ok(cli("rebuild", "runs"))
     path = cli.cache / "checkpoints.db"
