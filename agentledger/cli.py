@@ -1861,7 +1861,37 @@ def audit_keygen_command(
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the `agentledger` console script."""
-    return app(args=argv)
+    args = sys.argv[1:] if argv is None else argv
+    _refuse_undecodable(args)
+    return app(args=args)
+
+
+def _refuse_undecodable(args: list[str]) -> None:
+    """Exit 2 (a usage error, as click's are) on an argument that is not valid UTF-8, before
+    anything runs: Python hands its bytes on as lone surrogates, which each later step (an
+    event's JSON, SQLite, Ray) would refuse with a traceback of its own, some after writing."""
+    for number, arg in enumerate(args, 1):
+        try:
+            arg.encode()
+        except UnicodeEncodeError:
+            # The text as typed, the undecodable bytes as \xNN; a long one around the first.
+            bad = next(i for i, c in enumerate(arg) if "\ud800" <= c <= "\udfff")
+            start = max(0, bad - 30)
+            part = arg[start : start + 60]
+            try:
+                raw = part.encode(errors="surrogateescape")
+            except UnicodeEncodeError:  # surrogates that stand for no byte (from Python)
+                raw = part.encode(errors="backslashreplace")
+            shown = raw.decode(errors="backslashreplace")
+            shown = ("…" if start else "") + shown + ("…" if start + 60 < len(arg) else "")
+            previous = args[number - 2] if number > 1 else ""
+            after = f", after {previous}" if previous.startswith("-") else ""
+            err.print(
+                f"[bold red]error:[/] argument {number} ({escape(shown)}{escape(after)}) is not "
+                "valid UTF-8; give it in UTF-8 (e.g. convert it with iconv), or check that the "
+                "terminal's encoding (its locale, LANG) is UTF-8"
+            )
+            raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

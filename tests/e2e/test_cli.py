@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agentledger.cli import app
+from agentledger.cli import app, main
 from agentledger.events import EventStore, RunPaused, RunStarted
 from agentledger.sample import write_sample_run
 
@@ -216,3 +216,33 @@ def test_help_is_clear() -> None:
         assert command in output
     code, output = invoke("log", "--help")
     assert code == 0 and "--follow" in output and "--store" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["run", "abc\udcff\udcfe", "--address", "127.0.0.1:1"], "argument 2 (abc\\xff\\xfe)"),
+        (
+            ["approve", "{run}", "a2", "--comment", "x\udcff"],
+            "argument 5 (x\\xff, after --comment)",
+        ),
+        (["deny", "{run}", "a2", "--reason", "é\udcff"], "argument 5 (é\\xff, after --reason)"),
+        (["fork", "{run}", "--at", "18", "--note", "x\udcff"], "argument 6 (x\\xff, after --note)"),
+        (["state", "run-x\udcff"], "argument 2 (run-x\\xff)"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_an_argument_that_is_not_utf8_is_a_usage_error_before_anything_runs(
+    demo_url: str, capsys: pytest.CaptureFixture[str], args: list[str], words: str
+) -> None:
+    # Bytes that are not UTF-8 (bash: $'x\xff') reach Python as lone surrogates.
+    with EventStore.open(demo_url) as store:
+        [run] = [s.stream for s in store.streams()]
+        head = store.head_position()
+    with pytest.raises(SystemExit) as exited:
+        main([*(a.format(run=run) for a in args), "--store", demo_url])
+    flat = " ".join(capsys.readouterr().err.split())
+    assert exited.value.code == 2, flat
+    assert f"error: {words} is not valid UTF-8" in flat and "Traceback" not in flat
+    with EventStore.open(demo_url) as store:
+        assert store.head_position() == head and len(store.streams()) == 1
