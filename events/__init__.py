@@ -1,6 +1,6 @@
 """The event log: typed events, the EventStore, subscriptions, upcasting and tamper evidence."""
 
-from ._backends import Lease, StreamSummary
+from ._backends import STORE_ENV, Lease, StreamSummary
 from .catalogue import (
     EVENT_ADAPTER,
     EVENT_TYPES,
@@ -58,7 +58,6 @@ from .errors import (
 )
 from .handlers import on
 from .store import (
-    STORE_ENV,
     ConsumerPosition,
     EventHeader,
     EventStore,

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SQLITE_PATH = Path(".agentledger") / "ledger.db"
 _NOTIFY_SUFFIX = "-notify"  # the file beside a database its appends touch
+STORE_ENV = "AGENTLEDGER_STORE"
 _MAX_VERSION = 2**62
 
 
@@ -745,6 +746,35 @@ def _ensure_wal(path: Path, timeout: float) -> None:
         delay = min(delay * 2, 0.2)
 
 
+# The tables eventsourcing's SQLite process recorder makes, and the columns it reads.
+_SQLITE_TABLES = {
+    "stored_events": ("originator_id", "originator_version", "topic", "state"),
+    "tracking": ("application_name", "notification_id"),
+}
+
+
+def _foreign_table(file: Path) -> str | None:
+    """What shows the SQLite file ``file`` to be another program's, read without writing: a
+    table of ours by name without a column we read (None: none such, or no file yet, or not
+    readable as a database; opening it then says what is wrong)."""
+    if not file.is_file():
+        return None
+    try:
+        uri = f"{file.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            for table, needed in _SQLITE_TABLES.items():
+                have = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+                missing = [c for c in needed if c not in have]
+                if have and missing:
+                    return (
+                        f"its {table} table has no column {missing[0]} (its columns: "
+                        f"{', '.join(have)})"
+                    )
+    except sqlite3.Error:
+        return None
+    return None
+
+
 def _database_file(name: str) -> Path | None:
     """The file SQLite keeps the database ``name`` in (None: it keeps it in memory).
 
@@ -799,6 +829,13 @@ class SQLiteBackend(Backend):
         # Every plain connection of this store (a thread's reads or writes), closed by close().
         self._conns: list[tuple[threading.Thread, sqlite3.Connection, int]] = []
         self._closed = False
+        if self._file is not None and (foreign := _foreign_table(self._file)) is not None:
+            # As PostgreSQL refuses such a table (creating the tables fails on it), and before
+            # anything (WAL mode, a tracking table) is written to another program's file.
+            raise StoreUnavailable(
+                f"{self._file} is not an agentledger store: {foreign}. Give --store (or "
+                f"${STORE_ENV}) another file, or move this one away; it was left as it was"
+            )
         self._locks_for_this_process()
         _LIVE_SQLITE.add(self)
         try:

@@ -35,6 +35,7 @@ from pydantic_core import PydanticSerializationError
 
 from ._backends import (
     DEFAULT_SQLITE_PATH,
+    STORE_ENV,
     Backend,
     ClockWaiter,
     Lease,
@@ -64,7 +65,6 @@ from .verify import Report, verify_rows
 
 log = logging.getLogger(__name__)
 
-STORE_ENV = "AGENTLEDGER_STORE"
 DEFAULT_STORE_URL = f"sqlite:///{DEFAULT_SQLITE_PATH}"
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,199}$")
 _PAGE = 1000

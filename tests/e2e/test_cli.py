@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -165,6 +166,25 @@ def test_newer_or_unknown_events_in_the_log_are_reported_not_modified(sqlite_url
     code, output = invoke("log", "--store", sqlite_url, "--type", "run.started")
     assert code == 0 and "run.started" in output  # the rest of the log stays readable
     assert Path(path).read_bytes()[:4096] == before[:4096]
+
+
+@pytest.mark.parametrize("command", [["log"], ["streams"], ["verify-log"]])
+def test_a_sqlite_file_of_another_program_is_named_and_left_as_it_was(
+    tmp_path: Path, command: list[str]
+) -> None:
+    path = tmp_path / "f.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE stored_events (x)")
+    before = path.read_bytes()
+    code, output = invoke(*command, "--store", f"sqlite:///{path}")
+    flat = " ".join(output.split())
+    assert code == 1, output
+    assert (
+        f"{path} is not an agentledger store: its stored_events table has no column "
+        "originator_id (its columns: x)"
+    ) in flat
+    # Not switched to WAL, no table of ours added: no -wal/-shm file beside it either.
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["f.db"]
 
 
 def test_corrupt_row_names_its_position(sqlite_url: str) -> None:
