@@ -78,12 +78,19 @@ def _store(
     commands that start runs or agents (``create``) make a new SQLite file; the others say
     there is none, rather than make one from a typo."""
     url = _store_url(url, config)
-    if not create:
-        missing = _missing_store(url)
-        if missing is not None:
+    from agentledger.events._backends import no_store_at
+
+    missing = no_store_at(url)
+    if missing is not None:
+        reason, creatable = missing
+        if not creatable:  # another program's database: never given our tables
+            raise ConfigurationError(
+                f"{reason}: the log needs a file of its own; --store or ${STORE_ENV} names one"
+            )
+        if not create:
             raise NotFound(
-                f"no store at {missing}: `agentledger demo` or `agentledger run GOAL` creates "
-                f"one there; --store or ${STORE_ENV} names another"
+                f"{reason}: `agentledger demo` or `agentledger run GOAL` creates one there; "
+                f"--store or ${STORE_ENV} names another"
             )
     with EventStore.open(url) as store:
         yield store

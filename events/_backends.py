@@ -1751,6 +1751,63 @@ def store_files(url: str) -> list[Path]:
     return [path, *(path.with_name(path.name + suffix) for suffix in _SIDECARS)]
 
 
+def no_store_at(url: str) -> tuple[str, bool] | None:
+    """Why ``url`` names no agentledger store, found without writing anything, and whether one
+    may be made there (not in another program's SQLite database); None if it names one, a
+    memory store, or a place the store's opening will report on itself (a server that does not
+    answer, a file that is no database).
+
+    Opening a store makes its tables: a command that only reads asks this first, so that a typo
+    in a path or a schema, or another program's database, is reported, not given our tables.
+    """
+    url = url.strip()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "sqlite":
+        file = sqlite_file(url)
+        if file is None:
+            return None
+        if not file.exists():
+            return f"no store at {file}", True
+        try:
+            with contextlib.closing(
+                sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+            ) as conn:
+                tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master")]
+        except sqlite3.Error:
+            return None
+        if "stored_events" in tables:
+            return None
+        if not tables:
+            return f"no store at {file}: the file is empty", True
+        return f"no store at {file}: it holds {', '.join(sorted(tables))}, not a log", False
+    if scheme in ("postgresql", "postgres"):
+        settings = parse_postgres_url(url)
+        try:
+            import psycopg
+            from psycopg.conninfo import make_conninfo
+
+            with psycopg.connect(
+                make_conninfo("", **dict(settings.connection)),
+                host=settings.host,
+                port=settings.port,
+                dbname=settings.dbname,
+                user=settings.user,
+                password=settings.password or None,
+                connect_timeout=5,
+                autocommit=True,
+            ) as conn:
+                found = conn.execute(
+                    "SELECT 1 FROM information_schema.tables "
+                    "WHERE table_schema = %s AND table_name = 'stored_events'",
+                    (settings.schema,),
+                ).fetchone()
+        except Exception:  # opening the store says what is wrong, clearly
+            return None
+        if found is None:
+            return f"no store in {settings.describe()}: schema {settings.schema} has no log", True
+    return None
+
+
 def open_backend(url: str) -> Backend:
     """The backend for a store URL: ``sqlite:///path``, ``postgresql://…`` or ``memory://``."""
     url = url.strip()

@@ -3,15 +3,18 @@ real processes, real Ray, the SQLite file, the offline model."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
@@ -671,6 +674,36 @@ def test_reading_a_store_that_does_not_exist_says_so_and_creates_nothing(
     assert code == 1, output
     assert f"no store at {missing}" in " ".join(output.split())
     assert not (tmp_path / "typo").exists()
+
+
+def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    foreign, empty = tmp_path / "app.db", tmp_path / "empty.db"
+    with contextlib.closing(sqlite3.connect(foreign)) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER)")
+    empty.touch()
+    before = foreign.read_bytes()
+    for command in (["runs"], ["log"], ["status", "run-1"], ["run", "write hi to a.txt"]):
+        code, output = invoke(*command, "--store", f"sqlite:///{foreign}")
+        assert code == 1, output
+        assert f"no store at {foreign}: it holds users, not a log" in " ".join(output.split())
+    code, output = invoke("log", "--store", f"sqlite:///{empty}")
+    assert code == 1 and "the file is empty" in " ".join(output.split()), output
+    assert foreign.read_bytes() == before and empty.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "empty.db"]  # no -wal
+
+
+@pytest.mark.postgres
+def test_a_schema_with_no_log_is_reported_not_created(postgres_url: str) -> None:
+    schema = postgres_url.rsplit("schema=", 1)[1]
+    for command in (["runs"], ["log"], ["approvals"]):
+        code, output = invoke(*command, "--store", postgres_url)
+        assert code == 1, output
+        assert f"schema {schema} has no log" in " ".join(output.split())
+    with psycopg.connect(postgres_url.split("?")[0]) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (schema,)
+        ).fetchone()
+    assert found is None  # a typo in a schema's name made an empty store there
 
 
 @pytest.mark.slow
