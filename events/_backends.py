@@ -1185,6 +1185,10 @@ _LIBPQ_OPTIONS = (
     "target_session_attrs",
 )
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# NAMEDATALEN - 1: the longest name PostgreSQL keeps whole (it truncates longer ones).
+_MAX_NAME_BYTES = 63
+# What an option left out of a store URL means.
+_DEFAULTS = {"schema": "public", "pool_size": "4", "sslmode": "prefer"}
 
 
 def parse_postgres_url(url: str) -> PostgresSettings:
@@ -1210,25 +1214,53 @@ def parse_postgres_url(url: str) -> PostgresSettings:
             f"store URL {_mask(url)} needs a host and a database name, "
             "e.g. postgresql://postgres@127.0.0.1:5432/agentledger"
         )
-    query = parse_qs(parts.query)
+    # Blank values kept: "schema=" dropped would mean the public schema, said nowhere.
+    query = parse_qs(parts.query, keep_blank_values=True)
     unknown = set(query) - {"schema", "pool_size", *_LIBPQ_OPTIONS}
     if unknown:
         raise ConfigurationError(
             f"store URL has unknown option(s) {', '.join(sorted(unknown))}; "
             f"known: schema, pool_size, {', '.join(_LIBPQ_OPTIONS)}"
         )
-    sslmode = query.get("sslmode", ["prefer"])[0]
+    repeated = sorted(k for k, values in query.items() if len(values) > 1)
+    if repeated:
+        raise ConfigurationError(
+            f"store URL gives {', '.join(repeated)} more than once "
+            f"({'; '.join(', '.join(query[k]) for k in repeated)}); give each option once"
+        )
+    blank = sorted(k for k, values in query.items() if not values[0])
+    if blank:
+        defaults = [f"{k} {_DEFAULTS[k]}" for k in blank if k in _DEFAULTS]
+        raise ConfigurationError(
+            f"store URL option(s) {', '.join(f'{k}=' for k in blank)} have no value; give "
+            "one, or leave the option out"
+            + (f" (default: {', '.join(defaults)})" if defaults else "")
+        )
+    sslmode = query.get("sslmode", [_DEFAULTS["sslmode"]])[0]
     if sslmode not in _SSLMODES:
         raise ConfigurationError(
             f"sslmode {sslmode!r} in the store URL is not one of {', '.join(_SSLMODES)}"
         )
-    schema = query.get("schema", ["public"])[0]
+    schema = query.get("schema", [_DEFAULTS["schema"]])[0]
     if not schema.replace("_", "").isalnum():
         raise ConfigurationError(f"schema {schema!r} must be letters, digits and underscores")
+    size = len(schema.encode())
+    if size > _MAX_NAME_BYTES:
+        # PostgreSQL would cut it to its first 63 bytes without a word: the log would be in a
+        # schema of another name than every message gives, shared with any of that prefix.
+        raise ConfigurationError(
+            f"schema {schema!r} in the store URL is {size} bytes long; PostgreSQL keeps only "
+            f"the first {_MAX_NAME_BYTES} bytes of a name: give a shorter one"
+        )
     try:
-        pool_size = int(query.get("pool_size", ["4"])[0])
+        pool_size = int(query.get("pool_size", [_DEFAULTS["pool_size"]])[0])
     except ValueError:
         raise ConfigurationError("pool_size in the store URL must be a whole number") from None
+    if pool_size < 1:
+        raise ConfigurationError(
+            f"pool_size={pool_size} in the store URL: it must be 1 or more (connections each "
+            "process keeps open; default 4)"
+        )
     return PostgresSettings(
         host=hostname,
         port=port,
@@ -1236,7 +1268,7 @@ def parse_postgres_url(url: str) -> PostgresSettings:
         user=unquote(parts.username or os.environ.get("PGUSER", "postgres")),
         password=unquote(parts.password or os.environ.get("PGPASSWORD", "")),
         schema=schema,
-        pool_size=max(1, pool_size),
+        pool_size=pool_size,
         connection=tuple((k, query[k][0]) for k in _LIBPQ_OPTIONS if k in query),
     )
 

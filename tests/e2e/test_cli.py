@@ -133,6 +133,9 @@ def test_verify_log_reports_the_tampered_position(demo_url: str) -> None:
         ("postgresql://127.0.0.1:99999/db", "invalid port"),
         ("postgresql://postgres@[::zz]:5432/x", "[::zz]:5432/x has an invalid host"),
         ("postgresql://alice:s3cret@[::1", "has an invalid host (Invalid IPv6 URL)"),
+        ("postgresql://u@127.0.0.1:1/db?pool_size=0", "pool_size=0 in the store URL: it must be"),
+        ("postgresql://u@127.0.0.1:1/db?schema=", "schema= have no value"),
+        ("postgresql://u@127.0.0.1:1/db?schema=a&schema=b", "gives schema more than once"),
     ],
 )
 def test_bad_store_urls_give_clear_errors(url: str, expected: str) -> None:

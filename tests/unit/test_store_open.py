@@ -19,6 +19,7 @@ from agentledger.events import (
     StoreUnavailable,
     default_store_url,
 )
+from agentledger.events._backends import parse_postgres_url
 
 SECRET = "s3cr3t-Pa55"
 
@@ -62,6 +63,40 @@ def test_malformed_urls_are_configuration_errors(url: str, words: str) -> None:
         EventStore.open(url)
     assert words in str(caught.value)
     assert isinstance(caught.value, AgentLedgerError)
+
+
+LONG_SCHEMA = "s" * 64  # PostgreSQL would keep its first 63 bytes, and say nothing
+
+
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [
+        ("pool_size=0", "pool_size=0 in the store URL: it must be 1 or more"),
+        ("pool_size=-3", "pool_size=-3 in the store URL: it must be 1 or more"),
+        (f"schema={LONG_SCHEMA}", "is 64 bytes long; PostgreSQL keeps only the first 63 bytes"),
+        (f"schema={'é' * 32}", "is 64 bytes long"),  # bytes, not characters
+        ("schema=", "schema= have no value; give one, or leave the option out (default: schema"),
+        ("schema", "schema= have no value"),
+        ("sslmode=", "sslmode= have no value"),
+        ("schema=a&schema=b", "gives schema more than once (a, b); give each option once"),
+        ("pool_size=2&schema=a&pool_size=3", "gives pool_size more than once (2, 3)"),
+    ],
+)
+def test_store_url_options_that_would_be_taken_otherwise_are_refused(
+    option: str, words: str
+) -> None:
+    # Each was read as something else (pool size 1, a schema cut short, public, the first of
+    # two) while every message named what was typed. Nothing answers on port 1: the error is
+    # the URL's, before any connection.
+    with pytest.raises(ConfigurationError) as caught:
+        EventStore.open(f"postgresql://u@127.0.0.1:1/db?{option}")
+    assert not isinstance(caught.value, StoreUnavailable)
+    assert words in str(caught.value)
+
+
+def test_store_url_options_at_their_limits_are_taken() -> None:
+    settings = parse_postgres_url(f"postgresql://u@h/db?schema={'s' * 63}&pool_size=1")
+    assert settings.schema == "s" * 63 and settings.pool_size == 1
 
 
 @pytest.mark.parametrize(
