@@ -81,6 +81,14 @@ class RuntimeSection(BaseModel):
     replicas: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
 
 
+class StoreSection(BaseModel):
+    """``[store]``: the event store, as a table (the same as a top-level ``store = "URL"``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, description="event store URL")
+
+
 class Settings(BaseModel):
     """Everything ``agentledger.toml`` may set; every field has a working default."""
 
@@ -107,6 +115,7 @@ def _problem(loc: tuple[int | str, ...], kind: str, message: str) -> str:
     if kind != "extra_forbidden":
         return f"{where}: {message}"
     sections: dict[str, type[BaseModel]] = {
+        "store": StoreSection,
         "openai": ProviderSettings,
         "runtime": RuntimeSection,
         "approvers": Approver,  # [approvers.NAME]
@@ -114,6 +123,8 @@ def _problem(loc: tuple[int | str, ...], kind: str, message: str) -> str:
     model = sections.get(str(loc[0]), Settings) if len(loc) > 1 else Settings
     table = f"[{'.'.join(str(p) for p in loc[:-1])}]" if len(loc) > 1 else "the top level"
     known = ", ".join(name for name in model.model_fields if name != "source")
+    if model is StoreSection:  # e.g. path = "…": a SQLite file is named by its URL
+        known += ' (a SQLite file too: url = "sqlite:///path/to/ledger.db")'
     return f"{where}: unknown setting; {table} takes {known}"
 
 
@@ -135,12 +146,19 @@ def load_settings(path: Path | None = None) -> Settings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"{chosen}: cannot read it: {exc}") from None
     store = data.pop("store", None)
-    if isinstance(store, dict):
-        store = store.get("url")
+    errors: list[tuple[tuple[int | str, ...], str, str]] = []
+    if isinstance(store, dict):  # [store] url = "…": its other keys refused as any table's
+        try:
+            store = StoreSection.model_validate(store).url
+        except ValidationError as exc:
+            errors += [(("store", *e["loc"]), e["type"], e["msg"]) for e in exc.errors()]
+            store = None
     try:
         settings = Settings.model_validate({**data, "store": store})
     except ValidationError as exc:
-        problems = "; ".join(_problem(e["loc"], e["type"], e["msg"]) for e in exc.errors()[:10])
+        errors += [(e["loc"], e["type"], e["msg"]) for e in exc.errors()]
+    if errors:
+        problems = "; ".join(_problem(*e) for e in errors[:10])
         raise ConfigurationError(f"{chosen}: {problems}") from None
     for name in settings.extensions:
         if not re.fullmatch(r"[\w.]+:[\w.]+", name):

@@ -267,6 +267,27 @@ def test_a_mistyped_setting_is_told_the_settings_there_are(
         assert store.head_position() == 0
 
 
+def test_a_store_table_with_a_mistyped_key_is_refused_not_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # [store] path = "…" was ignored (only url was read): commands went to the default store.
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[store]\npath = "{tmp_path / "mine.db"}"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGENTLEDGER_CONFIG", str(config))
+    monkeypatch.delenv("AGENTLEDGER_STORE", raising=False)
+    code, output = invoke("runs")
+    flat = " ".join(output.split())
+    assert code == 1, output
+    assert f"{config}: store.path: unknown setting; [store] takes url" in flat
+    assert 'url = "sqlite:///path/to/ledger.db"' in flat
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.toml"]  # nothing made
+    # The key it does take still names the store.
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "mine.db"}"\n')
+    code, output = invoke("runs")
+    assert code == 0 and f"no store at {tmp_path / 'mine.db'}" in " ".join(output.split())
+
+
 def test_runs_and_status_show_a_run(sqlite_url: str) -> None:
     with EventStore.open(sqlite_url) as store:
         run, _ = write_sample_run(store)
