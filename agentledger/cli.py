@@ -1248,7 +1248,8 @@ def _human(name: str | None, config: Path | None) -> Any:
     from agentledger.config import load_settings
     from agentledger.control import authenticate
 
-    return authenticate(name, load_settings(config).approvers)
+    settings = load_settings(config)
+    return authenticate(name, settings.approvers, source=settings.source)
 
 
 @app.command("approvals")

@@ -6,6 +6,8 @@ import hashlib
 import os
 import re
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agentledger.actors.extensions import Extension, load_extensions, provider_names, tool_registry
 from agentledger.actors.models import PROVIDERS, parse_model_spec
 from agentledger.actors.notify import check_webhook
-from agentledger.actors.policy import RiskPolicy
+from agentledger.actors.policy import PolicyError, RiskPolicy
 from agentledger.actors.providers import ProviderSettings
 from agentledger.actors.runtime import RuntimeConfig
 from agentledger.actors.tools import default_registry
@@ -146,6 +148,7 @@ def load_settings(path: Path | None = None) -> Settings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"{chosen}: cannot read it: {exc}") from None
     store = data.pop("store", None)
+    table = isinstance(store, dict)
     errors: list[tuple[tuple[int | str, ...], str, str]] = []
     if isinstance(store, dict):  # [store] url = "…": its other keys refused as any table's
         try:
@@ -177,19 +180,57 @@ def load_settings(path: Path | None = None) -> Settings:
                 f"{chosen} [runtime] replicas: unknown role {role!r}; roles: "
                 + ", ".join(r.value for r in Role)
             )
+    if settings.store is not None:
+        _check_store(settings.store, chosen, "[store] url" if table else "store")
     if settings.runtime.notify_webhook:
-        check_webhook(settings.runtime.notify_webhook)
+        try:
+            check_webhook(settings.runtime.notify_webhook)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{chosen} [runtime] {exc}") from None
     if settings.runtime.policy:
         # Checked now, with the line of any mistake, not when an agent first needs it.
         policy_path = Path(settings.runtime.policy)
         if not policy_path.is_absolute():
             policy_path = chosen.parent / policy_path
-        policy = RiskPolicy.load(policy_path)
-        if not settings.extensions:
-            policy.check_tools(default_registry().names())
+        with _policy_of(chosen, settings.runtime.policy, policy_path):
+            policy = RiskPolicy.load(policy_path)
+            if not settings.extensions:
+                policy.check_tools(default_registry().names())
         runtime = settings.runtime.model_copy(update={"policy": str(policy_path)})
         settings = settings.model_copy(update={"runtime": runtime})
     return settings.model_copy(update={"source": str(chosen)})
+
+
+def _check_store(url: str, source: Path, key: str) -> None:
+    """The settings file's store URL, checked as the store will read it (nothing opened), so
+    that a mistake in it names the file and the setting, not only the URL."""
+    from agentledger.events._backends import check_store_url
+
+    if not url.strip():
+        raise ConfigurationError(
+            f"{source} {key}: the store URL is empty; give one (e.g. "
+            '"sqlite:///.agentledger/ledger.db"), or leave the setting out for the default'
+        )
+    try:
+        check_store_url(url)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{source} {key}: {exc}") from None
+
+
+@contextmanager
+def _policy_of(source: Path | str, given: str, policy_path: Path) -> Iterator[None]:
+    """A policy file's mistakes, said as the settings file's ``[runtime] policy`` that named it
+    (the policy's own message names its file and line)."""
+    try:
+        yield
+    except PolicyError as exc:
+        if policy_path.exists():
+            raise ConfigurationError(f"{source} [runtime] policy: {exc}") from None
+        relative = "" if Path(given).is_absolute() else f" ({given} from {source}'s folder)"
+        raise ConfigurationError(
+            f"{source} [runtime] policy: there is no policy file {policy_path}{relative}; "
+            "check the path, or leave the setting out for the built-in rules"
+        ) from None
 
 
 def extensions_of(settings: Settings) -> list[Extension]:
@@ -202,8 +243,10 @@ def extensions_of(settings: Settings) -> list[Extension]:
         for role, text in settings.models.items():
             parse_model_spec(f"{role}={text}", source=f"{where} [models]", providers=providers)
         if settings.runtime.policy:
-            policy = RiskPolicy.load(Path(settings.runtime.policy))
-            policy.check_tools(tool_registry(extensions).names())
+            policy_path = Path(settings.runtime.policy)
+            with _policy_of(where, settings.runtime.policy, policy_path):
+                policy = RiskPolicy.load(policy_path)
+                policy.check_tools(tool_registry(extensions).names())
     return extensions
 
 

@@ -72,25 +72,35 @@ class Human:
         return f"human:{self.name}"
 
 
-def authenticate(name: str | None, approvers: dict[str, Approver]) -> Human:
+def authenticate(
+    name: str | None, approvers: dict[str, Approver], *, source: str | None = None
+) -> Human:
     """The human acting: ``name`` (default: the OS user), proven by token or OS account.
 
     With no approvers configured (a single-user machine), the OS user acts as themselves with
-    the approver role; naming someone else is refused.
+    the approver role; naming someone else is refused. ``source``, the settings file the
+    approvers were read from (None: there was none), is named in the refusals.
     """
     os_user = getpass.getuser()
     name = name or os_user
+    where = source or "the settings file"
     if not approvers:
         if name != os_user:
+            configured = (
+                f"no [approvers] are configured in {source}"
+                if source
+                else "no [approvers] are configured (there is no settings file: "
+                "./agentledger.toml, or one named by --config or $AGENTLEDGER_CONFIG)"
+            )
             raise NotAuthorized(
-                f"--as {name}: you are the OS user {os_user!r}, and no [approvers] are configured "
-                "in agentledger.toml to let you act as someone else"
+                f"--as {name}: you are the OS user {os_user!r}, and {configured} to let you act "
+                "as someone else"
             )
         return Human(name, (APPROVER_ROLE,))
     approver = approvers.get(name)
     if approver is None:
         raise NotAuthorized(
-            f"{name!r} is not an approver; approvers in agentledger.toml: "
+            f"--as {name}: {name!r} is not an approver; approvers in {where}: "
             + ", ".join(sorted(approvers))
         )
     if approver.token_sha256 is not None:
@@ -99,12 +109,12 @@ def authenticate(name: str | None, approvers: dict[str, Approver]) -> Human:
         if not token or not hmac.compare_digest(digest, approver.token_sha256):
             raise NotAuthorized(
                 f"acting as {name} needs their token in ${TOKEN_ENV} (its SHA-256 is configured "
-                f"in [approvers.{name}])"
+                f"in [approvers.{name}] of {where})"
             )
     elif os_user not in (approver.os_users or [name]):
         raise NotAuthorized(
             f"the OS user {os_user!r} may not act as {name}; add it to "
-            f"[approvers.{name}] os_users, or configure a token"
+            f"[approvers.{name}] os_users in {where}, or configure a token"
         )
     return Human(name, tuple(approver.roles))
 

@@ -1840,23 +1840,36 @@ def no_store_at(url: str) -> tuple[str, bool] | None:
     return None
 
 
-def open_backend(url: str) -> Backend:
-    """The backend for a store URL: ``sqlite:///path``, ``postgresql://…`` or ``memory://``."""
+def check_store_url(url: str) -> None:
+    """``ConfigurationError`` if ``url`` is no store URL ``open_backend`` takes; nothing is
+    opened or connected to (for a URL read from a settings file, checked where it is read)."""
     url = url.strip()
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "memory":
-        return MemoryBackend()
+        return
     if scheme == "sqlite":
-        path = sqlite_path(url)
-        if not path:
+        if not sqlite_path(url):
             raise ConfigurationError(
                 "sqlite store URL has no path; use sqlite:///relative/path.db "
                 "or sqlite:////absolute/path.db"
             )
-        return SQLiteBackend(Path(path))
+        return
     if scheme in ("postgresql", "postgres"):
-        return PostgresBackend(parse_postgres_url(url))
+        parse_postgres_url(url)
+        return
     raise ConfigurationError(
         f"unknown store URL {_mask(url)!r}: use sqlite:///path/to/ledger.db (the default is "
         f"sqlite:///{DEFAULT_SQLITE_PATH}), postgresql://user@host:5432/db, or memory:// for tests"
     )
+
+
+def open_backend(url: str) -> Backend:
+    """The backend for a store URL: ``sqlite:///path``, ``postgresql://…`` or ``memory://``."""
+    url = url.strip()
+    check_store_url(url)
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "memory":
+        return MemoryBackend()
+    if scheme == "sqlite":
+        return SQLiteBackend(Path(sqlite_path(url) or ""))
+    return PostgresBackend(parse_postgres_url(url))

@@ -466,6 +466,67 @@ def test_a_policy_file_with_a_mistake_is_named_with_its_line(
         assert store.head_position() == 0
 
 
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        (
+            '[runtime]\npolicy = "nope.toml"\n',
+            "{config} [runtime] policy: there is no policy file {folder}/nope.toml (nope.toml "
+            "from {config}'s folder); check the path, or leave the setting out",
+        ),
+        (
+            '[runtime]\npolicy = "rules.toml"\n',  # its mistake: named with the setting
+            "{config} [runtime] policy: {folder}/rules.toml line 2: no tool is called 'nope'",
+        ),
+        (
+            '[runtime]\nnotify_webhook = "https://example.org/hook"\n',
+            "{config} [runtime] notify_webhook 'https://example.org/hook' must be an http(s) URL",
+        ),
+        ('store = "postgresql://u@127.0.0.1:99999/db"\n', "{config} store: store URL has an"),
+        ('[store]\nurl = "ledger.db"\n', "{config} [store] url: unknown store URL 'ledger.db'"),
+        ('store = " "\n', "{config} store: the store URL is empty; give one"),
+    ],
+)
+def test_a_setting_whose_value_is_refused_is_named_with_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str, words: str
+) -> None:
+    # The settings file is not ./agentledger.toml: the message must say which file said it.
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "rules.toml").write_text('[tools]\nnope = "high"\n')
+    config = folder / "team.toml"
+    config.write_text(toml)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AGENTLEDGER_STORE", raising=False)
+    code, output = invoke("run", "do it", "--config", "cfg/team.toml")
+    flat = " ".join(output.split())
+    assert code == 1, output
+    assert words.format(config="cfg/team.toml", folder="cfg") in flat, flat
+    assert "Traceback" not in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg"]  # no store, no workspace
+
+
+def test_as_names_the_settings_file_its_approvers_are_in(sqlite_url: str, tmp_path: Path) -> None:
+    with EventStore.open(sqlite_url) as store:
+        run, _ = write_sample_run(store)
+        before = store.head_position()
+    config = tmp_path / "team.toml"
+    config.write_text('[approvers.ada]\nos_users = ["not-this-user"]\n')
+    code, output = invoke(
+        "approve", run, "a2", "--as", "zed", "--config", str(config), "--store", sqlite_url
+    )
+    flat = " ".join(output.split())
+    assert code == 1, output
+    assert f"--as zed: 'zed' is not an approver; approvers in {config}: ada" in flat
+    code, output = invoke(
+        "approve", run, "a2", "--as", "ada", "--config", str(config), "--store", sqlite_url
+    )
+    flat = " ".join(output.split())
+    assert code == 1 and f"add it to [approvers.ada] os_users in {config}" in flat, output
+    with EventStore.open(sqlite_url) as store:
+        assert store.head_position() == before
+
+
 def test_human_commands_refuse_clearly_and_write_nothing(sqlite_url: str) -> None:
     with EventStore.open(sqlite_url) as store:
         run, _ = write_sample_run(store)
