@@ -1823,6 +1823,20 @@ def validate_goal(goal: str) -> str:
     return text
 
 
+def check_docs(docs: Path) -> None:
+    """``docs`` is a folder (the research agent's documents), else ``NotFound`` if there is
+    nothing there, ``ConfigurationError`` if it is a file or other non-folder."""
+    if docs.is_dir():
+        return
+    if not docs.exists():
+        raise NotFound(f"--docs {docs}: no such directory; give the folder of the documents")
+    what = "is a file, not a folder" if docs.is_file() else "is not a folder"
+    raise ConfigurationError(
+        f"--docs {docs}: {what}; give the folder the documents are in (a single document: "
+        "put it in a folder of its own)"
+    )
+
+
 def start_run(
     store: EventStore,
     goal: str,
@@ -1835,8 +1849,8 @@ def start_run(
 ) -> RunStarted:
     """Append ``run.started`` for a new run (the agents pick it up from the log)."""
     text = validate_goal(goal)
-    if docs is not None and not docs.is_dir():
-        raise NotFound(f"--docs {docs}: no such directory")
+    if docs is not None:
+        check_docs(docs)
     stream = f"{RUN_PREFIX}{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
     event = RunStarted(
         actor=f"human:{user}",

@@ -876,7 +876,13 @@ def _execute_run(
 ) -> None:
     """Start a run (or, with ``fork`` = (parent, position, note), a fork of one), make sure
     agents serve it, follow it live, and say how it ended and what to do next."""
-    from agentledger.actors.runtime import follow_run, ray_address, start_run, validate_goal
+    from agentledger.actors.runtime import (
+        check_docs,
+        follow_run,
+        ray_address,
+        start_run,
+        validate_goal,
+    )
     from agentledger.config import load_settings, runtime_config
     from agentledger.console import progress_line
     from agentledger.fork import append_fork, prepare_fork
@@ -886,8 +892,8 @@ def _execute_run(
     if fork is None:
         validate_goal(goal)  # before anything slow starts
     ray_address(address)  # before the store, or a fork's event, is made
-    if docs is not None and not docs.is_dir():
-        raise NotFound(f"--docs {docs}: no such directory")
+    if docs is not None:
+        check_docs(docs)
     url = store_url or settings.store or default_store_url()
     agents_config = runtime_config(settings, url, {})  # their defaults: the settings file's
     # Served agents, or agents on a cluster, read their endpoint's key where they run.

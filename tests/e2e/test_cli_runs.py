@@ -169,6 +169,7 @@ time.sleep(600)
         (["run", "do it", "--model", "research=anthropic:claude"], "unknown provider 'anthropic'"),
         (["run", "do it", "--model", "research"], "is not ROLE=PROVIDER:MODEL"),
         (["run", "do it", "--docs", "/nonexistent/docs"], "no such directory"),
+        (["run", "do it", "--docs", "/etc/hostname"], "--docs /etc/hostname: is a file, not a"),
         (["run", "do it", "--workspace", "/proc/ws"], "--workspace /proc/ws: cannot create it"),
         (["run", "do it", "--workspace", "/etc/hostname"], "/etc/hostname: not a folder"),
         (["run", "do it", "--address", "127.0.0.1:1"], "nothing answers at the Ray address"),

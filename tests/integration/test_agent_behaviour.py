@@ -32,6 +32,7 @@ from agentledger.actors.verify import verify_run
 from agentledger.demo import DEMO_GOAL, prepare_demo
 from agentledger.events import (
     ApprovalGranted,
+    ConfigurationError,
     Event,
     EventStore,
     InvalidEvent,
@@ -362,6 +363,14 @@ def test_an_empty_or_oversized_goal_is_refused_and_nothing_is_written(
 def test_a_missing_docs_folder_is_refused(memory_store: EventStore, tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="no such directory"):
         start_run(memory_store, "find x", docs=tmp_path / "nope")
+    assert memory_store.head_position() == 0
+
+
+def test_a_docs_file_is_refused_as_a_file(memory_store: EventStore, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text("# notes\n")
+    with pytest.raises(ConfigurationError, match=r"notes\.md: is a file, not a folder; give the"):
+        start_run(memory_store, "find x", docs=notes)
     assert memory_store.head_position() == 0
 
 
