@@ -55,11 +55,28 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+def _given_store(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """An empty --store (or a blank $AGENTLEDGER_STORE) is refused as a usage error: taken as
+    not given, the command went on with another store (the variable's, the default)."""
+    if value is None or value.strip():
+        return value
+    source = ctx.get_parameter_source(param.name or "")  # typer's own click: by name
+    if source is not None and source.name == "ENVIRONMENT":
+        where, fix = f"${STORE_ENV} is blank", "set it to a store URL, or unset it"
+    else:
+        where, fix = "the store URL is empty", "give one, or leave the option out"
+    raise typer.BadParameter(
+        f"{where}; {fix} (e.g. sqlite:///path/to/ledger.db, postgresql://user@host:5432/db)"
+    )
+
+
 StoreOption = Annotated[
     str | None,
     typer.Option(
         "--store",
         envvar=STORE_ENV,
+        callback=_given_store,
         help="Event store URL: sqlite:///path.db, postgresql://user@host:5432/db, memory://. "
         f"Default: {default_store_url()}",
         show_default=False,

@@ -145,6 +145,28 @@ def test_bad_store_urls_give_clear_errors(url: str, expected: str) -> None:
     assert "s3cret" not in output
 
 
+@pytest.mark.parametrize("command", [["runs"], ["log"], ["streams"], ["verify-log"]])
+def test_an_empty_store_is_refused_not_replaced_by_another(
+    demo_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    # --store "" was taken as not given: the command read $AGENTLEDGER_STORE's store (or made
+    # the default one) and said nothing.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGENTLEDGER_STORE", demo_url)
+    before = sorted(tmp_path.iterdir())
+    code, output = invoke(*command, "--store", "")
+    flat = " ".join(output.split())
+    assert code == 2, output
+    assert "Invalid value for '--store'" in flat
+    assert "the store URL is empty; give one, or leave the option out" in flat
+    # A blank variable is refused as such, naming it.
+    monkeypatch.setenv("AGENTLEDGER_STORE", "  ")
+    code, output = invoke(*command)
+    flat = " ".join(output.split())
+    assert code == 2 and "$AGENTLEDGER_STORE is blank; set it to a store URL, or unset" in flat
+    assert sorted(tmp_path.iterdir()) == before  # no default store made
+
+
 def test_unknown_type_and_stream(demo_url: str) -> None:
     code, output = invoke("log", "--store", demo_url, "--type", "run.exploded")
     assert code == 1 and "unknown event type(s) run.exploded" in output
