@@ -1451,6 +1451,23 @@ def ray_address(address: str | None = None) -> str | None:
     return address
 
 
+def reachable_ray_address(address: str | None = None) -> str | None:
+    """``ray_address``, with a ``host:port`` address checked to answer (``ConfigurationError``
+    if nothing does), for a command to call before it makes anything: a new store's file, a
+    fork's event. ``ray://`` and ``auto`` are Ray's to resolve, when it joins."""
+    address = ray_address(address)
+    if address is not None and not _answers(address):
+        raise ConfigurationError(_nothing_answers(address))
+    return address
+
+
+def _nothing_answers(address: str) -> str:
+    return (
+        f"nothing answers at the Ray address {address!r}: is the cluster up (`ray status` "
+        "on its head shows it)? Leave --address and RAY_ADDRESS unset to run locally."
+    )
+
+
 def ensure_ray(address: str | None = None, *, namespace: str = NAMESPACE) -> None:
     """Connect to Ray: ``address`` / ``$RAY_ADDRESS`` if given, else a new local instance."""
     import ray
@@ -1463,10 +1480,7 @@ def ensure_ray(address: str | None = None, *, namespace: str = NAMESPACE) -> Non
         ray.init(**options)
         return
     if not _answers(address):
-        raise ConfigurationError(
-            f"nothing answers at the Ray address {address!r}: is the cluster up (`ray status` "
-            "on its head shows it)? Leave --address and RAY_ADDRESS unset to run locally."
-        )
+        raise ConfigurationError(_nothing_answers(address))
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:

@@ -896,7 +896,7 @@ def _execute_run(
     from agentledger.actors.runtime import (
         check_docs,
         follow_run,
-        ray_address,
+        reachable_ray_address,
         start_run,
         validate_goal,
     )
@@ -908,7 +908,9 @@ def _execute_run(
     settings = load_settings(config)
     if fork is None:
         validate_goal(goal)  # before anything slow starts
-    ray_address(address)  # before the store, or a fork's event, is made
+    # Before the store (a new file), or a fork's event, is made: its form, and a host:port
+    # that nothing answers at (Ray would be reached only once the store is open).
+    reachable_ray_address(address)
     if docs is not None:
         check_docs(docs)
     url = store_url or settings.store or default_store_url()
@@ -1678,7 +1680,13 @@ def serve_command(
     The agents are named Ray actors in the configured namespace; Ctrl-C stops them (their
     positions are kept, so nothing is handled twice or missed on the next start).
     """
-    from agentledger.actors.runtime import Runtime, ensure_ray, served_address, serving_record
+    from agentledger.actors.runtime import (
+        Runtime,
+        ensure_ray,
+        reachable_ray_address,
+        served_address,
+        serving_record,
+    )
     from agentledger.config import load_settings, runtime_config
     from agentledger.console import agents_table
 
@@ -1687,6 +1695,7 @@ def serve_command(
         chosen, _ = _models(model or [], settings)
         url = store_url or settings.store or default_store_url()
         _refuse_memory_store(url)
+        reachable_ray_address(address)  # a dead --address: refused before a store is made
         # Opened first: fails now, clearly, if the store cannot be opened.
         with _store(url, create=True) as store:
             cfg = runtime_config(settings, url, chosen)

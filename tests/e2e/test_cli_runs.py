@@ -185,6 +185,23 @@ def test_run_refuses_bad_input_before_anything_starts(
         assert store.head_position() == 0  # nothing was written
 
 
+@pytest.mark.parametrize(
+    "command", [["run", "write hi"], ["serve"], ["run", "write hi", "--workspace", "ws"]]
+)
+def test_a_dead_ray_address_leaves_no_new_store_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    # The store was opened (a new file made) before Ray was reached; nothing answering at
+    # --address then failed the command, leaving an empty store file.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    code, output = invoke(*command, "--store", url, "--address", "127.0.0.1:1")
+    assert code == 1, output
+    assert "nothing answers at the Ray address '127.0.0.1:1'" in " ".join(output.split())
+    assert list(tmp_path.iterdir()) == []  # no store file, no sidecar, no workspace
+
+
 def test_run_refuses_a_workspace_that_holds_the_store(sqlite_url: str, tmp_path: Path) -> None:
     # Sandboxed commands write anywhere in the workspace: with the log in it, they could
     # rewrite it or append an approval no human gave. Through a symlink too.
