@@ -1126,9 +1126,11 @@ def demo_command(
     It ends (exit 0) with that action waiting for a human's approval, and says how to give it;
     no server, network or model is needed.
     """
+    from agentledger.actors.runtime import reachable_ray_address
     from agentledger.demo import DEMO_GOAL, prepare_demo
 
     def body() -> None:
+        reachable_ray_address(address)  # a dead --address: refused before the demo's folders
         docs, workspace = prepare_demo(Path(".agentledger"))
         err.print(
             "[bold]agentledger demo[/]: the offline model is rule-based, not a language model.\n"

@@ -186,7 +186,8 @@ def test_run_refuses_bad_input_before_anything_starts(
 
 
 @pytest.mark.parametrize(
-    "command", [["run", "write hi"], ["serve"], ["run", "write hi", "--workspace", "ws"]]
+    "command",
+    [["run", "write hi"], ["serve"], ["run", "write hi", "--workspace", "ws"], ["demo"]],
 )
 def test_a_dead_ray_address_leaves_no_new_store_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
@@ -199,7 +200,7 @@ def test_a_dead_ray_address_leaves_no_new_store_behind(
     code, output = invoke(*command, "--store", url, "--address", "127.0.0.1:1")
     assert code == 1, output
     assert "nothing answers at the Ray address '127.0.0.1:1'" in " ".join(output.split())
-    assert list(tmp_path.iterdir()) == []  # no store file, no sidecar, no workspace
+    assert list(tmp_path.iterdir()) == []  # no store file, no sidecar, no workspace, no docs
 
 
 def test_run_refuses_a_workspace_that_holds_the_store(sqlite_url: str, tmp_path: Path) -> None:
