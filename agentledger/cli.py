@@ -366,7 +366,7 @@ def state_command(
 ) -> None:
     """Show a run as of a position: status, tasks, pending approvals, blackboard, scratchpad."""
     from agentledger.blackboard import BlackboardProjection
-    from agentledger.projections import RunStateProjection
+    from agentledger.projections import RunStateProjection, RunStatus
     from agentledger.projections.memory import ScratchpadProjection
     from agentledger.projections.runner import stream_as_of
 
@@ -384,7 +384,10 @@ def state_command(
             }
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
             return
-        out.print(run_state_view(state, board, pad, at))
+        # Now (not --at): whether anything moves the run on, as `approve` tells.
+        moving = state.status in (RunStatus.PLANNING, RunStatus.RUNNING) and at is None
+        unserved = moving and not _served_here(store_url, None)
+        out.print(run_state_view(state, board, pad, at, unserved=unserved))
 
     _run(body)
 

@@ -175,13 +175,25 @@ _STATUS_STYLES = {
 }
 
 
-def run_state_view(state: Any, board: Any, pad: Any, at: int | None) -> Group:
+def run_state_view(
+    state: Any, board: Any, pad: Any, at: int | None, *, unserved: bool = False
+) -> Group:
     """A run's state as panels: header, tasks, pending approvals (reasoning beside the action),
-    blackboard, scratchpad, and anomalies found in the log."""
+    blackboard, scratchpad, and anomalies found in the log. ``unserved``: the run is one agents
+    move on (planning, running), and none are served for its store here."""
     when = f"at position {at}" if at is not None else f"at position {state.last_position}"
     style = _STATUS_STYLES.get(state.status.value, "white")
     header = Table.grid(padding=(0, 2))
-    header.add_row("status", f"[{style}]{state.status.value}[/]")
+    status = f"[{style}]{state.status.value}[/]"
+    if unserved:
+        # The log says where the run is, not that anything works on it: nothing does until
+        # agents are started for its store (the same test as `approve`'s hint).
+        status += (
+            " — [bold yellow]waiting for agents[/]: start [bold]agentledger serve[/] (none "
+            "are served for this store on this machine; an [bold]agentledger run[/] on it also "
+            "moves it, while it lasts)"
+        )
+    header.add_row("status", status)
     header.add_row("goal", escape(state.goal) if state.goal else "[dim](not started)[/]")
     if state.parent_run:
         header.add_row("forked from", f"{state.parent_run} at position {state.parent_position}")

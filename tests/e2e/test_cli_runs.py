@@ -318,6 +318,42 @@ def test_runs_and_status_show_a_run(sqlite_url: str) -> None:
     assert code == 1 and "run-nope" in output
 
 
+def test_status_says_a_running_run_waits_for_agents_when_none_are_served(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # From a tester: approved with no `agentledger serve`, the run showed `running` though
+    # nothing ran it.
+    import socket
+
+    from agentledger.actors.runtime import _process_start
+    from agentledger.config import store_namespace
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # where `serve` records its agents
+    with EventStore.open(sqlite_url) as store:
+        run, _ = write_sample_run(store)
+    code, output = invoke("status", run, "--store", sqlite_url)
+    assert code == 0 and "waiting for agents" not in output  # it waits for a human
+    code, output = invoke("approve", run, "a2", "--store", sqlite_url)
+    assert code == 0, output
+    code, output = invoke("status", run, "--store", sqlite_url)
+    flat = " ".join(output.split())
+    assert code == 0 and "running — waiting for agents: start agentledger serve" in flat, output
+    code, output = invoke("state", run, "--at", "8", "--store", sqlite_url)  # the past: no
+    assert code == 0 and "running" in output and "waiting for agents" not in output
+    # Served (a live record of `serve`'s, its Ray port answering): the agents move it on.
+    with socket.create_server(("127.0.0.1", 0)) as ray_port:
+        record = {
+            "address": f"127.0.0.1:{ray_port.getsockname()[1]}",
+            "pid": os.getpid(),
+            "started": _process_start(os.getpid()),
+        }
+        served = tmp_path / ".agentledger" / "served" / f"{store_namespace(sqlite_url)}.json"
+        served.parent.mkdir(parents=True)
+        served.write_text(json.dumps(record))
+        code, output = invoke("status", run, "--store", sqlite_url)
+    assert code == 0 and "running" in output and "waiting for agents" not in output
+
+
 @pytest.mark.parametrize("columns", ["80", "160"])
 def test_runs_lists_one_line_a_run_however_long_its_goal(sqlite_url: str, columns: str) -> None:
     goal = "tidy the customer records " * 20
