@@ -205,11 +205,12 @@ def run_state_view(
         tasks = Table(title="tasks", header_style="bold", title_justify="left")
         for col in ("task", "role", "status", "depends on", "goal / result"):
             tasks.add_column(col, overflow="fold")
+        waits = _waiting_tasks(state)
         for t in state.tasks.values():
             tasks.add_row(
                 t.task_id,
                 t.role.value,
-                t.status.value,
+                waits.get(t.task_id, t.status.value),
                 ", ".join(t.depends_on),
                 escape(t.result or t.goal),
             )
@@ -260,6 +261,21 @@ def run_state_view(
             )
         )
     return Group(*parts)
+
+
+def _waiting_tasks(state: Any) -> dict[str, str]:
+    """Task id -> its status cell, for the tasks whose action waits for a human: in the
+    projection the task keeps its status (assigned) until the action is decided, which
+    reads as if an agent were at work on it."""
+    waits: dict[str, list[str]] = {}
+    for action_id in state.pending_approvals:
+        action = state.actions.get(action_id)
+        if action is not None and action.task_id is not None:
+            waits.setdefault(action.task_id, []).append(action_id)
+    return {
+        task: f"[bold yellow]waiting_for_approval[/] ({escape(', '.join(actions))})"
+        for task, actions in waits.items()
+    }
 
 
 def blackboard_table(entries: list[Any], *, title: str) -> Table:

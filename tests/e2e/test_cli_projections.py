@@ -79,6 +79,22 @@ def test_state_now_and_in_the_past(cli: Cli, run: str) -> None:
     assert past["blackboard"]["entries"] == {} and past["run"]["pending_approvals"] == {}
 
 
+def test_a_task_whose_action_waits_for_a_human_shows_it(cli: Cli, run: str) -> None:
+    # From a tester: while its action waited for approval, a task read `assigned`, as if an
+    # agent were at work on it.
+    def row(output: str, task: str) -> str:
+        return next(line for line in output.splitlines() if line.startswith(f"│ {task} "))
+
+    assert "waiting_for_approval (a2)" in row(ok(cli("state", run)), "t3")
+    assert "waiting_for_approval" not in row(ok(cli("state", run)), "t2")
+    assert "waiting_for_approval" not in row(ok(cli("state", run, "--at", "16")), "t3")
+    with EventStore.open(cli.url) as store:
+        state = RunStateProjection().fold(store.read(run))
+    assert state.tasks["t3"].status == "planned"  # the projection's data is as it was
+    ok(cli("approve", run, "a2"))
+    assert "waiting_for_approval" not in row(ok(cli("state", run)), "t3")
+
+
 def test_blackboard(cli: Cli, run: str) -> None:
     output = ok(cli("blackboard", run))
     assert "Customer data is kept 2 years" in output and "retention" in output
