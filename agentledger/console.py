@@ -76,10 +76,24 @@ def summarize(event: Envelope, width: int = 100) -> str:
             break
     if "risk" in payload:
         parts.append(f"risk={payload['risk']}")
-    text = "  ".join(parts) if parts else _short(payload)
+    text = _sentence(event, payload) or ("  ".join(parts) if parts else _short(payload))
     # Escaped: payloads hold models' and users' words, which rich would read as markup (a
     # "[/x]" in a goal made every command that shows it end in a traceback).
     return escape(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def _sentence(event: Envelope, payload: dict[str, Any]) -> str | None:
+    """The digest of the types whose fields read as raw JSON to the headline fields (a model
+    request has none of them; a steering event's reason is often empty); None for others."""
+    if event.type == "model.requested":
+        sha = f"sha256 {payload['prompt_hash'][:8]}…"
+        prompt = "prompt" if payload.get("prompt") is not None else "prompt not kept, its"
+        context = counted(len(payload["context_event_ids"]), "context event")
+        return f"asks {payload['provider']}:{payload['model']} ({prompt} {sha}, {context})"
+    if event.type in ("run.paused", "run.resumed", "run.cancelled"):
+        reason = payload.get("reason") or ""
+        return f"by {event.actor}" + (f": {_short(reason)}" if reason else "")
+    return None
 
 
 def counted(n: int, noun: str) -> str:

@@ -505,6 +505,50 @@ def test_control_characters_in_the_log_are_shown_not_obeyed(cli: Cli) -> None:
         assert "\\x1b" in shown, args
 
 
+def test_log_and_the_live_view_summarize_model_requests_and_steering(cli: Cli, run: str) -> None:
+    # From a tester: these showed as raw JSON ({"reason": ""}, {"request_id": …).
+    import getpass
+
+    from rich.console import Console
+
+    from agentledger.console import progress_line
+
+    ok(cli("pause", run, "--reason", "lunch"))
+    ok(cli("resume", run))
+    with EventStore.open(cli.url) as store:
+        events = store.read(run)
+        store.append(
+            run,
+            [
+                ModelRequested(
+                    actor="agent:review/v1",
+                    payload={
+                        "request_id": "m-9",
+                        "provider": "openai",
+                        "model": "gpt-4o-mini",
+                        "prompt_hash": "f" * 64,  # hash only: no prompt kept
+                    },
+                )
+            ],
+        )
+    [asked] = [e for e in events if e.type == "model.requested"]
+    paused, resumed = events[-2:]
+    me = f"human:{getpass.getuser()}"
+    shown = " ".join(ok(cli("log", run)).split())
+    p = asked.payload
+    n = len(p.context_event_ids)
+    assert f"asks {p.provider}:{p.model} (prompt sha256 {p.prompt_hash[:8]}…, {n} context" in shown
+    assert "asks openai:gpt-4o-mini (prompt not kept, its sha256 ffffffff…, 0 context events)" in (
+        shown
+    )
+    assert f"by {me}: lunch" in shown and '{"reason"' not in shown and '{"request_id"' not in shown
+    console = Console(width=300, record=True, highlight=False)
+    for event in (paused, resumed):
+        console.print(progress_line(event))
+    live = console.export_text()
+    assert f"by {me}: lunch" in live and live.rstrip().endswith(f"by {me}")
+
+
 def test_log_and_the_live_view_say_why_a_model_call_or_an_action_failed(cli: Cli) -> None:
     from rich.console import Console
 
