@@ -434,12 +434,27 @@ def blackboard_command(
                 json.dumps([e.model_dump(mode="json") for e in entries], indent=2) + "\n"
             )
             return
-        out.print(
-            blackboard_table(
-                entries,
-                title=f"blackboard of {run}" + (f" at position {at}" if at is not None else ""),
-            )
-        )
+        where = f"{run}" + (f" at position {at}" if at is not None else "")
+        if not entries:  # an empty table said nothing of what was asked
+            asked = [f"kind {kind}"] if kind is not None else []
+            asked += [f"topic {topic!r}"] if topic is not None else []
+            held = len(state.entries)
+            if not held:
+                what = f"the blackboard of {where} has no entries"
+            elif not asked:  # every entry superseded, and --history not given
+                what = (
+                    f"no current entries on the blackboard of {where}: all {held} are "
+                    "superseded (--history shows them)"
+                )
+            else:
+                scope = "entries, superseded ones included," if history else "current entries"
+                what = (
+                    f"no {scope} on the blackboard of {where} match {' and '.join(asked)}; it "
+                    f"holds {held} {'entry' if held == 1 else 'entries'} in all"
+                )
+            out.print(f"[dim]{escape(what)}[/]")
+            return
+        out.print(blackboard_table(entries, title=f"blackboard of {where}"))
 
     _run(body)
 
@@ -648,10 +663,27 @@ def memory_search_command(
                 check_position(store, at)
             with _memory_as_of(store, at) as memory:
                 hits = memory.search(query, k=k, user=user, as_of=at, mode=mode)  # type: ignore[arg-type]
+                stored = memory.count()  # up to --at: the table holds no later memory
         if as_json:
             sys.stdout.write(json.dumps([h.__dict__ for h in hits], indent=2) + "\n")
+        elif not stored:  # not "no match": there is nothing to match yet
+            when = (
+                f"was empty at position {at}: no run had stored a memory by then"
+                if at is not None
+                else "is empty: no run has stored a memory yet"
+            )
+            out.print(
+                f"[dim]long-term memory {when} (a run stores one of what it did when it "
+                "completes)[/]"
+            )
         elif not hits:
-            out.print("[dim]no memories match[/]")
+            whose = f" of user {user}" if user is not None else ""
+            out.print(
+                f"[dim]no memories{escape(whose)} match {escape(repr(query))} "
+                f"({stored:,} {'memory' if stored == 1 else 'memories'} stored"
+                + (f" up to position {at}" if at is not None else "")
+                + ")[/]"
+            )
         else:
             out.print(memories_table(hits))
 

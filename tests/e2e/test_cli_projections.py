@@ -105,6 +105,27 @@ def test_blackboard(cli: Cli, run: str) -> None:
     assert [e["entry_id"] for e in entries] == ["b1"] and entries[0]["position"] == 9
 
 
+def test_an_empty_answer_says_what_was_asked(cli: Cli, run: str, tmp_path: Path) -> None:
+    # From a tester: an empty table, or "no memories match" when nothing was ever stored.
+    def said(cli: Cli, *args: str) -> str:
+        return " ".join(ok(cli(*args)).split())
+
+    shown = said(cli, "blackboard", run, "--kind", "question", "--history")
+    assert f"no entries, superseded ones included, on the blackboard of {run} match kind" in shown
+    assert "question; it holds 1 entry in all" in shown and "┏" not in shown
+    shown = said(cli, "blackboard", run, "--topic", "nope", "--kind", "fact")
+    assert "no current entries" in shown and "match kind fact and topic 'nope'" in shown
+    shown = said(cli, "blackboard", run, "--at", "3")
+    assert f"the blackboard of {run} at position 3 has no entries" in shown
+    assert "Customer data is kept" in said(cli, "blackboard", run, "--kind", "fact")
+
+    fresh = Cli(f"sqlite:///{tmp_path / 'fresh.db'}", tmp_path / "fresh-cache")
+    with EventStore.open(fresh.url) as store:
+        start_run(store, "tidy up")  # a run that has not completed: no memory stored
+    shown = said(fresh, "memory", "search", "retention")
+    assert "long-term memory is empty: no run has stored a memory yet (a run stores one" in shown
+
+
 def test_context_of_an_agent_at_a_position(cli: Cli, run: str) -> None:
     output = ok(cli("context", run, "--agent", "execution", "--at", "12", "--budget", "2000"))
     flat = " ".join(output.split())  # the title wraps to the width of the table
@@ -208,8 +229,11 @@ def test_memory_search(cli: Cli, run: str) -> None:
     assert [h["memory_id"] for h in hits] == ["mem1"] and hits[0]["position"] == 10
     for mode in ("vector", "text"):
         assert "mem1" in ok(cli("memory", "search", "retention", "--mode", mode))
-    assert "no memories match" in ok(cli("memory", "search", "retention", "--at", "9"))
-    assert "no memories match" in ok(cli("memory", "search", "retention", "--user", "zed"))
+    # Before mem1 (position 10) there was nothing to match; user zed has none of the one there.
+    early = " ".join(ok(cli("memory", "search", "retention", "--at", "9")).split())
+    assert "long-term memory was empty at position 9: no run had stored a memory" in early
+    zed = " ".join(ok(cli("memory", "search", "retention", "--user", "zed")).split())
+    assert "no memories of user zed match 'retention' (1 memory stored)" in zed
 
 
 def test_memory_search_at_ranks_as_a_search_then_did(
