@@ -1110,8 +1110,13 @@ def run_command(
     ] = None,
     model: ModelOption = None,
     user: Annotated[
-        str, typer.Option("--user", envvar="USER", help="Who starts the run.")
-    ] = "anonymous",
+        str | None,
+        typer.Option(
+            "--user",
+            help="Who starts the run. Default: your OS account (as approve records it).",
+            show_default=False,
+        ),
+    ] = None,
     timeout: Annotated[
         float | None,
         typer.Option(
@@ -1145,7 +1150,12 @@ def run_command(
     )
 
 
-def _principal_name(user: str) -> str:
+def _principal_name(user: str | None) -> str:
+    """``user`` as a principal's name; by default the OS account, as ``approve`` takes it
+    (a run started with no $USER was human:anonymous, its approval human:root)."""
+    from agentledger.control import os_user
+
+    user = user or os_user() or ""
     cleaned = "".join(c if c.isalnum() or c in "_.@-" else "-" for c in user)[:64]
     return cleaned or "anonymous"
 
@@ -1195,7 +1205,14 @@ def fork_command(
     ],
     model: ModelOption = None,
     note: Annotated[str, typer.Option("--note", help="Why this fork, for the audit trail.")] = "",
-    user: Annotated[str, typer.Option("--user", envvar="USER", help="Who forks.")] = "anonymous",
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user",
+            help="Who forks. Default: your OS account (as approve records it).",
+            show_default=False,
+        ),
+    ] = None,
     timeout: Annotated[
         float | None,
         typer.Option(
@@ -1819,8 +1836,13 @@ def audit_export_command(
         typer.Option("--key", help="ed25519 private key (PEM) to sign the manifest with."),
     ] = None,
     user: Annotated[
-        str, typer.Option("--as", envvar="USER", help="Who exports (recorded in the manifest).")
-    ] = "anonymous",
+        str | None,
+        typer.Option(
+            "--as",
+            help="Who exports (recorded in the manifest). Default: your OS account.",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[
         bool,
         typer.Option(

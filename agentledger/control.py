@@ -72,6 +72,16 @@ class Human:
         return f"human:{self.name}"
 
 
+def os_user() -> str | None:
+    """The OS account this process acts for ($LOGNAME, $USER, …, else the account of its
+    uid): whom humans' commands record by default, for a run as for a decision. None where
+    no account can be told (a uid with none, as in some containers)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # KeyError before Python 3.13
+        return None
+
+
 def authenticate(
     name: str | None, approvers: dict[str, Approver], *, source: str | None = None
 ) -> Human:
@@ -81,11 +91,11 @@ def authenticate(
     the approver role; naming someone else is refused. ``source``, the settings file the
     approvers were read from (None: there was none), is named in the refusals.
     """
-    os_user = getpass.getuser()
-    name = name or os_user
+    account = _os_account()
+    name = name or account
     where = source or "the settings file"
     if not approvers:
-        if name != os_user:
+        if name != account:
             configured = (
                 f"no [approvers] are configured in {source}"
                 if source
@@ -93,7 +103,7 @@ def authenticate(
                 "./agentledger.toml, or one named by --config or $AGENTLEDGER_CONFIG)"
             )
             raise NotAuthorized(
-                f"--as {name}: you are the OS user {os_user!r}, and {configured} to let you act "
+                f"--as {name}: you are the OS user {account!r}, and {configured} to let you act "
                 "as someone else"
             )
         return Human(name, (APPROVER_ROLE,))
@@ -111,12 +121,22 @@ def authenticate(
                 f"acting as {name} needs their token in ${TOKEN_ENV} (its SHA-256 is configured "
                 f"in [approvers.{name}] of {where})"
             )
-    elif os_user not in (approver.os_users or [name]):
+    elif account not in (approver.os_users or [name]):
         raise NotAuthorized(
-            f"the OS user {os_user!r} may not act as {name}; add it to "
+            f"the OS user {account!r} may not act as {name}; add it to "
             f"[approvers.{name}] os_users in {where}, or configure a token"
         )
     return Human(name, tuple(approver.roles))
+
+
+def _os_account() -> str:
+    account = os_user()
+    if account is None:
+        raise NotAuthorized(
+            f"cannot tell this process's OS account (uid {os.getuid()} has none, and $LOGNAME "
+            "and $USER are unset): a decision needs one; set $USER to your account's name"
+        )
+    return account
 
 
 def human_event(cls: type[_E], options: Mapping[str, str], /, **fields: Any) -> _E:

@@ -99,6 +99,26 @@ def test_keygen_export_and_verify_round_trip(run_url: tuple[str, str], tmp_path:
     assert code == 1 and "signature does not verify" in output
 
 
+def test_export_records_the_os_account_as_approve_does(
+    run_url: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With no $USER it was human:anonymous (run and fork took their user the same way).
+    import getpass
+
+    monkeypatch.delenv("USER", raising=False)
+    run, url = run_url
+    out = tmp_path / "run.jsonl"
+    code, output = invoke("audit", "export", run, "--out", str(out), "--store", url)
+    assert code == 0, output
+    manifest = json.loads(out.read_text().splitlines()[-1])["manifest"]
+    assert manifest["exporter"] == f"human:{getpass.getuser()}" != "human:anonymous"
+    code, output = invoke(
+        "audit", "export", run, "--out", str(out), "--as", "ada", "--force", "--store", url
+    )
+    assert code == 0, output
+    assert json.loads(out.read_text().splitlines()[-1])["manifest"]["exporter"] == "human:ada"
+
+
 def test_bad_input_gets_a_clear_message_and_writes_nothing(
     run_url: tuple[str, str], tmp_path: Path
 ) -> None:

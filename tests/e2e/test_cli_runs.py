@@ -671,6 +671,33 @@ def test_run_exits_3_and_says_how_to_decide_when_an_action_waits(
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
+def test_run_records_who_started_it_as_approve_records_who_decided(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # From a tester: with no $USER, `run` recorded human:anonymous, and the approval of its
+    # action the OS account (human:root).
+    monkeypatch.delenv("USER", raising=False)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "old.txt").write_text("x")
+    code, output = invoke(
+        "run", "delete the file old.txt", "--workspace", str(workspace), "--store", sqlite_url
+    )
+    assert code == 3, output
+    with EventStore.open(sqlite_url) as store:
+        [run] = [s.stream for s in store.streams("run-")]
+        started = store.read(run)[0]
+        action = store.read(run)[-1].payload.action_id
+    code, output = invoke("approve", run, action, "--store", sqlite_url)
+    assert code == 0, output
+    with EventStore.open(sqlite_url) as store:
+        granted = store.read(run)[-1]
+    assert granted.type == "approval.granted"
+    assert started.actor == granted.actor == f"human:{started.payload.user}" != "human:anonymous"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
 def test_a_runs_models_are_not_given_to_other_runs_waiting_in_the_log(
     sqlite_url: str, tmp_path: Path
 ) -> None:
