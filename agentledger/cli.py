@@ -1492,7 +1492,11 @@ def replay_command(
         str | None, typer.Option("--to-event", help="Replay up to this event id (a UUID).")
     ] = None,
     step: Annotated[
-        bool, typer.Option("--step", help="Walk forward event by event (Enter: next, q: stop).")
+        bool,
+        typer.Option(
+            "--step",
+            help="Walk forward event by event (Enter: next; q and Enter, or Ctrl-D: stop).",
+        ),
     ] = False,
     as_json: JsonOption = False,
     store_url: StoreOption = None,
@@ -1540,10 +1544,19 @@ def replay_command(
         if step:
             state = fold.initial()
             interactive = sys.stdin.isatty()
+            if interactive:
+                err.print("[dim]Enter: the next event; q and Enter, or Ctrl-D: stop[/]")
             for e in events:
                 state = fold.apply(state, e)
                 out.print(f"{event_line(e)}  [dim]→ {state.status.value}[/]")
-                if interactive and input().strip().lower() == "q":
+                if not interactive:
+                    continue
+                try:
+                    answer = input()
+                except EOFError:  # Ctrl-D: a way to stop, not an error (click's "Aborted!")
+                    err.print(f"[dim]stopped at v{e.version} (position {e.position})[/]")
+                    break
+                if answer.strip().lower() == "q":
                     break
             return
         state = fold.fold(events)

@@ -393,6 +393,35 @@ def test_replay_to_a_position_or_an_event_and_step_through(cli: Cli, run: str) -
     assert all(d["position"] <= 12 for d in doc["decisions"])
 
 
+def test_replay_step_says_how_to_step_and_ends_cleanly_on_ctrl_d(cli: Cli, run: str) -> None:
+    # From a tester: no word of which keys step, and Ctrl-D printed "Aborted!" with exit 1.
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    controller, terminal = pty.openpty()  # --step reads keys only from a terminal
+    try:
+        replay = subprocess.Popen(
+            [sys.executable, "-m", "agentledger.cli", "replay", run, "--step", "--store", cli.url],
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ | {"COLUMNS": "200"},
+        )
+        os.write(controller, b"\n")  # one step on, then Ctrl-D at the start of a line
+        os.write(controller, b"\x04")
+        stdout, stderr = replay.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert replay.returncode == 0, stdout + stderr
+    assert "Enter: the next event; q and Enter, or Ctrl-D: stop" in stderr
+    assert [line for line in stdout.splitlines() if "→" in line][-1].split()[2] == "v2"
+    assert "stopped at v2 (position 2)" in stderr and "Aborted" not in stdout + stderr
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
