@@ -120,6 +120,7 @@ def _plan(parts: dict[str, str]) -> d.Plan:
 # ------------------------------------------------------------------ research
 
 _NOTHING_FOUND = "No source in the docs folder or long-term memory mentions: "
+_MEMORY_SOURCE = re.compile(r"memory [^\s:]+$")  # a memory by id; a document is PATH:LINE
 _SOURCE_LINE = re.compile(r"^\s*[-*]\s*(?P<source>.+?):\s+(?P<snippet>.*\S)\s*$")
 _STOPWORDS = _RESEARCH_VERBS | _word_set(
     "the and for with that this from into are was were what which how does did about our "
@@ -154,7 +155,7 @@ def _research(parts: dict[str, str]) -> d.Findings:
     best: list[tuple[int, int, str, str]] = []
     memories = 0
     for item in sorted((item for item in scored if item[0] > 0), key=lambda x: (-x[0], x[1])):
-        memory = item[2].startswith("memory ")
+        memory = _MEMORY_SOURCE.match(item[2]) is not None
         if not (memory and memories):
             best.append(item)
             memories += memory

@@ -27,6 +27,7 @@ from agentledger.console import (
     events_table,
     memories_table,
     out,
+    printable,
     run_state_view,
     streams_table,
 )
@@ -97,7 +98,7 @@ def _store(
     url = _store_url(url, config)
     from agentledger.events._backends import no_store_at
 
-    missing = no_store_at(url)
+    missing = no_store_at(url, servers=not create)  # a server's store is made where named
     if missing is not None:
         reason, creatable = missing
         if not creatable:  # another program's database: never given our tables
@@ -121,14 +122,6 @@ def _store_url(url: str | None, config: Path | None = None) -> str:
     from agentledger.config import load_settings
 
     return load_settings(config).store or default_store_url()
-
-
-def _missing_store(url: str | None) -> Path | None:
-    """The SQLite file that ``url`` names if it does not exist (None otherwise)."""
-    from agentledger.events._backends import sqlite_file
-
-    path = sqlite_file(_store_url(url))
-    return path if path is not None and not path.exists() else None
 
 
 def _run(action: Callable[[], T]) -> T:
@@ -300,8 +293,13 @@ def schema_command(
 
     def body() -> None:
         try:
-            # The store of $AGENTLEDGER_STORE / agentledger.toml, as the other commands take it.
-            written = write_schemas(out_dir, overwrite=force, store_url=_store_url(None))
+            # Never over the store of $AGENTLEDGER_STORE / agentledger.toml, as the other
+            # commands take it; a settings file that cannot be read names none.
+            try:
+                store = _store_url(None)
+            except ConfigurationError:
+                store = None
+            written = write_schemas(out_dir, overwrite=force, store_url=store)
         except OSError as exc:
             raise AgentLedgerError(f"cannot write schemas to {out_dir}: {exc}") from exc
         out.print(f"wrote {len(written)} schema files to {out_dir}")
@@ -864,7 +862,10 @@ def _interrupts_deferred() -> Iterator[list[int]]:
     empty); a second one at once. Ray's processes started half-way (its agents lingered for a
     minute after a Ctrl-C while a local Ray started) are then stopped as a whole."""
     got: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # e.g. ignored
+    ):
         yield got
         return
 
@@ -1259,13 +1260,15 @@ def runs_command(
     from agentledger.projections import RunStateProjection
 
     def body() -> None:
-        missing = _missing_store(store_url)
-        if missing is not None and as_json:
-            sys.stdout.write("[]\n")
-            return
-        if missing is not None:  # not an error: no run was started here yet
+        from agentledger.events._backends import no_store_at
+
+        missing = no_store_at(_store_url(store_url))
+        if missing is not None and missing[1]:  # no log yet where one may be made: no runs
+            if as_json:
+                sys.stdout.write("[]\n")
+                return
             out.print(
-                f"[dim]no store at {missing} yet (nothing was created); start a run with "
+                f"[dim]{escape(missing[0])} yet (nothing was created); start a run with "
                 'agentledger run "GOAL" or agentledger demo, or name another with --store[/]'
             )
             return
@@ -1948,7 +1951,8 @@ def audit_report_command(
             url = store.url
         text = audit_report(events)
         if out_file is None:
-            sys.stdout.write(text)
+            # At a terminal its control characters are shown, not obeyed; a file gets them.
+            sys.stdout.write(printable(text) if sys.stdout.isatty() else text)
             return
         write_text(out_file, text, overwrite=force, store_url=url)
         out.print(f"wrote the audit report of {run} to {out_file}")

@@ -57,11 +57,16 @@ _HEADLINE_FIELDS = (
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters (other than tab and new line) as ``\\xNN``, which a
+    terminal would otherwise act on (colours, clearing the screen, moving the cursor) when it
+    shows words a model or a person wrote."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def escape(text: str) -> str:
-    """``text`` shown as it is written: rich's markup escaped, and control characters (other
-    than tab and new line) as ``\\xNN``, which a terminal would otherwise act on (colours,
-    clearing the screen, moving the cursor) when it shows words a model or a person wrote."""
-    return escape_markup(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
+    """``text`` shown as it is written in rich markup: ``printable``, its markup escaped."""
+    return escape_markup(printable(text))
 
 
 def summarize(event: Envelope, width: int = 100) -> str:
@@ -337,7 +342,7 @@ def context_view(context: Any) -> Group:
     return Group(
         usage,
         Text("from: " + "; ".join(refs), style="dim") if refs else Text(""),
-        Panel(Text(context.text()), title="prompt context", title_align="left"),
+        Panel(Text(printable(context.text())), title="prompt context", title_align="left"),
     )
 
 
@@ -352,7 +357,9 @@ def recorded_prompt_view(asked: Any) -> Group:
     head.add_row("prompt", f"{len(p.prompt):,} characters, {check}")
     n = len(p.context_event_ids)
     head.add_row("context from", f"{counted(n, 'event')} of the log")
-    return Group(head, Panel(Text(p.prompt), title="recorded prompt", title_align="left"))
+    return Group(
+        head, Panel(Text(printable(p.prompt)), title="recorded prompt", title_align="left")
+    )
 
 
 def memories_table(hits: list[Any]) -> Table:

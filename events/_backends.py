@@ -1191,6 +1191,23 @@ _MAX_NAME_BYTES = 63
 _DEFAULTS = {"schema": "public", "pool_size": "4", "sslmode": "prefer"}
 
 
+def _pg_connect(s: PostgresSettings) -> Any:
+    """A plain autocommit connection with the store's settings (the pool makes the others)."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    return psycopg.connect(
+        make_conninfo("", **dict(s.connection)),
+        host=s.host,
+        port=s.port,
+        dbname=s.dbname,
+        user=s.user,
+        password=s.password or None,
+        connect_timeout=5,
+        autocommit=True,
+    )
+
+
 def parse_postgres_url(url: str) -> PostgresSettings:
     """Parse ``postgresql://user:pass@host:port/db?schema=s&pool_size=n`` (clear errors)."""
     try:
@@ -1474,20 +1491,7 @@ class PostgresBackend(Backend):
         self.reader = self.recorder
 
     def _connect(self) -> Any:
-        import psycopg
-        from psycopg.conninfo import make_conninfo
-
-        s = self.settings
-        return psycopg.connect(
-            make_conninfo("", **dict(s.connection)),
-            host=s.host,
-            port=s.port,
-            dbname=s.dbname,
-            user=s.user,
-            password=s.password or None,
-            connect_timeout=5,
-            autocommit=True,
-        )
+        return _pg_connect(self.settings)
 
     def _prepare(self, make_recorder: Callable[[], None]) -> None:
         """Check the server is reachable, then create schema, tables and functions.
@@ -1783,7 +1787,7 @@ def store_files(url: str) -> list[Path]:
     return [path, *(path.with_name(path.name + suffix) for suffix in _SIDECARS)]
 
 
-def no_store_at(url: str) -> tuple[str, bool] | None:
+def no_store_at(url: str, *, servers: bool = True) -> tuple[str, bool] | None:
     """Why ``url`` names no agentledger store, found without writing anything, and whether one
     may be made there (not in another program's SQLite database); None if it names one, a
     memory store, or a place the store's opening will report on itself (a server that does not
@@ -1791,6 +1795,7 @@ def no_store_at(url: str) -> tuple[str, bool] | None:
 
     Opening a store makes its tables: a command that only reads asks this first, so that a typo
     in a path or a schema, or another program's database, is reported, not given our tables.
+    ``servers=False``: a server's store is not looked at (one may always be made there).
     """
     url = url.strip()
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -1812,22 +1817,10 @@ def no_store_at(url: str) -> tuple[str, bool] | None:
         if not tables:
             return f"no store at {file}: the file is empty", True
         return f"no store at {file}: it holds {', '.join(sorted(tables))}, not a log", False
-    if scheme in ("postgresql", "postgres"):
+    if scheme in ("postgresql", "postgres") and servers:
         settings = parse_postgres_url(url)
         try:
-            import psycopg
-            from psycopg.conninfo import make_conninfo
-
-            with psycopg.connect(
-                make_conninfo("", **dict(settings.connection)),
-                host=settings.host,
-                port=settings.port,
-                dbname=settings.dbname,
-                user=settings.user,
-                password=settings.password or None,
-                connect_timeout=5,
-                autocommit=True,
-            ) as conn:
+            with _pg_connect(settings) as conn:
                 found = conn.execute(
                     "SELECT 1 FROM information_schema.tables "
                     "WHERE table_schema = %s AND table_name = 'stored_events'",

@@ -6,8 +6,9 @@ role that appended it, and its payload with those volatile parts taken out: time
 durations, prompts (they quote positions), and derived ids, renamed in order of first
 appearance in each run (the first action is ``a#1`` in both). An event named by its id (what a
 summary covers) is named by its place in the run. A summary of an agent's history is compared
-on what it covers, not on its positions and text, which quote positions. What remains is what
-was decided.
+on what it covers, not on its positions; its text too when a model wrote it (the positions its
+lines begin with taken out), not when the offline summarizer cut it from the lines themselves.
+What remains is what was decided.
 
 A fork is the exception: it inherits its parent's first events, ids included (after its own
 ``run.forked``). Runs that share such a history (a parent and its fork, two forks of one run, a
@@ -34,7 +35,13 @@ _VOLATILE = frozenset(
 )
 # Left out of a summary that names the events it covers (schema 2): their positions (never
 # the same in two runs) and its text, which quotes them.
-_SUMMARY_VOLATILE = frozenset({"from_position", "to_position", "summary"})
+_SUMMARY_VOLATILE = frozenset({"from_position", "to_position"})
+_KINDED = re.compile(r"(a|m|mem)-")  # derived ids named by kind: a#1, m#2, mem#3
+# The offline summarizer's text is the covered events' lines cut at a width (their positions
+# included, so cut elsewhere): what it covers says it all. A model's summary is its words:
+# compared, with the positions that begin its lines taken out.
+_OFFLINE_SUMMARIZER = "offline-extractive"
+_LINE_POSITION = re.compile(r"^\[\d+\] ", re.M)
 _UUID = r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
 _DERIVED_ID = re.compile(
     rf"{_UUID}|\b(a|m|mem)-[0-9a-f]{{12}}\b|\b[0-9a-f]{{16}}\b|\b[0-9a-f]{{64}}\b"
@@ -74,7 +81,7 @@ class _Renamer:
             if place is not None:
                 return place
             if token not in self._names:
-                kind = token.split("-", 1)[0] if token[:3] in ("a-", "m-", "mem") else "id"
+                kind = token.split("-", 1)[0] if _KINDED.match(token) else "id"
                 self._names[token] = f"{kind}#{len(self._names) + 1}"
             return self._names[token]
 
@@ -96,6 +103,10 @@ def view(event: Event) -> dict[str, Any]:
     payload = _steady(event.payload.model_dump(mode="json"))
     if event.type == "context.summarized" and payload.get("from_event") is not None:
         payload = {k: v for k, v in payload.items() if k not in _SUMMARY_VOLATILE}
+        if payload.get("model") == _OFFLINE_SUMMARIZER:
+            del payload["summary"]
+        else:
+            payload["summary"] = _LINE_POSITION.sub("[…] ", payload["summary"])
     return {"type": event.type, "by": event.actor, "payload": payload}
 
 

@@ -556,6 +556,9 @@ def test_control_characters_in_the_log_are_shown_not_obeyed(cli: Cli) -> None:
         shown = ok(cli(*args))
         assert "\x1b" not in shown and "\x07" not in shown, args
         assert "\\x1b" in shown, args
+    from agentledger.console import printable  # as the prompt and context panels show text
+
+    assert printable("a\x1b[2Jb\tc\n\x07") == "a\\x1b[2Jb\tc\n\\x07"
 
 
 def test_log_and_the_live_view_summarize_model_requests_and_steering(cli: Cli, run: str) -> None:

@@ -45,7 +45,9 @@ def test_a_tools_nested_duration_and_the_prompts_size_are_not_decisions(
     assert found is not None and found.index == 2
 
 
-def _summarized(store: EventStore, stream: str, covers: slice, at: int) -> list:
+def _summarized(
+    store: EventStore, stream: str, covers: slice, at: int, words: str = "k = 1"
+) -> list:
     """A run whose research agent's summary covers ``covers`` of its first three events,
     written as if its events stood at positions from ``at`` (two runs never share them)."""
     history = store.append(
@@ -63,7 +65,7 @@ def _summarized(store: EventStore, stream: str, covers: slice, at: int) -> list:
             "agent": "research",
             "from_position": at + history.index(first),
             "to_position": at + history.index(last),
-            "summary": f"[{at}] scratchpad.updated by agent:research/1: k = 1",
+            "summary": f"[{at}] scratchpad.updated by agent:research/1: {words}",
             "model": "offline:summary",
             "from_event": first.id,
             "to_event": last.id,
@@ -86,3 +88,15 @@ def test_a_summary_is_compared_on_the_events_it_covers_not_on_their_positions(
     assert found.left_compared is not None and found.right_compared is not None
     assert found.left_compared["payload"]["from_event"] == "event#1"
     assert found.right_compared["payload"]["from_event"] == "event#0"
+    # A model's summary is its words: other words are another decision.
+    d = _summarized(memory_store, "run-d", slice(1, 3), at=203, words="k was deleted")
+    found = first_divergence(a, d)
+    assert found is not None and found.index == 3
+
+
+def test_derived_ids_are_named_by_kind_in_order() -> None:
+    from agentledger.projections.diff import _Renamer
+
+    rename = _Renamer()
+    text = "a-0123456789ab m-0123456789ab mem-0123456789ab 0123456789abcdef"
+    assert rename(text) == "a#1 m#2 mem#3 id#4"
