@@ -677,15 +677,8 @@ def test_run_records_who_started_it_as_approve_records_who_decided(
     # From a tester: with no $USER, `run` recorded human:anonymous, and the approval of its
     # action the OS account (human:root).
     monkeypatch.delenv("USER", raising=False)
-    workspace = tmp_path / "ws"
-    workspace.mkdir()
-    (workspace / "old.txt").write_text("x")
-    code, output = invoke(
-        "run", "delete the file old.txt", "--workspace", str(workspace), "--store", sqlite_url
-    )
-    assert code == 3, output
+    run = _run_waiting_to_delete(sqlite_url, tmp_path)
     with EventStore.open(sqlite_url) as store:
-        [run] = [s.stream for s in store.streams("run-")]
         started = store.read(run)[0]
         action = store.read(run)[-1].payload.action_id
     code, output = invoke("approve", run, action, "--store", sqlite_url)
@@ -746,9 +739,9 @@ def test_a_runs_models_are_not_given_to_other_runs_waiting_in_the_log(
     assert "private" not in json.dumps(server.chat_requests[0].body)
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("ray_session")
-def test_fork_from_the_cli_and_its_lineage_in_runs(sqlite_url: str, tmp_path: Path) -> None:
+def _run_waiting_to_delete(sqlite_url: str, tmp_path: Path) -> str:
+    """A run from the CLI, in a workspace of its own, that waits for the approval to delete
+    a file there; its stream."""
     workspace = tmp_path / "ws"
     workspace.mkdir()
     (workspace / "old.txt").write_text("x")
@@ -757,7 +750,15 @@ def test_fork_from_the_cli_and_its_lineage_in_runs(sqlite_url: str, tmp_path: Pa
     )
     assert code == 3, output
     with EventStore.open(sqlite_url) as store:
-        [parent] = [s.stream for s in store.streams("run-")]
+        [run] = [s.stream for s in store.streams("run-")]
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_fork_from_the_cli_and_its_lineage_in_runs(sqlite_url: str, tmp_path: Path) -> None:
+    parent = _run_waiting_to_delete(sqlite_url, tmp_path)
+    with EventStore.open(sqlite_url) as store:
         head = store.read(parent)[-1].position
     code, output = invoke(
         "fork", parent, "--at", str(head), "--note", "try again", "--store", sqlite_url
