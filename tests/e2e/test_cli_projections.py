@@ -458,45 +458,61 @@ def test_replay_says_where_each_agents_summary_ends_by_the_runs_versions(
     assert f"its history up to event {end.version + 1} summarized in event" in forked
 
 
+def _run_waiting_for_approval(
+    store: EventStore, run: str, *, goal: str, task_goal: str, preview: str, reasoning: str
+) -> None:
+    """A run of one planned task whose high-risk action waits for a human, in the words given
+    (a model's and a person's, as the views show them)."""
+    from datetime import UTC, datetime, timedelta
+
+    from agentledger.events import ApprovalRequested, RunStarted, TaskPlanned
+
+    [started] = store.append(
+        run, [RunStarted(actor="human:ada", payload={"goal": goal})], expected_version=0
+    )
+    link = started.caused_by(started)
+    store.append(
+        run,
+        [
+            TaskPlanned(
+                actor="agent:coordinator/1",
+                **link,
+                payload={"task_id": "t1", "role": "execution", "goal": task_goal},
+            ),
+            ApprovalRequested(
+                actor="agent:execution/1",
+                **link,
+                payload={
+                    "action_id": "a1",
+                    "action_hash": "0" * 64,
+                    "tool": "delete_file",
+                    "risk": "high",
+                    "preview": preview,
+                    "reasoning": reasoning,
+                    "expires_at": datetime.now(UTC) + timedelta(days=1),
+                },
+            ),
+        ],
+    )
+
+
 def test_words_in_the_log_that_look_like_markup_are_shown_as_written(cli: Cli) -> None:
     """Models and users write goals, reasonings and previews: a "[/b]" in one ended every
     command that showed it in a rich MarkupError traceback, and "[execution]" vanished."""
-    from datetime import UTC, datetime, timedelta
-
     from rich.console import Console
 
     from agentledger.console import progress_line
-    from agentledger.events import ApprovalRequested, RunStarted, TaskPlanned
 
     goal = "Write [/b] and [bold]x[/bold] to a.txt"
     with EventStore.open(cli.url) as store:
         run = "run-markup"
-        [started] = store.append(
-            run, [RunStarted(actor="human:ada", payload={"goal": goal})], expected_version=0
-        )
-        link = started.caused_by(started)
-        store.append(
+        _run_waiting_for_approval(
+            store,
             run,
-            [
-                TaskPlanned(
-                    actor="agent:coordinator/1",
-                    **link,
-                    payload={"task_id": "t1", "role": "execution", "goal": goal},
-                ),
-                ApprovalRequested(
-                    actor="agent:execution/1",
-                    **link,
-                    payload={
-                        "action_id": "a1",
-                        "action_hash": "0" * 64,
-                        "tool": "delete_file",
-                        "risk": "high",
-                        "preview": "delete_file [/tmp/x]",
-                        "reasoning": "the model said [red]so[/red]",
-                        "expires_at": datetime.now(UTC) + timedelta(days=1),
-                    },
-                ),
-            ],
+            goal=goal,
+            task_goal=goal,
+            preview="delete_file [/tmp/x]",
+            reasoning="the model said [red]so[/red]",
         )
         events = store.read(run)
     for args in (["state", run], ["log", run], ["runs"], ["approvals"], ["blackboard", run]):
@@ -520,37 +536,14 @@ def test_words_in_the_log_that_look_like_markup_are_shown_as_written(cli: Cli) -
 def test_control_characters_in_the_log_are_shown_not_obeyed(cli: Cli) -> None:
     """A model's words may hold terminal escapes (colours, clearing the screen): shown as
     ``\\x1b``, never sent to the terminal as they are."""
-    from datetime import UTC, datetime, timedelta
-
-    from agentledger.events import ApprovalRequested, RunStarted, TaskPlanned
-
     with EventStore.open(cli.url) as store:
-        [started] = store.append(
-            "run-esc", [RunStarted(actor="human:ada", payload={"goal": "tidy up"})]
-        )
-        link = started.caused_by(started)
-        store.append(
+        _run_waiting_for_approval(
+            store,
             "run-esc",
-            [
-                TaskPlanned(
-                    actor="agent:coordinator/1",
-                    **link,
-                    payload={"task_id": "t1", "role": "execution", "goal": "wipe\x1b[2J\x07"},
-                ),
-                ApprovalRequested(
-                    actor="agent:execution/1",
-                    **link,
-                    payload={
-                        "action_id": "a1",
-                        "action_hash": "0" * 64,
-                        "tool": "delete_file",
-                        "risk": "high",
-                        "preview": "delete_file \x1b[31mx",
-                        "reasoning": "said \x1b]0;title\x07 so",
-                        "expires_at": datetime.now(UTC) + timedelta(days=1),
-                    },
-                ),
-            ],
+            goal="tidy up",
+            task_goal="wipe\x1b[2J\x07",
+            preview="delete_file \x1b[31mx",
+            reasoning="said \x1b]0;title\x07 so",
         )
     for args in (["state", "run-esc"], ["log", "run-esc"], ["approvals"], ["status", "run-esc"]):
         shown = ok(cli(*args))
