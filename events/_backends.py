@@ -753,25 +753,37 @@ _SQLITE_TABLES = {
 }
 
 
-def _foreign_table(file: Path) -> str | None:
-    """What shows the SQLite file ``file`` to be another program's, read without writing: a
-    table of ours by name without a column we read (None: none such, or no file yet, or not
-    readable as a database; opening it then says what is wrong)."""
+def _sqlite_tables(file: Path) -> dict[str, list[str]] | None:
+    """The tables of the SQLite file ``file`` with their columns, read without writing (None:
+    no such file, or not readable as a database; opening it then says what is wrong)."""
     if not file.is_file():
         return None
     try:
         uri = f"{file.resolve().as_uri()}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-            for table, needed in _SQLITE_TABLES.items():
-                have = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
-                missing = [c for c in needed if c not in have]
-                if have and missing:
-                    return (
-                        f"its {table} table has no column {missing[0]} (its columns: "
-                        f"{', '.join(have)})"
-                    )
+            names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master")]
+            return {
+                name: [row[1] for row in conn.execute(f"PRAGMA table_info({_quoted(name)})")]
+                for name in names
+            }
     except sqlite3.Error:
         return None
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _foreign_table(file: Path) -> str | None:
+    """What shows the SQLite file ``file`` to be another program's, read without writing: a
+    table of ours by name without a column we read (None: none such, or no file yet, or not
+    readable as a database; opening it then says what is wrong)."""
+    tables = _sqlite_tables(file) or {}
+    for table, needed in _SQLITE_TABLES.items():
+        have = tables.get(table, [])
+        missing = [c for c in needed if c not in have]
+        if have and missing:
+            return f"its {table} table has no column {missing[0]} (its columns: {', '.join(have)})"
     return None
 
 
@@ -1777,6 +1789,11 @@ def sqlite_file(url: str) -> Path | None:
 _SIDECARS = ("-wal", "-shm", "-journal", _NOTIFY_SUFFIX)
 
 
+def _scheme(url: str) -> str:
+    """The scheme of a store URL, lower-case ("" for none)."""
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
 def store_files(url: str) -> list[Path]:
     """The files a ``sqlite://`` store URL's log lives in: the database file (``sqlite_file``)
     first, then its sidecars, existing or not; none for other stores and in-memory databases.
@@ -1798,21 +1815,15 @@ def no_store_at(url: str, *, servers: bool = True) -> tuple[str, bool] | None:
     ``servers=False``: a server's store is not looked at (one may always be made there).
     """
     url = url.strip()
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    scheme = _scheme(url)
     if scheme == "sqlite":
         file = sqlite_file(url)
         if file is None:
             return None
         if not file.exists():
             return f"no store at {file}", True
-        try:
-            with contextlib.closing(
-                sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
-            ) as conn:
-                tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master")]
-        except sqlite3.Error:
-            return None
-        if "stored_events" in tables:
+        tables = _sqlite_tables(file)
+        if tables is None or "stored_events" in tables:
             return None
         if not tables:
             return f"no store at {file}: the file is empty", True
@@ -1837,7 +1848,7 @@ def check_store_url(url: str) -> None:
     """``ConfigurationError`` if ``url`` is no store URL ``open_backend`` takes; nothing is
     opened or connected to (for a URL read from a settings file, checked where it is read)."""
     url = url.strip()
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    scheme = _scheme(url)
     if scheme == "memory":
         return
     if scheme == "sqlite":
@@ -1860,7 +1871,7 @@ def open_backend(url: str) -> Backend:
     """The backend for a store URL: ``sqlite:///path``, ``postgresql://…`` or ``memory://``."""
     url = url.strip()
     check_store_url(url)
-    scheme = url.split("://", 1)[0].lower()
+    scheme = _scheme(url)
     if scheme == "memory":
         return MemoryBackend()
     if scheme == "sqlite":
